@@ -1,0 +1,149 @@
+# xapi.backup — one entry point for everything.
+#   make demo   the main job (backup + restore + idempotent rerun) on an embedded simulated pool
+#   make test   everything: sanity, unit, simulator, helper (on real Python 3.6), integration, molecule, lint
+#   make bench  end-to-end benchmarks (not part of `make test`)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ROOT      := $(CURDIR)
+VENV      := $(ROOT)/.venv
+PY        := $(VENV)/bin/python
+PIP       := $(VENV)/bin/pip
+TMP       := $(ROOT)/.tmp
+CACHE     := $(ROOT)/.cache
+COLL_BASE := $(TMP)/collections
+COLL_LINK := $(COLL_BASE)/ansible_collections/xapi/backup
+PYBIN     := $(TMP)/pybin
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
+PY36      := $(PYENV_ROOT)/versions/3.6.15/bin/python3.6
+VENV36    := $(ROOT)/.venv36
+VENV36_NOZSTD := $(ROOT)/.venv36-nozstd
+HELPER    := roles/helper/files/xapi-backup-helper
+IMAGES    := $(CACHE)/images
+APT_PKGS  := openssh-server pigz zstd e2fsprogs iproute2 libxxhash0 time
+
+export ANSIBLE_COLLECTIONS_PATH := $(COLL_BASE)
+export XAPISIM_IMAGE_DIR := $(IMAGES)
+export PATH := $(PYBIN):$(VENV)/bin:$(PATH)
+
+.PHONY: help
+help:
+	@echo "make demo | make test | make bench | make bench-helper | make sanity | make pytest | make lint"
+
+# ---------------------------------------------------------------- setup
+$(VENV)/.stamp: requirements.txt tests/requirements.txt
+	python3 -m venv $(VENV)
+	$(PIP) install -q -U pip
+	$(PIP) install -q -r tests/requirements.txt
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.stamp
+
+# Debian packages the tests and the demo use (sshd for the SSH test hosts, pigz/zstd/gzip for
+# side-by-side benchmarks, mkfs.ext4 for realistic disk images).
+$(TMP)/.sysdeps:
+	@mkdir -p $(TMP)
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	touch $@
+
+.PHONY: sysdeps
+sysdeps: $(TMP)/.sysdeps
+
+# ansible-test wants the collection under ansible_collections/<ns>/<name>; pyenv shims break it,
+# so a folder of direct interpreter links goes first on PATH.
+$(TMP)/.layout:
+	mkdir -p $(dir $(COLL_LINK)) $(PYBIN)
+	ln -sfn $(ROOT) $(COLL_LINK)
+	for v in $(PYENV_ROOT)/versions/3.*; do \
+	  b=$$(basename $$v); m=$${b%.*}; ln -sfn $$v/bin/python$$m $(PYBIN)/python$$m; \
+	done
+	mkdir -p $$HOME/.ansible/test/cache
+	cp tests/tools/get_pip_offline.py $$HOME/.ansible/test/cache/get_pip_24_2.py
+	touch $@
+
+.PHONY: layout
+layout: $(TMP)/.layout
+
+# Realistic guest disks: ext4 filesystems holding real OS files plus free space.
+$(IMAGES)/small.img: tests/tools/make-disk-image.sh | $(TMP)/.sysdeps
+	mkdir -p $(IMAGES)
+	bash tests/tools/make-disk-image.sh $@ 256 small
+
+$(IMAGES)/bench.img: tests/tools/make-disk-image.sh | $(TMP)/.sysdeps
+	mkdir -p $(IMAGES)
+	bash tests/tools/make-disk-image.sh $@ 2048 full
+
+.PHONY: images
+images: $(IMAGES)/small.img
+
+# dom0 runs Python 3.6: the helper is tested on the real interpreter, with and without zstandard.
+$(VENV36)/.stamp:
+	$(PY36) -m venv $(VENV36)
+	$(VENV36)/bin/pip install -q zstandard==0.20.0
+	touch $@
+
+$(VENV36_NOZSTD)/.stamp:
+	$(PY36) -m venv $(VENV36_NOZSTD)
+	touch $@
+
+.PHONY: setup
+setup: venv sysdeps layout images $(VENV36)/.stamp $(VENV36_NOZSTD)/.stamp
+
+# ---------------------------------------------------------------- tests
+.PHONY: test
+test: setup helper-compat sanity pytest molecule lint
+	@echo "make test: all suites passed"
+
+.PHONY: helper-compat
+helper-compat: venv
+	@test -f $(HELPER) || { echo "missing $(HELPER)"; exit 1; }
+	$(VENV)/bin/vermin --no-tips --target=3.6- --violations --eval-annotations $(HELPER)
+	$(PY36) -m py_compile $(HELPER)
+
+# Sanity runs on a copy of the files git knows (tracked and new), as they will be shipped.
+.PHONY: sanity
+sanity: venv layout
+	rm -rf $(TMP)/sanity && mkdir -p $(TMP)/sanity/ansible_collections/xapi/backup
+	git ls-files -co --exclude-standard -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(TMP)/sanity/ansible_collections/xapi/backup
+	cd $(TMP)/sanity/ansible_collections/xapi/backup && git init -q && git add -A && \
+	  $(VENV)/bin/ansible-test sanity --venv --python 3.11 --color no
+
+PYTEST_ARGS ?=
+.PHONY: pytest
+pytest: setup
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests
+
+.PHONY: molecule
+molecule: setup
+	@if ls extensions/molecule/*/molecule.yml >/dev/null 2>&1; then \
+	  cd extensions && for s in molecule/*/; do n=$$(basename $$s); echo "molecule scenario $$n"; $(VENV)/bin/molecule test -s $$n; done; \
+	else echo "no molecule scenarios yet"; fi
+
+.PHONY: lint
+lint: venv layout
+	@if ls roles/*/tasks/main.yml playbooks/*.yml >/dev/null 2>&1; then \
+	  $(VENV)/bin/ansible-lint --profile production roles playbooks; \
+	else echo "no roles or playbooks to lint yet"; fi
+
+# ---------------------------------------------------------------- demo and benchmarks
+.PHONY: demo
+demo: setup
+	$(PY) tests/demo/run_demo.py
+
+.PHONY: bench-helper
+bench-helper: setup $(IMAGES)/bench.img
+	$(PY) bench/bench_helper.py --image $(IMAGES)/bench.img
+
+.PHONY: bench
+bench: setup $(IMAGES)/bench.img
+	$(PY) bench/bench_e2e.py --image $(IMAGES)/bench.img
+
+.PHONY: clean
+clean:
+	rm -rf $(TMP) tests/output
