@@ -108,10 +108,11 @@ helper-compat: venv
 
 # Sanity runs on a copy of the files git knows (tracked and new), as they will be shipped.
 .PHONY: sanity
+SANITY_DIR ?= $(TMP)/sanity
 sanity: venv layout
-	rm -rf $(TMP)/sanity && mkdir -p $(TMP)/sanity/ansible_collections/xapi/backup
-	git ls-files -co --exclude-standard -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(TMP)/sanity/ansible_collections/xapi/backup
-	cd $(TMP)/sanity/ansible_collections/xapi/backup && git init -q && git add -A && \
+	rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR)/ansible_collections/xapi/backup
+	git ls-files -co --exclude-standard -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(SANITY_DIR)/ansible_collections/xapi/backup
+	cd $(SANITY_DIR)/ansible_collections/xapi/backup && git init -q && git add -A && \
 	  $(VENV)/bin/ansible-test sanity --venv --python 3.11 --color no
 
 PYTEST_ARGS ?=
