@@ -252,11 +252,12 @@ def translate_exception(exc, method, url, timeout=None):
     if isinstance(exc, ssl.SSLCertVerificationError):
         return XapiConnectionError(
             "TLS certificate of %s could not be verified (%s); set ca_path to the CA that signed the "
-            "host certificate, or validate_certs=false to skip the check" % (url, exc.verify_message or exc.reason),
+            "host certificate, or validate_certs=false to skip the check"
+            % (url, getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc),
             url,
         )
     if isinstance(exc, ssl.SSLError):
-        return XapiConnectionError("TLS error talking to %s: %s" % (url, exc.reason or exc), url)
+        return XapiConnectionError("TLS error talking to %s: %s" % (url, getattr(exc, "reason", None) or exc), url)
     if isinstance(exc, socket.timeout):
         return XapiTimeout("%s: no answer from %s within %s s" % (method, url, timeout), timeout=timeout)
     if isinstance(exc, (OSError, http.client.HTTPException)):
