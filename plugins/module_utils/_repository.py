@@ -153,33 +153,6 @@ def strip_secrets(value):
 # ---------------------------------------------------------------- manifest
 
 
-def summarize_vm(vm_record: dict, disks: list | None = None, vifs: list | None = None) -> dict:
-    """Record summary kept in the manifest: identity, VCPUs, memory, disks and VIFs.
-
-    ``disks`` items: ``device, vdi_uuid, name, virtual_size, sr_uuid, sr_name``;
-    ``vifs`` items: ``device, mac, network_uuid, network_name`` (extra keys are kept).
-    """
-    def as_int(value):
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return None
-
-    return {
-        "uuid": vm_record.get("uuid"),
-        "name": vm_record.get("name_label"),
-        "description": vm_record.get("name_description", ""),
-        "power_state": vm_record.get("power_state"),
-        "vcpus_max": as_int(vm_record.get("VCPUs_max")),
-        "vcpus_at_startup": as_int(vm_record.get("VCPUs_at_startup")),
-        "memory_static_max": as_int(vm_record.get("memory_static_max")),
-        "memory_dynamic_max": as_int(vm_record.get("memory_dynamic_max")),
-        "tags": list(vm_record.get("tags") or []),
-        "disks": [dict(d, virtual_size=as_int(d.get("virtual_size"))) for d in (disks or [])],
-        "vifs": [dict(v) for v in (vifs or [])],
-    }
-
-
 def build_manifest(kind: str, *, tool_version: str, pool: dict, xapi_version: str | None, run_id: str,
                    files: dict, started: datetime.datetime, ended: datetime.datetime,
                    stored_file: str | None = None, vm: dict | None = None, snapshot: dict | None = None,
@@ -464,7 +437,7 @@ class Backup:
             "kind": self.kind,
             "pool_uuid": self.pool_uuid,
             "vm_uuid": None if self.kind == KIND_POOL else self.owner,
-            "vm_name": (manifest.get("vm") or {}).get("name"),
+            "vm_name": (manifest.get("vm") or {}).get("name_label"),
             "timestamp": self.timestamp,
             "time": iso_time(self.time) if self.time else None,
             "age_seconds": None if age is None else int(age),
@@ -476,6 +449,8 @@ class Backup:
             "stored_size": manifest.get("stored_size"),
             "raw_size": manifest.get("raw_size"),
             "codec": (manifest.get("codec") or {}).get("codec"),
+            "disks": list((manifest.get("vm") or {}).get("disks") or []),
+            "vifs": list((manifest.get("vm") or {}).get("vifs") or []),
         }
 
 
@@ -512,7 +487,7 @@ def list_backups(storage: Storage, repo: str, pool: str | None = None, vm: str |
     backups = []
     for entry in storage.scan(repo, pool=pool, vm=vm):
         ident = relative_id(repo, entry["path"])
-        if ident is None or ident.split("/")[1] == RUNS_DIR:
+        if ident is None or ident.startswith(".") or ident.split("/")[1] == RUNS_DIR:
             continue
         manifest, problem = check_entry(entry, hasher)
         backups.append(Backup(ident, entry["path"], entry.get("files") or {}, manifest, problem is None, problem))
@@ -670,3 +645,25 @@ def plan_prune(backups: list, policy: RetentionPolicy, now: datetime.datetime, i
             else:
                 plan.keep.append((backup, ["incomplete, within the grace period" if age is not None else "incomplete, age unknown"]))
     return plan
+
+
+# ---------------------------------------------------------------- options (shared by the doc stubs and action plugins)
+
+
+def repository_argument_spec() -> dict:
+    """Where the repository is and how the helper that reaches it is started."""
+    return dict(
+        repository=dict(type="str", required=True),
+        helper_path=dict(type="str", default="/opt/xapi-backup/bin/xapi-backup-helper"),
+        helper_python=dict(type="str", default="python3"),
+    )
+
+
+def transfer_argument_spec() -> dict:
+    """How the helper reaches xapi for data transfers (contracts section 3b)."""
+    return dict(
+        transfer=dict(type="str", default="local", choices=["local", "remote"]),
+        helper_xapi_url=dict(type="str", default="http://localhost"),
+        helper_ca_file=dict(type="str"),
+        poll_interval=dict(type="float", default=2.0),
+    )

@@ -51,7 +51,7 @@ def make_backup(root, owner, when, run_id="run", payload=b"xva-bytes", complete=
         manifest = repo_mod.build_manifest(
             repo_mod.KIND_VM, tool_version="0.1.0", pool={"uuid": POOL, "name": "pool"}, xapi_version="25.1",
             run_id=run_id, files=files, stored_file=name, started=when, ended=when + datetime.timedelta(seconds=10),
-            vm={"uuid": owner, "name": "vm"}, codec={"codec": "zstd", "level": 3, "threads": 0}, raw_size=100,
+            vm={"uuid": owner, "name_label": "vm", "disks": [{"sr_uuid": "s", "virtual_size": 4}], "vifs": []}, codec={"codec": "zstd", "level": 3, "threads": 0}, raw_size=100,
         )
         LocalStorage().write_json(os.path.join(path, repo_mod.MANIFEST_NAME), manifest)
     if corrupt:
@@ -130,13 +130,6 @@ def test_build_manifest_requires_stored_file_among_files():
                                 files={}, stored_file="vm.xva", started=now, ended=now)
 
 
-def test_summarize_vm_converts_sizes():
-    summary = repo_mod.summarize_vm({"uuid": VM_A, "name_label": "web", "VCPUs_max": "2", "memory_static_max": "1048576"},
-                                    [{"device": "0", "virtual_size": "4194304", "sr_uuid": "s"}], [{"device": "0", "mac": "aa"}])
-    assert summary["vcpus_max"] == 2 and summary["memory_static_max"] == 1048576
-    assert summary["disks"][0]["virtual_size"] == 4194304 and summary["vifs"][0]["mac"] == "aa"
-
-
 # ---------------------------------------------------------------- storage and completeness
 
 
@@ -189,6 +182,7 @@ def test_listing_filters_by_vm_and_reports_sizes_and_ages(tmp_path):
     info = backups[0].as_dict(ts("2026-11-21 01:00"))
     assert info["age_seconds"] == 86400 and info["stored_size"] == 5
     assert info["size"] > 5 and info["vm_uuid"] == VM_A and info["complete"]
+    assert info["vm_name"] == "vm" and info["disks"] == [{"sr_uuid": "s", "virtual_size": 4}]
 
 
 def test_local_remove_refuses_outside_repo(tmp_path):

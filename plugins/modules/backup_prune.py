@@ -1,0 +1,183 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: backup_prune
+short_description: Remove old backups from the repository by retention rules
+version_added: 0.1.0
+description:
+  - Keeps, per VM (and for the pool database dumps), the complete backups selected by O(keep_last),
+    O(keep_daily), O(keep_weekly) and O(keep_monthly), and removes the other complete backups.
+  - The newest complete backup of a VM is never removed. Without any retention rule nothing complete is removed.
+  - Incomplete backups are never counted by the rules; they are removed once older than O(incomplete_grace).
+  - The repository is changed through the helper on the task's host, or directly with a local connection.
+  - This module is implemented as an action plugin.
+author: xapi.backup maintainers
+options:
+  repository:
+    description:
+      - Root directory of the backup repository on the host the task runs on (the pool master, or the
+        controller with a local connection).
+    type: str
+    required: true
+  pool_uuid:
+    description: Only backups of this pool.
+    type: str
+  vm_uuid:
+    description: Only backups of this VM (V(pool) selects the pool database dumps).
+    type: str
+  checksums:
+    description:
+      - Check the sha256 of every stored file against its manifest to decide completeness.
+      - V(false) compares sizes only (fast; a same-size corruption then goes unnoticed).
+    type: bool
+    default: true
+  keep_last:
+    description: Keep the N newest complete backups.
+    type: int
+  keep_daily:
+    description: Keep the newest complete backup of each of the N most recent days (UTC) that have one.
+    type: int
+  keep_weekly:
+    description: Keep the newest complete backup of each of the N most recent ISO weeks that have one.
+    type: int
+  keep_monthly:
+    description: Keep the newest complete backup of each of the N most recent months that have one.
+    type: int
+  incomplete_grace:
+    description: Seconds after which an incomplete backup is removed.
+    type: int
+    default: 86400
+  helper_path:
+    description: Path of C(xapi-backup-helper) on the host the task runs on.
+    type: str
+    default: /opt/xapi-backup/bin/xapi-backup-helper
+  helper_python:
+    description: Python interpreter that runs the helper on that host (dom0 has Python 3.6).
+    type: str
+    default: python3
+  hostname:
+    description:
+      - Accepted for C(module_defaults) of the action group; not used (this module does not talk to xapi).
+      - If not set, the value of the E(XAPI_HOSTNAME) environment variable is used.
+    type: str
+    required: false
+    aliases: [host]
+  password:
+    description:
+      - Accepted for C(module_defaults) of the action group; not used.
+      - If not set, the value of the E(XAPI_PASSWORD) environment variable is used.
+    type: str
+    required: false
+extends_documentation_fragment:
+  - xapi.backup.connection
+  - xapi.backup.attributes
+  - xapi.backup.attributes.actiongroup_xapi
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reports what would be removed; nothing is removed.
+  diff_mode:
+    support: full
+    details:
+      - The backup ids before and after.
+  idempotent:
+    support: full
+    details:
+      - Ages move on, so a later run can remove backups that have left a retention window.
+notes:
+  - The connection options (O(hostname), O(password), ...) are accepted so that C(module_defaults) for the
+    C(group/xapi.backup.xapi) action group apply; this module does not talk to xapi and ignores them.
+seealso:
+  - module: xapi.backup.backup_info
+"""
+
+EXAMPLES = r"""
+- name: Keep 7 daily, 4 weekly and 6 monthly backups per VM
+  xapi.backup.backup_prune:
+    repository: /srv/backup
+    keep_daily: 7
+    keep_weekly: 4
+    keep_monthly: 6
+  check_mode: true
+  diff: true
+"""
+
+RETURN = r"""
+msg:
+  description: What was (or would be) removed.
+  returned: always
+  type: str
+removed:
+  description: Backups removed (or to be removed in check mode), with C(id), C(path), C(reason), C(complete), C(size).
+  returned: always
+  type: list
+  elements: dict
+kept:
+  description: Backups kept, with C(id), C(reasons) (the rules that keep it) and C(complete).
+  returned: always
+  type: list
+  elements: dict
+freed_bytes:
+  description: Bytes of the removed backups.
+  returned: always
+  type: int
+diff:
+  description: Backup ids before and after.
+  returned: in diff mode
+  type: dict
+xapi_calls:
+  description: XAPI calls made, or planned in check mode (no secrets).
+  returned: always
+  type: list
+  elements: dict
+helper_calls:
+  description: Helper subcommands run or planned, with their arguments (never a secret).
+  returned: always
+  type: list
+  elements: dict
+error:
+  description: C(code) and C(params) of the error.
+  returned: failure
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.xapi.backup.plugins.module_utils._common import xapi_argument_spec
+from ansible_collections.xapi.backup.plugins.module_utils._repository import repository_argument_spec
+
+VALIDATION = {}
+
+
+def argument_spec():
+    spec = xapi_argument_spec()
+    for name in ("hostname", "password"):
+        spec[name] = dict(spec[name], required=False)
+    spec.update(repository_argument_spec())
+    spec.update(
+        pool_uuid=dict(type="str"),
+        vm_uuid=dict(type="str"),
+        checksums=dict(type="bool", default=True),
+        keep_last=dict(type="int"),
+        keep_daily=dict(type="int"),
+        keep_weekly=dict(type="int"),
+        keep_monthly=dict(type="int"),
+        incomplete_grace=dict(type="int", default=86400),
+    )
+    return spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True, **VALIDATION)
+    module.fail_json(msg="xapi.backup.backup_prune runs as an action plugin; this file only documents it")
+
+
+if __name__ == "__main__":
+    main()

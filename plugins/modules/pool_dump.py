@@ -1,0 +1,177 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pool_dump
+short_description: Save the pool database and VM metadata of a XenServer / XCP-ng pool into the backup repository
+version_added: 0.1.0
+description:
+  - Fetches xapi's pool database dump (C(/pool/xmldbdump)) and, for each VM of O(vms), its metadata
+    (C(/export_metadata), no disk data) with C(xapi-backup-helper fetch) into
+    C(<repository>/<pool-uuid>/pool/<UTC timestamp>/).
+  - Files are written with mode 0600 (the database dump holds secrets), the manifest last.
+  - This module is implemented as an action plugin.
+author: xapi.backup maintainers
+options:
+  repository:
+    description:
+      - Root directory of the backup repository on the host the task runs on (the pool master, or the
+        controller with a local connection).
+    type: str
+    required: true
+  vms:
+    description: VMs (UUIDs or exact names) whose metadata to save beside the database dump.
+    type: list
+    elements: str
+    default: []
+  run_id:
+    description:
+      - Names the backup window. When a complete pool dump with this run id exists, nothing is done.
+      - Defaults to the UTC date.
+    type: str
+  force:
+    description: Dump even if a complete pool dump with this run id exists.
+    type: bool
+    default: false
+  transfer:
+    description:
+      - V(local) the helper talks to xapi on its own host at O(helper_xapi_url) (plain HTTP over localhost on the pool master).
+      - V(remote) the helper talks to the pool master named by O(hostname) over HTTPS with certificate verification.
+    type: str
+    choices: [local, remote]
+    default: local
+  helper_xapi_url:
+    description: URL at which the helper reaches xapi with O(transfer=local).
+    type: str
+    default: http://localhost
+  helper_ca_file:
+    description:
+      - CA file on the helper's host used with O(transfer=remote).
+      - Defaults to O(ca_path) when the connection is local, else to the helper host's CA store.
+    type: str
+  helper_path:
+    description: Path of C(xapi-backup-helper) on the host the task runs on.
+    type: str
+    default: /opt/xapi-backup/bin/xapi-backup-helper
+  helper_python:
+    description: Python interpreter that runs the helper on that host (dom0 has Python 3.6).
+    type: str
+    default: python3
+  poll_interval:
+    description: Seconds between two status polls of the detached helper.
+    type: float
+    default: 2.0
+extends_documentation_fragment:
+  - xapi.backup.connection
+  - xapi.backup.attributes
+  - xapi.backup.attributes.actiongroup_xapi
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reports the files that would be written; nothing is fetched.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details:
+      - A complete pool dump with the same O(run_id) means C(changed=false).
+seealso:
+  - module: xapi.backup.vm_export
+"""
+
+EXAMPLES = r"""
+- name: Save the pool database and the metadata of two VMs
+  xapi.backup.pool_dump:
+    hostname: "{{ inventory_hostname }}"
+    password: "{{ xapi_password }}"
+    repository: /srv/backup
+    vms: [web01, db01]
+"""
+
+RETURN = r"""
+msg:
+  description: Why the dump ran, or why nothing was done.
+  returned: always
+  type: str
+backup_id:
+  description: Id of the dump, C(<pool-uuid>/pool/<timestamp>).
+  returned: success
+  type: str
+path:
+  description: Directory of the dump.
+  returned: success
+  type: str
+pool_uuid:
+  description: UUID of the pool.
+  returned: success
+  type: str
+run_id:
+  description: The run id used.
+  returned: success
+  type: str
+vms:
+  description: UUIDs of the VMs whose metadata was saved.
+  returned: success
+  type: list
+  elements: str
+files:
+  description: Names of the files written (or to be written in check mode).
+  returned: when a dump ran or would run
+  type: list
+  elements: str
+sizes:
+  description: Size of each file written.
+  returned: when a dump ran
+  type: dict
+xapi_calls:
+  description: XAPI calls made, or planned in check mode (no secrets).
+  returned: always
+  type: list
+  elements: dict
+helper_calls:
+  description: Helper subcommands run or planned, with their arguments (never a secret).
+  returned: always
+  type: list
+  elements: dict
+error:
+  description: C(code) and C(params) of the error.
+  returned: failure
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.xapi.backup.plugins.module_utils._common import xapi_argument_spec
+from ansible_collections.xapi.backup.plugins.module_utils._repository import (
+    repository_argument_spec,
+    transfer_argument_spec,
+)
+
+VALIDATION = {}
+
+
+def argument_spec():
+    spec = xapi_argument_spec()
+    spec.update(repository_argument_spec())
+    spec.update(transfer_argument_spec())
+    spec.update(
+        vms=dict(type="list", elements="str", default=[]),
+        run_id=dict(type="str"),
+        force=dict(type="bool", default=False),
+    )
+    return spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True, **VALIDATION)
+    module.fail_json(msg="xapi.backup.pool_dump runs as an action plugin; this file only documents it")
+
+
+if __name__ == "__main__":
+    main()

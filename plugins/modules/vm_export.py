@@ -1,0 +1,269 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vm_export
+short_description: Back up one XenServer / XCP-ng VM into the backup repository
+version_added: 0.1.0
+description:
+  - Exports a VM into C(<repository>/<pool-uuid>/<vm-uuid>/<UTC timestamp>/vm.xva.<ext>) with
+    C(xapi-backup-helper), which validates the XVA chunk by chunk and compresses it on all cores.
+  - A VM that is not halted is exported through a snapshot tagged with C(other_config) keys
+    C(xapi_backup:owner), C(xapi_backup:run), C(xapi_backup:vm) and C(xapi_backup:time) on the VM and its VDIs.
+    The snapshot and its VDIs are destroyed in every outcome. A halted VM is exported as is.
+  - During the export the operations C(migrate_send) and C(pool_migrate) of the source VM are blocked;
+    its C(blocked_operations) are restored afterwards.
+  - The manifest (C(manifest.json)) is written last and atomically. A backup is complete only when its
+    manifest exists and the stored file's size and sha256 match it.
+  - The XAPI calls run on the controller. The helper runs over the task's connection, on the pool master over
+    SSH, or on the controller with a local connection (then the collection's own copy of the helper is used
+    when O(helper_path) does not exist).
+  - The helper is started detached and polled with short commands, so a long export survives a dropped
+    connection; a rerun finds an export of the same VM that is still running, or finished without a manifest,
+    and finishes it instead of starting a second one.
+  - This module is implemented as an action plugin.
+author: xapi.backup maintainers
+options:
+  vm:
+    description:
+      - The VM to back up, by UUID or by exact name (a name must be unique among the pool's VMs).
+      - Templates, snapshots and control domains are refused.
+    type: str
+    required: true
+  repository:
+    description:
+      - Root directory of the backup repository on the host the task runs on (the pool master, or the
+        controller with a local connection).
+    type: str
+    required: true
+  codec:
+    description:
+      - Compression of the stored file. V(gzip) stays importable with plain C(xe vm-import); V(zstd) is
+        faster and smaller and needs the helper (or XCP-ng) to restore.
+    type: str
+    choices: [zstd, gzip, none]
+    default: zstd
+  level:
+    description: Compression level (helper default when not set).
+    type: int
+  threads:
+    description: Compression threads (helper default, all cores, when not set).
+    type: int
+  run_id:
+    description:
+      - Names the backup window. When a complete backup of this VM with this run id exists, nothing is done.
+      - Defaults to the UTC date (V(2026-11-21)).
+    type: str
+  force:
+    description: Export even if a complete backup with this run id exists.
+    type: bool
+    default: false
+  verify_existing:
+    description:
+      - Check the sha256 of existing backups of the VM when deciding whether this run's backup is complete.
+      - V(false) compares sizes only (faster on large repositories).
+    type: bool
+    default: true
+  transfer:
+    description:
+      - V(local) the helper talks to xapi on its own host at O(helper_xapi_url) (plain HTTP over localhost on the pool master).
+      - V(remote) the helper talks to the pool master named by O(hostname) over HTTPS with certificate verification.
+    type: str
+    choices: [local, remote]
+    default: local
+  helper_xapi_url:
+    description: URL at which the helper reaches xapi with O(transfer=local).
+    type: str
+    default: http://localhost
+  helper_ca_file:
+    description:
+      - CA file on the helper's host used with O(transfer=remote).
+      - Defaults to O(ca_path) when the connection is local, else to the helper host's CA store.
+    type: str
+  helper_path:
+    description: Path of C(xapi-backup-helper) on the host the task runs on.
+    type: str
+    default: /opt/xapi-backup/bin/xapi-backup-helper
+  helper_python:
+    description: Python interpreter that runs the helper on that host (dom0 has Python 3.6).
+    type: str
+    default: python3
+  poll_interval:
+    description: Seconds between two status polls of the detached helper.
+    type: float
+    default: 2.0
+  export_timeout:
+    description: Give up waiting for the helper after this many seconds (the helper keeps running; a rerun adopts it).
+    type: int
+  stall_timeout:
+    description: Seconds without data from xapi after which the helper gives up (helper default when not set).
+    type: int
+extends_documentation_fragment:
+  - xapi.backup.connection
+  - xapi.backup.attributes
+  - xapi.backup.attributes.actiongroup_xapi
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Finds the VM and the repository's backups, and reports whether an export would run and where it would go.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details:
+      - A complete backup of the VM with the same O(run_id) means C(changed=false).
+notes:
+  - Returns RV(helper_calls), the helper subcommands run (or planned in check mode); the XAPI session
+    reference is passed to the helper on stdin only, never on its command line.
+seealso:
+  - module: xapi.backup.vm_import
+  - module: xapi.backup.backup_info
+"""
+
+EXAMPLES = r"""
+- name: Back up a VM into the repository on the pool master
+  xapi.backup.vm_export:
+    hostname: "{{ inventory_hostname }}"
+    username: root
+    password: "{{ xapi_password }}"
+    ca_path: /etc/ssl/xapi-ca.pem
+    vm: web01
+    repository: /srv/backup
+    codec: zstd
+
+- name: Back up on the controller (helper reads xapi over HTTPS)
+  xapi.backup.vm_export:
+    hostname: pool-master.example.com
+    password: "{{ xapi_password }}"
+    vm: 5f6a0b8e-7c0e-4d55-9d55-1a2b3c4d5e6f
+    repository: /srv/backup
+    transfer: remote
+    run_id: "weekly-{{ ansible_date_time.weeknumber }}"
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+msg:
+  description: Why the export ran, or why nothing was done.
+  returned: always
+  type: str
+  sample: no complete backup of 5f6a0b8e-... with run id 2026-11-21
+backup_id:
+  description: The backup's id, C(<pool-uuid>/<vm-uuid>/<timestamp>).
+  returned: success
+  type: str
+path:
+  description: Path of the stored file.
+  returned: success
+  type: str
+vm_uuid:
+  description: UUID of the source VM.
+  returned: success
+  type: str
+vm_name:
+  description: Name of the source VM.
+  returned: success
+  type: str
+pool_uuid:
+  description: UUID of the pool.
+  returned: success
+  type: str
+run_id:
+  description: The run id used.
+  returned: success
+  type: str
+snapshot_uuid:
+  description: UUID of the (now destroyed) snapshot that was exported; null for a halted VM.
+  returned: success
+  type: str
+raw_size:
+  description: Bytes of the XVA stream read from xapi.
+  returned: success
+  type: int
+stored_size:
+  description: Bytes of the stored file.
+  returned: success
+  type: int
+sha256:
+  description: sha256 of the stored file.
+  returned: success
+  type: str
+ratio:
+  description: raw_size / stored_size.
+  returned: success
+  type: float
+duration:
+  description: Seconds the export took.
+  returned: success
+  type: float
+rate:
+  description: Bytes per second of the XVA stream.
+  returned: success
+  type: int
+codec:
+  description: Codec of the stored file.
+  returned: success
+  type: str
+helper_result:
+  description: The helper's JSON result of the export.
+  returned: when an export ran
+  type: dict
+xapi_calls:
+  description: XAPI calls made, or planned in check mode (no secrets).
+  returned: always
+  type: list
+  elements: dict
+helper_calls:
+  description: Helper subcommands run or planned, with their arguments (never a secret).
+  returned: always
+  type: list
+  elements: dict
+error:
+  description: C(code) and C(params) of the error.
+  returned: failure
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.xapi.backup.plugins.module_utils._common import xapi_argument_spec
+from ansible_collections.xapi.backup.plugins.module_utils._repository import (
+    repository_argument_spec,
+    transfer_argument_spec,
+)
+
+
+VALIDATION = {}
+
+
+def argument_spec():
+    spec = xapi_argument_spec()
+    spec.update(repository_argument_spec())
+    spec.update(transfer_argument_spec())
+    spec.update(
+        vm=dict(type="str", required=True),
+        codec=dict(type="str", default="zstd", choices=["zstd", "gzip", "none"]),
+        level=dict(type="int"),
+        threads=dict(type="int"),
+        run_id=dict(type="str"),
+        force=dict(type="bool", default=False),
+        verify_existing=dict(type="bool", default=True),
+        export_timeout=dict(type="int"),
+        stall_timeout=dict(type="int"),
+    )
+    return spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True, **VALIDATION)
+    module.fail_json(msg="xapi.backup.vm_export runs as an action plugin; this file only documents it")
+
+
+if __name__ == "__main__":
+    main()

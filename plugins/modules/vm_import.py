@@ -1,0 +1,270 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vm_import
+short_description: Restore a VM from the backup repository into a XenServer / XCP-ng pool
+version_added: 0.1.0
+description:
+  - Restores a backup made by M(xapi.backup.vm_export) with C(xapi-backup-helper), which decompresses the
+    stored file and sends it to xapi's C(/import) handler.
+  - The backup is named by O(backup) (its id or a path inside the repository) or by O(vm_uuid) and O(timestamp).
+  - The stored file's size and sha256 are checked against the manifest before a single byte is sent;
+    a backup that does not match is refused.
+  - After the import the VM is made a normal VM (exports of snapshots import as templates), named,
+    tagged C(xapi-backup-restored) plus O(tags), and marked with
+    C(other_config["xapi_backup:restored_from"]) = the backup id.
+  - With O(state=absent) the VMs restored from the backup (found by that C(other_config) key only, never by
+    name) are shut down and destroyed with their disks.
+  - This module is implemented as an action plugin.
+author: xapi.backup maintainers
+options:
+  repository:
+    description:
+      - Root directory of the backup repository on the host the task runs on (the pool master, or the
+        controller with a local connection).
+    type: str
+    required: true
+  backup:
+    description:
+      - The backup to restore, by id (C(<pool-uuid>/<vm-uuid>/<timestamp>)) or by a path inside O(repository)
+        (the backup directory or a file in it).
+      - Mutually exclusive with O(vm_uuid).
+    type: str
+  vm_uuid:
+    description: UUID of the backed-up VM whose backup to restore (see O(timestamp)).
+    type: str
+  timestamp:
+    description: With O(vm_uuid), V(latest) (the newest complete backup) or a backup timestamp (V(20261121T235901Z)).
+    type: str
+    default: latest
+  state:
+    description:
+      - V(present) restores the backup unless a VM restored from it already exists.
+      - V(absent) destroys the VMs restored from it, with their disks.
+    type: str
+    choices: [present, absent]
+    default: present
+  sr:
+    description: SR to restore the disks into, by UUID or exact name. Defaults to the pool's default SR.
+    type: str
+  preserve_identity:
+    description:
+      - V(true) keeps the VM's UUID and MAC addresses (xapi's C(restore=true)); the restore is then also
+        considered done when a VM with that UUID exists.
+      - V(false) gives the restored VM a new UUID and new MAC addresses.
+    type: bool
+    default: false
+  name:
+    description: Name of the restored VM. Defaults to the backed-up VM's name.
+    type: str
+  tags:
+    description: Tags added to the restored VM, besides C(xapi-backup-restored).
+    type: list
+    elements: str
+    default: []
+  start:
+    description: Start the restored VM.
+    type: bool
+    default: false
+  force:
+    description: Restore even if a VM restored from this backup (or, with O(preserve_identity), with its UUID) exists.
+    type: bool
+    default: false
+  import_timeout:
+    description: Give up waiting for the helper after this many seconds.
+    type: int
+  transfer:
+    description:
+      - V(local) the helper talks to xapi on its own host at O(helper_xapi_url) (plain HTTP over localhost on the pool master).
+      - V(remote) the helper talks to the pool master named by O(hostname) over HTTPS with certificate verification.
+    type: str
+    choices: [local, remote]
+    default: local
+  helper_xapi_url:
+    description: URL at which the helper reaches xapi with O(transfer=local).
+    type: str
+    default: http://localhost
+  helper_ca_file:
+    description:
+      - CA file on the helper's host used with O(transfer=remote).
+      - Defaults to O(ca_path) when the connection is local, else to the helper host's CA store.
+    type: str
+  helper_path:
+    description: Path of C(xapi-backup-helper) on the host the task runs on.
+    type: str
+    default: /opt/xapi-backup/bin/xapi-backup-helper
+  helper_python:
+    description: Python interpreter that runs the helper on that host (dom0 has Python 3.6).
+    type: str
+    default: python3
+  poll_interval:
+    description: Seconds between two status polls of the detached helper.
+    type: float
+    default: 2.0
+extends_documentation_fragment:
+  - xapi.backup.connection
+  - xapi.backup.attributes
+  - xapi.backup.attributes.actiongroup_xapi
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Checks the backup's checksum and reports whether an import would run; nothing is sent to xapi.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details:
+      - A VM restored from the same backup (found by C(other_config)) means C(changed=false) unless O(force).
+notes:
+  - Returns RV(helper_calls), the helper subcommands run (or planned in check mode); the XAPI session
+    reference is passed to the helper on stdin only.
+  - Restoring with O(preserve_identity) over an existing VM with the same UUID is refused by xapi unless that VM
+    is halted and older; restore as a new VM, or remove the original first.
+seealso:
+  - module: xapi.backup.vm_export
+  - module: xapi.backup.backup_info
+"""
+
+EXAMPLES = r"""
+- name: Restore the latest backup of a VM as a new VM
+  xapi.backup.vm_import:
+    hostname: "{{ inventory_hostname }}"
+    password: "{{ xapi_password }}"
+    repository: /srv/backup
+    vm_uuid: 5f6a0b8e-7c0e-4d55-9d55-1a2b3c4d5e6f
+    sr: Local storage
+    name: web01-restored
+    start: true
+
+- name: Disaster recovery with the original identity
+  xapi.backup.vm_import:
+    hostname: "{{ inventory_hostname }}"
+    password: "{{ xapi_password }}"
+    repository: /srv/backup
+    backup: 2b1c.../5f6a0b8e-7c0e-4d55-9d55-1a2b3c4d5e6f/20261121T235901Z
+    preserve_identity: true
+
+- name: Remove the VM restored from that backup
+  xapi.backup.vm_import:
+    hostname: "{{ inventory_hostname }}"
+    password: "{{ xapi_password }}"
+    repository: /srv/backup
+    vm_uuid: 5f6a0b8e-7c0e-4d55-9d55-1a2b3c4d5e6f
+    state: absent
+"""
+
+RETURN = r"""
+msg:
+  description: Why the import ran, or why nothing was done.
+  returned: always
+  type: str
+backup_id:
+  description: Id of the backup restored.
+  returned: success
+  type: str
+path:
+  description: Path of the stored file restored.
+  returned: success
+  type: str
+source_vm_uuid:
+  description: UUID of the backed-up VM.
+  returned: success
+  type: str
+source_vm_name:
+  description: Name of the backed-up VM.
+  returned: success
+  type: str
+vm_uuid:
+  description: UUID of the restored VM (null in check mode when it would be created).
+  returned: success
+  type: str
+vm_name:
+  description: Name of the restored VM.
+  returned: success
+  type: str
+vm_uuids:
+  description: UUIDs of all VMs the import created.
+  returned: when an import ran
+  type: list
+  elements: str
+removed:
+  description: UUIDs of the VMs destroyed with O(state=absent).
+  returned: state is absent
+  type: list
+  elements: str
+sr_uuid:
+  description: UUID of the SR the disks went to (null for the pool's default SR).
+  returned: state is present
+  type: str
+duration:
+  description: Seconds the import took.
+  returned: when an import ran
+  type: float
+helper_result:
+  description: The helper's JSON result of the import.
+  returned: when an import ran
+  type: dict
+xapi_calls:
+  description: XAPI calls made, or planned in check mode (no secrets).
+  returned: always
+  type: list
+  elements: dict
+helper_calls:
+  description: Helper subcommands run or planned, with their arguments (never a secret).
+  returned: always
+  type: list
+  elements: dict
+error:
+  description: C(code) and C(params) of the error.
+  returned: failure
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.xapi.backup.plugins.module_utils._common import xapi_argument_spec
+from ansible_collections.xapi.backup.plugins.module_utils._repository import (
+    repository_argument_spec,
+    transfer_argument_spec,
+)
+
+VALIDATION = dict(
+    required_one_of=[["backup", "vm_uuid"]],
+    mutually_exclusive=[["backup", "vm_uuid"]],
+)
+
+
+def argument_spec():
+    spec = xapi_argument_spec()
+    spec.update(repository_argument_spec())
+    spec.update(transfer_argument_spec())
+    spec.update(
+        backup=dict(type="str"),
+        vm_uuid=dict(type="str"),
+        timestamp=dict(type="str", default="latest"),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+        sr=dict(type="str"),
+        preserve_identity=dict(type="bool", default=False),
+        name=dict(type="str"),
+        tags=dict(type="list", elements="str", default=[]),
+        start=dict(type="bool", default=False),
+        force=dict(type="bool", default=False),
+        import_timeout=dict(type="int"),
+    )
+    return spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True, **VALIDATION)
+    module.fail_json(msg="xapi.backup.vm_import runs as an action plugin; this file only documents it")
+
+
+if __name__ == "__main__":
+    main()

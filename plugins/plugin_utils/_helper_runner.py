@@ -1,0 +1,188 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Run ``xapi-backup-helper`` subcommands over an action plugin's connection.
+
+PRIVATE to the collection: not a public API.
+
+The helper prints exactly one JSON object on stdout (docs/dev/contracts.md section 5).  The XAPI
+session reference is passed on stdin only (``--session-stdin``), never in argv.  Long exports are
+started with ``--detach`` and followed by polling ``status`` with short commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+
+DEFAULT_HELPER_PATH = "/opt/xapi-backup/bin/xapi-backup-helper"
+DEFAULT_PYTHON = "python3"
+BUNDLED_HELPER = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "roles", "helper", "files", "xapi-backup-helper",
+)
+
+
+class HelperError(Exception):
+    """A helper subcommand failed.  ``code`` comes from the helper's error object when it sent one."""
+
+    def __init__(self, message: str, code: str = "HELPER_FAILED", result: dict | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.result = result or {}
+
+
+def helper_command(helper_path: str, python: str, connection_is_local: bool, path_exists=os.path.exists,
+                   controller_python: str = sys.executable, bundled: str = BUNDLED_HELPER) -> list:
+    """argv prefix that starts the helper.
+
+    On a local connection where ``helper_path`` is not installed, the collection's own copy runs
+    with the controller's Python.
+    """
+    if connection_is_local and not path_exists(helper_path) and path_exists(bundled):
+        return [controller_python, bundled]
+    return [python, helper_path]
+
+
+def parse_result(stdout: str) -> dict | None:
+    """The helper's JSON object from its stdout (the whole text, else the last line that parses)."""
+    text = (stdout or "").strip()
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+        return value if isinstance(value, dict) else None
+    except ValueError:
+        pass
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return None
+
+
+def _tail(text: str, limit: int = 300) -> str:
+    lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    return last if len(last) <= limit else last[-limit:]
+
+
+def error_from(result: dict | None, rc: int, stderr: str, subcommand: str) -> HelperError:
+    """One-line error for a failed subcommand."""
+    if result and isinstance(result.get("error"), dict):
+        err = result["error"]
+        code = str(err.get("code") or "HELPER_FAILED")
+        return HelperError("helper %s failed: %s: %s" % (subcommand, code, err.get("message") or "no message"), code, result)
+    if result is None:
+        return HelperError("helper %s printed no JSON result (rc=%s): %s" % (subcommand, rc, _tail(stderr) or "no output"),
+                           "HELPER_NO_RESULT")
+    return HelperError("helper %s failed (rc=%s): %s" % (subcommand, rc, _tail(stderr) or "no message"), "HELPER_FAILED", result)
+
+
+def format_progress(status: dict) -> str:
+    """Short human line for a status object."""
+    done = int(status.get("bytes") or 0)
+    rate = status.get("rate") or 0
+    eta = status.get("eta")
+    text = "%s: %.1f MiB at %.1f MiB/s" % (status.get("phase") or "running", done / 1048576.0, float(rate) / 1048576.0)
+    if eta is not None:
+        text += ", ETA %ss" % int(eta)
+    return text
+
+
+class HelperRunner:
+    """Runs the helper through ``execute(cmd, in_data) -> {rc, stdout, stderr}``.
+
+    ``calls`` records every subcommand with its arguments (no secret is ever an argument).
+    """
+
+    def __init__(self, execute, argv_prefix: list, display=None, sleep=time.sleep, clock=time.monotonic) -> None:
+        self._execute = execute
+        self._prefix = list(argv_prefix)
+        self._display = display
+        self._sleep = sleep
+        self._clock = clock
+        self.calls = []
+
+    def command(self, subcommand: str, args: list) -> str:
+        return " ".join(shlex.quote(str(a)) for a in self._prefix + [subcommand] + list(args))
+
+    def run(self, subcommand: str, args: list | None = None, stdin: str | None = None, session: str | None = None,
+            check: bool = True) -> dict:
+        """Run one subcommand and return its JSON object; raise :class:`HelperError` on failure.
+
+        ``session`` is sent as the first line of stdin with ``--session-stdin``; ``stdin`` follows it.
+        """
+        args = list(args or [])
+        data = None
+        if session is not None:
+            args.append("--session-stdin")
+            data = session + "\n" + (stdin or "")
+        elif stdin is not None:
+            data = stdin
+        self.calls.append({"subcommand": subcommand, "args": args})
+        res = self._execute(self.command(subcommand, args), data.encode("utf-8") if data is not None else None)
+        result = parse_result(res.get("stdout", ""))
+        ok = res.get("rc", 1) == 0 and result is not None and result.get("ok") is True
+        if not ok and check:
+            raise error_from(result, res.get("rc"), res.get("stderr", ""), subcommand)
+        return result if result is not None else {}
+
+    def storage_run(self, subcommand: str, args: list, stdin: str | None) -> dict:
+        """Adapter for ``_repository.HelperStorage``."""
+        return self.run(subcommand, args, stdin=stdin)
+
+    def status(self, status_file: str) -> dict:
+        return self.run("status", ["--status-file", status_file])
+
+    def start_detached(self, subcommand: str, args: list, status_file: str, session: str | None = None) -> dict:
+        """Start a long subcommand in the background; it reports through ``status_file``."""
+        result = self.run(subcommand, list(args) + ["--status-file", status_file, "--detach"], session=session)
+        if not result.get("detached"):
+            # a helper that finished in the foreground already holds the final result
+            return {"done": True, "result": result}
+        return {"done": False, "pid": result.get("pid"), "status_file": result.get("status_file") or status_file}
+
+    def wait(self, status_file: str, label: str, poll_interval: float = 2.0, timeout: float | None = None,
+             progress_every: float = 30.0) -> dict:
+        """Poll ``status`` until the detached run finished; return its result or raise."""
+        started = self._clock()
+        last_print = None
+        last_phase = None
+        while True:
+            status = self.status(status_file)
+            result = status.get("result")
+            if isinstance(result, dict):
+                if result.get("ok") is True:
+                    return result
+                raise error_from(result, 1, "", label)
+            if status.get("alive") is False:
+                raise HelperError("helper %s is no longer running and left no result (status %s)"
+                                  % (label, status.get("phase") or "unknown"), "HELPER_DIED", status)
+            now = self._clock()
+            if self._display is not None and (status.get("phase") != last_phase or last_print is None
+                                              or now - last_print >= progress_every):
+                self._display.display("%s: %s" % (label, format_progress(status)))
+                last_print, last_phase = now, status.get("phase")
+            if timeout is not None and now - started > timeout:
+                raise HelperError("helper %s did not finish within %ss" % (label, int(timeout)), "HELPER_TIMEOUT", status)
+            self._sleep(poll_interval)
+
+    def run_long(self, subcommand: str, args: list, status_file: str, label: str, session: str | None = None,
+                 poll_interval: float = 2.0, timeout: float | None = None) -> dict:
+        """Start detached and wait for the result."""
+        started = self.start_detached(subcommand, args, status_file, session=session)
+        if started["done"]:
+            return started["result"]
+        return self.wait(started["status_file"], label, poll_interval=poll_interval, timeout=timeout)

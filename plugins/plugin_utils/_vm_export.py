@@ -1,0 +1,286 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""vm_export: one VM into the repository through a tagged snapshot and the helper.
+
+PRIVATE to the collection: not a public API.
+
+Order of a real run: find the VM; list its backups; adopt an export still under way (or finished
+but not recorded) for this VM instead of starting a second one; decide (``export_reason``); take
+the snapshot (unless the VM is halted); block migration; start the helper detached and poll it;
+write the manifest LAST; destroy the snapshot and its VDIs in every outcome.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
+from ansible_collections.xapi.backup.plugins.module_utils._selection import describe_vm, find_vm
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
+from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts
+
+BLOCKED_OPERATIONS = ("migrate_send", "pool_migrate")
+BLOCK_REASON = "xapi.backup: export in progress"
+
+
+def snapshots_module():
+    """``_snapshots`` of the XAPI side, imported late so this module loads without it in tests."""
+    from ansible_collections.xapi.backup.plugins.module_utils import _snapshots  # pylint: disable=import-outside-toplevel
+    return _snapshots
+
+
+def needs_snapshot(power_state: str) -> bool:
+    """A halted VM is exported as is; any other state goes through a snapshot."""
+    return str(power_state).lower() != "halted"
+
+
+def ratio(raw_size, stored_size):
+    if not raw_size or not stored_size:
+        return None
+    return round(float(raw_size) / float(stored_size), 3)
+
+
+def running_candidates(backups: list) -> list:
+    """Incomplete backups that carry a helper status file, newest first."""
+    found = [b for b in backups if not b.complete and repo.STATUS_NAME in b.files]
+    return sorted(found, key=lambda b: b.timestamp, reverse=True)
+
+
+def adoption_action(status: dict, has_manifest: bool) -> str:
+    """What to do with an earlier export found through its status file.
+
+    ``wait`` (still running), ``finalize`` (finished well but no manifest yet), ``remove`` (died or
+    failed: an incomplete backup), ``ignore`` (already recorded).
+    """
+    if has_manifest:
+        return "ignore"
+    result = status.get("result")
+    if isinstance(result, dict):
+        return "finalize" if result.get("ok") is True else "remove"
+    if status.get("alive") is True:
+        return "wait"
+    return "remove"
+
+
+class VmExport:
+    """One vm_export task.  ``ctx`` is a ``_action.ActionContext``."""
+
+    def __init__(self, ctx, snapshots=None, clock=repo.utcnow):
+        self.ctx = ctx
+        self.p = ctx.params
+        self.snapshots = snapshots
+        self.clock = clock
+        self.warnings = []
+
+    # ------------------------------------------------------------ entry point
+
+    def run(self) -> dict:
+        p = self.p
+        snaps = self.snapshots or snapshots_module()
+        self.snapshots = snaps
+        now = self.clock()
+        run_id = p.get("run_id") or repo.default_run_id(now)
+        with self.ctx.xapi() as xapi:
+            vm_ref, vm_rec = find_vm(xapi, p["vm"])
+            pool = pool_facts(xapi)
+            base = {"vm_uuid": vm_rec["uuid"], "vm_name": vm_rec.get("name_label"), "run_id": run_id,
+                    "pool_uuid": pool["uuid"], "repository": p["repository"]}
+            backups = self._backups(pool["uuid"], vm_rec["uuid"])
+            adopted = None if self.ctx.check_mode else self._adopt(xapi, pool, vm_rec, run_id, backups)
+            if adopted is not None:
+                backups = self._backups(pool["uuid"], vm_rec["uuid"])
+            reason = repo.export_reason(backups, vm_rec["uuid"], run_id, p.get("force", False))
+            if reason is None:
+                existing = repo.find_run_backup(backups, vm_rec["uuid"], run_id)
+                out = self._describe(existing, changed=adopted is not None and adopted.id == existing.id)
+                out.update(base)
+                out["msg"] = ("finished the export that was already under way: %s" % existing.id if out["changed"]
+                              else "a complete backup of this VM for run %s exists: %s" % (run_id, existing.id))
+                return self._finish(out)
+            if self.ctx.check_mode:
+                return self._finish(self._plan(base, vm_rec, pool, now, reason))
+            out = self._export(xapi, vm_ref, vm_rec, pool, run_id, now)
+            out.update(base)
+            out["msg"] = reason
+            return self._finish(out)
+
+    def _finish(self, out):
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
+
+    def _backups(self, pool_uuid, vm_uuid):
+        return repo.list_backups(self.ctx.storage, self.p["repository"], pool=pool_uuid, vm=vm_uuid,
+                                 check_hash=self.p.get("verify_existing", True))
+
+    # ------------------------------------------------------------ paths and plan
+
+    def _paths(self, pool_uuid, vm_uuid, now):
+        stamp = repo.timestamp_name(now)
+        directory = os.path.join(self.p["repository"], pool_uuid, vm_uuid, stamp)
+        return {
+            "id": repo.backup_id(pool_uuid, vm_uuid, stamp),
+            "dir": directory,
+            "out": os.path.join(directory, repo.stored_name(self.p["codec"])),
+            "status": os.path.join(directory, repo.STATUS_NAME),
+            "manifest": os.path.join(directory, repo.MANIFEST_NAME),
+        }
+
+    def _plan(self, base, vm_rec, pool, now, reason):
+        paths = self._paths(pool["uuid"], vm_rec["uuid"], now)
+        out = dict(base)
+        out.update(changed=True, msg=reason, backup_id=paths["id"], path=paths["out"],
+                   snapshot=needs_snapshot(vm_rec.get("power_state")))
+        if out["snapshot"]:
+            self.ctx.recorder.record("VM.snapshot", [vm_rec["uuid"]], planned=True)
+            self.ctx.recorder.record("VM.destroy", ["<snapshot>"], planned=True)
+        self.ctx.runner.calls.append({"subcommand": "export", "args": ["--out", paths["out"]], "planned": True})
+        return out
+
+    # ------------------------------------------------------------ a new export
+
+    def _helper_args(self, xapi, vm_uuid, out):
+        p = self.p
+        args = helper_xapi_args(p, xapi.url, self.ctx.connection_is_local)
+        args += ["--vm", vm_uuid, "--out", out, "--codec", p["codec"]]
+        if p.get("level") is not None:
+            args += ["--level", str(p["level"])]
+        if p.get("threads") is not None:
+            args += ["--threads", str(p["threads"])]
+        if p.get("stall_timeout") is not None:
+            args += ["--stall-timeout", str(p["stall_timeout"])]
+        return args
+
+    def _export(self, xapi, vm_ref, vm_rec, pool, run_id, now):
+        paths = self._paths(pool["uuid"], vm_rec["uuid"], now)
+        summary = describe_vm(xapi, vm_ref, vm_rec)
+        snap_ref = snap_rec = None
+        failure = None
+        try:
+            if needs_snapshot(vm_rec.get("power_state")):
+                snap_ref = self.snapshots.create_tagged_snapshot(xapi, vm_ref, run_id)
+                snap_rec = xapi.call("VM.get_record", snap_ref)
+                source_uuid = snap_rec["uuid"]
+            else:
+                source_uuid = vm_rec["uuid"]
+            with self.snapshots.block_operations(xapi, vm_ref, BLOCKED_OPERATIONS, BLOCK_REASON):
+                started = self.clock()
+                result = self.ctx.runner.run_long(
+                    "export", self._helper_args(xapi, source_uuid, paths["out"]), paths["status"],
+                    "export of %s" % vm_rec.get("name_label"), session=xapi.session_ref,
+                    poll_interval=self.p.get("poll_interval", 2.0), timeout=self.p.get("export_timeout"),
+                )
+            manifest = self._manifest(pool, summary, snap_rec, run_id, result, started, self.clock())
+            self.ctx.storage.write_json(paths["manifest"], manifest)
+        except BaseException as exc:
+            failure = exc
+            self._discard(paths, exc)
+            raise
+        finally:
+            if snap_ref is not None:
+                self._destroy_snapshot(xapi, snap_ref, failing=failure is not None)
+        out = self._result_fields(result, manifest)
+        out.update(changed=True, backup_id=paths["id"], path=paths["out"],
+                   snapshot_uuid=snap_rec["uuid"] if snap_rec else None)
+        return out
+
+    def _discard(self, paths, exc):
+        """Remove the directory of a failed export (never one whose helper may still be running)."""
+        if isinstance(exc, HelperError) and exc.code == "HELPER_TIMEOUT":
+            return
+        try:
+            self.ctx.storage.remove_backup(self.p["repository"], paths["dir"])
+        except Exception as cleanup_exc:  # pylint: disable=broad-except  # the export's error is the one to report
+            self.warnings.append("could not remove the incomplete backup %s: %s" % (paths["dir"], cleanup_exc))
+
+    def _destroy_snapshot(self, xapi, snap_ref, failing):
+        try:
+            self.snapshots.destroy_snapshot_with_vdis(xapi, snap_ref)
+        except Exception as exc:  # pylint: disable=broad-except
+            if not failing:
+                raise
+            self.warnings.append("could not destroy snapshot %s: %s" % (snap_ref, exc))
+
+    # ------------------------------------------------------------ manifest and result
+
+    def _manifest(self, pool, summary, snap_rec, run_id, result, started, ended):
+        name = os.path.basename(result.get("out") or "") or repo.stored_name(result.get("codec") or self.p["codec"])
+        files = {name: {"size": int(result["stored_size"]), "sha256": str(result["sha256"])}}
+        vm = dict(summary)
+        vm.pop("ref", None)
+        snapshot = None
+        if snap_rec is not None:
+            snapshot = {"uuid": snap_rec.get("uuid"), "name": snap_rec.get("name_label"),
+                        "time": str(snap_rec.get("snapshot_time") or "")}
+        return repo.build_manifest(
+            repo.KIND_VM, tool_version=TOOL_VERSION, pool={"uuid": pool["uuid"], "name": pool["name"]},
+            xapi_version=pool.get("xapi_version"), run_id=run_id, files=files, stored_file=name,
+            started=started, ended=ended, vm=vm, snapshot=snapshot,
+            codec={"codec": result.get("codec"), "level": result.get("level"), "threads": result.get("threads"),
+                   "compressor": result.get("compressor")},
+            raw_size=result.get("raw_size"), raw_hash=result.get("raw_hash"), helper_result=result,
+        )
+
+    @staticmethod
+    def _result_fields(result, manifest):
+        return {
+            "raw_size": manifest.get("raw_size"),
+            "stored_size": manifest.get("stored_size"),
+            "sha256": manifest.get("sha256"),
+            "ratio": ratio(manifest.get("raw_size"), manifest.get("stored_size")),
+            "duration": manifest.get("duration"),
+            "rate": manifest.get("rate"),
+            "codec": (manifest.get("codec") or {}).get("codec"),
+            "helper_result": repo.strip_secrets(result),
+        }
+
+    def _describe(self, backup, changed):
+        manifest = backup.manifest or {}
+        out = self._result_fields(manifest.get("helper_result") or {}, manifest)
+        out.update(changed=changed, backup_id=backup.id, path=backup.stored_path,
+                   snapshot_uuid=(manifest.get("snapshot") or {}).get("uuid"))
+        return out
+
+    # ------------------------------------------------------------ adopting an earlier export
+
+    def _adopt(self, xapi, pool, vm_rec, run_id, backups):
+        """Wait for / record / clean up earlier exports of this VM; return the backup recorded, if any."""
+        adopted = None
+        for backup in running_candidates(backups):
+            status_file = os.path.join(backup.path, repo.STATUS_NAME)
+            status = self.ctx.runner.run("status", ["--status-file", status_file], check=False)
+            action = adoption_action(status, backup.manifest is not None)
+            if action == "wait":
+                result = self.ctx.runner.wait(status_file, "earlier export of %s" % vm_rec.get("name_label"),
+                                              poll_interval=self.p.get("poll_interval", 2.0),
+                                              timeout=self.p.get("export_timeout"))
+                status = {"result": result}
+                action = "finalize"
+            if action == "finalize":
+                adopted = self._finalize(xapi, pool, vm_rec, run_id, backup, status["result"]) or adopted
+            elif action == "remove":
+                self.ctx.storage.remove_backup(self.p["repository"], backup.path)
+        return adopted
+
+    def _finalize(self, xapi, pool, vm_rec, run_id, backup, result):
+        """Write the manifest of an export that finished without one; destroy its snapshot."""
+        owned = self.snapshots.find_our_snapshots(xapi, vm_uuid=vm_rec["uuid"])
+        snap_ref, snap_rec = (owned[0] if owned else (None, None))
+        if snap_rec is not None:
+            run_id = (snap_rec.get("other_config") or {}).get("xapi_backup:run", run_id)
+        try:
+            summary = describe_vm(xapi, xapi.call("VM.get_by_uuid", vm_rec["uuid"]), None)
+            started = backup.time or self.clock()
+            manifest = self._manifest(pool, summary, snap_rec, run_id, result, started, self.clock())
+            size, digest = self.ctx.storage.hash_file(os.path.join(backup.path, manifest["stored_file"]))
+            if size != manifest["stored_size"] or digest != manifest["sha256"]:
+                self.ctx.storage.remove_backup(self.p["repository"], backup.path)
+                return None
+            self.ctx.storage.write_json(os.path.join(backup.path, repo.MANIFEST_NAME), manifest)
+            return backup
+        finally:
+            for ref, _rec in owned:
+                self._destroy_snapshot(xapi, ref, failing=True)

@@ -1,0 +1,183 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""vm_import: restore a backup of the repository into the pool through the helper.
+
+PRIVATE to the collection: not a public API.
+
+The stored file's size and sha256 are checked against the manifest before the helper sends a
+single byte to xapi.  After the import the VM is made a normal VM (exports of snapshots import as
+templates), named, tagged and marked with ``other_config["xapi_backup:restored_from"]``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
+from ansible_collections.xapi.backup.plugins.module_utils._selection import is_data_disk
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError, XapiUsageError
+from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import find_sr, helper_xapi_args
+
+RESTORED_FROM = "xapi_backup:restored_from"
+RESTORED_TAG = "xapi-backup-restored"
+STATUS_DIR = ".xapi-backup"
+
+
+def restored_vms(records: dict, ident: str) -> list:
+    """``[(ref, record)]`` of the VMs (not snapshots) restored from backup ``ident``, by other_config."""
+    return sorted(
+        [(ref, rec) for ref, rec in records.items()
+         if (rec.get("other_config") or {}).get(RESTORED_FROM) == ident and not rec.get("is_a_snapshot")],
+        key=lambda item: item[1].get("uuid", ""),
+    )
+
+
+def import_reason(records: dict, ident: str, source_uuid: str, preserve_identity: bool, force: bool):
+    """Why to import (None: the restore is already there).  Returns (reason, existing VM record or None)."""
+    found = restored_vms(records, ident)
+    if preserve_identity:
+        same = [(ref, rec) for ref, rec in records.items() if rec.get("uuid") == source_uuid and not rec.get("is_a_snapshot")]
+        found = found or same
+    if found and not force:
+        return None, found[0][1]
+    if found:
+        return "force is set (VM %s already exists)" % found[0][1].get("uuid"), found[0][1]
+    return "no VM restored from %s%s" % (ident, " with uuid %s" % source_uuid if preserve_identity else ""), None
+
+
+def resolve_backup(params: dict, backups: list) -> repo.Backup:
+    """The backup named by ``backup`` (an id or a path in the repository) or by ``vm_uuid`` + ``timestamp``."""
+    root = params["repository"]
+    if params.get("backup"):
+        text = params["backup"]
+        ident = repo.relative_id(root, text) if os.path.isabs(text) else text
+        if ident is None:
+            # a path to the stored file or the manifest inside the backup directory
+            ident = repo.relative_id(root, os.path.dirname(text))
+        if ident is None:
+            raise repo.RepositoryError("%s is not a backup inside %s" % (text, root), "NO_BACKUP")
+        pool_uuid, owner, stamp = repo.parse_backup_id(ident)
+        return repo.select_backup([b for b in backups if b.pool_uuid == pool_uuid], owner, stamp)
+    return repo.select_backup(backups, params["vm_uuid"], params.get("timestamp") or "latest")
+
+
+class VmImport:
+    """One vm_import task.  ``ctx`` is a ``_action.ActionContext``."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.p = ctx.params
+
+    def _backups(self):
+        p = self.p
+        vm_filter = None
+        if not p.get("backup"):
+            vm_filter = p["vm_uuid"]
+        # checksums are checked below for the one backup used: listing reads sizes only
+        return repo.list_backups(self.ctx.storage, p["repository"], vm=vm_filter, check_hash=False)
+
+    def _verify(self, backup):
+        """Refuse a backup whose stored file does not match its manifest (before any byte is sent)."""
+        size, digest = self.ctx.storage.hash_file(backup.stored_path)
+        manifest = backup.manifest
+        if size != manifest["stored_size"] or digest != manifest["sha256"]:
+            raise repo.RepositoryError(
+                "backup %s is corrupt: %s does not match the manifest's size and sha256; nothing was sent to xapi"
+                % (backup.id, backup.stored_file), "CHECKSUM_MISMATCH")
+
+    def run(self) -> dict:
+        p = self.p
+        backup = resolve_backup(p, self._backups())
+        if p.get("state") == "absent":
+            return self._absent(backup)
+        self._verify(backup)
+        source = (backup.manifest.get("vm") or {})
+        base = {"backup_id": backup.id, "path": backup.stored_path, "source_vm_uuid": backup.owner,
+                "source_vm_name": source.get("name_label")}
+        with self.ctx.xapi() as xapi:
+            records = xapi.call("VM.get_all_records")
+            reason, existing = import_reason(records, backup.id, backup.owner, p["preserve_identity"], p["force"])
+            if reason is None:
+                out = dict(base, changed=False, vm_uuid=existing.get("uuid"), vm_name=existing.get("name_label"),
+                           msg="VM %s was already restored from %s" % (existing.get("uuid"), backup.id))
+                return out
+            sr_ref, sr_rec = find_sr(xapi, p.get("sr"))
+            if self.ctx.check_mode:
+                self.ctx.recorder.record("VM.set_is_a_template", ["<imported VM>", False], planned=True)
+                self.ctx.runner.calls.append({"subcommand": "import", "args": ["--in", backup.stored_path], "planned": True})
+                return dict(base, changed=True, msg=reason, vm_uuid=None, vm_name=self._name(source),
+                            sr_uuid=sr_rec.get("uuid") if sr_rec else None)
+            result = self._import(xapi, backup, sr_rec)
+            vm_refs = list(result.get("vm_refs") or [])
+            if not vm_refs:
+                raise XapiUsageError("the import of %s created no VM" % backup.id)
+            vm_ref = vm_refs[0]
+            self._finish_vm(xapi, vm_ref, backup, source)
+            record = xapi.call("VM.get_record", vm_ref)
+            return dict(base, changed=True, msg=reason, vm_uuid=record.get("uuid"), vm_name=record.get("name_label"),
+                        vm_uuids=list(result.get("vm_uuids") or []), power_state=record.get("power_state"),
+                        sr_uuid=sr_rec.get("uuid") if sr_rec else None, helper_result=repo.strip_secrets(result),
+                        duration=result.get("duration"))
+
+    def _name(self, source):
+        return self.p.get("name") or source.get("name_label")
+
+    def _import(self, xapi, backup, sr_rec):
+        p = self.p
+        args = helper_xapi_args(p, xapi.url, self.ctx.connection_is_local) + ["--in", backup.stored_path]
+        if sr_rec is not None:
+            args += ["--sr", sr_rec["uuid"]]
+        if p["preserve_identity"]:
+            args.append("--restore")
+        status_file = os.path.join(p["repository"], STATUS_DIR, "import-%s.status.json" % backup.id.replace("/", "_"))
+        return self.ctx.runner.run_long("import", args, status_file, "import of %s" % backup.id,
+                                        session=xapi.session_ref, poll_interval=p.get("poll_interval", 2.0),
+                                        timeout=p.get("import_timeout"))
+
+    def _finish_vm(self, xapi, vm_ref, backup, source):
+        p = self.p
+        xapi.change("VM.set_is_a_template", vm_ref, False)
+        name = self._name(source)
+        if name:
+            xapi.change("VM.set_name_label", vm_ref, name)
+        xapi.change("VM.remove_from_other_config", vm_ref, RESTORED_FROM)
+        xapi.change("VM.add_to_other_config", vm_ref, RESTORED_FROM, backup.id)
+        for tag in [RESTORED_TAG] + list(p.get("tags") or []):
+            xapi.change("VM.add_tags", vm_ref, tag)
+        if p.get("start"):
+            xapi.change("VM.start", vm_ref, False, False)
+
+    # ------------------------------------------------------------ state=absent
+
+    def _absent(self, backup):
+        with self.ctx.xapi() as xapi:
+            found = restored_vms(xapi.call("VM.get_all_records"), backup.id)
+            for ref, record in found:
+                destroy_vm_with_disks(xapi, ref, record)
+        uuids = [rec.get("uuid") for _ref, rec in found]
+        msg = ("%s %d VM(s) restored from %s" % ("would destroy" if self.ctx.check_mode else "destroyed", len(uuids), backup.id)
+               if uuids else "no VM restored from %s" % backup.id)
+        return {"changed": bool(uuids), "msg": msg, "backup_id": backup.id, "removed": uuids,
+                "vm_uuid": uuids[0] if uuids else None}
+
+
+def destroy_vm_with_disks(xapi, ref, record):
+    """Shut down (hard) and destroy a VM and the VDIs of its disk VBDs; side effects planned in check mode."""
+    if str(record.get("power_state", "")).lower() != "halted":
+        xapi.change("VM.hard_shutdown", ref)
+    vdis = []
+    for vbd in record.get("VBDs") or []:
+        try:
+            vbd_rec = xapi.call("VBD.get_record", vbd)
+        except XapiError as exc:
+            if exc.code != "HANDLE_INVALID":
+                raise
+            continue
+        if is_data_disk(vbd_rec):
+            vdis.append(vbd_rec["VDI"])
+    xapi.change("VM.destroy", ref)
+    for vdi in vdis:
+        xapi.change("VDI.destroy", vdi)

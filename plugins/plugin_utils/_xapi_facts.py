@@ -1,0 +1,76 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Small XAPI reads and helper arguments shared by the data verbs.
+
+PRIVATE to the collection: not a public API.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.xapi.backup.plugins.module_utils._repository import is_uuid
+from ansible_collections.xapi.backup.plugins.module_utils._selection import summarise_pool
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError, XapiUsageError
+
+TOOL_VERSION = "0.1.0"
+DEFAULT_HELPER_XAPI_URL = "http://localhost"
+
+
+def pool_facts(xapi) -> dict:
+    """``{uuid, name, master_ref, xapi_version}`` of the pool the session is logged in to."""
+    pools = xapi.call("pool.get_all_records")
+    if not pools:
+        raise XapiUsageError("xapi reports no pool object")
+    pool_ref = sorted(pools)[0]
+    master_ref = pools[pool_ref].get("master")
+    host = xapi.call("host.get_record", master_ref)
+    summary = summarise_pool(pools, {master_ref: host})
+    software = host.get("software_version") or {}
+    return {
+        "uuid": summary.get("uuid"),
+        "name": summary.get("name_label"),
+        "master_ref": master_ref,
+        "default_sr": summary.get("default_sr"),
+        "xapi_version": software.get("xapi") or software.get("product_version"),
+    }
+
+
+def helper_xapi_args(params: dict, xapi_url: str, connection_is_local: bool) -> list:
+    """``--url`` (and TLS options) the helper uses to reach xapi, per ``transfer``.
+
+    ``local``: the helper reads xapi on its own host at ``helper_xapi_url`` (default http://localhost).
+    ``remote``: the helper pulls from the pool master over HTTPS with certificate verification; the CA
+    file must exist on the helper's host (``helper_ca_file``, else ``ca_path`` on a local connection).
+    """
+    if params.get("transfer", "local") == "local":
+        return ["--url", params.get("helper_xapi_url") or DEFAULT_HELPER_XAPI_URL]
+    args = ["--url", xapi_url]
+    if not params.get("validate_certs", True):
+        return args + ["--insecure"]
+    ca_file = params.get("helper_ca_file") or (params.get("ca_path") if connection_is_local else None)
+    if ca_file:
+        args += ["--ca-file", ca_file]
+    return args
+
+
+def find_sr(xapi, sr):
+    """``(ref, record)`` of the SR given by uuid or exact name; None gives the pool's default SR."""
+    if not sr:
+        return None, None
+    ref = None
+    if is_uuid(sr):
+        try:
+            ref = xapi.call("SR.get_by_uuid", sr.lower())
+        except XapiError as exc:
+            if exc.code not in ("UUID_INVALID", "HANDLE_INVALID"):
+                raise
+    if ref is None:
+        refs = xapi.call("SR.get_by_name_label", sr)
+        if not refs:
+            raise XapiUsageError("no SR with uuid or name %r" % sr)
+        if len(refs) > 1:
+            raise XapiUsageError("%d SRs are named %r; give the uuid instead" % (len(refs), sr))
+        ref = refs[0]
+    return ref, xapi.call("SR.get_record", ref)
