@@ -20,6 +20,7 @@ import math
 import re
 import threading
 import time
+import weakref
 
 from tests.xapisim.errors import XapiError
 
@@ -400,14 +401,47 @@ class EventSystem:
             time.sleep(seconds)
 
 
-# ---------------------------------------------------------------------------- API table
-def api_methods(events):
-    """Wire name -> fn(session_ref, *params), for the simulator's method table."""
-    return {
-        "event.from": events.event_from,
-        "event.inject": events.inject,
-        "event.register": events.register,
-        "event.unregister": events.unregister,
-        "event.next": events.next,
-        "event.get_current_id": events.get_current_id,
-    }
+# ---------------------------------------------------------------------------- API methods
+# One EventSystem per simulated pool (all hosts share the pool database), made on first use.
+_SYSTEMS = weakref.WeakKeyDictionary()
+_SYSTEMS_LOCK = threading.Lock()
+
+
+def system_of(sim):
+    with _SYSTEMS_LOCK:
+        system = _SYSTEMS.get(sim)
+        if system is None:
+            system = _SYSTEMS[sim] = EventSystem(sim.db)
+        return system
+
+
+def _register_api():
+    """Add the event calls to the simulator's method table (arity counts the session)."""
+    from tests.xapisim.api import api_method
+
+    @api_method("event.from", 4)
+    def event_from(call, classes, token, timeout):
+        return system_of(call.sim).event_from(call.session, list(classes), token, timeout)
+
+    @api_method("event.inject", 3)
+    def event_inject(call, cls, ref):
+        return system_of(call.sim).inject(call.session, str(cls), str(ref))
+
+    @api_method("event.register", 2)
+    def event_register(call, classes):
+        return system_of(call.sim).register(call.session, list(classes))
+
+    @api_method("event.unregister", 2)
+    def event_unregister(call, classes):
+        return system_of(call.sim).unregister(call.session, list(classes))
+
+    @api_method("event.next", 1)
+    def event_next(call):
+        return system_of(call.sim).next(call.session)
+
+    @api_method("event.get_current_id", 1)
+    def event_get_current_id(call):
+        return system_of(call.sim).get_current_id(call.session)
+
+
+_register_api()

@@ -188,3 +188,70 @@ def options(request_headers):
     headers = [("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Headers", allow),
                ("Access-Control-Allow-Methods", "PUT")]
     return Reply(200, "OK", headers, b"")
+
+
+# ---------------------------------------------------------------------------- server glue
+def serve_post(request):
+    """POST /jsonrpc on the simulator's request handler (``SimRequestHandler``)."""
+    from tests.xapisim import api
+    length = int(request.headers.get("Content-Length") or 0)
+    body = request.rfile.read(length) if length else b""
+    dispatch = getattr(api, "call", None) or api._dispatch  # the XML-RPC path's dispatcher
+    reply = handle(body, lambda method, params: dispatch(request.host, method, params))
+    _write(request, reply)
+
+
+def serve_options(request):
+    _write(request, options(request.headers))
+
+
+def _write(request, reply):
+    request.wfile.write(reply.to_bytes(request.protocol_version))
+    request.wfile.flush()
+    if reply.close:
+        request.close_connection = True
+
+
+# ---------------------------------------------------------------------------- system.listMethods
+# Xen Orchestra's client asks for it right after login (over JSON-RPC) and then calls
+# <Class>.get_all_records for every class it lists.  xapi lists the sync wire names of every
+# message (gen_server.ml); we list what the simulator answers.  Sessions have no get_all*
+# messages in xapi (datamodel.ml expose_get_all_messages_for).
+GENERIC_READERS = ("get_all", "get_all_records", "get_all_records_where", "get_record",
+                   "get_by_uuid")
+NO_GET_ALL = frozenset({"session"})
+
+
+def list_methods():
+    from tests.xapisim import api
+    from tests.xapisim.schema import CLASSES, has_name_label
+    names = set(api.METHODS)
+    for cls, fields in CLASSES.items():
+        names.update("%s.%s" % (cls, op) for op in GENERIC_READERS
+                     if cls not in NO_GET_ALL or not op.startswith("get_all"))
+        if has_name_label(cls):
+            names.add(cls + ".get_by_name_label")
+        for field in fields.values():
+            names.add("%s.get_%s" % (cls, field.name))
+            if field.writable:
+                names.add("%s.set_%s" % (cls, field.name))
+                if field.is_map:
+                    names.update({"%s.add_to_%s" % (cls, field.name),
+                                  "%s.remove_from_%s" % (cls, field.name)})
+                elif field.is_set:
+                    names.update({"%s.add_%s" % (cls, field.name),
+                                  "%s.remove_%s" % (cls, field.name)})
+    names.discard("system.listMethods")
+    return sorted(names) + ["system.listMethods"]
+
+
+def _register_api():
+    from tests.xapisim.api import api_method
+
+    # xapi ignores the arguments of system.listMethods and needs no session
+    @api_method("system.listMethods", (0, 1, 2, 3), needs_session=False)
+    def system_list_methods(call, *ignored):
+        return list_methods()
+
+
+_register_api()
