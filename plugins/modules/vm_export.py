@@ -182,6 +182,11 @@ snapshot_uuid:
   description: UUID of the (now destroyed) snapshot that was exported; null for a halted VM.
   returned: success
   type: str
+stale_snapshots_removed:
+  description: UUIDs of snapshots of earlier runs of this VM that were destroyed (planned in check mode).
+  returned: when an export ran or would run
+  type: list
+  elements: str
 raw_size:
   description: Bytes of the XVA stream read from xapi.
   returned: success

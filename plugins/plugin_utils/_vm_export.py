@@ -74,6 +74,7 @@ class VmExport:
         self.snapshots = snapshots
         self.clock = clock
         self.warnings = []
+        self.removed_snapshots = []
 
     # ------------------------------------------------------------ entry point
 
@@ -101,7 +102,7 @@ class VmExport:
                               else "a complete backup of this VM for run %s exists: %s" % (run_id, existing.id))
                 return self._finish(out)
             if self.ctx.check_mode:
-                return self._finish(self._plan(base, vm_rec, pool, now, reason))
+                return self._finish(self._plan(xapi, vm_ref, vm_rec, base, pool, run_id, now, reason))
             out = self._export(xapi, vm_ref, vm_rec, pool, run_id, now)
             out.update(base)
             out["msg"] = reason
@@ -129,15 +130,17 @@ class VmExport:
             "manifest": os.path.join(directory, repo.MANIFEST_NAME),
         }
 
-    def _plan(self, base, vm_rec, pool, now, reason):
+    def _plan(self, xapi, vm_ref, vm_rec, base, pool, run_id, now, reason):
+        """Check mode: the same decisions, with every side effect only planned (xapi.change)."""
         paths = self._paths(pool["uuid"], vm_rec["uuid"], now)
+        removed = self.snapshots.cleanup_stale(xapi, run_id, vm_uuid=vm_rec["uuid"])
+        if needs_snapshot(vm_rec.get("power_state")):
+            self.snapshots.create_tagged_snapshot(xapi, vm_ref, run_id, now, vm_record=vm_rec)
+        with self.snapshots.block_operations(xapi, vm_ref, BLOCKED_OPERATIONS, BLOCK_REASON):
+            self.ctx.runner.calls.append({"subcommand": "export", "args": ["--out", paths["out"]], "planned": True})
         out = dict(base)
-        out.update(changed=True, msg=reason, backup_id=paths["id"], path=paths["out"],
-                   snapshot=needs_snapshot(vm_rec.get("power_state")))
-        if out["snapshot"]:
-            self.ctx.recorder.record("VM.snapshot", [vm_rec["uuid"]], planned=True)
-            self.ctx.recorder.record("VM.destroy", ["<snapshot>"], planned=True)
-        self.ctx.runner.calls.append({"subcommand": "export", "args": ["--out", paths["out"]], "planned": True})
+        out.update(changed=True, msg=reason, backup_id=paths["id"], path=paths["out"], snapshot_uuid=None,
+                   stale_snapshots_removed=[r.get("uuid") for r in removed])
         return out
 
     # ------------------------------------------------------------ a new export
@@ -160,8 +163,9 @@ class VmExport:
         snap_ref = snap_rec = None
         failure = None
         try:
+            self.removed_snapshots = self.snapshots.cleanup_stale(xapi, run_id, vm_uuid=vm_rec["uuid"])
             if needs_snapshot(vm_rec.get("power_state")):
-                snap_ref = self.snapshots.create_tagged_snapshot(xapi, vm_ref, run_id)
+                snap_ref = self.snapshots.create_tagged_snapshot(xapi, vm_ref, run_id, now, vm_record=vm_rec)
                 snap_rec = xapi.call("VM.get_record", snap_ref)
                 source_uuid = snap_rec["uuid"]
             else:
@@ -184,7 +188,8 @@ class VmExport:
                 self._destroy_snapshot(xapi, snap_ref, failing=failure is not None)
         out = self._result_fields(result, manifest)
         out.update(changed=True, backup_id=paths["id"], path=paths["out"],
-                   snapshot_uuid=snap_rec["uuid"] if snap_rec else None)
+                   snapshot_uuid=snap_rec["uuid"] if snap_rec else None,
+                   stale_snapshots_removed=[s.get("uuid") for s in self.removed_snapshots or []])
         return out
 
     def _discard(self, paths, exc):
@@ -214,7 +219,7 @@ class VmExport:
         snapshot = None
         if snap_rec is not None:
             snapshot = {"uuid": snap_rec.get("uuid"), "name": snap_rec.get("name_label"),
-                        "time": str(snap_rec.get("snapshot_time") or "")}
+                        "time": (snap_rec.get("other_config") or {}).get("xapi_backup:time")}
         return repo.build_manifest(
             repo.KIND_VM, tool_version=TOOL_VERSION, pool={"uuid": pool["uuid"], "name": pool["name"]},
             xapi_version=pool.get("xapi_version"), run_id=run_id, files=files, stored_file=name,

@@ -1,0 +1,125 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Fakes for the verbs' services: an ActionContext with a scripted helper and an in-memory XAPI."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+try:
+    import ansible_collections.xapi.backup  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[4] / ".tmp" / "collections"))
+
+from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage  # noqa: E402
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import CallRecorder  # noqa: E402
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError  # noqa: E402
+
+POOL = "11111111-2222-3333-4444-555555555555"
+VM = "aaaaaaaa-0000-0000-0000-000000000001"
+SNAP = "cccccccc-0000-0000-0000-000000000003"
+SESSION = "OpaqueRef:session-secret"
+
+
+class FakeXapi:
+    """Answers reads from ``answers`` (method -> value or callable); records every call like XapiSession."""
+
+    def __init__(self, answers=None, check_mode=False):
+        self.answers = dict(answers or {})
+        self.check_mode = check_mode
+        self.recorder = CallRecorder()
+        self.url = "https://pool.example"
+        self.session_ref = SESSION
+
+    @property
+    def calls(self):
+        return self.recorder.calls
+
+    def call(self, method, *args):
+        self.recorder.record(method, args)
+        answer = self.answers.get(method)
+        if callable(answer):
+            return answer(*args)
+        return answer
+
+    def change(self, method, *args):
+        if self.check_mode:
+            self.recorder.record(method, args, planned=True)
+            return None
+        return self.call(method, *args)
+
+    def methods(self, planned=None):
+        return [c["method"] for c in self.calls if planned is None or c["planned"] == planned]
+
+
+class FakeRunner:
+    """A HelperRunner whose export/import/fetch write files like the helper would, or fail."""
+
+    def __init__(self, payload=b"compressed-xva", fail=None, status=None):
+        self.payload = payload
+        self.fail = fail
+        self.status_answer = status or {"ok": False, "error": {"code": "NO_STATUS", "message": "none"}}
+        self.calls = []
+        self.sessions = []
+
+    def _write(self, out):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "wb") as handle:
+            handle.write(self.payload)
+        return {"ok": True, "out": out, "stored_size": len(self.payload), "size": len(self.payload),
+                "sha256": hashlib.sha256(self.payload).hexdigest(), "raw_size": 4 * len(self.payload),
+                "raw_hash": "xxh64:1", "codec": "zstd", "level": 3, "threads": 2, "compressor": "zstandard"}
+
+    def run_long(self, subcommand, args, status_file, label, session=None, poll_interval=2.0, timeout=None):
+        self.calls.append({"subcommand": subcommand, "args": list(args)})
+        self.sessions.append(session)
+        if self.fail:
+            raise self.fail
+        if subcommand == "export":
+            return self._write(args[args.index("--out") + 1])
+        return {"ok": True, "vm_refs": ["OpaqueRef:new-vm"], "vm_uuids": ["dddddddd-0000-0000-0000-000000000004"]}
+
+    def run(self, subcommand, args=None, stdin=None, session=None, check=True):
+        self.calls.append({"subcommand": subcommand, "args": list(args or [])})
+        if subcommand == "status":
+            return self.status_answer
+        if subcommand == "fetch":
+            if self.fail:
+                raise self.fail
+            return self._write(args[args.index("--out") + 1])
+        if subcommand == "verify":
+            if self.fail:
+                raise self.fail
+            return {"ok": True}
+        raise AssertionError("unexpected subcommand %s" % subcommand)
+
+    def wait(self, status_file, label, poll_interval=2.0, timeout=None):
+        return self.status_answer.get("final") or {"ok": True}
+
+
+class FakeCtx:
+    def __init__(self, params, xapi, runner, check_mode=False, storage=None):
+        self.params = params
+        self._xapi = xapi
+        self.runner = runner
+        self.storage = storage or LocalStorage()
+        self.check_mode = check_mode
+        self.diff = True
+        self.recorder = xapi.recorder
+        self.connection_is_local = True
+        self.display = None
+
+    @contextlib.contextmanager
+    def xapi(self, check_mode=None):
+        yield self._xapi
+
+
+def helper_failure():
+    return HelperError("helper export failed: STREAM_TRUNCATED: cut", "STREAM_TRUNCATED")

@@ -1,0 +1,198 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+
+import pytest
+
+try:  # the fakes module also puts the collection on sys.path under plain pytest
+    from .repo_side_fakes import POOL, SESSION, SNAP, VM, FakeCtx, FakeRunner, FakeXapi, helper_failure
+except ImportError:  # plain pytest: this directory is on sys.path, not a package
+    from repo_side_fakes import POOL, SESSION, SNAP, VM, FakeCtx, FakeRunner, FakeXapi, helper_failure
+
+from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
+from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage
+from ansible_collections.xapi.backup.plugins.plugin_utils import _vm_export
+from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import VmExport, adoption_action, needs_snapshot
+
+NOW = datetime.datetime(2026, 11, 21, 23, 59, 1, tzinfo=datetime.timezone.utc)
+
+
+class FakeSnapshots:
+    def __init__(self):
+        self.events = []
+
+    def cleanup_stale(self, xapi, run_id, vm_uuid=None):
+        self.events.append("cleanup")
+        return []
+
+    def create_tagged_snapshot(self, xapi, vm_ref, run_id, now, vm_record=None):
+        if xapi.check_mode:
+            xapi.change("Async.VM.snapshot", vm_ref, "xapi-backup")
+            return None
+        self.events.append("snapshot")
+        return "OpaqueRef:snap"
+
+    def destroy_snapshot_with_vdis(self, xapi, ref):
+        self.events.append(("destroy", ref))
+
+    def find_our_snapshots(self, xapi, vm_uuid=None, run_id=None):
+        return [("OpaqueRef:old-snap", {"uuid": SNAP, "other_config": {"xapi_backup:run": "2026-11-20"}})]
+
+    @contextlib.contextmanager
+    def block_operations(self, xapi, vm_ref, ops, reason):
+        xapi.change("VM.set_blocked_operations", vm_ref, dict((op, reason) for op in ops))
+        self.events.append("block")
+        try:
+            yield {}
+        finally:
+            self.events.append("unblock")
+            xapi.change("VM.set_blocked_operations", vm_ref, {})
+
+
+class OrderedStorage(LocalStorage):
+    """Local storage that checks the manifest is written only once the stored file is complete."""
+
+    def __init__(self):
+        self.writes = []
+
+    def write_json(self, path, document):
+        if os.path.basename(path) == repo.MANIFEST_NAME:
+            stored = os.path.join(os.path.dirname(path), document["stored_file"])
+            assert self.hash_file(stored) == (document["stored_size"], document["sha256"])
+        self.writes.append(path)
+        super().write_json(path, document)
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    def make(power_state="Running", check_mode=False, runner=None, run_id=None, force=False):
+        vm_rec = {"uuid": VM, "name_label": "web", "power_state": power_state}
+        monkeypatch.setattr(_vm_export, "find_vm", lambda xapi, name: ("OpaqueRef:vm", vm_rec))
+        monkeypatch.setattr(_vm_export, "describe_vm", lambda xapi, ref, rec: {"ref": ref, "uuid": VM, "name_label": "web", "disks": [], "vifs": []})
+        monkeypatch.setattr(_vm_export, "pool_facts", lambda xapi: {"uuid": POOL, "name": "pool", "xapi_version": "25.1"})
+        xapi = FakeXapi({"VM.get_record": lambda ref: {"uuid": SNAP, "name_label": "snap", "other_config": {"xapi_backup:time": "t"}},
+                         "VM.get_by_uuid": lambda uuid: "OpaqueRef:vm"}, check_mode=check_mode)
+        params = {"vm": "web", "repository": str(tmp_path), "codec": "zstd", "level": None, "threads": None,
+                  "run_id": run_id, "force": force, "transfer": "local", "helper_xapi_url": "http://localhost",
+                  "verify_existing": True, "poll_interval": 0.01}
+        ctx = FakeCtx(params, xapi, runner or FakeRunner(), check_mode=check_mode, storage=OrderedStorage())
+        snaps = FakeSnapshots()
+        return VmExport(ctx, snapshots=snaps, clock=lambda: NOW), ctx, xapi, snaps
+    return make
+
+
+@pytest.mark.parametrize("state,expected", [("Running", True), ("Halted", False), ("halted", False), ("Suspended", True), ("Paused", True)])
+def test_needs_snapshot(state, expected):
+    assert needs_snapshot(state) is expected
+
+
+ADOPTION = {
+    "running": ({"alive": True}, False, "wait"),
+    "finished_ok": ({"alive": False, "result": {"ok": True}}, False, "finalize"),
+    "finished_failed": ({"alive": False, "result": {"ok": False}}, False, "remove"),
+    "died": ({"alive": False}, False, "remove"),
+    "no_status": ({"ok": False, "error": {"code": "NO_STATUS"}}, False, "remove"),
+    "already_recorded": ({"alive": False, "result": {"ok": True}}, True, "ignore"),
+}
+
+
+@pytest.mark.parametrize("status,has_manifest,expected", list(ADOPTION.values()), ids=list(ADOPTION))
+def test_adoption_action(status, has_manifest, expected):
+    assert adoption_action(status, has_manifest) == expected
+
+
+def test_running_vm_exported_through_snapshot_and_manifest_written_last(setup, tmp_path):
+    export, ctx, xapi, snaps = setup()
+    out = export.run()
+    assert out["changed"] is True and out["backup_id"] == "%s/%s/20261121T235901Z" % (POOL, VM)
+    assert out["run_id"] == "2026-11-21" and out["snapshot_uuid"] == SNAP and out["ratio"] == 4.0
+    call = ctx.runner.calls[0]
+    assert call["subcommand"] == "export" and call["args"][call["args"].index("--vm") + 1] == SNAP
+    assert ctx.runner.sessions == [SESSION] and SESSION not in json.dumps(ctx.runner.calls)
+    assert snaps.events == ["cleanup", "snapshot", "block", "unblock", ("destroy", "OpaqueRef:snap")]
+    assert [os.path.basename(p) for p in ctx.storage.writes] == [repo.MANIFEST_NAME]
+    manifest = json.loads(open(ctx.storage.writes[0]).read())
+    assert manifest["snapshot"]["uuid"] == SNAP and manifest["vm"]["uuid"] == VM and "ref" not in manifest["vm"]
+    assert SESSION not in open(ctx.storage.writes[0]).read()
+    backups = repo.list_backups(LocalStorage(), str(tmp_path))
+    assert [b.complete for b in backups] == [True]
+
+
+def test_halted_vm_exported_as_is(setup):
+    export, ctx, _xapi, snaps = setup(power_state="Halted")
+    out = export.run()
+    args = ctx.runner.calls[0]["args"]
+    assert args[args.index("--vm") + 1] == VM and out["snapshot_uuid"] is None
+    assert "snapshot" not in snaps.events and not any(isinstance(e, tuple) for e in snaps.events)
+
+
+def test_failure_destroys_snapshot_unblocks_and_leaves_no_backup(setup, tmp_path):
+    export, ctx, _xapi, snaps = setup(runner=FakeRunner(fail=helper_failure()))
+    with pytest.raises(Exception, match="STREAM_TRUNCATED"):
+        export.run()
+    assert snaps.events[-2:] == ["unblock", ("destroy", "OpaqueRef:snap")]
+    assert ctx.storage.writes == []
+    assert repo.list_backups(LocalStorage(), str(tmp_path)) == []
+
+
+def test_second_run_same_run_id_changes_nothing(setup):
+    first, _ctx, _xapi, _snaps = setup(run_id="nightly")
+    first.run()
+    export, ctx, xapi, snaps = setup(run_id="nightly")
+    out = export.run()
+    assert out["changed"] is False and "exists" in out["msg"]
+    assert ctx.runner.calls == [] and snaps.events == []
+    assert out["stored_size"] == len(FakeRunner().payload)
+
+
+def test_force_exports_again(setup):
+    setup(run_id="nightly")[0].run()
+    export, ctx, _xapi, _snaps = setup(run_id="nightly", force=True)
+    assert export.run()["changed"] is True and ctx.runner.calls
+
+
+def test_check_mode_plans_without_side_effects(setup, tmp_path):
+    export, ctx, xapi, snaps = setup(check_mode=True)
+    out = export.run()
+    assert out["changed"] is True and out["path"].endswith("vm.xva.zst")
+    assert all(c.get("planned") for c in ctx.runner.calls) and ctx.runner.sessions == []
+    assert "Async.VM.snapshot" in xapi.methods(planned=True)
+    assert not [m for m in xapi.methods(planned=False) if m.startswith("Async") or ".set_" in m]
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_adopts_finished_export_instead_of_starting_another(setup, tmp_path):
+    payload = b"finished-by-earlier-run"
+    stamp_dir = tmp_path / POOL / VM / "20261121T220000Z"
+    stamp_dir.mkdir(parents=True)
+    (stamp_dir / "vm.xva.zst").write_bytes(payload)
+    (stamp_dir / repo.STATUS_NAME).write_text("{}")
+    result = {"ok": True, "out": str(stamp_dir / "vm.xva.zst"), "stored_size": len(payload),
+              "sha256": hashlib.sha256(payload).hexdigest(), "codec": "zstd", "raw_size": 100}
+    runner = FakeRunner(status={"ok": True, "alive": False, "result": result})
+    export, ctx, _xapi, snaps = setup(runner=runner, run_id="2026-11-20")
+    out = export.run()
+    assert out["changed"] is True and out["backup_id"].endswith("20261121T220000Z")
+    assert [c["subcommand"] for c in ctx.runner.calls] == ["status"]
+    assert ("destroy", "OpaqueRef:old-snap") in snaps.events
+    assert repo.list_backups(LocalStorage(), str(tmp_path))[0].run_id == "2026-11-20"
+
+
+def test_dead_earlier_export_is_removed_then_exported_anew(setup, tmp_path):
+    stale = tmp_path / POOL / VM / "20261121T220000Z"
+    stale.mkdir(parents=True)
+    (stale / repo.STATUS_NAME).write_text("{}")
+    runner = FakeRunner(status={"ok": True, "alive": False, "phase": "export"})
+    export, ctx, _xapi, _snaps = setup(runner=runner)
+    out = export.run()
+    assert not stale.exists() and out["changed"] is True
+    assert [c["subcommand"] for c in ctx.runner.calls] == ["status", "export"]

@@ -1,0 +1,151 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+
+import pytest
+
+try:  # the fakes module also puts the collection on sys.path under plain pytest
+    from .repo_side_fakes import POOL, SESSION, VM, FakeCtx, FakeRunner, FakeXapi
+except ImportError:  # plain pytest: this directory is on sys.path, not a package
+    from repo_side_fakes import POOL, SESSION, VM, FakeCtx, FakeRunner, FakeXapi
+
+from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
+from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage, RepositoryError
+from ansible_collections.xapi.backup.plugins.plugin_utils._vm_import import (
+    RESTORED_FROM,
+    VmImport,
+    import_reason,
+    resolve_backup,
+)
+
+STAMP = "20261121T235901Z"
+IDENT = "%s/%s/%s" % (POOL, VM, STAMP)
+NEW_VM = "dddddddd-0000-0000-0000-000000000004"
+
+
+def write_backup(root, payload=b"stored-xva", stamp=STAMP):
+    when = repo.parse_timestamp(stamp)
+    directory = os.path.join(str(root), POOL, VM, stamp)
+    os.makedirs(directory)
+    with open(os.path.join(directory, "vm.xva.zst"), "wb") as handle:
+        handle.write(payload)
+    manifest = repo.build_manifest(
+        repo.KIND_VM, tool_version="0.1.0", pool={"uuid": POOL, "name": "p"}, xapi_version="25", run_id="r",
+        files={"vm.xva.zst": {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}},
+        stored_file="vm.xva.zst", started=when, ended=when + datetime.timedelta(seconds=1),
+        vm={"uuid": VM, "name_label": "web"})
+    LocalStorage().write_json(os.path.join(directory, repo.MANIFEST_NAME), manifest)
+    return directory
+
+
+def params(root, **extra):
+    base = {"repository": str(root), "backup": None, "vm_uuid": VM, "timestamp": "latest", "state": "present",
+            "sr": None, "preserve_identity": False, "name": None, "tags": ["drill"], "start": False, "force": False,
+            "transfer": "local", "helper_xapi_url": "http://localhost", "poll_interval": 0.01}
+    base.update(extra)
+    return base
+
+
+def xapi_with(vms, check_mode=False):
+    return FakeXapi({
+        "VM.get_all_records": lambda: dict(vms),
+        "VM.get_record": lambda ref: {"uuid": NEW_VM, "name_label": "web", "power_state": "Halted"},
+    }, check_mode=check_mode)
+
+
+REASONS = {
+    "nothing_there": ({}, False, False, True),
+    "restored_already": ({"r1": {"uuid": "x", "other_config": {RESTORED_FROM: IDENT}}}, False, False, False),
+    "restored_already_force": ({"r1": {"uuid": "x", "other_config": {RESTORED_FROM: IDENT}}}, False, True, True),
+    "same_uuid_preserve": ({"r1": {"uuid": VM, "other_config": {}}}, True, False, False),
+    "same_uuid_new_identity": ({"r1": {"uuid": VM, "other_config": {}}}, False, False, True),
+    "snapshot_does_not_count": ({"r1": {"uuid": "x", "is_a_snapshot": True, "other_config": {RESTORED_FROM: IDENT}}}, False, False, True),
+}
+
+
+@pytest.mark.parametrize("records,preserve,force,needed", list(REASONS.values()), ids=list(REASONS))
+def test_import_reason(records, preserve, force, needed):
+    reason, _existing = import_reason(records, IDENT, VM, preserve, force)
+    assert (reason is not None) is needed
+
+
+def test_resolve_backup_by_id_path_and_latest(tmp_path):
+    directory = write_backup(tmp_path)
+    backups = repo.list_backups(LocalStorage(), str(tmp_path))
+    assert resolve_backup(params(tmp_path, vm_uuid=None, backup=IDENT), backups).id == IDENT
+    assert resolve_backup(params(tmp_path, vm_uuid=None, backup=os.path.join(directory, "vm.xva.zst")), backups).id == IDENT
+    assert resolve_backup(params(tmp_path), backups).id == IDENT
+    with pytest.raises(RepositoryError):
+        resolve_backup(params(tmp_path, vm_uuid=None, backup="/elsewhere/x"), backups)
+
+
+def test_import_marks_and_tags_restored_vm(tmp_path):
+    write_backup(tmp_path)
+    xapi = xapi_with({})
+    ctx = FakeCtx(params(tmp_path, name="web-restored"), xapi, FakeRunner())
+    out = VmImport(ctx).run()
+    assert out["changed"] is True and out["vm_uuid"] == NEW_VM and out["backup_id"] == IDENT
+    assert ctx.runner.calls[0]["subcommand"] == "import" and ctx.runner.sessions == [SESSION]
+    assert "--restore" not in ctx.runner.calls[0]["args"]
+    calls = [(c["method"], c["args"][1:]) for c in xapi.calls]
+    assert ("VM.set_is_a_template", [False]) in calls
+    assert ("VM.set_name_label", ["web-restored"]) in calls
+    assert ("VM.add_to_other_config", [RESTORED_FROM, IDENT]) in calls
+    assert ("VM.add_tags", ["xapi-backup-restored"]) in calls and ("VM.add_tags", ["drill"]) in calls
+
+
+def test_corrupt_backup_refused_before_any_byte_is_sent(tmp_path):
+    directory = write_backup(tmp_path)
+    stored = os.path.join(directory, "vm.xva.zst")
+    with open(stored, "r+b") as handle:
+        handle.write(b"X")  # same size, different bytes
+    xapi = xapi_with({})
+    ctx = FakeCtx(params(tmp_path), xapi, FakeRunner())
+    with pytest.raises(RepositoryError, match="corrupt") as info:
+        VmImport(ctx).run()
+    assert info.value.code == "CHECKSUM_MISMATCH"
+    assert ctx.runner.calls == [] and xapi.calls == []
+
+
+def test_already_restored_is_not_changed(tmp_path):
+    write_backup(tmp_path)
+    xapi = xapi_with({"OpaqueRef:r": {"uuid": NEW_VM, "name_label": "web", "other_config": {RESTORED_FROM: IDENT}}})
+    ctx = FakeCtx(params(tmp_path), xapi, FakeRunner())
+    out = VmImport(ctx).run()
+    assert out["changed"] is False and out["vm_uuid"] == NEW_VM and ctx.runner.calls == []
+
+
+def test_check_mode_imports_nothing(tmp_path):
+    write_backup(tmp_path)
+    xapi = xapi_with({}, check_mode=True)
+    ctx = FakeCtx(params(tmp_path), xapi, FakeRunner(), check_mode=True)
+    out = VmImport(ctx).run()
+    assert out["changed"] is True and out["vm_uuid"] is None
+    assert all(c.get("planned") for c in ctx.runner.calls) and ctx.runner.sessions == []
+
+
+def test_preserve_identity_passes_restore(tmp_path):
+    write_backup(tmp_path)
+    ctx = FakeCtx(params(tmp_path, preserve_identity=True), xapi_with({}), FakeRunner())
+    VmImport(ctx).run()
+    assert "--restore" in ctx.runner.calls[0]["args"]
+
+
+def test_state_absent_destroys_restored_vm_and_disks(tmp_path):
+    write_backup(tmp_path)
+    vms = {"OpaqueRef:r": {"uuid": NEW_VM, "power_state": "Running", "VBDs": ["OpaqueRef:vbd"],
+                           "other_config": {RESTORED_FROM: IDENT}},
+           "OpaqueRef:other": {"uuid": "y", "name_label": "web", "other_config": {}}}
+    xapi = xapi_with(vms)
+    xapi.answers["VBD.get_record"] = lambda ref: {"type": "Disk", "empty": False, "VDI": "OpaqueRef:vdi"}
+    out = VmImport(FakeCtx(params(tmp_path, state="absent"), xapi, FakeRunner())).run()
+    assert out["changed"] is True and out["removed"] == [NEW_VM]
+    assert [(c["method"], c["args"]) for c in xapi.calls if c["method"].endswith(("destroy", "shutdown"))] == [
+        ("VM.hard_shutdown", ["OpaqueRef:r"]), ("VM.destroy", ["OpaqueRef:r"]), ("VDI.destroy", ["OpaqueRef:vdi"])]

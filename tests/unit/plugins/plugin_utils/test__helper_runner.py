@@ -1,0 +1,133 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    import ansible_collections.xapi.backup  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[4] / ".tmp" / "collections"))
+
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import (  # noqa: E402
+    HelperError,
+    HelperRunner,
+    format_progress,
+    helper_command,
+    parse_result,
+)
+
+SESSION = "OpaqueRef:secret-session"
+
+
+class FakeExec:
+    """Stands in for ActionBase._low_level_execute_command; answers from a queue."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.seen = []
+
+    def __call__(self, cmd, in_data):
+        self.seen.append((cmd, in_data))
+        answer = self.answers.pop(0)
+        if isinstance(answer, dict) and "rc" in answer:
+            return answer
+        return {"rc": 0 if answer.get("ok") else 1, "stdout": json.dumps(answer), "stderr": ""}
+
+
+def test_helper_command_falls_back_to_bundled_copy_only_on_local_connection():
+    exists = {"/bundled/helper"}.__contains__
+    assert helper_command("/opt/h", "python3", True, exists, "/ctl/python", "/bundled/helper") == ["/ctl/python", "/bundled/helper"]
+    assert helper_command("/opt/h", "python3", False, exists, "/ctl/python", "/bundled/helper") == ["python3", "/opt/h"]
+    installed = {"/opt/h", "/bundled/helper"}.__contains__
+    assert helper_command("/opt/h", "python3.6", True, installed, "/ctl/python", "/bundled/helper") == ["python3.6", "/opt/h"]
+
+
+def test_session_goes_on_stdin_never_argv():
+    fake = FakeExec([{"ok": True, "size": 1}])
+    runner = HelperRunner(fake, ["python3", "/opt/h"])
+    runner.run("fetch", ["--url", "http://localhost", "--out", "/r/a b"], session=SESSION)
+    cmd, data = fake.seen[0]
+    assert SESSION not in cmd
+    assert shlex.split(cmd) == ["python3", "/opt/h", "fetch", "--url", "http://localhost", "--out", "/r/a b", "--session-stdin"]
+    assert data == (SESSION + "\n").encode()
+    assert SESSION not in json.dumps(runner.calls)
+    assert runner.calls == [{"subcommand": "fetch", "args": ["--url", "http://localhost", "--out", "/r/a b", "--session-stdin"]}]
+
+
+def test_error_object_becomes_one_line_helper_error():
+    fake = FakeExec([{"ok": False, "error": {"code": "STREAM_TRUNCATED", "message": "stream ended\nafter 5 bytes"}}])
+    with pytest.raises(HelperError) as info:
+        HelperRunner(fake, ["h"]).run("export", [])
+    assert info.value.code == "STREAM_TRUNCATED"
+    assert "STREAM_TRUNCATED" in info.value.message
+
+
+def test_no_json_reports_stderr_tail():
+    fake = FakeExec([{"rc": 127, "stdout": "", "stderr": "sh: python3: not found\n"}])
+    with pytest.raises(HelperError, match="no JSON result.*python3: not found") as info:
+        HelperRunner(fake, ["h"]).run("self-test")
+    assert info.value.code == "HELPER_NO_RESULT"
+
+
+def test_parse_result_takes_last_json_line():
+    assert parse_result('noise\n{"ok": true, "x": 1}\n') == {"ok": True, "x": 1}
+    assert parse_result("[1]") is None and parse_result("") is None
+
+
+def test_run_long_polls_status_until_result_and_prints_progress():
+    fake = FakeExec([
+        {"ok": True, "detached": True, "pid": 42, "status_file": "/r/s.json"},
+        {"ok": True, "phase": "export", "bytes": 1048576, "rate": 1048576, "alive": True},
+        {"ok": True, "phase": "export", "bytes": 2097152, "rate": 1048576, "alive": True},
+        {"ok": True, "phase": "done", "alive": False, "result": {"ok": True, "stored_size": 3}},
+    ])
+    printed, slept = [], []
+
+    class Disp:
+        def display(self, msg):
+            printed.append(msg)
+
+    runner = HelperRunner(fake, ["h"], display=Disp(), sleep=slept.append)
+    result = runner.run_long("export", ["--out", "/r/x"], "/r/s.json", "export of vm", session=SESSION, poll_interval=0.5)
+    assert result == {"ok": True, "stored_size": 3}
+    assert shlex.split(fake.seen[0][0])[-4:] == ["--status-file", "/r/s.json", "--detach", "--session-stdin"]
+    assert all(SESSION.encode() not in (d or b"") for _c, d in fake.seen[1:])  # polls carry no session
+    assert slept == [0.5, 0.5] and printed and "export of vm" in printed[0]
+
+
+def test_wait_reports_dead_helper_and_failed_result():
+    fake = FakeExec([{"ok": True, "phase": "export", "alive": False}])
+    with pytest.raises(HelperError, match="no longer running") as info:
+        HelperRunner(fake, ["h"], sleep=lambda s: None).wait("/s", "export")
+    assert info.value.code == "HELPER_DIED"
+    fake = FakeExec([{"ok": True, "alive": False, "result": {"ok": False, "error": {"code": "SR_FULL", "message": "full"}}}])
+    with pytest.raises(HelperError, match="SR_FULL"):
+        HelperRunner(fake, ["h"], sleep=lambda s: None).wait("/s", "import")
+
+
+def test_wait_times_out_on_monotonic_clock():
+    ticks = iter([0.0, 5.0, 11.0])
+    fake = FakeExec([{"ok": True, "alive": True}, {"ok": True, "alive": True}])
+    runner = HelperRunner(fake, ["h"], sleep=lambda s: None, clock=lambda: next(ticks))
+    with pytest.raises(HelperError) as info:
+        runner.wait("/s", "export", timeout=10)
+    assert info.value.code == "HELPER_TIMEOUT"
+
+
+def test_start_detached_accepts_foreground_result():
+    fake = FakeExec([{"ok": True, "sha256": "x"}])
+    assert HelperRunner(fake, ["h"]).run_long("export", [], "/s", "export") == {"ok": True, "sha256": "x"}
+
+
+def test_format_progress():
+    assert format_progress({"phase": "export", "bytes": 3 * 1048576, "rate": 1048576, "eta": 9.5}) == \
+        "export: 3.0 MiB at 1.0 MiB/s, ETA 9s"
