@@ -8,9 +8,9 @@ link-local addresses (``169.254.<k>.1`` on the root side, ``169.254.<k>.2`` insi
 and an openssh-server running inside from its own config: own host key, own PID file, port 22 on the
 inside address, root login with a generated key only.
 
-sshd runs in a private mount namespace where ``/root`` and ``/opt`` are the host's own directories
-(``<workdir>/<host>/root`` and ``<workdir>/<host>/opt``), so installing into ``/opt/xapi-backup`` on one
-host does not touch another host or the machine. ``python3`` on the session's PATH is the interpreter
+sshd runs in a private mount namespace where ``/opt`` is the host's own directory (``<workdir>/<host>/opt``),
+so installing into ``/opt/xapi-backup`` on one host does not touch another host or the machine; the
+sessions' ``HOME`` is ``<workdir>/<host>/root`` (no ``.bashrc``: the machine's puts pyenv shims first). ``python3`` on the session's PATH is the interpreter
 given as ``python`` (default: the real CPython 3.6 from pyenv, as on dom0). ``/tmp`` stays shared.
 
 Use from Python::
@@ -41,6 +41,7 @@ import os
 import random
 import secrets
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -351,20 +352,14 @@ class SshHosts:
         key = hostdir / "ssh_host_ed25519_key"
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(key)])
         shutil.copyfile(str(self.private_key) + ".pub", hostdir / "authorized_keys")
-        mounts = []
         if host.python:
             link = bindir / "python3"
             with contextlib.suppress(FileNotFoundError):
                 link.unlink()
             link.symlink_to(host.python)
-            # The interpreter's prefix may live under /root (pyenv): make it visible in the private home.
-            prefix = Path(os.path.realpath(host.python)).parent.parent
-            if str(prefix).startswith("/root/"):
-                inner = Path(host.home) / prefix.relative_to("/root")
-                inner.mkdir(parents=True, exist_ok=True)
-                mounts.append("mount --bind %s %s" % (prefix, inner))
-        mounts.append("mount --rbind %s /root" % host.home)
-        mounts.append("mount --bind %s /opt" % host.opt)
+        # /opt is the host's own; HOME too (through SetEnv), which also keeps the machine's
+        # ~/.bashrc (pyenv shims first on PATH) out of the sessions.
+        mounts = ["mount --bind %s /opt" % shlex.quote(host.opt)]
         config = hostdir / "sshd_config"
         config.write_text("\n".join([
             "Port 22",
@@ -383,11 +378,11 @@ class SshHosts:
             "MaxSessions 50",
             "MaxStartups 50:30:100",
             "Subsystem sftp %s" % SFTP_SERVER,
-            "SetEnv PATH=%s:%s" % (bindir, DEFAULT_PATH),
+            "SetEnv PATH=%s:%s HOME=%s" % (bindir, DEFAULT_PATH, host.home),
             "",
         ]))
         _run([SSHD, "-t", "-f", str(config)])
-        script = " && ".join(mounts + ["exec %s -D -e -f %s" % (SSHD, config)])
+        script = " && ".join(mounts + ["exec %s -D -e -f %s" % (SSHD, shlex.quote(str(config)))])
         log = open(hostdir / "sshd.log", "ab")
         try:
             proc = subprocess.Popen(["ip", "netns", "exec", host.namespace, "sh", "-c", script],
@@ -481,8 +476,8 @@ class SshHosts:
     def inside(self, host: SshHost, argv: list[str], mounts: bool = False) -> list[str]:
         """argv that runs ``argv`` in the host's network namespace.
 
-        With ``mounts`` it also sees the host's private ``/root`` and ``/opt`` (what an SSH session
-        sees); without, it sees the machine's files (a simulator started from the venv needs that).
+        With ``mounts`` it also sees the host's private ``/opt`` (what an SSH session sees); without,
+        it sees the machine's ``/opt``.
         """
         if mounts:
             return ["nsenter", "--target", str(host.sshd_pid), "--net", "--mount", "--"] + list(argv)

@@ -83,11 +83,12 @@ def test_host_keys_are_checked_and_only_the_generated_key_logs_in(ssh_pool_hosts
 def test_each_host_has_its_own_opt_and_home(ssh_pool_hosts):
     first, second = ssh_pool_hosts.hosts[:2]
     marker = "/opt/xb-marker-%s" % first.namespace
-    assert ssh_pool_hosts.ssh(first, "echo %s > %s && echo $HOME" % (first.name, marker)).stdout.strip() == "/root"
+    assert ssh_pool_hosts.ssh(first, "echo %s > %s && echo $HOME" % (first.name, marker)).stdout.strip() == first.home
     assert (first.opt_path / Path(marker).name).read_text().strip() == first.name
     assert not Path(marker).exists(), "the host's /opt leaked into the machine's /opt"
     assert ssh_pool_hosts.ssh(second, "test ! -e %s" % marker).returncode == 0
-    assert ssh_pool_hosts.ssh(first, "test ! -e /root/.bashrc").returncode == 0, "the machine's /root is visible"
+    assert ssh_pool_hosts.ssh(first, 'test ! -e "$HOME/.bashrc"').returncode == 0
+    assert ssh_pool_hosts.ssh(second, "echo $HOME").stdout.strip() == second.home
 
 
 def test_service_inside_a_host_is_reachable_on_its_address_and_on_its_localhost(ssh_pool_hosts):

@@ -1,0 +1,312 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Install xapi-backup-helper on a host without running any Python module there.
+
+Everything on the target is a shell command (``_low_level_execute_command``) or a file transfer
+(``connection.put_file``): dom0 has Python 3.6, which ansible-core >= 2.17 cannot drive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+import secrets
+import shlex
+
+from ansible.errors import AnsibleActionFail, AnsibleError
+from ansible.module_utils.common.text.converters import to_native, to_text
+from ansible.plugins.action import ActionBase
+
+DEFAULT_DEST = "/opt/xapi-backup/bin/xapi-backup-helper"
+MIN_PYTHON = (3, 6)
+WHEEL_MARKER = ".xapi-backup-wheel.sha256"
+BUNDLED_HELPER = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "roles", "helper", "files", "xapi-backup-helper",
+)
+
+ARGUMENT_SPEC = {
+    "src": {"type": "path"},
+    "dest": {"type": "str", "default": DEFAULT_DEST},
+    "python": {"type": "str", "default": "python3"},
+    "zstandard_wheel": {"type": "path"},
+    "self_test": {"type": "bool", "default": True},
+}
+
+# name-version(-build)?-python-abi-platform.whl (PEP 427)
+_WHEEL_RE = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<plat>[^-]+)\.whl$")
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_python_version(stdout: str):
+    """``(3, 6)`` from the output of ``print(sys.version_info[:2])``, or None."""
+    match = re.search(r"\((\d+), (\d+)\)", stdout or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def lib_dir_for(dest: str, version) -> str:
+    """Where the helper looks for bundled packages: ``<prefix>/lib/pythonX.Y`` beside ``<prefix>/bin``."""
+    prefix = posixpath.dirname(posixpath.dirname(dest))
+    return posixpath.join(prefix, "lib", "python%d.%d" % tuple(version))
+
+
+def wheel_mismatch(filename: str, version, machine: str):
+    """None when the wheel can be imported by CPython ``version`` on ``machine``, else why not."""
+    match = _WHEEL_RE.match(filename)
+    if not match:
+        return "%s is not a wheel file name (name-version-python-abi-platform.whl)" % filename
+    py_tags = match.group("py").split(".")
+    wanted = "cp%d%d" % tuple(version)
+    if wanted not in py_tags and "py3" not in py_tags and "py%d%d" % tuple(version) not in py_tags:
+        return "wheel %s is for %s, the target runs Python %d.%d (%s)" % (filename, match.group("py"), version[0],
+                                                                          version[1], wanted)
+    platforms = match.group("plat").split(".")
+    if "any" not in platforms and not any(p.endswith("_" + machine) for p in platforms):
+        return "wheel %s is for %s, the target is %s" % (filename, match.group("plat"), machine)
+    return None
+
+
+def parse_keyvalues(stdout: str) -> dict:
+    values = {}
+    for line in (stdout or "").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def parse_json_object(stdout: str):
+    """The helper's single JSON object (whole stdout, else its last line that parses)."""
+    text = (stdout or "").strip()
+    candidates = [text] + list(reversed(text.splitlines()))
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    lines = [ln.strip() for ln in to_text(text or "").splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    return last[-limit:]
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = True
+    _VALID_ARGS = frozenset(ARGUMENT_SPEC)
+    _supports_check_mode = True
+    _supports_async = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        try:
+            result.update(self._install(args))
+        except AnsibleActionFail as exc:
+            result.update(failed=True, msg=to_native(exc.message))
+        finally:
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+        return result
+
+    # ------------------------------------------------------------------ steps
+    def _shell(self, cmd: str) -> dict:
+        return self._low_level_execute_command(cmd, sudoable=True)
+
+    def _source(self, src):
+        if src:
+            try:
+                return self._find_needle("files", src)
+            except AnsibleError as exc:
+                raise AnsibleActionFail("helper source %s not found on the controller: %s" % (src, to_native(exc)))
+        if not os.path.isfile(BUNDLED_HELPER):
+            raise AnsibleActionFail("the collection's helper is missing: %s" % BUNDLED_HELPER)
+        return BUNDLED_HELPER
+
+    def _python_version(self, python: str):
+        cmd = "%s -c 'import sys; print(sys.version_info[:2])'" % shlex.quote(python)
+        res = self._shell(cmd)
+        version = parse_python_version(res.get("stdout", ""))
+        if res.get("rc") != 0 or version is None:
+            if res.get("rc") == 127:
+                raise AnsibleActionFail("%s not found on the target; install Python >= 3.6 or set python" % python)
+            raise AnsibleActionFail("cannot run %s on the target (rc=%s): %s"
+                                    % (python, res.get("rc"), one_line(res.get("stderr") or res.get("stdout"))))
+        if version < MIN_PYTHON:
+            raise AnsibleActionFail("%s on the target is Python %d.%d; the helper needs Python >= %d.%d"
+                                    % ((python,) + version + MIN_PYTHON))
+        return version
+
+    def _target_state(self, dest: str, lib_dir: str) -> dict:
+        q_dest, q_dir = shlex.quote(dest), shlex.quote(posixpath.dirname(dest))
+        q_marker = shlex.quote(posixpath.join(lib_dir, WHEEL_MARKER))
+        cmd = "; ".join([
+            "LC_ALL=C; export LC_ALL",
+            "echo machine=$(uname -m)",
+            "if [ -f %s ]; then echo sha256=$(sha256sum < %s | cut -d' ' -f1); echo mode=$(stat -c %%a %s); fi"
+            % (q_dest, q_dest, q_dest),
+            "if [ -d %s ]; then echo dirmode=$(stat -c %%a %s); fi" % (q_dir, q_dir),
+            "if [ -f %s ]; then echo wheel=$(cat %s); fi" % (q_marker, q_marker),
+            "true",
+        ])
+        res = self._shell(cmd)
+        if res.get("rc") != 0:
+            raise AnsibleActionFail("cannot inspect %s on the target: %s" % (dest, one_line(res.get("stderr"))))
+        return parse_keyvalues(res.get("stdout", ""))
+
+    def _check(self, res: dict, what: str) -> None:
+        if res.get("rc") != 0:
+            raise AnsibleActionFail("%s failed (rc=%s): %s" % (what, res.get("rc"),
+                                                              one_line(res.get("stderr") or res.get("stdout"))))
+
+    def _stage(self, local: str, name: str) -> str:
+        tmpdir = self._connection._shell.tmpdir or self._make_tmp_path()
+        remote = self._connection._shell.join_path(tmpdir, name)
+        self._connection.put_file(local, remote)
+        self._fixup_perms2([tmpdir, remote], execute=False)
+        return remote
+
+    def _install_helper(self, src: str, dest: str, want_sha: str) -> None:
+        staged = self._stage(src, "xapi-backup-helper")
+        dest_dir = posixpath.dirname(dest)
+        tmp_dest = posixpath.join(dest_dir, ".%s.%s.tmp" % (posixpath.basename(dest), secrets.token_hex(4)))
+        q = shlex.quote
+        cmd = " && ".join([
+            "umask 022",
+            "mkdir -p %s" % q(dest_dir),
+            "chmod 0755 %s" % q(dest_dir),
+            "cp %s %s" % (q(staged), q(tmp_dest)),
+            "chmod 0755 %s" % q(tmp_dest),
+            "mv -f %s %s" % (q(tmp_dest), q(dest)),
+            "sha256sum < %s | cut -d' ' -f1" % q(dest),
+        ])
+        res = self._shell(cmd + " || { rc=$?; rm -f %s; exit $rc; }" % q(tmp_dest))
+        self._check(res, "installing %s" % dest)
+        got = res.get("stdout", "").strip().splitlines()[-1:] or [""]
+        if got[0] != want_sha:
+            raise AnsibleActionFail("%s on the target has sha256 %s after the transfer, expected %s" % (dest, got[0], want_sha))
+
+    def _install_wheel(self, wheel: str, wheel_sha: str, python: str, lib_dir: str) -> None:
+        staged = self._stage(wheel, os.path.basename(wheel))
+        q = shlex.quote
+        new, old = lib_dir + ".new", lib_dir + ".old"
+        cmd = " && ".join([
+            "umask 022",
+            "mkdir -p %s" % q(posixpath.dirname(lib_dir)),
+            "rm -rf %s %s" % (q(new), q(old)),
+            "mkdir %s" % q(new),
+            "%s -m zipfile -e %s %s" % (q(python), q(staged), q(new)),
+            "echo %s > %s" % (q(wheel_sha), q(posixpath.join(new, WHEEL_MARKER))),
+            "chmod -R u+rwX,go+rX,go-w %s" % q(new),
+            "{ [ ! -e %s ] || mv %s %s; }" % (q(lib_dir), q(lib_dir), q(old)),
+            "mv %s %s" % (q(new), q(lib_dir)),
+            "rm -rf %s" % q(old),
+        ])
+        self._check(self._shell(cmd), "unpacking %s into %s" % (os.path.basename(wheel), lib_dir))
+
+    def _self_test(self, python: str, dest: str) -> dict:
+        res = self._shell("%s %s self-test" % (shlex.quote(python), shlex.quote(dest)))
+        report = parse_json_object(res.get("stdout", ""))
+        if report is None:
+            raise AnsibleActionFail("helper self-test printed no JSON (rc=%s): %s"
+                                    % (res.get("rc"), one_line(res.get("stderr") or res.get("stdout")) or "no output"))
+        if res.get("rc") != 0 or report.get("ok") is not True:
+            err = report.get("error") if isinstance(report.get("error"), dict) else {}
+            raise AnsibleActionFail("helper self-test failed: %s: %s" % (err.get("code", "SELF_TEST_FAILED"),
+                                                                         err.get("message", one_line(res.get("stderr")))))
+        return report
+
+    # ------------------------------------------------------------------ the decision
+    def _install(self, args: dict) -> dict:
+        dest, python = args["dest"], args["python"]
+        if not posixpath.isabs(dest) or dest.endswith("/"):
+            raise AnsibleActionFail("dest must be an absolute file path, got %r" % dest)
+        src = self._source(args["src"])
+        want_sha = sha256_file(src)
+        wheel = args["zstandard_wheel"]
+        wheel_sha = None
+        if wheel:
+            if not os.path.isfile(wheel):
+                raise AnsibleActionFail("zstandard_wheel %s does not exist on the controller" % wheel)
+            wheel_sha = sha256_file(wheel)
+
+        version = self._python_version(python)
+        lib_dir = lib_dir_for(dest, version)
+        state = self._target_state(dest, lib_dir)
+        if wheel:
+            why = wheel_mismatch(os.path.basename(wheel), version, state.get("machine", ""))
+            if why:
+                raise AnsibleActionFail(why)
+
+        actions = []
+        helper_differs = state.get("sha256") != want_sha
+        if helper_differs:
+            actions.append("install %s (sha256 %s)" % (dest, want_sha[:12]) if "sha256" not in state
+                           else "replace %s (sha256 %s -> %s)" % (dest, state["sha256"][:12], want_sha[:12]))
+        elif state.get("mode") != "755" or state.get("dirmode") != "755":
+            actions.append("set mode 0755 on %s and its directory" % dest)
+        wheel_differs = bool(wheel) and state.get("wheel") != wheel_sha
+        if wheel_differs:
+            actions.append("unpack %s into %s" % (os.path.basename(wheel), lib_dir))
+
+        check_mode = self._task.check_mode
+        if actions and not check_mode:
+            if helper_differs:
+                self._install_helper(src, dest, want_sha)
+            elif actions:
+                q = shlex.quote
+                self._check(self._shell("chmod 0755 %s %s" % (q(posixpath.dirname(dest)), q(dest))),
+                            "setting the mode of %s" % dest)
+            if wheel_differs:
+                self._install_wheel(wheel, wheel_sha, python, lib_dir)
+
+        result = {
+            "changed": bool(actions),
+            "dest": dest,
+            "sha256": want_sha,
+            "previous_sha256": state.get("sha256"),
+            "python_version": "%d.%d" % version,
+            "lib_dir": lib_dir,
+            "zstandard_wheel": os.path.basename(wheel) if wheel else None,
+            "actions": actions,
+            "self_test": None,
+        }
+        if self._task.diff:
+            result["diff"] = self._diff(dest, state, want_sha, lib_dir, wheel, wheel_sha)
+        if args["self_test"]:
+            if check_mode and helper_differs:
+                result["msg"] = "check mode: self-test skipped, the helper is not installed yet"
+            else:
+                result["self_test"] = self._self_test(python, dest)
+        return result
+
+    @staticmethod
+    def _diff(dest, state, want_sha, lib_dir, wheel, wheel_sha) -> dict:
+        before = ["sha256: %s" % state.get("sha256", "(absent)"), "mode: %s" % state.get("mode", "(absent)")]
+        after = ["sha256: %s" % want_sha, "mode: 755"]
+        if wheel:
+            before.append("zstandard wheel sha256: %s" % state.get("wheel", "(absent)"))
+            after.append("zstandard wheel sha256: %s" % wheel_sha)
+        return {
+            "before_header": dest + (" + " + lib_dir if wheel else ""),
+            "after_header": dest + (" + " + lib_dir if wheel else ""),
+            "before": "\n".join(before) + "\n",
+            "after": "\n".join(after) + "\n",
+        }
