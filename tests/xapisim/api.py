@@ -1,0 +1,310 @@
+"""XML-RPC method dispatch: name lookup, parameter count, session check, Async, generic calls.
+
+Order of checks as in xapi's generated server (ocaml/idl/ocaml_backend/gen_server.ml):
+unknown method -> MESSAGE_METHOD_UNKNOWN [method]; wrong arity -> MESSAGE_PARAMETER_COUNT_MISMATCH
+[method; expected; received] (counts include the session argument); then the session
+(SESSION_INVALID [handle]); then the call.  ``Async.<Class>.<call>`` returns a task ref at once.
+"""
+
+import time
+
+from tests.xapisim import filter as xfilter
+from tests.xapisim.db import DateTimeText
+from tests.xapisim.errors import XapiError
+from tests.xapisim.schema import CLASSES, has_name_label
+
+METHODS = {}
+
+
+class Method:
+    def __init__(self, fn, arities, async_ok, needs_session=True):
+        self.fn = fn
+        self.arities = tuple(arities)
+        self.async_ok = async_ok
+        self.needs_session = needs_session
+
+
+def api_method(name, arity, async_ok=False, needs_session=True):
+    """Register ``fn(call, *args_after_session)``.  ``arity`` is the number of parameters on
+    the wire, the session included (``VM.get_record(session, vm)`` = 2); a tuple means
+    versioned parameters (xapi accepts each listed count)."""
+    arities = arity if isinstance(arity, tuple) else (arity,)
+
+    def register(fn):
+        METHODS[name] = Method(fn, arities, async_ok, needs_session)
+        return fn
+    return register
+
+
+class Call:
+    """What one API call sees: the host it arrived on, its session, its task when async."""
+
+    def __init__(self, host, method, session=None, task=None):
+        self.host = host
+        self.sim = host.sim
+        self.db = host.sim.db
+        self.method = method
+        self.session = session
+        self.task = task
+
+    def ref(self, cls, ref):
+        """Validate a reference argument: HANDLE_INVALID [class; ref] when unknown."""
+        ref = str(ref)
+        if not self.db.exists(cls, ref):
+            raise XapiError("HANDLE_INVALID", cls, ref)
+        return ref
+
+
+# ---------------------------------------------------------------------------------- dispatch
+def dispatch(host, method, params):
+    """Run one call; returns the XenAPI envelope (a dict) to encode."""
+    try:
+        return {"Status": "Success", "Value": call(host, method, params)}
+    except XapiError as exc:
+        return {"Status": "Failure", "ErrorDescription": exc.description}
+
+
+def call(host, method, params):
+    """Run one call and return its value, or raise XapiError (shared by XML-RPC and JSON-RPC).
+
+    As xapi's generated dispatcher: the ``Async.`` prefix is stripped before the lookup, and
+    errors name the stripped method; the parameter counts in MESSAGE_PARAMETER_COUNT_MISMATCH
+    leave out the session (expected = mandatory parameters, received = len(params) - 1).
+    A call with defaulted parameters accepts any count from its mandatory ones up.
+    """
+    is_async = method.startswith("Async.")
+    name = method[len("Async."):] if is_async else method
+    handler = resolve(name)
+    if handler is None or (is_async and not handler.async_ok):
+        raise XapiError("MESSAGE_METHOD_UNKNOWN", name)
+    session_args = 1 if handler.needs_session else 0
+    mandatory = min(handler.arities)
+    accepted = len(params) in handler.arities or \
+        (len(handler.arities) > 1 and len(params) >= mandatory)
+    if not accepted:
+        raise XapiError("MESSAGE_PARAMETER_COUNT_MISMATCH", name, mandatory - session_args,
+                        len(params) - session_args)
+    session = None
+    args = params
+    if handler.needs_session:
+        session = check_session(host, params[0])
+        args = params[1:]
+    failure = host.sim.faults.task_failure_for(name)
+    if is_async:
+        task = host.sim.tasks.create("Async." + name, "", host.host_ref, session)
+        context = Call(host, name, session, task)
+
+        def run():
+            if failure:
+                raise XapiError(*failure)
+            return handler.fn(context, *args)
+        host.sim.tasks.run_async(task, run)
+        return task
+    if failure:
+        raise XapiError(*failure)
+    return handler.fn(Call(host, name, session), *args)
+
+
+_dispatch = call  # the name the events/JSON-RPC code used first
+
+
+def check_session(host, session):
+    sim = host.sim
+    session = str(session)
+    if sim.faults.take_session_expiry():
+        sim.sessions.destroy(session)
+    return sim.sessions.check(session)
+
+
+def resolve(name):
+    """The Method for 'Class.call', specific calls first, then the generic accessors."""
+    if name in METHODS:
+        return METHODS[name]
+    cls, _, op = name.partition(".")
+    if cls not in CLASSES or not op:
+        return None
+    return generic_method(cls, op)
+
+
+# ---------------------------------------------------------------------------------- generic
+def generic_method(cls, op):
+    fields = CLASSES[cls]
+    simple = {
+        "get_all": (1, lambda call: call.db.refs(cls)),
+        "get_all_records": (1, lambda call: _all_records(call, cls)),
+        "get_all_records_where": (2, lambda call, expr: _records_where(call, cls, expr)),
+        "get_record": (2, lambda call, ref: _record(call, cls, ref)),
+        "get_by_uuid": (2, lambda call, uuid: call.db.by_uuid(cls, str(uuid))),
+    }
+    if op in simple:
+        arity, fn = simple[op]
+        return Method(fn, (arity,), False)
+    if op == "get_by_name_label" and has_name_label(cls):
+        return Method(lambda call, label: call.db.find(cls, name_label=str(label)), (2,), False)
+    for prefix, maker in _FIELD_OPS:
+        if op.startswith(prefix):
+            field = fields.get(op[len(prefix):])
+            if field is not None:
+                return maker(cls, field)
+    return None
+
+
+def _getter(cls, field):
+    def get(call, ref):
+        value = call.db.get_field(cls, call.ref(cls, ref), field.name)
+        return DateTimeText(value) if field.kind == "d" else value
+    return Method(get, (2,), False)
+
+
+def _setter(cls, field):
+    if not field.writable:
+        return None
+
+    def set_(call, ref, value):
+        call.db.set_field(cls, call.ref(cls, ref), field.name, value)
+        return ""
+    return Method(set_, (3,), False)
+
+
+def _map_add(cls, field):
+    if not (field.writable and field.is_map):
+        return None
+
+    def add(call, ref, key, value):
+        call.db.map_add(cls, call.ref(cls, ref), field.name, str(key), str(value))
+        return ""
+    return Method(add, (4,), False)
+
+
+def _map_remove(cls, field):
+    if not (field.writable and field.is_map):
+        return None
+
+    def remove(call, ref, key):
+        call.db.map_remove(cls, call.ref(cls, ref), field.name, str(key))
+        return ""
+    return Method(remove, (3,), False)
+
+
+def _set_add(cls, field):
+    if not (field.writable and field.is_set):
+        return None
+
+    def add(call, ref, value):
+        call.db.set_add(cls, call.ref(cls, ref), field.name, str(value))
+        return ""
+    return Method(add, (3,), False)
+
+
+def _set_remove(cls, field):
+    if not (field.writable and field.is_set):
+        return None
+
+    def remove(call, ref, value):
+        call.db.set_remove(cls, call.ref(cls, ref), field.name, str(value))
+        return ""
+    return Method(remove, (3,), False)
+
+
+# Longer prefixes first: "add_to_" must win over "add_".
+_FIELD_OPS = [("get_", _getter), ("set_", _setter), ("add_to_", _map_add),
+              ("remove_from_", _map_remove), ("add_", _set_add), ("remove_", _set_remove)]
+
+
+def _record(call, cls, ref):
+    return call.db.to_wire(cls, call.db.get(cls, call.ref(cls, ref)))
+
+
+def _all_records(call, cls):
+    return {ref: call.db.to_wire(cls, rec) for ref, rec in call.db.records(cls).items()}
+
+
+def _records_where(call, cls, expr):
+    compiled = xfilter.compile_filter(str(expr))
+    return {ref: call.db.to_wire(cls, rec) for ref, rec in call.db.records(cls).items()
+            if xfilter.evaluate(compiled, rec)}
+
+
+# ---------------------------------------------------------------------------------- session
+@api_method("session.login_with_password", (2, 3, 4), needs_session=False)
+def session_login(call, username, password, version="1.1", originator=""):
+    sim = call.sim
+    if not call.host.is_master:
+        raise XapiError("HOST_IS_SLAVE", sim.master_address())
+    if str(username) != sim.username or str(password) != sim.password:
+        raise XapiError("SESSION_AUTHENTICATION_FAILED")
+    return sim.sessions.create(call.host.host_ref, str(username), str(originator))
+
+
+@api_method("session.slave_local_login_with_password", 2, needs_session=False)
+def session_slave_local_login(call, username, password):
+    sim = call.sim
+    if str(username) != sim.username or str(password) != sim.password:
+        raise XapiError("SESSION_AUTHENTICATION_FAILED")
+    return sim.sessions.create(call.host.host_ref, str(username))
+
+
+@api_method("session.logout", 1, needs_session=False)
+def session_logout(call, session):
+    call.sim.sessions.destroy(str(session))
+    return ""
+
+
+@api_method("session.local_logout", 1, needs_session=False)
+def session_local_logout(call, session):
+    return session_logout(call, session)
+
+
+@api_method("session.get_this_host", 2)
+def session_get_this_host(call, session):
+    return call.db.get_field("session", call.ref("session", session), "this_host")
+
+
+# ---------------------------------------------------------------------------------- task
+@api_method("task.create", 3)
+def task_create(call, label, description):
+    return call.sim.tasks.create(str(label), str(description), call.host.host_ref, call.session,
+                                 cancellable=True)
+
+
+@api_method("task.destroy", 2)
+def task_destroy(call, task):
+    call.db.delete("task", call.ref("task", task))
+    return ""
+
+
+@api_method("task.cancel", 2, async_ok=True)
+def task_cancel(call, task):
+    call.sim.tasks.cancel(call.ref("task", task))
+    return ""
+
+
+@api_method("task.set_status", 3)
+def task_set_status(call, task, value):
+    call.db.set_field("task", call.ref("task", task), "status", str(value))
+    return ""
+
+
+@api_method("task.set_progress", 3)
+def task_set_progress(call, task, value):
+    call.db.set_field("task", call.ref("task", task), "progress", float(value))
+    return ""
+
+
+# ---------------------------------------------------------------------------------- host, pool
+@api_method("host.get_servertime", 2)
+def host_get_servertime(call, host):
+    call.ref("host", host)
+    return DateTimeText(time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime()))
+
+
+@api_method("host.get_server_localtime", 2)
+def host_get_server_localtime(call, host):
+    call.ref("host", host)
+    return DateTimeText(time.strftime("%Y%m%dT%H:%M:%S", time.localtime()))
+
+
+@api_method("SR.scan", 2, async_ok=True)
+def sr_scan(call, sr):
+    call.ref("SR", sr)
+    return ""

@@ -1,0 +1,549 @@
+"""VDI contents: sparse files under ``<state-dir>/sr/<sr-uuid>/`` in copy-on-write chains.
+
+A VDI is the top of a chain of layers.  The bottom layer is either a sparse file of the VDI's
+size or a read-only disk image from ``--image-dir`` (never copied).  Above it sit overlays: sparse
+files that "own" a list of byte intervals (64 KiB aligned); a read falls through every layer
+that does not own the range.  ``snapshot`` freezes the current top (it becomes a read-only layer
+shared by both VDIs) and gives the original and the snapshot each a new empty overlay, the way a
+VHD snapshot works on a real SR: unchanged blocks are shared, and only new writes take space.
+
+Space: ``physical_utilisation`` of a VDI = allocated bytes of the layers only it uses; the SR's =
+the allocated bytes of all its layers.  Thick SRs (lvm*) also hold every non-snapshot VDI fully
+inflated (virtual_size), as LVHD does.  Operations that do not fit answer
+``SR_FULL [requested; maximum]`` (requested = the SR's utilisation after the operation,
+maximum = its physical_size).
+
+API for the data handlers (keep stable):
+    storage.open_read(vdi_ref)  -> reader: .size, .read(offset, length), .extents(), .close()
+    storage.create_vdi(sr_ref, virtual_size, **record_fields) -> vdi_ref
+    storage.open_write(vdi_ref) -> writer: .write(offset, data), .close()
+    storage.destroy_vdi(vdi_ref)
+"""
+
+import bisect
+import errno
+import json
+import os
+import random
+import threading
+import uuid as uuidlib
+
+from tests.xapisim.db import now_datetime
+from tests.xapisim.errors import XapiError
+
+BLOCK = 64 * 1024
+THICK_SR_TYPES = {"lvm", "lvmoiscsi", "lvmohba", "lvmofcoe"}
+
+
+# ------------------------------------------------------------------------------ intervals
+def add_interval(intervals, start, end):
+    """Merge [start, end) into a sorted list of disjoint [s, e) pairs (in place)."""
+    i = bisect.bisect_left(intervals, [start, start])
+    if i > 0 and intervals[i - 1][1] >= start:
+        i -= 1
+    j = i
+    while j < len(intervals) and intervals[j][0] <= end:
+        start = min(start, intervals[j][0])
+        end = max(end, intervals[j][1])
+        j += 1
+    intervals[i:j] = [[start, end]]
+
+
+def split_by_owned(intervals, start, end):
+    """Cut [start, end) into (s, e, owned) runs according to a sorted interval list."""
+    runs = []
+    pos = start
+    i = bisect.bisect_right(intervals, [start, float("inf")]) - 1
+    i = max(i, 0)
+    while pos < end:
+        while i < len(intervals) and intervals[i][1] <= pos:
+            i += 1
+        if i >= len(intervals) or intervals[i][0] >= end:
+            runs.append((pos, end, False))
+            break
+        s, e = intervals[i]
+        if s > pos:
+            runs.append((pos, s, False))
+            pos = s
+        stop = min(e, end)
+        runs.append((pos, stop, True))
+        pos = stop
+    return runs
+
+
+def data_extents(fd, start, end):
+    """(offset, length) runs of allocated data in [start, end) of a file, via SEEK_DATA/HOLE."""
+    out = []
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                break
+            raise
+        if data >= end:
+            break
+        hole = os.lseek(fd, data, os.SEEK_HOLE)
+        stop = min(hole, end)
+        out.append((data, stop - data))
+        pos = stop
+    return out
+
+
+def allocated_bytes(path):
+    try:
+        return os.stat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
+# ------------------------------------------------------------------------------ reader/writer
+class VdiReader:
+    """Reads the composed content of a VDI chain.  Not thread-safe; open one per stream."""
+
+    def __init__(self, storage, chain, size):
+        self.size = size
+        self._chain = chain  # top first: list of layer dicts
+        self._fds = {}
+        for layer in chain:
+            self._fds[layer["id"]] = os.open(storage.layer_path(layer), os.O_RDONLY)
+
+    def close(self):
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def segments(self, start, end, depth=0):
+        """(s, e, layer or None) covering [start, end): which layer supplies each byte."""
+        if depth >= len(self._chain):
+            return [(start, end, None)]
+        layer = self._chain[depth]
+        if layer["owned"] is None:
+            return [(start, end, layer)]
+        out = []
+        for s, e, owned in split_by_owned(layer["owned"], start, end):
+            if owned:
+                out.append((s, e, layer))
+            else:
+                out.extend(self.segments(s, e, depth + 1))
+        return out
+
+    def read(self, offset, length):
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        buf = bytearray(end - offset)
+        view = memoryview(buf)
+        for s, e, layer in self.segments(offset, end):
+            if layer is not None:
+                self._read_layer(layer, s, e, view[s - offset:e - offset])
+        return bytes(buf)
+
+    def _read_layer(self, layer, start, end, view):
+        fd = self._fds[layer["id"]]
+        base = layer.get("image_offset", 0)  # where an image starts on the disk
+        lo = max(start, base)
+        hi = min(end, base + layer["data_size"])
+        if lo >= hi:
+            return
+        target = view[lo - start:hi - start]
+        done = 0
+        while done < len(target):
+            n = os.preadv(fd, [target[done:]], lo - base + done)
+            if n <= 0:
+                break
+            done += n
+
+    def extents(self):
+        """Sorted, merged (offset, length) of allocated data (everything else reads as zeros)."""
+        runs = []
+        for s, e, layer in self.segments(0, self.size):
+            if layer is None:
+                continue
+            base = layer.get("image_offset", 0)
+            lo, hi = max(s, base), min(e, base + layer["data_size"])
+            if lo < hi:
+                fd = self._fds[layer["id"]]
+                runs.extend((o + base, n) for o, n in data_extents(fd, lo - base, hi - base))
+        merged = []
+        for off, length in sorted(runs):
+            if merged and merged[-1][0] + merged[-1][1] >= off:
+                last_off, last_len = merged[-1]
+                merged[-1] = (last_off, max(last_len, off + length - last_off))
+            else:
+                merged.append((off, length))
+        return merged
+
+
+class VdiWriter:
+    """Writes into the top layer of a VDI (copy-up of partial blocks for overlays)."""
+
+    def __init__(self, storage, vdi_uuid, chain, size):
+        self.storage = storage
+        self.vdi_uuid = vdi_uuid
+        self.size = size
+        self.top = chain[0]
+        self._chain = chain
+        self.fd = os.open(storage.layer_path(self.top), os.O_RDWR)
+
+    def write(self, offset, data):
+        data = bytes(data)
+        if offset < 0 or offset + len(data) > self.size:
+            raise XapiError("VDI_IO_ERROR", "Device I/O error")
+        if not data:
+            return
+        self.storage.check_write_space(self.vdi_uuid, self.fd, offset, len(data))
+        if self.top["owned"] is None:
+            os.pwrite(self.fd, data, offset)
+            return
+        start = offset - offset % BLOCK
+        end = min(-(-(offset + len(data)) // BLOCK) * BLOCK, self.size)
+        if start != offset or end != offset + len(data):
+            with VdiReader(self.storage, self._chain, self.size) as reader:
+                merged = bytearray(reader.read(start, end - start))
+            merged[offset - start:offset - start + len(data)] = data
+            data = bytes(merged)
+        os.pwrite(self.fd, data, start)
+        with self.storage.lock:
+            add_interval(self.top["owned"], start, end)
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            self.storage.layer_changed(self.vdi_uuid)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ------------------------------------------------------------------------------ storage
+class Storage:
+    def __init__(self, db, state_dir, image_dir=None):
+        self.db = db
+        self.root = os.path.join(state_dir, "sr")
+        self.meta_path = os.path.join(state_dir, "storage.json")
+        self.image_dir = image_dir
+        self.lock = threading.RLock()
+        self.layers = {}  # id -> {"id", "sr", "file", "owned", "parent", "readonly", ...}
+        self.vdis = {}  # vdi uuid -> {"top": layer id, "sr": sr uuid}
+        os.makedirs(self.root, exist_ok=True)
+        self.load()
+
+    # ------------------------------------------------------------------ persistence
+    def load(self):
+        if os.path.exists(self.meta_path):
+            with open(self.meta_path, encoding="utf-8") as f:
+                data = json.load(f)
+            self.layers = data["layers"]
+            self.vdis = data["vdis"]
+
+    def save(self):
+        with self.lock:
+            text = json.dumps({"format": 1, "layers": self.layers, "vdis": self.vdis})
+            tmp = self.meta_path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, self.meta_path)
+
+    # ------------------------------------------------------------------ layers
+    def layer_path(self, layer):
+        if layer.get("image"):
+            return layer["image"]
+        return os.path.join(self.root, layer["sr"], layer["file"])
+
+    def _new_layer(self, sr_uuid, size, parent=None):
+        layer_id = str(uuidlib.uuid4())
+        layer = {"id": layer_id, "sr": sr_uuid, "file": layer_id + ".img", "parent": parent,
+                 "owned": None if parent is None else [], "readonly": False,
+                 "data_size": size}
+        os.makedirs(os.path.join(self.root, sr_uuid), exist_ok=True)
+        with open(self.layer_path(layer), "wb") as f:
+            f.truncate(size)
+        self.layers[layer_id] = layer
+        return layer
+
+    def _image_layer(self, sr_uuid, image_path, image_offset):
+        layer_id = str(uuidlib.uuid4())
+        size = os.path.getsize(image_path)
+        with open(image_path, "rb") as f:
+            allocated = sum(n for _, n in data_extents(f.fileno(), 0, size))
+        layer = {"id": layer_id, "sr": sr_uuid, "image": os.path.abspath(image_path),
+                 "parent": None, "owned": None, "readonly": True, "data_size": size,
+                 "image_offset": image_offset, "allocated": allocated}
+        self.layers[layer_id] = layer
+        return layer
+
+    def _layer_allocated(self, layer):
+        if layer.get("image"):
+            return layer["allocated"]
+        return allocated_bytes(self.layer_path(layer))
+
+    def chain_of(self, vdi_uuid):
+        with self.lock:
+            try:
+                layer = self.layers[self.vdis[vdi_uuid]["top"]]
+            except KeyError:
+                raise XapiError("VDI_MISSING", self.vdis.get(vdi_uuid, {}).get("sr", ""),
+                                vdi_uuid) from None
+            chain = [layer]
+            while layer["parent"] is not None:
+                layer = self.layers[layer["parent"]]
+                chain.append(layer)
+            return chain
+
+    # ------------------------------------------------------------------ VDI lookup
+    def _vdi(self, vdi_ref):
+        record = self.db.get("VDI", vdi_ref)
+        return record["uuid"], record
+
+    def _sr_of(self, sr_ref):
+        return self.db.get("SR", sr_ref)
+
+    # ------------------------------------------------------------------ public API
+    def create_vdi(self, sr_ref, virtual_size, **record_fields):
+        """A new VDI record in the SR with empty (all-zero) content.  SR_FULL on a thick SR
+        without room for virtual_size."""
+        virtual_size = int(virtual_size)
+        with self.lock:
+            sr = self._sr_of(sr_ref)
+            if sr["type"] in THICK_SR_TYPES:
+                self.assert_fits(sr_ref, virtual_size)
+            fields = {"name_label": "", "type": "user", "managed": True,
+                      "virtual_size": virtual_size, "SR": sr_ref}
+            fields.update(record_fields)
+            fields.setdefault("uuid", str(uuidlib.uuid4()))
+            fields.setdefault("location", fields["uuid"])
+            layer = self._new_layer(sr["uuid"], virtual_size)
+            self.vdis[fields["uuid"]] = {"top": layer["id"], "sr": sr["uuid"]}
+            ref = self.db.create("VDI", fields)
+            self.save()
+            self.refresh_utilisation(sr_ref)
+            return ref
+
+    def open_read(self, vdi_ref):
+        vdi_uuid, record = self._vdi(vdi_ref)
+        return VdiReader(self, self.chain_of(vdi_uuid), int(record["virtual_size"]))
+
+    def open_write(self, vdi_ref):
+        vdi_uuid, record = self._vdi(vdi_ref)
+        return VdiWriter(self, vdi_uuid, self.chain_of(vdi_uuid), int(record["virtual_size"]))
+
+    def write_at(self, vdi_ref, offset, data):
+        with self.open_write(vdi_ref) as writer:
+            writer.write(offset, data)
+
+    def set_image_content(self, vdi_ref, image_path, image_offset=0):
+        """Make a disk image file (read-only, shared, never copied) the VDI's bottom layer."""
+        vdi_uuid, record = self._vdi(vdi_ref)
+        with self.lock:
+            old_top = self.vdis[vdi_uuid]["top"]
+            sr_uuid = self.vdis[vdi_uuid]["sr"]
+            base = self._image_layer(sr_uuid, image_path, int(image_offset))
+            top = self._new_layer(sr_uuid, int(record["virtual_size"]), parent=base["id"])
+            self.vdis[vdi_uuid]["top"] = top["id"]
+            self._collect_garbage([old_top])
+            self.save()
+        self.layer_changed(vdi_uuid)
+
+    def fill_pattern(self, vdi_ref, seed, size_bytes, density=0.5, block=BLOCK):
+        """Deterministic pseudo-random blocks with zero gaps in the first size_bytes."""
+        rng = random.Random(int(seed))
+        vdi_uuid, record = self._vdi(vdi_ref)
+        size_bytes = min(int(size_bytes), int(record["virtual_size"]))
+        with self.open_write(vdi_ref) as writer:
+            for offset in range(0, size_bytes, block):
+                n = min(block, size_bytes - offset)
+                if rng.random() < float(density):
+                    writer.write(offset, rng.randbytes(n))
+
+    def snapshot_vdi(self, vdi_ref, **record_fields):
+        """A copy-on-write snapshot of the VDI: a new VDI record sharing every block."""
+        vdi_uuid, record = self._vdi(vdi_ref)
+        with self.lock:
+            sr_ref = record["SR"]
+            sr = self._sr_of(sr_ref)
+            if sr["type"] in THICK_SR_TYPES:
+                self.assert_fits(sr_ref, int(record["virtual_size"]))
+            snap_uuid = record_fields.get("uuid") or str(uuidlib.uuid4())
+            fields = snapshot_record_fields(record, vdi_ref)
+            fields.update(record_fields)
+            fields["uuid"] = snap_uuid
+            fields["location"] = snap_uuid
+            self._branch(vdi_uuid, snap_uuid, sr["uuid"], int(record["virtual_size"]))
+            ref = self.db.create("VDI", fields)
+            self.save()
+        self.layer_changed(vdi_uuid)
+        self.layer_changed(snap_uuid)
+        return ref
+
+    def clone_vdi(self, vdi_ref, **record_fields):
+        """A writable copy-on-write clone (VDI.clone / VM.clone)."""
+        vdi_uuid, record = self._vdi(vdi_ref)
+        fields = {k: record[k] for k in ("name_label", "name_description", "type", "sharable",
+                                        "read_only", "other_config", "xenstore_data",
+                                        "sm_config", "virtual_size", "SR", "on_boot")}
+        fields.update(record_fields)
+        fields.setdefault("uuid", str(uuidlib.uuid4()))
+        fields["location"] = fields["uuid"]
+        with self.lock:
+            sr = self._sr_of(record["SR"])
+            if sr["type"] in THICK_SR_TYPES:
+                self.assert_fits(record["SR"], int(record["virtual_size"]))
+            self._branch(vdi_uuid, fields["uuid"], sr["uuid"], int(record["virtual_size"]))
+            ref = self.db.create("VDI", fields)
+            self.save()
+        self.layer_changed(vdi_uuid)
+        self.layer_changed(fields["uuid"])
+        return ref
+
+    def _branch(self, vdi_uuid, new_uuid, sr_uuid, size):
+        """Freeze the VDI's top and hang two fresh overlays on it (one for each VDI)."""
+        top = self.layers[self.vdis[vdi_uuid]["top"]]
+        if top["owned"] == [] and top["parent"] is not None:
+            # The top holds nothing yet: the new VDI can share the layer below it, and the
+            # original keeps its (still private) top.  Keeps chains short across many
+            # snapshot/delete cycles without writes.
+            new_top = self._new_layer(sr_uuid, size, parent=top["parent"])
+        else:
+            top["readonly"] = True
+            self.vdis[vdi_uuid]["top"] = self._new_layer(sr_uuid, size, parent=top["id"])["id"]
+            new_top = self._new_layer(sr_uuid, size, parent=top["id"])
+        self.vdis[new_uuid] = {"top": new_top["id"], "sr": sr_uuid}
+
+    def destroy_vdi(self, vdi_ref):
+        """Remove the record and the VDI's layers nobody else uses."""
+        vdi_uuid, record = self._vdi(vdi_ref)
+        with self.lock:
+            entry = self.vdis.pop(vdi_uuid, None)
+            self.db.delete("VDI", vdi_ref)
+            if entry:
+                self._collect_garbage([entry["top"]])
+            self.save()
+        if self.db.exists("SR", record["SR"]):
+            self.refresh_utilisation(record["SR"])
+
+    def _collect_garbage(self, candidates):
+        """Delete layers no VDI chain reaches any more (their files too)."""
+        used = set()
+        for entry in self.vdis.values():
+            layer_id = entry["top"]
+            while layer_id is not None and layer_id not in used:
+                used.add(layer_id)
+                layer_id = self.layers[layer_id]["parent"]
+        for layer_id in list(self.layers):
+            if layer_id not in used:
+                layer = self.layers.pop(layer_id)
+                if not layer.get("image"):
+                    try:
+                        os.unlink(self.layer_path(layer))
+                    except FileNotFoundError:
+                        pass
+        del candidates
+
+    # ------------------------------------------------------------------ space accounting
+    def _layer_users(self):
+        """layer id -> set of VDI uuids whose chain contains it."""
+        users = {}
+        for vdi_uuid, entry in self.vdis.items():
+            layer_id = entry["top"]
+            while layer_id is not None:
+                users.setdefault(layer_id, set()).add(vdi_uuid)
+                layer_id = self.layers[layer_id]["parent"]
+        return users
+
+    def usage(self, sr_ref):
+        """(SR physical_utilisation, {vdi uuid: physical_utilisation}) computed from the files."""
+        with self.lock:
+            sr = self._sr_of(sr_ref)
+            thick = sr["type"] in THICK_SR_TYPES
+            users = self._layer_users()
+            snapshots = self._snapshot_uuids(sr_ref)
+            sizes = self._virtual_sizes(sr_ref)
+            per_vdi = {u: 0 for u, e in self.vdis.items() if e["sr"] == sr["uuid"]}
+            total = 0
+            for layer_id, layer in self.layers.items():
+                if layer["sr"] != sr["uuid"]:
+                    continue
+                owners = users.get(layer_id, set())
+                allocated = self._layer_allocated(layer)
+                if len(owners) == 1:
+                    (owner,) = owners
+                    per_vdi[owner] = per_vdi.get(owner, 0) + allocated
+                    if thick and owner not in snapshots:
+                        continue  # inside the fully inflated leaf counted below
+                total += allocated
+            if thick:
+                total += sum(sizes.get(u, 0) for u in per_vdi if u not in snapshots)
+            return total, per_vdi
+
+    def _snapshot_uuids(self, sr_ref):
+        return {rec["uuid"] for rec in self._vdi_records(sr_ref) if rec["is_a_snapshot"]}
+
+    def _virtual_sizes(self, sr_ref):
+        return {rec["uuid"]: int(rec["virtual_size"]) for rec in self._vdi_records(sr_ref)}
+
+    def _vdi_records(self, sr_ref):
+        return [self.db.get("VDI", ref) for ref in self.db.get_field("SR", sr_ref, "VDIs")
+                if self.db.exists("VDI", ref)]
+
+    def assert_fits(self, sr_ref, extra_bytes):
+        used, _ = self.usage(sr_ref)
+        size = int(self.db.get_field("SR", sr_ref, "physical_size"))
+        if used + int(extra_bytes) > size:
+            raise XapiError("SR_FULL", used + int(extra_bytes), size)
+
+    def check_write_space(self, vdi_uuid, fd, offset, length):
+        """Thin SRs: new allocation must fit (thick VDIs are inflated already)."""
+        sr_ref = self.db.by_uuid("SR", self.vdis[vdi_uuid]["sr"])
+        if self.db.get_field("SR", sr_ref, "type") in THICK_SR_TYPES:
+            return
+        size = int(self.db.get_field("SR", sr_ref, "physical_size"))
+        used = int(self.db.get_field("SR", sr_ref, "physical_utilisation"))
+        if used + length <= size:
+            return
+        used, _ = self.usage(sr_ref)
+        already = sum(n for _, n in data_extents(fd, offset, offset + length))
+        if used + length - already > size:
+            raise XapiError("SR_FULL", used + length - already, size)
+
+    def refresh_utilisation(self, sr_ref):
+        """Write SR and VDI physical_utilisation / virtual_allocation into the database."""
+        total, per_vdi = self.usage(sr_ref)
+        with self.db.lock:
+            for vdi_uuid, allocated in per_vdi.items():
+                try:
+                    ref = self.db.by_uuid("VDI", vdi_uuid)
+                except XapiError:
+                    continue
+                self.db.set_field("VDI", ref, "physical_utilisation", allocated)
+            self.db.set_field("SR", sr_ref, "physical_utilisation", total)
+            self.db.set_field("SR", sr_ref, "virtual_allocation",
+                              sum(self._virtual_sizes(sr_ref).values()))
+
+    def layer_changed(self, vdi_uuid):
+        self.save()
+        sr_uuid = self.vdis.get(vdi_uuid, {}).get("sr")
+        if sr_uuid:
+            self.refresh_utilisation(self.db.by_uuid("SR", sr_uuid))
+
+
+def snapshot_record_fields(record, source_ref):
+    """The VDI fields a snapshot copies from its source (xapi: the SM makes the VDI, xapi sets
+    the snapshot fields)."""
+    fields = {k: record[k] for k in ("name_label", "name_description", "type", "sharable",
+                                    "read_only", "other_config", "xenstore_data", "sm_config",
+                                    "virtual_size", "SR", "on_boot", "tags")}
+    fields.update({"is_a_snapshot": True, "snapshot_of": source_ref,
+                   "snapshot_time": now_datetime(), "managed": True})
+    return fields
