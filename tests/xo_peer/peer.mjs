@@ -16,14 +16,14 @@
 import fs from 'node:fs'
 import http from 'node:http'
 import https from 'node:https'
-import { pipeline } from 'node:stream/promises'
-import { Transform } from 'node:stream'
 
 import { createClient } from 'xen-api'
 
 const config = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'))
 const started = process.hrtime.bigint()
 const seconds = since => Number(process.hrtime.bigint() - since) / 1e9
+// progress on stderr, so a crash inside a dependency still shows where it happened
+const phase = name => process.stderr.write(`peer: ${name} at ${seconds(started).toFixed(3)} s\n`)
 
 const calls = { total: 0, byMethod: {} }
 const httpLog = []
@@ -45,7 +45,7 @@ function logUndiciRequests(xapi) {
   const dispatcher = xapi._undiciDispatcher
   const dispatch = dispatcher.dispatch.bind(dispatcher)
   dispatcher.dispatch = (opts, handler) => {
-    const entry = { client: 'undici', method: opts.method, origin: String(opts.origin), path: opts.path }
+    const entry = { client: 'undici', method: opts.method, origin: new URL(String(opts.origin)).origin, path: opts.path }
     if (opts.query !== undefined) entry.query_keys = Object.keys(opts.query).sort()
     const onHeaders = handler.onHeaders
     if (typeof onHeaders === 'function') {
@@ -83,17 +83,6 @@ function logNodeRequests() {
   }
 }
 
-function byteCounter() {
-  const counter = new Transform({
-    transform(chunk, _encoding, callback) {
-      counter.bytes += chunk.length
-      callback(null, chunk)
-    },
-  })
-  counter.bytes = 0
-  return counter
-}
-
 function cacheCounts(xapi) {
   const counts = {}
   for (const object of Object.values(xapi.objects.all)) {
@@ -112,10 +101,27 @@ function disksOf(vm) {
 
 async function exportVm(xapi, vmRef, path) {
   const response = await xapi.getResource('/export/', { query: { ref: vmRef, use_compression: 'false' } })
-  const counter = byteCounter()
-  await pipeline(response.body, counter, fs.createWriteStream(path))
+  const bytes = await drainToFile(response.body, path)
   const taskResult = await response.task
-  return { bytes: counter.bytes, taskResult }
+  return { bytes, taskResult }
+}
+
+// Read the body in flowing mode and write synchronously, so the stream never applies
+// backpressure. undici 6.x (the line xen-api@4.7.6 depends on) crashes with an uncatchable
+// `assert(!this.paused)` when the server closes the socket while its HTTP/1 parser is paused
+// under backpressure (nodejs/undici#5360, fixed in later majors only) -- and xapi's /export
+// always ends by closing the socket (HTTP/1.0, no Content-Length).
+function drainToFile(body, path) {
+  const fd = fs.openSync(path, 'w')
+  let bytes = 0
+  return new Promise((resolve, reject) => {
+    body.on('data', chunk => {
+      fs.writeSync(fd, chunk)
+      bytes += chunk.length
+    })
+    body.on('end', () => resolve(bytes))
+    body.on('error', reject)
+  }).finally(() => fs.closeSync(fd))
 }
 
 async function importXva(xapi, path, srRef) {
@@ -142,9 +148,11 @@ async function main() {
   const time = {}
 
   let t = process.hrtime.bigint()
+  phase('connect')
   await xapi.connect()
   time.connect = seconds(t)
   t = process.hrtime.bigint()
+  phase('objects')
   await xapi.objectsFetched
   time.objects_fetched = seconds(t)
   const cacheAfterFetch = cacheCounts(xapi)
@@ -155,6 +163,7 @@ async function main() {
   const sr = config.sr_uuid ? xapi.getObjectByUuid(config.sr_uuid) : xapi.getObjectByRef(xapi.getObjectByRef(sourceDisks[0].vdi).SR)
 
   t = process.hrtime.bigint()
+  phase('snapshot')
   const snapshotRef = await xapi.callAsync('VM.snapshot', vm.$ref, `xo-peer ${vm.name_label}`)
   // the snapshot must reach the cache through event.from
   const snapshot = await xapi.barrier(snapshotRef)
@@ -162,19 +171,23 @@ async function main() {
   if (!snapshot.is_a_snapshot || snapshot.snapshot_of !== vm.$ref) throw new Error('snapshot record is wrong')
 
   t = process.hrtime.bigint()
+  phase('export')
   const exported = await exportVm(xapi, snapshotRef, config.xva_path)
   time.export = seconds(t)
 
   t = process.hrtime.bigint()
+  phase('import')
   const imported = await importXva(xapi, config.xva_path, sr.$ref)
   time.import = seconds(t)
   if (!Array.isArray(imported.vmRefs) || imported.vmRefs.length !== 1) {
     throw new Error(`import task result is not one VM ref: ${JSON.stringify(imported.vmRefs)}`)
   }
+  phase('barrier new VM')
   const newVm = await xapi.barrier(imported.vmRefs[0])
 
   // clean up the snapshot (VM and its disks) and check the deletions reach the cache as events
   t = process.hrtime.bigint()
+  phase('cleanup')
   const snapshotVdis = disksOf(snapshot).map(disk => disk.vdi)
   await xapi.callAsync('VM.destroy', snapshotRef)
   for (const vdi of snapshotVdis) await xapi.callAsync('VDI.destroy', vdi)
