@@ -1,0 +1,161 @@
+"""compress | decompress round trips for every codec and fallback path, under every interpreter."""
+
+import gzip
+import os
+import shutil
+import subprocess
+import zlib
+
+import pytest
+import zstandard
+
+from .conftest import run_helper
+from .xvagen import sample_disk
+
+PAYLOAD = sample_disk(3 * (1 << 20) + 12345, seed=7) + bytes(700000) + os.urandom(50000)
+
+PATHS = [("zstd", "zstandard"), ("zstd", "zstd-bin"), ("gzip", "pigz"), ("gzip", "zlib-threads")]
+
+
+def needs(tool):
+    if shutil.which(tool) is None:
+        pytest.skip("%s is not installed" % tool)
+
+
+def compress(python, codec, compressor, data=PAYLOAD, extra=()):
+    result = run_helper(python, ["compress", "--codec", codec, "--compressor", compressor] + list(extra), data)
+    return result
+
+
+@pytest.mark.parametrize("codec,compressor", PATHS)
+def test_round_trip_every_path(python, codec, compressor):
+    if compressor == "zstd-bin":
+        needs("zstd")
+    if compressor == "pigz":
+        needs("pigz")
+    result = compress(python, codec, compressor)
+    if compressor == "zstandard" and python.endswith("nozstd/bin/python"):
+        assert result.code == "NO_CODEC", result
+        return
+    assert result.ok, result
+    stored = result.stdout
+    assert result.json["compressor"] == compressor
+    assert result.json["codec"] == codec
+    assert result.json["raw_size"] == len(PAYLOAD)
+    assert result.json["stored_size"] == len(stored)
+    assert stored[:4] == (b"\x28\xb5\x2f\xfd" if codec == "zstd" else stored[:4])
+    assert len(stored) < len(PAYLOAD)
+    back = run_helper(python, ["decompress"], stored)
+    assert back.ok, back
+    assert back.stdout == PAYLOAD
+    assert back.json["codec"] == codec
+    # and an independent reader agrees
+    if codec == "gzip":
+        assert gzip.decompress(stored) == PAYLOAD
+    else:
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(stored) == PAYLOAD
+
+
+def test_none_codec_is_identity(python):
+    result = run_helper(python, ["compress", "--codec", "none"], PAYLOAD)
+    assert result.ok and result.stdout == PAYLOAD and result.json["compressor"] == "none"
+    back = run_helper(python, ["decompress"], PAYLOAD)
+    assert back.ok and back.stdout == PAYLOAD and back.json["codec"] == "none"
+
+
+@pytest.mark.parametrize("level", [1, 9])
+def test_threaded_gzip_is_one_member_read_by_gzip_tool(python, level, tmp_path):
+    result = compress(python, "gzip", "zlib-threads", extra=["--level", str(level), "--threads", "3"])
+    assert result.ok, result
+    stored = result.stdout
+    # one member: a raw inflate of the body consumes everything up to the 8-byte trailer
+    inflater = zlib.decompressobj(-15)
+    assert inflater.decompress(stored[10:]) == PAYLOAD
+    assert inflater.eof and len(inflater.unused_data) == 8
+    path = tmp_path / "x.gz"
+    path.write_bytes(stored)
+    out = subprocess.run(["gzip", "-d", "-c", str(path)], stdout=subprocess.PIPE, check=True).stdout
+    assert out == PAYLOAD
+    subprocess.run(["gzip", "-t", str(path)], check=True)
+
+
+def test_threaded_gzip_ratio_close_to_gzip(helper_module):
+    """Priming each block with the previous 32 KiB keeps the ratio near single-stream gzip."""
+    result = compress(INTERPRETERS_PY(), "gzip", "zlib-threads", extra=["--level", "6"])
+    plain = gzip.compress(PAYLOAD, 6)
+    assert len(result.stdout) < len(plain) * 1.03
+
+
+def INTERPRETERS_PY():
+    from .conftest import INTERPRETERS
+    return INTERPRETERS["py3"]
+
+
+def test_empty_input_round_trips(python):
+    for codec, compressor in (("zstd", "zstd-bin"), ("gzip", "zlib-threads")):
+        result = compress(python, codec, compressor, data=b"")
+        assert result.ok, result
+        back = run_helper(python, ["decompress"], result.stdout)
+        assert back.ok and back.stdout == b""
+    assert gzip.decompress(compress(python, "gzip", "zlib-threads", data=b"").stdout) == b""
+
+
+def test_fallback_without_zstandard_is_reported(python):
+    result = run_helper(python, ["compress", "--codec", "zstd"], PAYLOAD)
+    assert result.ok
+    expected = "zstd-bin" if python.endswith("nozstd/bin/python") else "zstandard"
+    assert result.json["compressor"] == expected
+
+
+def test_fallback_to_gzip_when_no_zstd_at_all(python, tmp_path):
+    """No zstandard (forced off via PATH/env is not possible for the module, so use the nozstd
+    interpreter) and no zstd binary on PATH: pigz, then threaded zlib, and the codec says gzip."""
+    if not python.endswith("nozstd/bin/python"):
+        pytest.skip("needs the interpreter without zstandard")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    result = run_helper(python, ["compress", "--codec", "zstd"], PAYLOAD, env={"PATH": str(bindir)})
+    assert result.ok, result
+    assert result.json["codec"] == "gzip" and result.json["compressor"] == "zlib-threads"
+    assert gzip.decompress(result.stdout) == PAYLOAD
+
+
+def test_truncated_zstd_is_an_error(python):
+    stored = compress(python, "zstd", "zstd-bin").stdout
+    back = run_helper(python, ["decompress"], stored[:-100])
+    assert not back.ok
+    assert back.returncode != 0
+    assert back.code in ("STREAM_TRUNCATED", "DECOMPRESS_FAILED")
+
+
+def test_truncated_zstd_detected_by_frame_walk(helper_module):
+    stored = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(PAYLOAD)
+    walker = helper_module.ZstdFrameWalker()
+    walker.feed(stored)
+    assert walker.at_boundary and walker.frames == 1 and walker.content_size == len(PAYLOAD)
+    for cut in (1, 5, 100, len(stored) // 2, len(stored) - 1):
+        walker = helper_module.ZstdFrameWalker()
+        walker.feed(stored[:cut])
+        assert not walker.at_boundary, cut
+
+
+def test_truncated_gzip_is_an_error(python):
+    stored = compress(python, "gzip", "zlib-threads").stdout
+    back = run_helper(python, ["decompress"], stored[: len(stored) // 2])
+    assert back.code == "STREAM_TRUNCATED", back
+
+
+def test_concatenated_gzip_members(python):
+    stored = gzip.compress(PAYLOAD[:1000]) + gzip.compress(PAYLOAD[1000:])
+    back = run_helper(python, ["decompress"], stored)
+    assert back.ok and back.stdout == PAYLOAD
+
+
+def test_bad_level_is_refused(python):
+    result = run_helper(python, ["compress", "--codec", "gzip", "--compressor", "zlib-threads", "--level", "12"], b"x")
+    assert result.code == "BAD_INPUT" and result.returncode != 0
+
+
+def test_progress_and_result_go_to_stderr(python):
+    result = compress(python, "gzip", "zlib-threads")
+    assert result.json["ok"] and b'"ok"' not in result.stdout[-200:]
