@@ -61,6 +61,26 @@ options:
     description: Python interpreter that runs the helper on that host (dom0 has Python 3.6).
     type: str
     default: python3
+  transfer:
+    description:
+      - V(local) the helper talks to xapi on its own host at O(helper_xapi_url) (plain HTTP over localhost on the pool master).
+      - V(remote) the helper talks to the pool master named by O(hostname) over HTTPS with certificate verification.
+    type: str
+    choices: [local, remote]
+    default: local
+  helper_xapi_url:
+    description: URL at which the helper reaches xapi with O(transfer=local).
+    type: str
+    default: http://localhost
+  helper_ca_file:
+    description:
+      - CA file on the helper's host used with O(transfer=remote).
+      - Defaults to O(ca_path) when the connection is local, else to the helper host's CA store.
+    type: str
+  poll_interval:
+    description: Seconds between two status polls of the detached helper.
+    type: float
+    default: 2.0
   hostname:
     description:
       - Accepted for C(module_defaults) of the action group; not used (this module does not talk to xapi).
@@ -93,7 +113,8 @@ attributes:
       - Ages move on, so a later run can remove backups that have left a retention window.
 notes:
   - The connection options (O(hostname), O(password), ...) are accepted so that C(module_defaults) for the
-    C(group/xapi.backup.xapi) action group apply; this module does not talk to xapi and ignores them.
+    C(group/xapi.backup.xapi) action group apply; this module does not talk to xapi and ignores them, as it ignores O(transfer), O(helper_xapi_url),
+    O(helper_ca_file) and O(poll_interval).
 seealso:
   - module: xapi.backup.backup_info
 """
@@ -151,7 +172,10 @@ error:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.xapi.backup.plugins.module_utils._common import xapi_argument_spec
-from ansible_collections.xapi.backup.plugins.module_utils._repository import repository_argument_spec
+from ansible_collections.xapi.backup.plugins.module_utils._repository import (
+    repository_argument_spec,
+    transfer_argument_spec,
+)
 
 VALIDATION = {}
 
@@ -161,6 +185,7 @@ def argument_spec():
     for name in ("hostname", "password"):
         spec[name] = dict(spec[name], required=False)
     spec.update(repository_argument_spec())
+    spec.update(transfer_argument_spec())
     spec.update(
         pool_uuid=dict(type="str"),
         vm_uuid=dict(type="str"),

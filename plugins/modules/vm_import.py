@@ -72,6 +72,19 @@ options:
     description: Start the restored VM.
     type: bool
     default: false
+  remove_vifs:
+    description:
+      - Destroy the restored VM's network interfaces (before O(start)), so that a test restore never boots a copy
+        of a production VM on the production network.
+    type: bool
+    default: false
+  network_map:
+    description:
+      - Source network (UUID or name, as recorded in the backup's manifest) to target network (UUID or exact name).
+      - Each restored VIF whose source network is mapped is re-created on the target network with the same device
+        and MTU (and MAC with O(preserve_identity)). Unknown target networks fail the task before the import.
+    type: dict
+    default: {}
   force:
     description: Restore even if a VM restored from this backup (or, with O(preserve_identity), with its UUID) exists.
     type: bool
@@ -194,6 +207,10 @@ vm_uuids:
   returned: when an import ran
   type: list
   elements: str
+running:
+  description: Whether the restored VM is running.
+  returned: when an import ran
+  type: bool
 removed:
   description: UUIDs of the VMs destroyed with O(state=absent).
   returned: state is absent
@@ -255,6 +272,8 @@ def argument_spec():
         name=dict(type="str"),
         tags=dict(type="list", elements="str", default=[]),
         start=dict(type="bool", default=False),
+        remove_vifs=dict(type="bool", default=False),
+        network_map=dict(type="dict", default={}),
         force=dict(type="bool", default=False),
         import_timeout=dict(type="int"),
     )

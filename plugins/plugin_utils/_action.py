@@ -12,6 +12,7 @@ PRIVATE to the collection: not a public API.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import traceback
 
@@ -77,6 +78,11 @@ def failure_message(exc) -> tuple[str, dict]:
     return "unexpected error: %s" % error_to_message(exc), {"code": "INTERNAL_ERROR", "params": []}
 
 
+def plain(params: dict) -> dict:
+    """Task arguments as plain Python values (ansible-core 2.19 tags strings; xmlrpc cannot send those)."""
+    return json.loads(json.dumps(params))
+
+
 def is_local_connection(connection) -> bool:
     transport = getattr(connection, "transport", "") or ""
     return transport.split(".")[-1] == "local"
@@ -100,6 +106,10 @@ class XapiBackupAction(ActionBase):
             result.update(exc.result)
             result.setdefault("failed", True)
             result.setdefault("msg", str(exc))
+            return result
+        params = plain(params)
+        if params.get("repository") and not params["repository"].startswith("/"):
+            result.update(failed=True, msg="repository must be an absolute path on the task's host, got %r" % params["repository"])
             return result
         local = is_local_connection(self._connection)
         runner = HelperRunner(self._execute_helper, self._helper_argv(params, local), display=display)

@@ -187,7 +187,7 @@ class VmExport:
             if snap_ref is not None:
                 self._destroy_snapshot(xapi, snap_ref, failing=failure is not None)
         out = self._result_fields(result, manifest)
-        out.update(changed=True, backup_id=paths["id"], path=paths["out"],
+        out.update(changed=True, backup_id=paths["id"], path=os.path.join(paths["dir"], manifest["stored_file"]),
                    snapshot_uuid=snap_rec["uuid"] if snap_rec else None,
                    stale_snapshots_removed=[s.get("uuid") for s in self.removed_snapshots or []])
         return out
@@ -212,7 +212,7 @@ class VmExport:
     # ------------------------------------------------------------ manifest and result
 
     def _manifest(self, pool, summary, snap_rec, run_id, result, started, ended):
-        name = os.path.basename(result.get("out") or "") or repo.stored_name(result.get("codec") or self.p["codec"])
+        name = os.path.basename(result.get("path") or result.get("out") or "") or repo.stored_name(result.get("codec") or self.p["codec"])
         files = {name: {"size": int(result["stored_size"]), "sha256": str(result["sha256"])}}
         vm = dict(summary)
         vm.pop("ref", None)

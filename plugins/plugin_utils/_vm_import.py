@@ -105,6 +105,7 @@ class VmImport:
                            msg="VM %s was already restored from %s" % (existing.get("uuid"), backup.id))
                 return out
             sr_ref, sr_rec = find_sr(xapi, p.get("sr"))
+            targets = resolve_network_map(xapi, p.get("network_map") or {})
             if self.ctx.check_mode:
                 self.ctx.recorder.record("VM.set_is_a_template", ["<imported VM>", False], planned=True)
                 self.ctx.runner.calls.append({"subcommand": "import", "args": ["--in", backup.stored_path], "planned": True})
@@ -115,9 +116,10 @@ class VmImport:
             if not vm_refs:
                 raise XapiUsageError("the import of %s created no VM" % backup.id)
             vm_ref = vm_refs[0]
-            self._finish_vm(xapi, vm_ref, backup, source)
+            self._finish_vm(xapi, vm_ref, backup, source, targets)
             record = xapi.call("VM.get_record", vm_ref)
             return dict(base, changed=True, msg=reason, vm_uuid=record.get("uuid"), vm_name=record.get("name_label"),
+                        running=str(record.get("power_state", "")).lower() == "running",
                         vm_uuids=list(result.get("vm_uuids") or []), power_state=record.get("power_state"),
                         sr_uuid=sr_rec.get("uuid") if sr_rec else None, helper_result=repo.strip_secrets(result),
                         duration=result.get("duration"))
@@ -133,11 +135,13 @@ class VmImport:
         if p["preserve_identity"]:
             args.append("--restore")
         status_file = os.path.join(p["repository"], STATUS_DIR, "import-%s.status.json" % backup.id.replace("/", "_"))
+        # the helper does not create the status file's directory: create it (and a placeholder) first
+        self.ctx.storage.write_json(status_file, {"phase": "queued", "backup": backup.id})
         return self.ctx.runner.run_long("import", args, status_file, "import of %s" % backup.id,
                                         session=xapi.session_ref, poll_interval=p.get("poll_interval", 2.0),
                                         timeout=p.get("import_timeout"))
 
-    def _finish_vm(self, xapi, vm_ref, backup, source):
+    def _finish_vm(self, xapi, vm_ref, backup, source, targets):
         p = self.p
         xapi.change("VM.set_is_a_template", vm_ref, False)
         name = self._name(source)
@@ -147,6 +151,12 @@ class VmImport:
         xapi.change("VM.add_to_other_config", vm_ref, RESTORED_FROM, backup.id)
         for tag in [RESTORED_TAG] + list(p.get("tags") or []):
             xapi.change("VM.add_tags", vm_ref, tag)
+        vifs = xapi.call("VM.get_VIFs", vm_ref) or []
+        if p.get("remove_vifs"):
+            for vif in vifs:
+                xapi.change("VIF.destroy", vif)
+        elif targets:
+            remap_vifs(xapi, vm_ref, vifs, source.get("vifs") or [], targets, p["preserve_identity"])
         if p.get("start"):
             xapi.change("VM.start", vm_ref, False, False)
 
@@ -181,3 +191,59 @@ def destroy_vm_with_disks(xapi, ref, record):
     xapi.change("VM.destroy", ref)
     for vdi in vdis:
         xapi.change("VDI.destroy", vdi)
+
+
+# ---------------------------------------------------------------- networks
+
+
+def resolve_network_map(xapi, mapping: dict) -> dict:
+    """``{source network uuid or name: target network ref}``; unknown targets fail before any import."""
+    targets = {}
+    for source, target in sorted(mapping.items()):
+        ref = None
+        if repo.is_uuid(str(target)):
+            try:
+                ref = xapi.call("network.get_by_uuid", str(target).lower())
+            except XapiError as exc:
+                if exc.code not in ("UUID_INVALID", "HANDLE_INVALID"):
+                    raise
+        if ref is None:
+            refs = xapi.call("network.get_by_name_label", str(target)) or []
+            if len(refs) != 1:
+                raise XapiUsageError("network_map: %s network named %r for source %s"
+                                     % ("no" if not refs else "more than one", target, source))
+            ref = refs[0]
+        targets[str(source)] = ref
+    return targets
+
+
+def vif_moves(source_vifs: list, mapping: dict) -> dict:
+    """``{device: target network ref}`` for the backed-up VIFs whose network (uuid or name) is mapped."""
+    moves = {}
+    for vif in source_vifs:
+        for key in (vif.get("network_uuid"), vif.get("network_name")):
+            if key is not None and key in mapping:
+                moves[str(vif.get("device"))] = mapping[key]
+                break
+    return moves
+
+
+VIF_FIELDS = ("device", "MTU", "other_config", "qos_algorithm_type", "qos_algorithm_params",
+              "locking_mode", "ipv4_allowed", "ipv6_allowed")
+
+
+def remap_vifs(xapi, vm_ref, vif_refs, source_vifs, mapping, keep_mac):
+    """Re-create each mapped VIF on its target network, same device and MTU (and MAC with keep_mac)."""
+    moves = vif_moves(source_vifs, mapping)
+    for vif_ref in vif_refs:
+        record = xapi.call("VIF.get_record", vif_ref)
+        target = moves.get(str(record.get("device")))
+        if target is None or record.get("network") == target:
+            continue
+        new = dict((k, record[k]) for k in VIF_FIELDS if k in record)
+        new.update(VM=vm_ref, network=target, MAC=record.get("MAC", "") if keep_mac else "")
+        new.setdefault("other_config", {})
+        new.setdefault("qos_algorithm_type", "")
+        new.setdefault("qos_algorithm_params", {})
+        xapi.change("VIF.destroy", vif_ref)
+        xapi.change("VIF.create", new)

@@ -47,7 +47,7 @@ def write_backup(root, payload=b"stored-xva", stamp=STAMP):
 
 def params(root, **extra):
     base = {"repository": str(root), "backup": None, "vm_uuid": VM, "timestamp": "latest", "state": "present",
-            "sr": None, "preserve_identity": False, "name": None, "tags": ["drill"], "start": False, "force": False,
+            "sr": None, "preserve_identity": False, "remove_vifs": False, "network_map": {}, "name": None, "tags": ["drill"], "start": False, "force": False,
             "transfer": "local", "helper_xapi_url": "http://localhost", "poll_interval": 0.01}
     base.update(extra)
     return base
@@ -57,6 +57,10 @@ def xapi_with(vms, check_mode=False):
     return FakeXapi({
         "VM.get_all_records": lambda: dict(vms),
         "VM.get_record": lambda ref: {"uuid": NEW_VM, "name_label": "web", "power_state": "Halted"},
+        "VM.get_VIFs": lambda ref: ["OpaqueRef:vif0", "OpaqueRef:vif1"],
+        "VIF.get_record": lambda ref: {"device": ref[-1], "network": "OpaqueRef:net-old", "MAC": "aa:%s" % ref[-1], "MTU": "1500"},
+        "network.get_by_uuid": lambda uuid: "OpaqueRef:net-new",
+        "network.get_by_name_label": lambda name: ["OpaqueRef:net-%s" % name] if name != "missing" else [],
     }, check_mode=check_mode)
 
 
@@ -149,3 +153,34 @@ def test_state_absent_destroys_restored_vm_and_disks(tmp_path):
     assert out["changed"] is True and out["removed"] == [NEW_VM]
     assert [(c["method"], c["args"]) for c in xapi.calls if c["method"].endswith(("destroy", "shutdown"))] == [
         ("VM.hard_shutdown", ["OpaqueRef:r"]), ("VM.destroy", ["OpaqueRef:r"]), ("VDI.destroy", ["OpaqueRef:vdi"])]
+
+
+def test_remove_vifs_destroys_every_vif(tmp_path):
+    write_backup(tmp_path)
+    xapi = xapi_with({})
+    VmImport(FakeCtx(params(tmp_path, remove_vifs=True, start=True), xapi, FakeRunner())).run()
+    methods = xapi.methods()
+    assert methods.count("VIF.destroy") == 2 and methods.index("VIF.destroy") < methods.index("VM.start")
+
+
+def test_network_map_recreates_mapped_vif_only(tmp_path):
+    directory = write_backup(tmp_path)
+    manifest_path = os.path.join(directory, repo.MANIFEST_NAME)
+    manifest = repo.parse_manifest(open(manifest_path).read())
+    manifest["vm"]["vifs"] = [{"device": "0", "network_uuid": "n-0", "network_name": "prod"},
+                              {"device": "1", "network_uuid": "n-1", "network_name": "backup"}]
+    LocalStorage().write_json(manifest_path, manifest)
+    xapi = xapi_with({})
+    VmImport(FakeCtx(params(tmp_path, network_map={"prod": "dr-net"}, preserve_identity=True), xapi, FakeRunner())).run()
+    creates = [c["args"][0] for c in xapi.calls if c["method"] == "VIF.create"]
+    assert [c["network"] for c in creates] == ["OpaqueRef:net-dr-net"]
+    assert creates[0]["device"] == "0" and creates[0]["MAC"] == "aa:0" and creates[0]["MTU"] == "1500"
+    assert [c["args"] for c in xapi.calls if c["method"] == "VIF.destroy"] == [["OpaqueRef:vif0"]]
+
+
+def test_unknown_target_network_fails_before_import(tmp_path):
+    write_backup(tmp_path)
+    ctx = FakeCtx(params(tmp_path, network_map={"prod": "missing"}), xapi_with({}), FakeRunner())
+    with pytest.raises(Exception, match="no network named"):
+        VmImport(ctx).run()
+    assert ctx.runner.calls == []

@@ -51,7 +51,8 @@ def make_backup(root, owner, when, run_id="run", payload=b"xva-bytes", complete=
         manifest = repo_mod.build_manifest(
             repo_mod.KIND_VM, tool_version="0.1.0", pool={"uuid": POOL, "name": "pool"}, xapi_version="25.1",
             run_id=run_id, files=files, stored_file=name, started=when, ended=when + datetime.timedelta(seconds=10),
-            vm={"uuid": owner, "name_label": "vm", "disks": [{"sr_uuid": "s", "virtual_size": 4}], "vifs": []}, codec={"codec": "zstd", "level": 3, "threads": 0}, raw_size=100,
+            vm={"uuid": owner, "name_label": "vm", "disks": [{"sr_uuid": "s", "virtual_size": 4}], "vifs": []},
+            codec={"codec": "zstd", "level": 3, "threads": 0}, raw_size=100,
         )
         LocalStorage().write_json(os.path.join(path, repo_mod.MANIFEST_NAME), manifest)
     if corrupt:
