@@ -61,7 +61,7 @@ class MiniPool:
         db.create("PBD", {"host": member, "SR": local, "currently_attached": True})
         db.create("pool", {"name_label": "mini", "master": master, "default_SR": shared})
         net = db.create("network", {"name_label": "Pool-wide network", "bridge": "xenbr0"})
-        self.refs.update(master=master, member=member, shared=shared, local=local, iso=iso,
+        self.refs.update(master=master, member=member, shared=shared, local_sr=local, iso=iso,
                          network=net)
 
         # a halted VM: three disks (data far apart, a 0-byte disk, a small odd-sized one),
