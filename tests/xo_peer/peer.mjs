@@ -35,7 +35,12 @@ function countCalls(xapi) {
   xapi._call = function (method, ...rest) {
     calls.total++
     calls.byMethod[method] = (calls.byMethod[method] ?? 0) + 1
-    return call.call(this, method, ...rest)
+    if (!process.env.PEER_TRACE) return call.call(this, method, ...rest)
+    const t = seconds(started)
+    const done = () => process.stderr.write(`call ${method} ${t.toFixed(3)} -> ${seconds(started).toFixed(3)}\n`)
+    const promise = call.call(this, method, ...rest)
+    promise.then(done, done)
+    return promise
   }
 }
 
@@ -101,9 +106,11 @@ function disksOf(vm) {
 
 async function exportVm(xapi, vmRef, path) {
   const response = await xapi.getResource('/export/', { query: { ref: vmRef, use_compression: 'false' } })
+  const t = process.hrtime.bigint()
   const bytes = await drainToFile(response.body, path)
+  const streamSeconds = seconds(t)
   const taskResult = await response.task
-  return { bytes, taskResult }
+  return { bytes, taskResult, streamSeconds }
 }
 
 // Read the body in flowing mode and write synchronously, so the stream never applies
@@ -202,7 +209,7 @@ async function main() {
     http: httpLog,
     redirects: httpLog.filter(entry => entry.status === 302).length,
     bytes: { exported: exported.bytes, imported: imported.bytes, total: exported.bytes + imported.bytes },
-    time_s: { ...time, total: seconds(started) },
+    time_s: { ...time, export_stream: exported.streamSeconds, total: seconds(started) },
     export_task_result: exported.taskResult,
     vm: { ref: vm.$ref, uuid: vm.uuid, disks: sourceDisks },
     snapshot: { ref: snapshotRef, removed_from_cache: gone.length === snapshotVdis.length + 1 },
