@@ -136,6 +136,16 @@ class SimulatorProcess:
         return self.request("POST", "/_sim/vdi_write",
                             {"vdi": vdi_uuid, "offset": offset, "hex": bytes(data).hex()})
 
+    def vdi_read(self, vdi_uuid, offset=None, length=None):
+        """The VDI's bytes (offset/length given) or {size, extents, sha256} of the whole disk."""
+        import base64
+        import urllib.parse
+        query = {"vdi": vdi_uuid}
+        if length is not None:
+            query.update(offset=offset or 0, length=length)
+        result = self.request("GET", "/_sim/vdi_read?" + urllib.parse.urlencode(query))
+        return base64.b64decode(result["base64"]) if length is not None else result
+
     def ssl_context(self):
         return ssl.create_default_context(cafile=self.ca_file)
 

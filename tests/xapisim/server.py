@@ -337,6 +337,9 @@ class SimRequestHandler(BaseHTTPRequestHandler):
                 return self._send_json(200, sim_state(sim))
             if path == "/_sim/vdi_write" and self.command == "POST":
                 return self._send_json(200, vdi_write(sim, json.loads(self._read_body())))
+            if path == "/_sim/vdi_read" and self.command == "GET":
+                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+                return self._send_json(200, vdi_read(sim, query))
         except (FaultError, ValueError, KeyError) as exc:
             return self._send_json(400, {"error": str(exc)})
         except XapiError as exc:
@@ -400,6 +403,25 @@ def vdi_write(sim, body):
     vdi_ref = sim.db.by_uuid("VDI", body["vdi"])
     sim.storage.write_at(vdi_ref, int(body.get("offset", 0)), data)
     return {"written": len(data), "vdi": body["vdi"]}
+
+
+def vdi_read(sim, query):
+    """GET /_sim/vdi_read?vdi=UUID[&offset=N&length=N]: content (base64), size, extents and
+    sha256 of the whole disk when no length is given."""
+    import hashlib
+    vdi_ref = sim.db.by_uuid("VDI", query["vdi"])
+    with sim.storage.open_read(vdi_ref) as reader:
+        out = {"vdi": query["vdi"], "size": reader.size, "extents": reader.extents()}
+        if "length" in query:
+            data = reader.read(int(query.get("offset", 0)), int(query["length"]))
+            out["base64"] = base64.b64encode(data).decode()
+        else:
+            digest = hashlib.sha256()
+            step = 4 * 1024 * 1024
+            for offset in range(0, reader.size, step):
+                digest.update(reader.read(offset, step))
+            out["sha256"] = digest.hexdigest()
+    return out
 
 
 def free_port(address="127.0.0.1"):

@@ -192,6 +192,7 @@ class VdiWriter:
         self.top = chain[0]
         self._chain = chain
         self.fd = os.open(storage.layer_path(self.top), os.O_RDWR)
+        self.pending = 0  # bytes written since the SR's utilisation was last refreshed
 
     def write(self, offset, data):
         data = bytes(data)
@@ -199,7 +200,8 @@ class VdiWriter:
             raise XapiError("VDI_IO_ERROR", "Device I/O error")
         if not data:
             return
-        self.storage.check_write_space(self.vdi_uuid, self.fd, offset, len(data))
+        self.storage.check_write_space(self.vdi_uuid, self.fd, offset, len(data), self.pending)
+        self.pending += len(data)
         if self.top["owned"] is None:
             os.pwrite(self.fd, data, offset)
             return
@@ -503,14 +505,16 @@ class Storage:
         if used + int(extra_bytes) > size:
             raise XapiError("SR_FULL", used + int(extra_bytes), size)
 
-    def check_write_space(self, vdi_uuid, fd, offset, length):
-        """Thin SRs: new allocation must fit (thick VDIs are inflated already)."""
+    def check_write_space(self, vdi_uuid, fd, offset, length, pending=0):
+        """Thin SRs: new allocation must fit (thick VDIs are inflated already).  The cheap
+        check uses the recorded utilisation plus what this writer wrote since; only near the
+        limit are the files measured."""
         sr_ref = self.db.by_uuid("SR", self.vdis[vdi_uuid]["sr"])
         if self.db.get_field("SR", sr_ref, "type") in THICK_SR_TYPES:
             return
         size = int(self.db.get_field("SR", sr_ref, "physical_size"))
         used = int(self.db.get_field("SR", sr_ref, "physical_utilisation"))
-        if used + length <= size:
+        if used + pending + length <= size:
             return
         used, _ = self.usage(sr_ref)
         already = sum(n for _, n in data_extents(fd, offset, offset + length))
