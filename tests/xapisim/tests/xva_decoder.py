@@ -203,13 +203,14 @@ class _Prepend(io.RawIOBase):
         return len(data)
 
 
-def decode(source):
-    """Decode an XVA from bytes, a path, or a binary file object."""
+def decode(source, metadata_only=False):
+    """Decode an XVA from bytes, a path, or a binary file object. ``metadata_only``: an
+    /export_metadata archive (ova.xml alone, no disk data expected)."""
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as handle:
-            return decode(handle)
+            return decode(handle, metadata_only)
     stream, compression = _open_stream(source)
     spy = _HeaderSpy(stream)
     xva = Xva()
@@ -238,7 +239,10 @@ def decode(source):
             raise XvaDecodeError("data entry %s without a checksum entry" % pending[0].name)
         xva.end_of_entries = last_member.offset_data + -(-last_member.size // 512) * 512
     xva.total_length = spy.position + len(stream.read())
-    _check_disks_complete(xva, expected)
+    if not metadata_only:
+        _check_disks_complete(xva, expected)
+    elif len(xva.entries) != 1:
+        raise XvaDecodeError("metadata archive with %d entries" % len(xva.entries))
     return xva
 
 
