@@ -71,7 +71,15 @@ def test_event_from_and_get_all_records_where_agree(x):
     for event in reply["events"]:
         if event["ref"] in where:
             assert event["snapshot"] == where[event["ref"]]  # same record, same wire form
-    assert int(reply["valid_ref_counts"]["vm"]) == len(x.VM.get_all())
+    assert reply["valid_ref_counts"]["vm"] == len(x.VM.get_all())  # <i4>: an int, not a string
+
+
+@pytest.mark.parametrize("cls", ["pool", "host", "SR", "PBD", "VDI", "VBD", "VIF", "network", "VM"])
+def test_every_class_agrees_with_get_all_records_where(x, cls):
+    reply = event_from(x, [cls.lower()], "", 0.0)
+    adds = {e["ref"] for e in reply["events"] if e["operation"] == "add"}
+    assert adds == set(getattr(x, cls).get_all_records_where("true"))
+    assert reply["valid_ref_counts"][cls.lower()] == len(adds)
 
 
 def test_async_task_lifecycle_is_seen_through_events(x):
