@@ -54,7 +54,7 @@ options:
 requirements:
   - XenAPI (Python package, on the controller)
 notes:
-  - The module runs on the controller and talks XAPI over the network; use C(delegate_to: localhost) or a play on
-    localhost. Nothing runs on dom0.
-  - Every module returns RV(ignore:xapi_calls), the XAPI calls made or, in check mode, planned.
+  - The module runs on the controller and talks XAPI over the network; delegate the task to V(localhost) or run it
+    in a play on localhost. Nothing runs on dom0.
+  - Every module returns C(xapi_calls), the XAPI calls made or, in check mode, planned.
 """

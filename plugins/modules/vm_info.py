@@ -18,7 +18,7 @@ description:
     restore mapping.
   - Talks XAPI from the controller; nothing runs on the pool hosts.
 author:
-  - xapi.backup maintainers
+  - xapi.backup maintainers (@xapi-backup)
 extends_documentation_fragment:
   - xapi.backup.connection
   - xapi.backup.attributes

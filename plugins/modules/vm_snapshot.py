@@ -19,7 +19,7 @@ description:
     ours is never touched.
   - Talks XAPI from the controller; nothing runs on the pool hosts.
 author:
-  - xapi.backup maintainers
+  - xapi.backup maintainers (@xapi-backup)
 extends_documentation_fragment:
   - xapi.backup.connection
   - xapi.backup.attributes
@@ -55,7 +55,7 @@ options:
   run_id:
     description:
       - The backup run the snapshot belongs to.
-      - Letters, digits and C(. _ + : -), at most 100 characters.
+      - "Letters, digits and C(. _ + : -), at most 100 characters."
       - Defaults to the current UTC date (V(2026-11-21)), one run per day.
     type: str
   cleanup_stale:

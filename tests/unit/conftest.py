@@ -13,6 +13,7 @@ add VMs and disks, inject failures (``fail``), and read the calls that reached t
 from __future__ import annotations
 
 import copy
+import importlib.util
 import itertools
 import json
 import sys
@@ -23,8 +24,10 @@ from pathlib import Path
 import pytest
 
 try:
-    import ansible_collections.xapi.backup  # noqa: F401  (ansible-test units sets this up)
-except ImportError:  # plain pytest from the repository root: use the layout `make setup` builds
+    _FOUND = importlib.util.find_spec("ansible_collections.xapi.backup") is not None  # ansible-test units
+except ImportError:
+    _FOUND = False
+if not _FOUND:  # plain pytest from the repository root: use the layout `make setup` builds
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".tmp" / "collections"))
 
 from ansible_collections.xapi.backup.plugins.module_utils import _xapi  # noqa: E402
