@@ -361,9 +361,9 @@ class EventSystem:
             return
         entry = {"id": str(self._legacy_next_id), "timestamp": ocaml_string_of_float(event.timestamp),
                  "class": event.cls.lower(), "operation": event.operation, "ref": event.ref}
-        if event.operation != "del":
-            # event.next snapshots are taken when the change happens
-            entry["snapshot"] = self._record_to_wire(event.cls, event.snapshot)
+        # event.next snapshots are taken when the change happens; a del carries the record as it
+        # was just before the deletion (eventgen.ml: PreDelete)
+        entry["snapshot"] = self._record_to_wire(event.cls, event.snapshot)
         self._legacy_queue.append((self._legacy_next_id, entry))
         self._legacy_next_id += 1
         if len(self._legacy_queue) > self._legacy_queue_max:

@@ -309,11 +309,12 @@ def test_next_reports_events_lost_when_the_queue_overflowed():
     assert err.value.description == ["EVENTS_LOST"]
 
 
-def test_legacy_del_event_has_no_snapshot(pool):
+def test_legacy_del_event_carries_the_record_before_deletion(pool):
     pool.events.register(pool.session, ["vbd"])
     pool.db.delete("VBD", pool.vbd)
     (event,) = pool.events.next(pool.session)
-    assert event["operation"] == "del" and "snapshot" not in event
+    assert event["operation"] == "del" and event["ref"] == pool.vbd
+    assert event["snapshot"]["VM"] == pool.vm and event["snapshot"]["userdevice"] == "0"
 
 
 def test_ocaml_string_of_float():
