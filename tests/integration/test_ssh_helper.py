@@ -1,0 +1,213 @@
+# Copyright (c) xapi.backup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The helper role over real SSH on two namespace hosts whose python3 is CPython 3.6.15 (as on dom0).
+
+Only raw commands and file transfers reach the hosts: an Ansible Python module could not run there.
+Each test module installs under its own prefix in the hosts' private /opt, so other tests sharing
+the session's hosts do not interfere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import netns
+
+pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
+
+SOURCE = netns.REPO / "roles" / "helper" / "files" / "xapi-backup-helper"
+PREFIX = "/opt/xb-test-%s" % secrets.token_hex(3)
+DEST = PREFIX + "/bin/xapi-backup-helper"
+
+PLAYBOOK = """
+- name: Install the helper
+  hosts: xb_hosts
+  gather_facts: false
+  roles:
+    - role: xapi.backup.helper
+  post_tasks:
+    - name: Save the result on the controller
+      ansible.builtin.copy:
+        content: "{{ xapi_backup_helper_installed | to_json }}"
+        dest: "{{ results_dir }}/{{ inventory_hostname }}.json"
+        mode: "0600"
+      delegate_to: localhost
+      check_mode: false
+      changed_when: false
+"""
+
+
+def recap(output: str) -> dict:
+    """{host: {"ok": n, "changed": n, "failed": n, ...}} from the PLAY RECAP."""
+    counts = {}
+    for match in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
+        counts[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
+    return counts
+
+
+@pytest.fixture(scope="module")
+def helper(tmp_path_factory) -> Path:
+    """A snapshot of the collection's helper: the working tree's copy may change while tests run."""
+    path = tmp_path_factory.mktemp("helper-src") / "xapi-backup-helper"
+    path.write_bytes(SOURCE.read_bytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def play(ssh_pool_hosts, helper, tmp_path_factory):
+    """Run the role on both hosts: play(extra_vars..., check=False, diff=False) -> (proc, recap, results)."""
+    workdir = tmp_path_factory.mktemp("helper-role")
+    playbook = workdir / "install.yml"
+    playbook.write_text(PLAYBOOK)
+
+    def run(check: bool = False, diff: bool = False, **extra):
+        results_dir = workdir / ("results-%s" % secrets.token_hex(3))
+        results_dir.mkdir()
+        extra_vars = {"xapi_backup_helper_dest": DEST, "xapi_backup_helper_src": str(helper),
+                      "results_dir": str(results_dir)}
+        extra_vars.update(extra)
+        args = [playbook, "-e", json.dumps(extra_vars)] + (["--check"] if check else []) + (["--diff"] if diff else [])
+        proc = ssh_pool_hosts.ansible("ansible-playbook", args)
+        results = {p.stem: json.loads(p.read_text()) for p in results_dir.glob("*.json")}
+        return proc, recap(proc.stdout), results
+
+    return run
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def installed(host) -> Path:
+    return host.opt_path / Path(DEST).relative_to("/opt")
+
+
+def test_check_mode_on_fresh_hosts_reports_changes_and_transfers_nothing(ssh_pool_hosts, play, helper):
+    proc, counts, results = play(check=True, diff=True)
+    assert proc.returncode == 0, proc.stdout
+    for host in ssh_pool_hosts.hosts:
+        assert counts[host.name]["changed"] == 1, proc.stdout
+        assert results[host.name]["changed"] is True
+        assert results[host.name]["actions"] == ["install %s (sha256 %s)" % (DEST, sha256(helper)[:12])]
+        assert results[host.name]["self_test"] is None
+        assert not installed(host).exists()
+        assert not installed(host).parent.parent.exists()
+    assert "+sha256: %s" % sha256(helper) in proc.stdout  # the diff
+    assert "-sha256: (absent)" in proc.stdout
+
+
+def test_install_on_two_hosts_then_second_run_changes_nothing(ssh_pool_hosts, play, helper):
+    proc, counts, results = play()
+    assert proc.returncode == 0, proc.stdout
+    for host in ssh_pool_hosts.hosts:
+        assert counts[host.name]["changed"] == 1, proc.stdout
+        path = installed(host)
+        assert sha256(path) == sha256(helper)
+        assert path.stat().st_mode & 0o7777 == 0o755
+        assert path.parent.stat().st_mode & 0o7777 == 0o755
+        report = results[host.name]["self_test"]
+        assert report["ok"] is True
+        # the helper ran on the host's python3: the real 3.6 when pyenv has it
+        if netns.default_python():
+            assert report["python"]["version"] == "3.6.15"
+            assert results[host.name]["python_version"] == "3.6"
+        assert results[host.name]["previous_sha256"] is None
+    again, counts, results = play()
+    assert again.returncode == 0, again.stdout
+    for host in ssh_pool_hosts.hosts:
+        assert counts[host.name]["changed"] == 0, again.stdout
+        assert results[host.name]["actions"] == []
+        assert results[host.name]["previous_sha256"] == sha256(helper)
+    checked, counts, _ = play(check=True)
+    assert checked.returncode == 0, checked.stdout
+    assert all(counts[h.name]["changed"] == 0 for h in ssh_pool_hosts.hosts), checked.stdout
+
+
+def test_a_modified_helper_is_detected_in_check_mode_and_replaced(ssh_pool_hosts, play, helper):
+    first, second = ssh_pool_hosts.hosts[:2]
+    assert ssh_pool_hosts.ssh(first, "echo '# tampered' >> %s && chmod 0700 %s" % (DEST, DEST)).returncode == 0
+    tampered = sha256(installed(first))
+    proc, counts, results = play(check=True, diff=True)
+    assert proc.returncode == 0, proc.stdout
+    assert counts[first.name]["changed"] == 1 and counts[second.name]["changed"] == 0, proc.stdout
+    assert results[first.name]["actions"] == ["replace %s (sha256 %s -> %s)" % (DEST, tampered[:12], sha256(helper)[:12])]
+    assert sha256(installed(first)) == tampered  # check mode left it alone
+    proc, counts, results = play()
+    assert proc.returncode == 0, proc.stdout
+    assert counts[first.name]["changed"] == 1 and counts[second.name]["changed"] == 0, (results, proc.stdout)
+    assert sha256(installed(first)) == sha256(helper)
+    assert installed(first).stat().st_mode & 0o7777 == 0o755
+    assert results[first.name]["self_test"]["ok"] is True
+
+
+def test_only_a_wrong_mode_is_repaired(ssh_pool_hosts, play):
+    host = ssh_pool_hosts.hosts[1]
+    assert ssh_pool_hosts.ssh(host, "chmod 0644 %s" % DEST).returncode == 0
+    proc, counts, results = play()
+    assert proc.returncode == 0, proc.stdout
+    assert counts[host.name]["changed"] == 1, proc.stdout
+    assert results[host.name]["actions"] == ["set mode 0755 on %s and its directory" % DEST]
+    assert installed(host).stat().st_mode & 0o7777 == 0o755
+
+
+def test_missing_interpreter_fails_in_preflight_with_one_line(ssh_pool_hosts, play):
+    proc, counts, _ = play(xapi_backup_helper_python="/nonexistent/python3")
+    assert proc.returncode != 0
+    assert all(counts[h.name]["failed"] == 1 for h in ssh_pool_hosts.hosts), proc.stdout
+    assert "/nonexistent/python3 on host0 cannot run (rc=127)" in proc.stdout
+    assert "the helper needs Python >= 3.6 (set xapi_backup_helper_python)" in proc.stdout
+
+
+def test_action_refuses_a_wheel_for_another_python_before_transferring(ssh_pool_hosts, helper, tmp_path):
+    if not netns.default_python():
+        pytest.skip("needs the 3.6 interpreter in the hosts")
+    wheel = tmp_path / "zstandard-0.20.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("zstandard/__init__.py", "raise ImportError('wrong wheel')\n")
+    host = ssh_pool_hosts.hosts[0]
+    proc = ssh_pool_hosts.ansible("ansible", [host.name, "-m", "xapi.backup.helper_install",
+                                              "-a", "dest=%s zstandard_wheel=%s src=%s" % (DEST, wheel, helper)])
+    assert proc.returncode != 0
+    assert "is for cp311, the target runs Python 3.6 (cp36)" in proc.stdout, proc.stdout
+    assert not (installed(host).parent.parent / "lib" / "python3.6" / "zstandard").exists()
+
+
+def test_action_reports_a_missing_interpreter(ssh_pool_hosts):
+    host = ssh_pool_hosts.hosts[0]
+    proc = ssh_pool_hosts.ansible("ansible", [host.name, "-m", "xapi.backup.helper_install",
+                                              "-a", "dest=%s python=python9" % DEST])
+    assert proc.returncode != 0
+    assert "python9 not found on the target; install Python >= 3.6 or set python" in proc.stdout, proc.stdout
+
+
+def test_shipped_zstandard_wheel_is_used_by_the_helper_on_python_3_6(ssh_pool_hosts, play):
+    if not netns.default_python():
+        pytest.skip("needs the 3.6 interpreter in the hosts")
+    proc, counts, results = play(xapi_backup_helper_ship_zstandard=True)
+    assert proc.returncode == 0, proc.stdout
+    for host in ssh_pool_hosts.hosts:
+        result = results[host.name]
+        assert counts[host.name]["changed"] >= 1, proc.stdout
+        assert result["zstandard_wheel"].startswith("zstandard-0.20.0-cp36-cp36m-")
+        assert result["lib_dir"] == PREFIX + "/lib/python3.6"
+        zstd = result["self_test"]["codecs"]["zstandard"]
+        assert zstd["version"] == "0.20.0"
+        assert zstd["path"].startswith(PREFIX + "/lib/python3.6/zstandard/")
+        assert (host.opt_path / Path(PREFIX).relative_to("/opt") / "lib" / "python3.6" / "zstandard").is_dir()
+    again, counts, _ = play(xapi_backup_helper_ship_zstandard=True)
+    assert again.returncode == 0, again.stdout
+    assert all(counts[h.name]["changed"] == 0 for h in ssh_pool_hosts.hosts), again.stdout
+    # the compressor really works there: round trip through the helper with the shipped module
+    host = ssh_pool_hosts.hosts[0]
+    roundtrip = ssh_pool_hosts.ssh(
+        host, "head -c 3000000 /dev/urandom > /tmp/xb-rt-$$ && %s compress --codec zstd --compressor zstandard < /tmp/xb-rt-$$ "
+        "| %s decompress --decompressor zstandard | cmp - /tmp/xb-rt-$$; rc=$?; rm -f /tmp/xb-rt-$$; exit $rc" % (DEST, DEST))
+    assert roundtrip.returncode == 0, roundtrip.stderr
