@@ -199,8 +199,16 @@ def test_vm_snapshot_present_then_absent(tmp_path, sim, pool):
 def test_cleanup_stale_removes_interrupted_run_only_by_tags(tmp_path, sim, pool):
     vm = pool.vm_ref("tiny-halted")
     # An interrupted earlier run left its tagged snapshot behind.
-    res, _out = play(tmp_path, sim, [task("vm_snapshot", {"vm": "tiny-halted", "run_id": "run-0"}, "old")])
+    res, _out = play(
+        tmp_path,
+        sim,
+        [
+            task("vm_snapshot", {"vm": "tiny-halted", "run_id": "run-0"}, "old"),
+            task("vm_snapshot", {"vm": "tiny-running", "run_id": "run-0"}, "other_vm"),
+        ],
+    )
     old_uuid = res["old"]["snapshot"]["uuid"]
+    other_vm_uuid = res["other_vm"]["snapshot"]["uuid"]
     # A VM named exactly like our snapshots, and a snapshot by someone else with that name.
     namesake = pool.api.VM.clone(vm, "xapi-backup tiny-halted run-0")
     foreign = pool.api.VM.snapshot(vm, "xapi-backup tiny-halted run-0")
@@ -208,13 +216,14 @@ def test_cleanup_stale_removes_interrupted_run_only_by_tags(tmp_path, sim, pool)
 
     res, _out = play(tmp_path, sim, [task("vm_snapshot", args, "check", check=True)])
     assert res["check"]["changed"] and [r["uuid"] for r in res["check"]["removed"]] == [old_uuid]
-    assert {r["uuid"] for r in pool.ours().values()} == {old_uuid}
+    assert {r["uuid"] for r in pool.ours().values()} == {old_uuid, other_vm_uuid}
 
     res, _out = play(tmp_path, sim, [task("vm_snapshot", args, "run"), task("vm_snapshot", args, "rerun")])
     assert res["run"]["changed"] and [r["uuid"] for r in res["run"]["removed"]] == [old_uuid]
     assert not res["rerun"]["changed"] and res["rerun"]["removed"] == []
     ours = {r["uuid"]: r["other_config"][RUN] for r in pool.ours().values()}
-    assert ours == {res["run"]["snapshot"]["uuid"]: "run-1"}  # the current run's snapshot is kept
+    # kept: the current run's snapshot, and another VM's snapshot (cleanup is scoped to O(vm))
+    assert ours == {res["run"]["snapshot"]["uuid"]: "run-1", other_vm_uuid: "run-0"}
     vms = pool.vms()
     assert namesake in vms and foreign in vms  # never touched: not ours by tags
 
