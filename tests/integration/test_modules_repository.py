@@ -1,0 +1,281 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""vm_export, vm_import, pool_dump, backup_info and backup_prune against the simulated tiny pool.
+
+Each task runs through ``ansible-playbook`` on localhost (connection local: the helper runs on the
+controller, the collection's own copy), and the pool is checked out of band with the real
+``XenAPI`` package and the simulator's ``/export_raw_vdi``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.xapisim.fixture import start_simulator  # noqa: E402  pylint: disable=wrong-import-position
+
+pytestmark = pytest.mark.slow
+
+OWNER_KEY = "xapi_backup:owner"
+RESTORED_FROM = "xapi_backup:restored_from"
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    simulator = start_simulator("tiny", str(tmp_path_factory.mktemp("xapisim-repo")))
+    try:
+        yield simulator
+    finally:
+        simulator.stop()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("repo-side")
+
+
+@pytest.fixture(scope="module")
+def run_task(sim, work):
+    """``run_task(module, args, check=False, diff=False) -> result`` through ansible-playbook on localhost."""
+    counter = [0]
+    base = {"hostname": sim.url, "username": sim.username, "password": sim.password,
+            "repository": str(work / "repo"), "helper_xapi_url": sim.url, "poll_interval": 0.2}
+
+    def run(module, args, check=False, diff=False):
+        counter[0] += 1
+        out = work / ("result-%d.json" % counter[0])
+        task = {"name": "under test", "xapi.backup.%s" % module: dict(base, **args), "register": "r",
+                "ignore_errors": True, "check_mode": check, "diff": diff}
+        save = {"name": "save", "ansible.builtin.copy": {"content": "{{ r | to_json }}", "dest": str(out)}, "check_mode": False}
+        playbook = work / ("play-%d.yml" % counter[0])
+        playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": [task, save]}]))
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / ".tmp" / "collections"),
+                   ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0")
+        bindir = os.path.dirname(sys.executable)
+        proc = subprocess.run([os.path.join(bindir, "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                               "-e", "ansible_python_interpreter=%s" % sys.executable, str(playbook)],
+                              env=env, cwd=str(work), capture_output=True, text=True, timeout=300, check=False)
+        assert out.exists(), "playbook did not run:\n%s\n%s" % (proc.stdout[-3000:], proc.stderr[-3000:])
+        return json.loads(out.read_text())
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def xapi(sim):
+    session = sim.session()
+    try:
+        yield session.xenapi
+    finally:
+        session.xenapi.session.logout()
+
+
+def our_snapshots(xapi):
+    return [r for r in xapi.VM.get_all_records().values()
+            if r["is_a_snapshot"] and OWNER_KEY in (r.get("other_config") or {})]
+
+
+def our_vdis(xapi):
+    return [r for r in xapi.VDI.get_all_records().values() if OWNER_KEY in (r.get("other_config") or {})]
+
+
+def vm_by_name(xapi, name):
+    refs = xapi.VM.get_by_name_label(name)
+    assert len(refs) == 1, "expected one VM named %s" % name
+    return refs[0], xapi.VM.get_record(refs[0])
+
+
+def disk_vdis(xapi, vm_record):
+    """``{userdevice: vdi uuid}`` of a VM's disks."""
+    disks = {}
+    for vbd in vm_record["VBDs"]:
+        rec = xapi.VBD.get_record(vbd)
+        if rec["type"] == "Disk" and not rec["empty"]:
+            disks[rec["userdevice"]] = xapi.VDI.get_uuid(rec["VDI"])
+    return disks
+
+
+def raw_disk(sim, xapi_session_ref, vdi_uuid):
+    query = urllib.parse.urlencode({"session_id": xapi_session_ref, "vdi": vdi_uuid, "format": "raw"})
+    with urllib.request.urlopen("%s/export_raw_vdi?%s" % (sim.url, query), timeout=60) as resp:
+        return resp.read()
+
+
+def backups_of(run_task, vm_uuid):
+    info = run_task("backup_info", {"vm_uuid": vm_uuid})
+    assert not info.get("failed"), info.get("msg")
+    return info["backups"]
+
+
+# ---------------------------------------------------------------- export
+
+
+def test_export_check_mode_changes_nothing(run_task, xapi, work):
+    result = run_task("vm_export", {"vm": "tiny-running"}, check=True)
+    assert not result.get("failed"), result.get("msg")
+    assert result["changed"] is True and result["path"].endswith("vm.xva.zst")
+    assert any(c["planned"] and c["method"] == "Async.VM.snapshot" for c in result["xapi_calls"])
+    assert not (work / "repo").exists() or not any((work / "repo").rglob("*.zst"))
+    assert our_snapshots(xapi) == []
+
+
+def test_running_vm_backed_up_through_snapshot_which_is_gone_afterwards(run_task, xapi):
+    vm_ref, before = vm_by_name(xapi, "tiny-running")
+    result = run_task("vm_export", {"vm": "tiny-running"})
+    assert not result.get("failed"), result.get("msg")
+    assert result["changed"] is True and result["snapshot_uuid"]
+    assert result["stored_size"] > 0 and result["raw_size"] > result["stored_size"]
+    assert all("session" not in " ".join(c["args"]).lower() or "--session-stdin" in c["args"] for c in result["helper_calls"])
+    assert our_snapshots(xapi) == [] and our_vdis(xapi) == []
+    snapshot_uuids = [r["uuid"] for r in xapi.VM.get_all_records().values()]
+    assert result["snapshot_uuid"] not in snapshot_uuids
+    assert xapi.VM.get_blocked_operations(vm_ref) == before["blocked_operations"]
+    entries = backups_of(run_task, before["uuid"])
+    assert [(e["id"], e["complete"]) for e in entries] == [(result["backup_id"], True)]
+
+
+def test_second_identical_export_reports_no_change(run_task, xapi):
+    result = run_task("vm_export", {"vm": "tiny-running"})
+    assert not result.get("failed"), result.get("msg")
+    assert result["changed"] is False and "exists" in result["msg"]
+    assert [c for c in result["helper_calls"] if c["subcommand"] == "export"] == []
+    assert not any(c["method"].startswith("Async.VM.snapshot") for c in result["xapi_calls"])
+
+
+def test_transfer_remote_over_tls_with_ca(run_task, sim, xapi):
+    result = run_task("vm_export", {"vm": "tiny-halted", "hostname": sim.tls_url, "ca_path": sim.ca_file,
+                                    "transfer": "remote", "codec": "gzip"})
+    assert not result.get("failed"), result.get("msg")
+    assert result["changed"] is True and result["snapshot_uuid"] is None and result["path"].endswith("vm.xva.gz")
+    export = [c for c in result["helper_calls"] if c["subcommand"] == "export"][0]
+    assert export["args"][export["args"].index("--url") + 1] == sim.tls_url
+    assert export["args"][export["args"].index("--ca-file") + 1] == sim.ca_file
+
+
+# ---------------------------------------------------------------- restore
+
+
+def test_restore_equals_source_byte_for_byte_and_is_idempotent(run_task, sim, xapi):
+    _ref, source = vm_by_name(xapi, "tiny-running")
+    result = run_task("vm_import", {"vm_uuid": source["uuid"], "name": "tiny-restored", "tags": ["drill"]})
+    assert not result.get("failed"), result.get("msg")
+    assert result["changed"] is True and result["vm_uuid"] != source["uuid"]
+    restored_ref = xapi.VM.get_by_uuid(result["vm_uuid"])
+    restored = xapi.VM.get_record(restored_ref)
+    assert restored["is_a_template"] is False and restored["name_label"] == "tiny-restored"
+    assert restored["other_config"][RESTORED_FROM] == result["backup_id"]
+    assert {"xapi-backup-restored", "drill"} <= set(restored["tags"])
+    session = sim.session()
+    try:
+        ref = session._session  # pylint: disable=protected-access
+        src_disks, new_disks = disk_vdis(xapi, source), disk_vdis(xapi, restored)
+        assert sorted(src_disks) == sorted(new_disks) and src_disks
+        for device, vdi_uuid in src_disks.items():
+            assert raw_disk(sim, ref, vdi_uuid) == raw_disk(sim, ref, new_disks[device]), "disk %s differs" % device
+    finally:
+        session.xenapi.session.logout()
+    again = run_task("vm_import", {"vm_uuid": source["uuid"], "name": "tiny-restored"})
+    assert again["changed"] is False and again["vm_uuid"] == result["vm_uuid"]
+    assert [c for c in again["helper_calls"] if c["subcommand"] == "import"] == []
+
+
+def test_corrupted_backup_is_refused_before_any_import(run_task, xapi, work):
+    _ref, source = vm_by_name(xapi, "tiny-running")
+    good = [e for e in backups_of(run_task, source["uuid"]) if e["complete"]][-1]
+    copy_dir = Path(good["path"]).parent / "20200101T000000Z"
+    shutil.copytree(good["path"], str(copy_dir))
+    stored = copy_dir / good["stored_file"]
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    stored.write_bytes(bytes(data))
+    vms_before = len(xapi.VM.get_all())
+    ident = "/".join(good["id"].split("/")[:2] + ["20200101T000000Z"])
+    result = run_task("vm_import", {"backup": ident})
+    assert result.get("failed") is True
+    assert "corrupt" in result["msg"] and "nothing was sent" in result["msg"] and "\n" not in result["msg"]
+    assert result["error"]["code"] == "CHECKSUM_MISMATCH"
+    assert [c for c in result["helper_calls"] if c["subcommand"] == "import"] == []
+    assert len(xapi.VM.get_all()) == vms_before
+    listed = dict((e["id"], e) for e in backups_of(run_task, source["uuid"]))
+    assert listed[ident]["complete"] is False and "sha256" in listed[ident]["problem"]
+    shutil.rmtree(str(copy_dir))
+
+
+def test_restored_vm_removed_with_state_absent(run_task, xapi):
+    _ref, source = vm_by_name(xapi, "tiny-running")
+    vdis_before = len(xapi.VDI.get_all())
+    planned = run_task("vm_import", {"vm_uuid": source["uuid"], "state": "absent"}, check=True)
+    assert planned["changed"] is True and len(xapi.VM.get_by_name_label("tiny-restored")) == 1
+    result = run_task("vm_import", {"vm_uuid": source["uuid"], "state": "absent"})
+    assert result["changed"] is True and xapi.VM.get_by_name_label("tiny-restored") == []
+    assert len(xapi.VDI.get_all()) < vdis_before
+    assert run_task("vm_import", {"vm_uuid": source["uuid"], "state": "absent"})["changed"] is False
+
+
+# ---------------------------------------------------------------- faults
+
+
+def test_cut_export_leaves_no_snapshot_no_backup_and_a_clear_failure(run_task, sim, xapi):
+    _ref, source = vm_by_name(xapi, "tiny-running")
+    sim.faults.set(cut_after_bytes=300000, path="/export", count=1)
+    try:
+        result = run_task("vm_export", {"vm": "tiny-running", "run_id": "fault-run"})
+    finally:
+        sim.faults.clear()
+    assert result.get("failed") is True
+    assert result["msg"].startswith("helper export of tiny-running failed: STREAM_TRUNCATED") and "\n" not in result["msg"]
+    assert result["error"]["code"] == "STREAM_TRUNCATED"
+    assert our_snapshots(xapi) == [] and our_vdis(xapi) == []
+    entries = backups_of(run_task, source["uuid"])
+    assert [e for e in entries if e["run_id"] == "fault-run"] == []
+    assert all(e["complete"] for e in entries)
+
+
+# ---------------------------------------------------------------- pool dump, info, prune
+
+
+def test_pool_dump_writes_private_files_and_is_idempotent(run_task, sim, work):
+    result = run_task("pool_dump", {"vms": ["tiny-halted"]})
+    assert not result.get("failed"), result.get("msg")
+    assert result["changed"] is True and result["sizes"]["pool-db.xml"] > 0
+    for name in result["files"]:
+        assert os.stat(os.path.join(result["path"], name)).st_mode & 0o077 == 0
+    assert run_task("pool_dump", {"vms": ["tiny-halted"]})["changed"] is False
+
+
+def test_prune_keeps_the_newest_complete_backup(run_task, xapi, work):
+    _ref, source = vm_by_name(xapi, "tiny-running")
+    second = run_task("vm_export", {"vm": "tiny-running", "run_id": "second", "codec": "none"})
+    assert not second.get("failed"), second.get("msg")
+    vm_dir = Path(second["path"]).parent.parent
+    stale = vm_dir / "20200102T000000Z"
+    stale.mkdir()
+    (stale / "vm.xva.zst.partial").write_bytes(b"left over")
+    ids_before = [e["id"] for e in backups_of(run_task, source["uuid"])]
+    planned = run_task("backup_prune", {"vm_uuid": source["uuid"], "keep_last": 1}, check=True, diff=True)
+    assert planned["changed"] is True and planned["diff"]["before"]["backups"] == sorted(ids_before)
+    assert planned["diff"]["after"]["backups"] == [second["backup_id"]]
+    assert [e["id"] for e in backups_of(run_task, source["uuid"])] == ids_before  # check mode removed nothing
+    pruned = run_task("backup_prune", {"vm_uuid": source["uuid"], "keep_last": 1})
+    assert pruned["changed"] is True and not stale.exists()
+    remaining = backups_of(run_task, source["uuid"])
+    assert [(e["id"], e["complete"]) for e in remaining] == [(second["backup_id"], True)]
+    assert run_task("backup_prune", {"vm_uuid": source["uuid"], "keep_last": 1})["changed"] is False
+    verified = run_task("backup_info", {"vm_uuid": source["uuid"], "verify": "latest"})
+    assert not verified.get("failed"), verified.get("msg")
+    assert verified["backups"][0]["verified"] is True
