@@ -23,6 +23,9 @@ from tests.xapisim.errors import XapiError, handle_invalid, uuid_invalid
 from tests.xapisim.schema import CLASSES, NULL_REF, RELATIONS, NOT_PERSISTED
 
 MAX_EVENTS = 20000
+# VM fields whose change changes allowed_operations (xapi calls update_allowed_operations).
+_LIFECYCLE_FIELDS = ("blocked_operations", "power_state", "is_a_template", "is_a_snapshot",
+                     "is_control_domain", "other_config", "current_operations")
 FLUSH_DELAY_S = 0.05
 
 
@@ -178,6 +181,8 @@ class Database:
             self._emit(cls, "mod", ref, record)
             if field in self._relation_fields_of(cls):
                 self._link(cls, ref, field, old, value)
+            if cls == "VM" and field in _LIFECYCLE_FIELDS:
+                self._refresh_allowed(cls, ref)
 
     def update(self, cls, ref, **fields):
         with self.lock:
