@@ -148,3 +148,12 @@ bench: setup $(IMAGES)/bench.img
 .PHONY: clean
 clean:
 	rm -rf $(TMP) tests/output
+
+# ---------------------------------------------------------------- Xen Orchestra peer (npm)
+# The pinned xen-api client for tests/xo_peer, installed from the committed lock file.
+XO_PEER := tests/xo_peer
+$(XO_PEER)/node_modules/.package-lock.json: $(XO_PEER)/package.json $(XO_PEER)/package-lock.json
+	cd $(XO_PEER) && npm ci --no-audit --no-fund
+
+.PHONY: xo-peer-deps
+xo-peer-deps: $(XO_PEER)/node_modules/.package-lock.json
