@@ -299,16 +299,9 @@ class EventSystem:
             if self.db.class_of(ref) != cls:
                 raise XapiError("HANDLE_INVALID", cls, ref)
             before = self.db.last_event_id
-            self._touch(cls, ref)
+            self.db.touch(cls, ref)  # a mod event without a field change (touch_row)
             # a later event.from with this token sees the touch: its token compares greater
             return format_token(before, 0)
-
-    def _touch(self, cls, ref):
-        touch = getattr(self.db, "touch", None)
-        if touch is not None:
-            touch(cls, ref)
-        else:  # a mod event without a field change, as Db_cache_impl.touch_row
-            self.db._emit(cls, "mod", ref, self.db.tables[cls][ref])
 
     # ------------------------------------------------------------------ legacy event.next
     def get_current_id(self, session_ref):
