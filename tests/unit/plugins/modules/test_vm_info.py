@@ -45,3 +45,21 @@ def test_vm_info_env_fallback_for_connection(run_module, fake_pool, monkeypatch)
     failed, out = run_module(vm_info.main, {"hostname": None})
     assert not failed
     assert fake_pool.urls[-1] == "http://from-env:8080"
+
+
+def test_missing_xenapi_is_reported_with_missing_required_lib(run_module, monkeypatch):
+    from ansible_collections.xapi.backup.plugins.module_utils import _common
+
+    monkeypatch.setattr(_common, "HAS_XENAPI", False)
+    failed, out = run_module(vm_info.main, {})
+    assert failed and "XenAPI" in out["msg"] and "xapi_calls" not in out
+
+
+def test_unexpected_exception_is_caught_once_with_traceback(run_module, fake_pool, monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise KeyError("bug")
+
+    monkeypatch.setattr(vm_info, "select_vms", broken)
+    failed, out = run_module(vm_info.main, {})
+    assert failed and out["msg"] == "unexpected error: KeyError: 'bug'"
+    assert out["xapi_calls"][-1]["method"] == "session.logout"  # logged out even so
