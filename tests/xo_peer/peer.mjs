@@ -6,7 +6,8 @@
 //    "vm_uuid": "...",            VM to snapshot, export and re-import
 //    "sr_uuid": "...",            SR to import into (optional: the SR of the VM's first disk)
 //    "xva_path": "/tmp/x.xva",    where the export is stored
-//    "allow_unauthorized": false} (set NODE_EXTRA_CA_CERTS to the simulator's CA instead)
+//    "allow_unauthorized": false, (set NODE_EXTRA_CA_CERTS to the simulator's CA instead)
+//    "transport": "auto"}         or "json-rpc" / "xml-rpc" (auto: JSON-RPC, XML-RPC fallback)
 //
 // Prints ONE JSON line on stdout: {"ok": true, calls, http, bytes, time_s, ...} or
 // {"ok": false, "error": {...}}. Everything the client does goes through its own public API
@@ -145,6 +146,7 @@ async function main() {
     url: config.url,
     auth: { user: config.user, password: config.password },
     allowUnauthorized: Boolean(config.allow_unauthorized),
+    transport: config.transport ?? 'auto',
     // short delays keep the test fast; the protocol is the same
     debounce: 50,
     eventPollDelay: 1000,
@@ -204,6 +206,7 @@ async function main() {
 
   const summary = {
     ok: true,
+    transport: config.transport ?? 'auto',
     client: 'xen-api@' + JSON.parse(fs.readFileSync(new URL('./node_modules/xen-api/package.json', import.meta.url))).version,
     calls: { total: calls.total, by_method: calls.byMethod },
     http: httpLog,

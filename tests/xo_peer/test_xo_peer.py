@@ -7,7 +7,7 @@ answers 302), re-imports it with putResource and reports what it did.  This test
 of band, through the real XenAPI package and GET /export_raw_vdi, that the imported disks equal
 the source disks byte for byte.
 
-Figures (calls, bytes, time) are printed and written to .tmp/xo_peer_summary.json.
+Figures (calls, bytes, time) are printed and written to .tmp/xo_peer_summary-<transport>.json.
 """
 
 import hashlib
@@ -125,25 +125,49 @@ def run_peer(node, sim, config, tmp_path):
     return summary
 
 
-def test_xen_orchestra_client_snapshots_exports_and_imports(sim, x, tmp_path):
+def xml_rpc_on_any_post_path(sim):
+    """xapi answers POST /xmlrpc (any path without a longer handler) with XML-RPC."""
+    parts = urllib.parse.urlsplit(sim.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        body = "<?xml version='1.0'?><methodCall><methodName>system.listMethods</methodName>" \
+               "<params></params></methodCall>"
+        conn.request("POST", "/xmlrpc", body=body, headers={"Content-Type": "text/xml"})
+        response = conn.getresponse()
+        response.read()
+        return response.status == 200
+    finally:
+        conn.close()
+
+
+# auto: JSON-RPC (what Xen Orchestra uses with current xapi); xml-rpc: its older transport,
+# which posts to /xmlrpc.
+RPC_PATH = {"auto": "/jsonrpc", "xml-rpc": "/xmlrpc"}
+
+
+@pytest.mark.parametrize("transport", ["auto", "xml-rpc"])
+def test_xen_orchestra_client_snapshots_exports_and_imports(sim, x, tmp_path, transport):
     node = ensure_node_modules()
+    if transport == "xml-rpc" and not xml_rpc_on_any_post_path(sim):
+        pytest.xfail("the simulator does not answer POST /xmlrpc yet (NEEDS-events.md 1c)")
     vm_ref, vm = vm_on_member_local_sr(x)
     source_disks = disk_vdis(x, vm_ref)
     config = {"url": sim.tls_url, "user": sim.username, "password": sim.password,
               "vm_uuid": vm["uuid"], "xva_path": str(tmp_path / "export.xva"),
-              "allow_unauthorized": False}
+              "allow_unauthorized": False, "transport": transport}
 
     summary = run_peer(node, sim, config, tmp_path)
     os.makedirs(os.path.dirname(SUMMARY_PATH), exist_ok=True)
-    with open(SUMMARY_PATH, "w", encoding="utf-8") as f:
+    with open(SUMMARY_PATH.replace(".json", "-%s.json" % transport), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
-    print("\nxo peer: %d calls, %d bytes exported, %d imported, %.2f s"
-          % (summary["calls"]["total"], summary["bytes"]["exported"],
+    print("\nxo peer (%s): %d calls, %d bytes exported, %d imported, %.2f s"
+          % (transport, summary["calls"]["total"], summary["bytes"]["exported"],
              summary["bytes"]["imported"], summary["time_s"]["total"]))
 
-    # The client spoke JSON-RPC only (no fallback to XML-RPC) and watched the DB with event.from.
+    # One RPC transport only (auto: JSON-RPC without falling back) and the DB watched with
+    # event.from.
     rpc_paths = {e["path"] for e in summary["http"] if e["method"] == "POST"}
-    assert rpc_paths == {"/jsonrpc"}
+    assert rpc_paths == {RPC_PATH[transport]}
     by_method = summary["calls"]["by_method"]
     assert by_method.get("event.from", 0) >= 1 and by_method.get("event.inject", 0) >= 1
     assert by_method.get("Async.VM.snapshot") == 1
