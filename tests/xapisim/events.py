@@ -337,16 +337,18 @@ class EventSystem:
                 sub = self._legacy_subs.get(session_ref)
                 if sub is None:  # logged out meanwhile
                     raise XapiError("SESSION_INVALID", session_ref)
-                if self._legacy_forgotten >= sub.last_id:
-                    raise XapiError("EVENTS_LOST")
                 start, end = sub.last_id, self._legacy_next_id
-                sub.last_id = end
+                if start == end:  # nothing new: block (xapi: grab_nonempty_range)
+                    self._wait_for_match(session_ref, lambda: self._legacy_next_id > end, None)
+                    continue
+                sub.last_id = end  # taken even when lost: the client re-registers and goes on
+                if self._legacy_forgotten >= start:
+                    raise XapiError("EVENTS_LOST")
                 relevant = [event for legacy_id, event in self._legacy_queue
                             if start <= legacy_id < end
                             and any_matches(sub.subs, event["class"], event["ref"])]
                 if relevant:
                     return relevant
-                self._wait_for_match(session_ref, lambda: self._legacy_next_id > end, None)
 
     def _queue_legacy(self, event):
         """Queue a database event for event.next if some registered session wants it."""

@@ -307,6 +307,11 @@ def test_next_reports_events_lost_when_the_queue_overflowed():
     with pytest.raises(XapiError) as err:
         system.next(session)
     assert err.value.description == ["EVENTS_LOST"]
+    # the client re-registers (as Xen Orchestra does) and receives the next changes
+    system.unregister(session, ["*"])
+    system.register(session, ["*"])
+    db.set_field("VM", vm, "name_label", "after")
+    assert [e["snapshot"]["name_label"] for e in system.next(session)] == ["after"]
 
 
 def test_legacy_del_event_carries_the_record_before_deletion(pool):
