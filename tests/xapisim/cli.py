@@ -39,6 +39,7 @@ def start(args):
         sim.load_meta()
     else:
         build_pool(sim, load_pool_file(args.pool), args.image_dir)
+        sim.db.flush()
         sim.save_meta()
     if args.faults:
         faults = json.loads(args.faults)

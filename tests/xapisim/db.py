@@ -37,6 +37,11 @@ def now_datetime():
     return time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime())
 
 
+def copy_record(record):
+    """A copy deep enough for records (values are scalars, lists of str, dicts of str)."""
+    return {k: (v.copy() if isinstance(v, (list, dict)) else v) for k, v in record.items()}
+
+
 class DateTimeText(str):
     """A datetime field's value on its way to the wire (the encoder writes dateTime.iso8601)."""
 
@@ -112,11 +117,12 @@ class Database:
 
     def get(self, cls, ref):
         with self.lock:
-            return copy.deepcopy(self._record(cls, ref))
+            return copy_record(self._record(cls, ref))
 
     def get_field(self, cls, ref, field):
         with self.lock:
-            return copy.deepcopy(self._record(cls, ref)[field])
+            value = self._record(cls, ref)[field]
+            return value.copy() if isinstance(value, (list, dict)) else value
 
     def refs(self, cls):
         with self.lock:
@@ -124,7 +130,7 @@ class Database:
 
     def records(self, cls):
         with self.lock:
-            return {ref: copy.deepcopy(rec) for ref, rec in self.tables[cls].items()}
+            return {ref: copy_record(rec) for ref, rec in self.tables[cls].items()}
 
     def find(self, cls, **conditions):
         """Refs of the records whose fields equal all the given values."""
@@ -301,7 +307,7 @@ class Database:
 
     def _emit(self, cls, operation, ref, record):
         self.last_event_id += 1
-        self.events.append(Event(self.last_event_id, cls, operation, ref, copy.deepcopy(record)))
+        self.events.append(Event(self.last_event_id, cls, operation, ref, copy_record(record)))
         if cls not in NOT_PERSISTED:
             self._dirty = True
         self.changed.notify_all()

@@ -70,6 +70,10 @@ class PoolBuilder:
 
     # ------------------------------------------------------------------ entry
     def build(self):
+        with self.storage.batch():
+            return self._build()
+
+    def _build(self):
         pool_cfg = self.config.get("pool", {}) or {}
         release = str(pool_cfg.get("emulate_release", DEFAULT_RELEASE))
         if release not in RELEASES:
@@ -115,8 +119,6 @@ class PoolBuilder:
         for vm_cfg in self.config.get("vms") or []:
             self.add_vm(vm_cfg)
         self.generate(self.config.get("generate"))
-        self.db.flush()
-        self.storage.save()
         return pool_ref
 
     # ------------------------------------------------------------------ hosts
@@ -218,7 +220,6 @@ class PoolBuilder:
             self.db.update("VDI", vdi, read_only=True, sharable=True,
                            location=str(iso["name"]))
             self.isos[str(iso["name"])] = vdi
-        self.storage.refresh_utilisation(ref)
         return ref
 
     def default_sr(self):

@@ -239,6 +239,7 @@ class Storage:
         self.lock = threading.RLock()
         self.layers = {}  # id -> {"id", "sr", "file", "owned", "parent", "readonly", ...}
         self.vdis = {}  # vdi uuid -> {"top": layer id, "sr": sr uuid}
+        self._deferred = None  # SR refs whose accounting waits for the end of a batch
         os.makedirs(self.root, exist_ok=True)
         self.load()
 
@@ -250,7 +251,26 @@ class Storage:
             self.layers = data["layers"]
             self.vdis = data["vdis"]
 
+    def batch(self):
+        """``with storage.batch():`` defers saving and SR accounting to the end (pool
+        building creates hundreds of VDIs)."""
+        storage = self
+
+        class _Batch:
+            def __enter__(self):
+                storage._deferred = set()
+
+            def __exit__(self, *exc):
+                pending, storage._deferred = storage._deferred, None
+                storage.save()
+                for sr_ref in pending:
+                    if storage.db.exists("SR", sr_ref):
+                        storage.refresh_utilisation(sr_ref)
+        return _Batch()
+
     def save(self):
+        if self._deferred is not None:
+            return
         with self.lock:
             text = json.dumps({"format": 1, "layers": self.layers, "vdis": self.vdis})
             tmp = self.meta_path + ".tmp"
@@ -490,14 +510,17 @@ class Storage:
             return total, per_vdi
 
     def _snapshot_uuids(self, sr_ref):
-        return {rec["uuid"] for rec in self._vdi_records(sr_ref) if rec["is_a_snapshot"]}
+        with self.db.lock:
+            return {rec["uuid"] for rec in self._vdi_records(sr_ref) if rec["is_a_snapshot"]}
 
     def _virtual_sizes(self, sr_ref):
-        return {rec["uuid"]: int(rec["virtual_size"]) for rec in self._vdi_records(sr_ref)}
+        with self.db.lock:
+            return {rec["uuid"]: int(rec["virtual_size"]) for rec in self._vdi_records(sr_ref)}
 
     def _vdi_records(self, sr_ref):
-        return [self.db.get("VDI", ref) for ref in self.db.get_field("SR", sr_ref, "VDIs")
-                if self.db.exists("VDI", ref)]
+        """The SR's VDI records themselves (read-only use, under db.lock: no copies)."""
+        table = self.db.tables["VDI"]
+        return [table[ref] for ref in self.db.tables["SR"][sr_ref]["VDIs"] if ref in table]
 
     def assert_fits(self, sr_ref, extra_bytes):
         used, _ = self.usage(sr_ref)
@@ -523,6 +546,9 @@ class Storage:
 
     def refresh_utilisation(self, sr_ref):
         """Write SR and VDI physical_utilisation / virtual_allocation into the database."""
+        if self._deferred is not None:
+            self._deferred.add(sr_ref)
+            return
         total, per_vdi = self.usage(sr_ref)
         with self.db.lock:
             for vdi_uuid, allocated in per_vdi.items():

@@ -20,37 +20,59 @@ def _escape(text):
             .replace('"', "&quot;"))
 
 
+def _text(value):
+    if "&" in value or "<" in value or ">" in value or '"' in value:
+        return _escape(value)
+    return value
+
+
+def _encode_str(value, out):
+    out.append("<value>%s</value>" % _text(value))
+
+
+def _encode_list(value, out):
+    out.append("<value><array><data>")
+    for item in value:
+        _encode(item, out)
+    out.append("</data></array></value>")
+
+
+def _encode_dict(value, out):
+    out.append("<value><struct>")
+    for key, item in value.items():
+        out.append("<member><name>%s</name>" % _text(str(key)))
+        _encode(item, out)
+        out.append("</member>")
+    out.append("</struct></value>")
+
+
+_BY_TYPE = {
+    str: _encode_str,
+    bool: lambda v, out: out.append("<value><boolean>%d</boolean></value>" % v),
+    int: lambda v, out: out.append("<value>%d</value>" % v),
+    float: lambda v, out: out.append("<value><double>%s</double></value>" % ("%.16g" % v)),
+    list: _encode_list,
+    tuple: _encode_list,
+    dict: _encode_dict,
+    DateTimeText: lambda v, out: out.append(
+        "<value><dateTime.iso8601>%s</dateTime.iso8601></value>" % v),
+    Int32: lambda v, out: out.append("<value><i4>%d</i4></value>" % v),
+    xmlrpc.client.DateTime: lambda v, out: out.append(
+        "<value><dateTime.iso8601>%s</dateTime.iso8601></value>" % v.value),
+    type(None): lambda v, out: out.append("<value></value>"),
+}
+
+
 def _encode(value, out):
-    if isinstance(value, DateTimeText):
-        out.append("<value><dateTime.iso8601>%s</dateTime.iso8601></value>" % value)
-    elif isinstance(value, xmlrpc.client.DateTime):
-        out.append("<value><dateTime.iso8601>%s</dateTime.iso8601></value>" % value.value)
-    elif isinstance(value, bool):
-        out.append("<value><boolean>%d</boolean></value>" % value)
-    elif isinstance(value, Int32):
-        out.append("<value><i4>%d</i4></value>" % value)
-    elif isinstance(value, int):
-        out.append("<value>%d</value>" % value)
-    elif isinstance(value, float):
-        out.append("<value><double>%s</double></value>" % ("%.16g" % value))
-    elif isinstance(value, str):
-        out.append("<value>%s</value>" % _escape(value))
-    elif isinstance(value, (list, tuple)):
-        out.append("<value><array><data>")
-        for item in value:
-            _encode(item, out)
-        out.append("</data></array></value>")
-    elif isinstance(value, dict):
-        out.append("<value><struct>")
-        for key, item in value.items():
-            out.append("<member><name>%s</name>" % _escape(str(key)))
-            _encode(item, out)
-            out.append("</member>")
-        out.append("</struct></value>")
-    elif value is None:
-        out.append("<value></value>")
-    else:
-        raise TypeError("cannot encode %r" % (value,))
+    encoder = _BY_TYPE.get(type(value))
+    if encoder is None:  # subclasses of the basic types
+        for base, candidate in _BY_TYPE.items():
+            if isinstance(value, base):
+                encoder = candidate
+                break
+        else:
+            raise TypeError("cannot encode %r" % (value,))
+    encoder(value, out)
 
 
 def to_string(value):
