@@ -440,10 +440,7 @@ def _best_effort_error_page(ctx, exc):
 def _stream_export(ctx, task, vm_ref, preserve_power_state, compression):
     db = ctx.sim.db
     source = DbSource(db)
-    major, minor = _xapi_major_minor(ctx)
-    version = xva.version_struct(date=_build_date(), product_version=str(ctx.sim.xapi_version),
-                                 product_brand="XCP-ng", build_number="release",
-                                 xapi_major=major, xapi_minor=minor)
+    version = _version_struct(ctx)
     table, ova_xml = xva.vm_metadata(source, [vm_ref], version, preserve_power_state)
     disks = xva.disks_to_stream(source, table, vm_ref, preserve_power_state)
     task.set_allowed_operations(["cancel"])
@@ -470,23 +467,38 @@ def _stream_export(ctx, task, vm_ref, preserve_power_state, compression):
         task.set_allowed_operations([])
 
 
+THICK_SR_TYPES = ("lvm", "lvmoiscsi", "lvmohba", "lvmofcoe")
+
+
 def _read_mode(db, vdi_ref):
-    """Which stream_vdi.ml path the VDI takes: raw VDIs (sm_config type=raw) are read
-    sequentially (path 1, zero chunks skipped, keep-alives); others are queried for allocated
-    extents like an NBD-attached disk (path 3: holes skipped without reading)."""
+    """Which stream_vdi.ml path the VDI takes: raw VDIs (sm_config type=raw) and VDIs on thick
+    (LVM) SRs, fully allocated block devices, are read sequentially (path 1: zero chunks
+    skipped, keep-alives); the others are queried for allocated extents like an NBD-attached
+    disk (path 3: holes skipped without reading, so a 2 TiB sparse disk is quick)."""
     sm_config = db.get_field("VDI", vdi_ref, "sm_config")
-    return "plain" if sm_config.get("type") == "raw" else "nbd"
+    sr_type = db.get_field("SR", db.get_field("VDI", vdi_ref, "SR"), "type")
+    if sm_config.get("type") == "raw" or sr_type in THICK_SR_TYPES:
+        return "plain"
+    return "nbd"
 
 
 def _keepalive_seconds(ctx):
-    """xapi sends a keep-alive after 5 s without a write; the pool option
+    """xapi sends a keep-alive after 5 s without a write; the simulator option (or pool meta)
     ``xva_keepalive_seconds`` shortens it for tests."""
-    options = getattr(ctx.sim.sim, "options", {}) or {}
-    return float(options.get("xva_keepalive_seconds", xva.KEEPALIVE_SECONDS))
+    for source in (getattr(ctx.sim.sim, "options", None), getattr(ctx.sim.sim, "meta", None)):
+        if source and source.get("xva_keepalive_seconds") is not None:
+            return float(source["xva_keepalive_seconds"])
+    return xva.KEEPALIVE_SECONDS
 
 
-def _build_date():
-    return time.strftime("%Y-%m-%d", time.gmtime())
+def _version_struct(ctx):
+    """importexport.ml this_version: the emulated release's product facts and xapi version."""
+    meta = getattr(ctx.sim.sim, "meta", {}) or {}
+    major, minor = _xapi_major_minor(ctx)
+    return xva.version_struct(date=time.strftime("%Y-%m-%d", time.gmtime()),
+                              product_version=str(meta.get("product_version", "")),
+                              product_brand=str(meta.get("product_brand", "")),
+                              build_number="release", xapi_major=major, xapi_minor=minor)
 
 
 # ----------------------------------------------------------------------------- GET /export_metadata
@@ -513,10 +525,7 @@ def export_metadata_handler(ctx):
         for vm_ref in vm_refs:
             _lock_vm(db, vm_ref, task.ref, "metadata_export")
             locked.append(vm_ref)
-        major, minor = _xapi_major_minor(ctx)
-        version = xva.version_struct(date=_build_date(), product_version=str(ctx.sim.xapi_version),
-                                     product_brand="XCP-ng", build_number="release",
-                                     xapi_major=major, xapi_minor=minor)
+        version = _version_struct(ctx)
         _, ova_xml = xva.vm_metadata(DbSource(db), vm_refs, version, True,
                                      with_snapshot_metadata=export_snapshots,
                                      include_vhd_parents=include_vhd_parents,
