@@ -569,7 +569,7 @@ def _day(when):
 
 
 def _week(when):
-    year, week, _ = when.isocalendar()
+    year, week = when.isocalendar()[:2]
     return "%04d-W%02d" % (year, week)
 
 
@@ -614,7 +614,7 @@ class PrunePlan:
 
     @property
     def remove_ids(self) -> list:
-        return [b.id for b, _ in self.remove]
+        return [b.id for b, _reason in self.remove]
 
 
 def plan_prune(backups: list, policy: RetentionPolicy, now: datetime.datetime, incomplete_grace: float) -> PrunePlan:

@@ -18,7 +18,8 @@ description:
     every disk length).
   - The repository is read through the helper on the task's host, or directly with a local connection.
   - This module is implemented as an action plugin.
-author: xapi.backup maintainers
+author:
+  - xapi.backup maintainers (@xapi-backup)
 options:
   repository:
     description:

@@ -17,7 +17,8 @@ description:
   - Incomplete backups are never counted by the rules; they are removed once older than O(incomplete_grace).
   - The repository is changed through the helper on the task's host, or directly with a local connection.
   - This module is implemented as an action plugin.
-author: xapi.backup maintainers
+author:
+  - xapi.backup maintainers (@xapi-backup)
 options:
   repository:
     description:

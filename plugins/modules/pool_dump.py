@@ -16,7 +16,8 @@ description:
     C(<repository>/<pool-uuid>/pool/<UTC timestamp>/).
   - Files are written with mode 0600 (the database dump holds secrets), the manifest last.
   - This module is implemented as an action plugin.
-author: xapi.backup maintainers
+author:
+  - xapi.backup maintainers (@xapi-backup)
 options:
   repository:
     description:

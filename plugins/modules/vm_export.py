@@ -27,7 +27,8 @@ description:
     connection; a rerun finds an export of the same VM that is still running, or finished without a manifest,
     and finishes it instead of starting a second one.
   - This module is implemented as an action plugin.
-author: xapi.backup maintainers
+author:
+  - xapi.backup maintainers (@xapi-backup)
 options:
   vm:
     description:

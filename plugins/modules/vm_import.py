@@ -22,7 +22,8 @@ description:
   - With O(state=absent) the VMs restored from the backup (found by that C(other_config) key only, never by
     name) are shut down and destroyed with their disks.
   - This module is implemented as an action plugin.
-author: xapi.backup maintainers
+author:
+  - xapi.backup maintainers (@xapi-backup)
 options:
   repository:
     description:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 try:
-    import ansible_collections.xapi.backup  # noqa: F401
+    import ansible_collections.xapi.backup  # noqa: F401  pylint: disable=unused-import
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[4] / ".tmp" / "collections"))
 

@@ -77,7 +77,7 @@ def test_prune_check_mode_removes_nothing_and_diff_shows_plan(tmp_path):
     assert len(os.listdir(os.path.join(str(tmp_path), POOL, VM))) == 3
     real = _catalogue.backup_prune(ctx_for(tmp_path, keep_last=1))
     assert real["removed"] == out["removed"]
-    assert os.listdir(os.path.join(str(tmp_path), POOL, VM)) == [new.split("/")[-1]]
+    assert os.listdir(os.path.join(str(tmp_path), POOL, VM)) == [new.rsplit("/", maxsplit=1)[-1]]
     again = _catalogue.backup_prune(ctx_for(tmp_path, keep_last=1))
     assert again["changed"] is False
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 try:
-    import ansible_collections.xapi.backup  # noqa: F401  (ansible-test units, or a conftest that set it up)
+    import ansible_collections.xapi.backup  # noqa: F401  pylint: disable=unused-import
 except ImportError:  # plain pytest from the repository root: use the layout `make setup` builds
     sys.path.insert(0, str(Path(__file__).resolve().parents[4] / ".tmp" / "collections"))
 
@@ -284,7 +284,7 @@ def test_plan_prune_never_removes_newest_complete_and_ignores_incomplete_in_coun
     backups = repo_mod.list_backups(LocalStorage(), str(tmp_path))
     plan = repo_mod.plan_prune(backups, RetentionPolicy(keep_last=1), now, incomplete_grace=86400)
     assert sorted(plan.remove_ids) == sorted([oldest, older, stale_incomplete])
-    kept = {b.id for b, _ in plan.keep}
+    kept = {b.id for b, _reasons in plan.keep}
     assert {newest_good, fresh_incomplete, only_b} == kept
 
 
@@ -302,4 +302,4 @@ def test_plan_prune_newest_complete_survives_even_when_newer_is_corrupt(tmp_path
     backups = repo_mod.list_backups(LocalStorage(), str(tmp_path))
     plan = repo_mod.plan_prune(backups, RetentionPolicy(keep_last=1), ts("2026-11-21 12:00"), incomplete_grace=3600)
     assert plan.remove_ids == [bad]
-    assert [b.id for b, _ in plan.keep] == [good]
+    assert [b.id for b, _reasons in plan.keep] == [good]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 try:
-    import ansible_collections.xapi.backup  # noqa: F401
+    import ansible_collections.xapi.backup  # noqa: F401  pylint: disable=unused-import
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[4] / ".tmp" / "collections"))
 
