@@ -173,8 +173,8 @@ class ActionModule(ActionBase):
 
     def _check(self, res: dict, what: str) -> None:
         if res.get("rc") != 0:
-            raise AnsibleActionFail("%s failed (rc=%s): %s" % (what, res.get("rc"),
-                                                              one_line(res.get("stderr") or res.get("stdout"))))
+            detail = one_line(res.get("stderr") or res.get("stdout"))
+            raise AnsibleActionFail("%s failed (rc=%s): %s" % (what, res.get("rc"), detail))
 
     def _stage(self, local: str, name: str) -> str:
         tmpdir = self._connection._shell.tmpdir or self._make_tmp_path()

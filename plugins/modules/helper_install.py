@@ -97,7 +97,7 @@ seealso:
     description: Role that wraps this action, with preflight checks and the wheel download.
     link: https://github.com/xapi-backup/xapi.backup/blob/main/roles/helper/README.md
 author:
-  - xapi.backup contributors
+  - xapi.backup contributors (@xapi-backup)
 """
 
 EXAMPLES = r"""

@@ -29,4 +29,3 @@ def ssh_pool_hosts(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("sshhosts")
     with netns.SshHosts(workdir, count=int(os.environ.get("XB_SSH_HOSTS", "2"))) as hosts:
         yield hosts
-

@@ -85,7 +85,7 @@ def available() -> str | None:
 
 
 def _run(argv: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False, **kwargs)
     if check and proc.returncode != 0:
         raise NetnsError("%s failed (rc=%d): %s" % (" ".join(argv), proc.returncode, proc.stderr.strip()))
     return proc
@@ -403,8 +403,8 @@ class SshHosts:
             with contextlib.suppress(OSError), socket.create_connection((host.address, 22), timeout=1):
                 return
             time.sleep(0.1)
-        raise NetnsError("sshd of %s not reachable at %s:22 after %ss: %s" % (host.name, host.address, timeout,
-                                                                             self._log_tail(host)))
+        raise NetnsError("sshd of %s not reachable at %s:22 after %ss: %s"
+                         % (host.name, host.address, timeout, self._log_tail(host)))
 
     @staticmethod
     def _log_tail(host: SshHost) -> str:
@@ -513,7 +513,7 @@ class SshHosts:
         deadline = time.monotonic() + timeout
         line = b""
         while time.monotonic() < deadline and not line.endswith(b"\n"):
-            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            ready = select.select([proc.stdout], [], [], 0.2)[0]
             if ready:
                 chunk = os.read(proc.stdout.fileno(), 65536)
                 if not chunk:

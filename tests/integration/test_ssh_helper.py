@@ -126,7 +126,7 @@ def test_install_on_two_hosts_then_second_run_changes_nothing(ssh_pool_hosts, pl
         assert counts[host.name]["changed"] == 0, again.stdout
         assert results[host.name]["actions"] == []
         assert results[host.name]["previous_sha256"] == sha256(helper)
-    checked, counts, _ = play(check=True)
+    checked, counts = play(check=True)[:2]
     assert checked.returncode == 0, checked.stdout
     assert all(counts[h.name]["changed"] == 0 for h in ssh_pool_hosts.hosts), checked.stdout
 
@@ -159,7 +159,7 @@ def test_only_a_wrong_mode_is_repaired(ssh_pool_hosts, play):
 
 
 def test_missing_interpreter_fails_in_preflight_with_one_line(ssh_pool_hosts, play):
-    proc, counts, _ = play(xapi_backup_helper_python="/nonexistent/python3")
+    proc, counts = play(xapi_backup_helper_python="/nonexistent/python3")[:2]
     assert proc.returncode != 0
     assert all(counts[h.name]["failed"] == 1 for h in ssh_pool_hosts.hosts), proc.stdout
     assert "/nonexistent/python3 on host0 cannot run (rc=127)" in proc.stdout
@@ -202,7 +202,7 @@ def test_shipped_zstandard_wheel_is_used_by_the_helper_on_python_3_6(ssh_pool_ho
         assert zstd["version"] == "0.20.0"
         assert zstd["path"].startswith(PREFIX + "/lib/python3.6/zstandard/")
         assert (host.opt_path / Path(PREFIX).relative_to("/opt") / "lib" / "python3.6" / "zstandard").is_dir()
-    again, counts, _ = play(xapi_backup_helper_ship_zstandard=True)
+    again, counts = play(xapi_backup_helper_ship_zstandard=True)[:2]
     assert again.returncode == 0, again.stdout
     assert all(counts[h.name]["changed"] == 0 for h in ssh_pool_hosts.hosts), again.stdout
     # the compressor really works there: round trip through the helper with the shipped module
