@@ -135,8 +135,10 @@ function drainToFile(body, path) {
 async function importXva(xapi, path, srRef) {
   const { size } = fs.statSync(path)
   const body = fs.createReadStream(path)
-  // xapi refuses chunked uploads; with a length the client sends a real Content-Length
-  body.length = size
+  // xapi refuses chunked uploads; with a length the client sends a real Content-Length.
+  // Without one (config.import_without_length) it sends its 1 PiB Content-Length hack and cuts
+  // the socket once the body is sent: xapi must stop after the archive's last disk block.
+  if (!config.import_without_length) body.length = size
   const vmRefs = await xapi.putResource(body, '/import/', { query: { sr_id: srRef } })
   return { bytes: size, vmRefs }
 }
