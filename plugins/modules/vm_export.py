@@ -165,19 +165,19 @@ path:
   type: str
 vm_uuid:
   description: UUID of the source VM.
-  returned: success
+  returned: when the VM was found, on failure too
   type: str
 vm_name:
   description: Name of the source VM.
-  returned: success
+  returned: when the VM was found, on failure too
   type: str
 pool_uuid:
   description: UUID of the pool.
-  returned: success
+  returned: when the VM was found, on failure too
   type: str
 run_id:
   description: The run id used.
-  returned: success
+  returned: when the VM was found, on failure too
   type: str
 snapshot_uuid:
   description: UUID of the (now destroyed) snapshot that was exported; null for a halted VM.
@@ -230,6 +230,10 @@ helper_calls:
   returned: always
   type: list
   elements: dict
+vm:
+  description: The O(vm) asked for.
+  returned: failure
+  type: str
 error:
   description: C(code) and C(params) of the error.
   returned: failure

@@ -79,6 +79,15 @@ class VmExport:
     # ------------------------------------------------------------ entry point
 
     def run(self) -> dict:
+        """The task's result; on failure the exception carries ``partial_result`` (VM, run id, pool)."""
+        self.partial = {"vm": self.p["vm"]}
+        try:
+            return self._run()
+        except Exception as exc:
+            exc.partial_result = dict(self.partial, **({"warnings": list(self.warnings)} if self.warnings else {}))
+            raise
+
+    def _run(self) -> dict:
         p = self.p
         snaps = self.snapshots or snapshots_module()
         self.snapshots = snaps
@@ -89,6 +98,7 @@ class VmExport:
             pool = pool_facts(xapi)
             base = {"vm_uuid": vm_rec["uuid"], "vm_name": vm_rec.get("name_label"), "run_id": run_id,
                     "pool_uuid": pool["uuid"], "repository": p["repository"]}
+            self.partial.update(base)
             backups = self._backups(pool["uuid"], vm_rec["uuid"])
             adopted = None if self.ctx.check_mode else self._adopt(xapi, pool, vm_rec, run_id, backups)
             if adopted is not None:

@@ -137,8 +137,9 @@ def test_halted_vm_exported_as_is(setup):
 
 def test_failure_destroys_snapshot_unblocks_and_leaves_no_backup(setup, tmp_path):
     export, ctx, _xapi, snaps = setup(runner=FakeRunner(fail=helper_failure()))
-    with pytest.raises(Exception, match="STREAM_TRUNCATED"):
+    with pytest.raises(Exception, match="STREAM_TRUNCATED") as info:
         export.run()
+    assert info.value.partial_result["vm_uuid"] == VM and info.value.partial_result["run_id"] == "2026-11-21"
     assert snaps.events[-2:] == ["unblock", ("destroy", "OpaqueRef:snap")]
     assert ctx.storage.writes == []
     assert repo.list_backups(LocalStorage(), str(tmp_path)) == []

@@ -1,0 +1,86 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""HelperStorage against the real helper's repo-* subcommands: same answers as LocalStorage."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    import ansible_collections.xapi.backup  # noqa: F401  pylint: disable=unused-import
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[4] / ".tmp" / "collections"))
+
+from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo  # noqa: E402
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import (  # noqa: E402
+    BUNDLED_HELPER,
+    HelperError,
+    HelperRunner,
+)
+
+POOL = "11111111-2222-3333-4444-555555555555"
+VM = "aaaaaaaa-0000-0000-0000-000000000001"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(BUNDLED_HELPER), reason="helper not in the collection yet")
+
+
+def shell(cmd, in_data):
+    proc = subprocess.run(["/bin/sh", "-c", cmd], input=in_data, capture_output=True, timeout=60, check=False)
+    return {"rc": proc.returncode, "stdout": proc.stdout.decode(), "stderr": proc.stderr.decode()}
+
+
+@pytest.fixture
+def helper_storage():
+    runner = HelperRunner(shell, [sys.executable, BUNDLED_HELPER])
+    return repo.HelperStorage(runner.storage_run), runner
+
+
+def make(root, stamp, payload, storage):
+    directory = os.path.join(str(root), POOL, VM, stamp)
+    os.makedirs(directory)
+    with open(os.path.join(directory, "vm.xva.gz"), "wb") as handle:
+        handle.write(payload)
+    when = repo.parse_timestamp(stamp)
+    manifest = repo.build_manifest(
+        repo.KIND_VM, tool_version="0", pool={"uuid": POOL}, xapi_version=None, run_id="r-" + stamp,
+        files={"vm.xva.gz": {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}},
+        stored_file="vm.xva.gz", started=when, ended=when + datetime.timedelta(seconds=1))
+    storage.write_json(os.path.join(directory, repo.MANIFEST_NAME), manifest)
+    return directory
+
+
+def test_helper_and_local_storage_agree(tmp_path, helper_storage):
+    storage, runner = helper_storage
+    good = make(tmp_path, "20261120T010000Z", b"good", storage)
+    bad = make(tmp_path, "20261121T010000Z", b"bad!", storage)
+    with open(os.path.join(bad, "vm.xva.gz"), "wb") as handle:
+        handle.write(b"BAD!")
+    os.makedirs(os.path.join(str(tmp_path), POOL, VM, "20261122T010000Z"))
+    manifest = os.path.join(good, repo.MANIFEST_NAME)
+    assert stat.S_IMODE(os.stat(manifest).st_mode) == 0o600
+    remote = repo.list_backups(storage, str(tmp_path))
+    local = repo.list_backups(repo.LocalStorage(), str(tmp_path))
+    assert [(b.id, b.complete, b.problem, b.files) for b in remote] == [(b.id, b.complete, b.problem, b.files) for b in local]
+    assert [b.complete for b in remote] == [True, False, False]
+    subcommands = [c["subcommand"] for c in runner.calls]
+    assert subcommands.count("repo-write") == 2 and "repo-scan" in subcommands and "repo-hash" in subcommands
+
+
+def test_helper_remove_only_backup_directories(tmp_path, helper_storage):
+    storage, _runner = helper_storage
+    good = make(tmp_path, "20261120T010000Z", b"good", storage)
+    with pytest.raises((HelperError, repo.RepositoryError)):
+        storage.remove_backup(str(tmp_path), os.path.join(str(tmp_path), POOL, VM))
+    storage.remove_backup(str(tmp_path), good)
+    assert not os.path.exists(good) and os.path.isdir(os.path.join(str(tmp_path), POOL, VM))
