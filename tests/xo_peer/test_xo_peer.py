@@ -196,7 +196,9 @@ def test_xen_orchestra_client_snapshots_exports_and_imports(sim, x, tmp_path, tr
     # The import (into the same member SR, so the probe PUT got a 302 too) went through
     # putResource with a real Content-Length, or with the 1 PiB hack when the stream had none.
     imports = [e for e in summary["http"] if e["path"].startswith("/import")]
-    assert imports and imports[-1]["status"] == 200
+    assert [e["status"] for e in imports] == [302, 200]
+    assert "task_id" not in imports[0]["query_keys"] and "task_id" in imports[1]["query_keys"]
+    assert imports[0]["origin"] == sim.tls_url and imports[1]["origin"] == exports[1]["origin"]
     expected_length = PUT_HACK_LENGTH if import_without_length else summary["bytes"]["imported"]
     assert int(imports[-1]["content_length"]) == expected_length
 
