@@ -226,10 +226,13 @@ def test_restore_true_keeps_identity_and_version_rules(pool, x, sid):
     source = pool.refs["raw"]
     body = export(pool, sid, source)
     original = x.VM.get_record(source)
-    # same VM still present with the same version: not newer
+    before = state_counts(x)
+    # same VM still present with the same version: not newer; the VDIs created before the VM
+    # check are cleaned up again
     task, _, _ = run_import(pool, x, sid, body, restore="true")
     assert x.task.get_error_info(task) == ["VM_TO_IMPORT_IS_NOT_NEWER_VERSION", source,
                                            original["version"], original["version"]]
+    assert state_counts(x) == before
     # force replaces the old VM (its disks stay), keeps uuid and mac_seed, version + 1
     old_vdi = vm_disks(x, source)["0"]
     task, _, _ = run_import(pool, x, sid, body, restore="true", force="true")
@@ -314,3 +317,37 @@ def test_import_without_content_length_stops_after_last_chunk(pool, x, sid):
         while sock.recv(4096):
             pass
     assert x.task.get_status(task) == "success", x.task.get_error_info(task)
+
+
+def test_iso_sr_target_is_refused_with_400(pool, x, sid):
+    task = x.task.create("import", "")
+    response, _ = request(pool.url, "PUT", "/import",
+                          {"session_id": sid, "task_id": task, "sr_id": pool.refs["iso"]},
+                          body=b"", headers={"Content-Length": "0"})
+    assert response.status == 400
+    assert x.task.get_error_info(task) == ["SR_OPERATION_NOT_SUPPORTED"]
+
+
+def test_missing_default_sr(pool, x, sid):
+    pool_ref = x.pool.get_all()[0]
+    default = x.pool.get_default_SR(pool_ref)
+    x.pool.set_default_SR(pool_ref, "OpaqueRef:NULL")
+    try:
+        task = x.task.create("import", "")
+        response, _ = request(pool.url, "PUT", "/import", {"session_id": sid, "task_id": task},
+                              body=b"", headers={"Content-Length": "0"})
+        assert response.status == 500
+        info = x.task.get_error_info(task)
+        assert info[:2] == ["RBAC_PERMISSION_DENIED", "http/put_import"]
+        assert info[2].startswith("DEFAULT_SR_NOT_FOUND")
+    finally:
+        x.pool.set_default_SR(pool_ref, default)
+
+
+def test_import_needs_credentials(pool, x):
+    task = x.task.create("import", "")
+    response, _ = request(pool.url, "PUT", "/import", {"task_id": task}, body=b"",
+                          headers={"Content-Length": "0"})
+    assert response.status == 401
+    assert response.getheader("WWW-Authenticate") == 'Basic realm="VM.import"'
+    assert x.task.get_error_info(task) == ["SESSION_AUTHENTICATION_FAILED"]
