@@ -164,26 +164,26 @@ class EventSystem:
         self._legacy_next_id = 0
         self._legacy_forgotten = -1  # highest legacy id dropped from the queue
         self._legacy_queue_max = legacy_queue_max
-        self._fold_lock = threading.Lock()
         with db.lock:
             self._fold()
 
     # ------------------------------------------------------------------ folding the log
     def _fold(self):
-        """Bring row stats and the legacy queue up to the database's latest event (db.lock held)."""
-        with self._fold_lock:
-            last = self.db.last_event_id
-            if last == self._folded:
-                return
-            log = self.db.events
-            oldest = log[0].id if log else last + 1
-            start = self._folded
-            if oldest > self._folded + 1:
-                start = oldest - 1
-                self._reconcile_gap(start)
-            for event in self._events_after(log, start):
-                self._fold_one(event)
-            self._folded = last
+        """Bring row stats and the legacy queue up to the database's latest event.
+
+        Always called with db.lock held: the log cannot move meanwhile."""
+        last = self.db.last_event_id
+        if last == self._folded:
+            return
+        log = self.db.events
+        oldest = log[0].id if log else last + 1
+        start = self._folded
+        if oldest > self._folded + 1:
+            start = oldest - 1
+            self._reconcile_gap(start)
+        for event in self._events_after(log, start):
+            self._fold_one(event)
+        self._folded = last
 
     @staticmethod
     def _events_after(log, start):
