@@ -196,6 +196,9 @@ class EventSystem:
         return newer
 
     def _fold_one(self, event):
+        if event.cls == "session" and event.operation == "del":
+            # logout / expiry ends the session's event.next subscription (on_session_deleted)
+            self._legacy_subs.pop(event.ref, None)
         if event.cls in NO_EVENTS:
             return
         stat = self._stats.get(event.ref)

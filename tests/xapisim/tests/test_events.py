@@ -314,6 +314,19 @@ def test_next_reports_events_lost_when_the_queue_overflowed():
     assert [e["snapshot"]["name_label"] for e in system.next(session)] == ["after"]
 
 
+def test_logout_ends_the_legacy_subscription(pool):
+    other = pool.db.create("session", {})
+    pool.events.register(pool.session, ["vm"])
+    before = pool.events.get_current_id(other)
+    pool.db.delete("session", pool.session)
+    pool.db.set_field("VM", pool.vm, "name_label", "nobody listens")
+    # the legacy id only moves when an event is queued for some subscription
+    assert pool.events.get_current_id(other) == before
+    pool.events.register(other, ["vm"])
+    pool.db.set_field("VM", pool.vm, "name_label", "someone listens")
+    assert pool.events.get_current_id(other) == before + 1
+
+
 def test_legacy_del_event_carries_the_record_before_deletion(pool):
     pool.events.register(pool.session, ["vbd"])
     pool.db.delete("VBD", pool.vbd)
