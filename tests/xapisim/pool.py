@@ -154,6 +154,9 @@ class PoolBuilder:
             "bios_strings": {"bios-vendor": "Xen", "system-manufacturer": "Xen"},
         })
         self.hosts[name] = ref
+        if cfg.get("port") is not None or cfg.get("tls_port") is not None:
+            self.sim.meta.setdefault("ports", {})[self.db.get_field("host", ref, "uuid")] = {
+                "port": int(cfg.get("port") or 0), "tls_port": int(cfg.get("tls_port") or 0)}
         return ref
 
     def add_control_domain(self, host_ref):

@@ -159,7 +159,14 @@ class Simulator:
         for host_ref in hosts:
             is_master = host_ref == self.master_ref()
             address = self.bind if is_master else self.db.get_field("host", host_ref, "address")
-            wanted = (self.port, self.tls_port) if is_master else master_ports
+            configured = self.meta.get("ports", {}).get(
+                self.db.get_field("host", host_ref, "uuid"), {})
+            if is_master:
+                wanted = (self.port or configured.get("port", 0),
+                          self.tls_port or configured.get("tls_port", 0))
+            else:
+                wanted = (configured.get("port") or master_ports[0],
+                          configured.get("tls_port") or master_ports[1])
             http_server = self._listen(address, wanted[0], host_ref, None)
             https_server = self._listen(address, wanted[1], host_ref, tls_context)
             if is_master:

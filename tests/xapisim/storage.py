@@ -200,21 +200,32 @@ class VdiWriter:
             raise XapiError("VDI_IO_ERROR", "Device I/O error")
         if not data:
             return
-        self.storage.check_write_space(self.vdi_uuid, self.fd, offset, len(data), self.pending)
-        self.pending += len(data)
-        if self.top["owned"] is None:
-            os.pwrite(self.fd, data, offset)
-            return
-        start = offset - offset % BLOCK
-        end = min(-(-(offset + len(data)) // BLOCK) * BLOCK, self.size)
-        if start != offset or end != offset + len(data):
-            with VdiReader(self.storage, self._chain, self.size) as reader:
-                merged = bytearray(reader.read(start, end - start))
-            merged[offset - start:offset - start + len(data)] = data
-            data = bytes(merged)
-        os.pwrite(self.fd, data, start)
-        with self.storage.lock:
+        with self.storage.lock:  # a snapshot between two writes must not see the second
+            self._follow_top()
+            self.storage.check_write_space(self.vdi_uuid, self.fd, offset, len(data),
+                                           self.pending)
+            self.pending += len(data)
+            if self.top["owned"] is None:
+                os.pwrite(self.fd, data, offset)
+                return
+            start = offset - offset % BLOCK
+            end = min(-(-(offset + len(data)) // BLOCK) * BLOCK, self.size)
+            if start != offset or end != offset + len(data):
+                with VdiReader(self.storage, self._chain, self.size) as reader:
+                    merged = bytearray(reader.read(start, end - start))
+                merged[offset - start:offset - start + len(data)] = data
+                data = bytes(merged)
+            os.pwrite(self.fd, data, start)
             add_interval(self.top["owned"], start, end)
+
+    def _follow_top(self):
+        """After a snapshot the VDI has a new (empty) top: write there from now on."""
+        current = self.storage.vdis[self.vdi_uuid]["top"]
+        if current != self.top["id"]:
+            os.close(self.fd)
+            self._chain = self.storage.chain_of(self.vdi_uuid)
+            self.top = self._chain[0]
+            self.fd = os.open(self.storage.layer_path(self.top), os.O_RDWR)
 
     def close(self):
         if self.fd is not None:

@@ -224,3 +224,16 @@ def test_storage_state_survives_reload(store, tmp_path):
     with storage2.open_read(snap) as reader:
         assert reader.read(0, 7) == b"persist"
     db2.close()
+
+
+def test_open_writer_follows_a_snapshot(store):
+    _, storage, thin, _ = store
+    vdi = storage.create_vdi(thin, MiB)
+    with storage.open_write(vdi) as writer:
+        writer.write(0, b"before")
+        snap = storage.snapshot_vdi(vdi)
+        writer.write(0, b"after!")
+    with storage.open_read(snap) as reader:
+        assert reader.read(0, 6) == b"before"
+    with storage.open_read(vdi) as reader:
+        assert reader.read(0, 6) == b"after!"
