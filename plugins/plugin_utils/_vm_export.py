@@ -213,6 +213,9 @@ class VmExport:
 
     def _destroy_snapshot(self, xapi, snap_ref, failing):
         try:
+            # a snapshot inherits the VM's blocked_operations (e.g. destroy: "protected VM"): ours may go
+            if xapi.call("VM.get_blocked_operations", snap_ref):
+                xapi.change("VM.set_blocked_operations", snap_ref, {})
             self.snapshots.destroy_snapshot_with_vdis(xapi, snap_ref)
         except Exception as exc:  # pylint: disable=broad-except
             if not failing:

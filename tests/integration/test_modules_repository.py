@@ -24,10 +24,6 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tests.xapisim.fixture import start_simulator  # noqa: E402  pylint: disable=wrong-import-position
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +32,8 @@ RESTORED_FROM = "xapi_backup:restored_from"
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    simulator = start_simulator("tiny", str(tmp_path_factory.mktemp("xapisim-repo")))
-    try:
-        yield simulator
-    finally:
-        simulator.stop()
+def sim(xapisim_tiny):
+    return xapisim_tiny
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +41,8 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("repo-side")
 
 
-@pytest.fixture(scope="module")
-def run_task(sim, work):
-    """``run_task(module, args, check=False, diff=False) -> result`` through ansible-playbook on localhost."""
+def task_runner(sim, work):
+    """``run(module, args, check=False, diff=False) -> result`` through ansible-playbook on localhost."""
     counter = [0]
     base = {"hostname": sim.url, "username": sim.username, "password": sim.password,
             "repository": str(work / "repo"), "helper_xapi_url": sim.url, "poll_interval": 0.2}
@@ -74,6 +65,11 @@ def run_task(sim, work):
         return json.loads(out.read_text())
 
     return run
+
+
+@pytest.fixture(scope="module")
+def run_task(sim, work):
+    return task_runner(sim, work)
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +275,27 @@ def test_prune_keeps_the_newest_complete_backup(run_task, xapi, work):
     verified = run_task("backup_info", {"vm_uuid": source["uuid"], "verify": "latest"})
     assert not verified.get("failed"), verified.get("msg")
     assert verified["backups"][0]["verified"] is True
+
+
+# ---------------------------------------------------------------- the sample pool (real ext4 image)
+
+
+def test_sample_pool_running_vm_with_cd_and_blocked_operations(xapisim, tmp_path):
+    run = task_runner(xapisim, tmp_path)
+    session = xapisim.session()
+    try:
+        api = session.xenapi
+        vm_ref = api.VM.get_by_name_label("web01")[0]
+        blocked_before = api.VM.get_blocked_operations(vm_ref)
+        result = run("vm_export", {"vm": "web01", "codec": "gzip"})
+        assert not result.get("failed"), result.get("msg")
+        assert result["changed"] is True and result["snapshot_uuid"]
+        assert api.VM.get_blocked_operations(vm_ref) == blocked_before == {"destroy": "protected VM"}
+        assert our_snapshots(api) == [] and our_vdis(api) == []
+        disks = result["helper_result"]["xva"]["vdis"]
+        assert len(disks) == 1 and disks[0]["virtual_size"] == 512 * 1024 * 1024  # the CD is not exported
+        info = run("backup_info", {"verify": "all"})
+        assert not info.get("failed"), info.get("msg")
+        assert [(b["vm_name"], b["complete"], b["verified"]) for b in info["backups"]] == [("web01", True, True)]
+    finally:
+        session.xenapi.session.logout()
