@@ -645,6 +645,7 @@ class _Importer:
             self._handle_all(objects)
             self._set_task_other_config("object_creation", "complete")
             self._receive_disks(archive, header)
+            archive.drain(64 * 1024)
             if self.task.is_cancelling():
                 raise xva.TaskCancelled()
             self.task.set_allowed_operations([])

@@ -464,3 +464,33 @@ def test_non_cdrom_vdis_follow_import_rules():
         {"class": "SR", "id": "Ref:s2", "snapshot": {"content_type": "iso"}},
     ]
     assert xva.non_cdrom_vdis(objects) == ["Ref:d1", "Ref:d4"]
+
+
+def test_corrupt_compressed_body_reads_as_premature_eof():
+    blob, disks = sample_archive()
+    body = bytearray(gzip.compress(blob))
+    body[len(body) // 2:len(body) // 2 + 64] = bytes(64)
+    with pytest.raises(xva.PrematureEof):
+        import_disks(bytes(body), {p: len(d) for p, d in disks.items()})
+
+
+def test_a_single_zero_block_between_entries_is_skipped_like_ocaml_tar():
+    one = pattern(MIB, 1)
+    out = io.BytesIO()
+    w = xva.XvaWriter(out)
+    w.write_ova_xml(ova_for({"Ref:1": MIB}), 0)
+    out.write(bytes(512))
+    w.write_file("Ref:1/00000000", one)
+    w.write_file("Ref:1/00000000.xxhash", xva.xxhash_text(one).encode())
+    w.write_end()
+    _, sinks, _, _ = import_disks(out.getvalue(), {"Ref:1": MIB})
+    assert bytes(sinks["Ref:1"].data) == one
+
+
+def test_drain_consumes_only_a_small_remainder():
+    blob, disks = sample_archive()
+    stream = io.BytesIO(blob + bytes(4096))
+    reader, _, _ = xva.open_archive(stream, len(blob) + 4096)
+    xva.DiskReceiver(reader).receive_all([(p, len(d), MemSink(len(d))) for p, d in disks.items()])
+    assert reader.drain(1024) is False
+    assert reader.drain(64 * 1024) is True and stream.tell() == len(blob) + 4096
