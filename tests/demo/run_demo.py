@@ -8,7 +8,9 @@ Steps: start the simulator (sample pool, realistic ext4 disks) in a temporary st
 install the helper (connection local: the "pool master" is this machine and the helper reads xapi at
 the simulator's plain URL, as it reads http://localhost on dom0), run playbooks/backup.yml, restore
 one VM with playbooks/restore.yml, check that the restored disks equal the originals byte for byte
-(GET /export_raw_vdi on both), run the backup again and check that no VM changed, print the report.
+(GET /export_raw_vdi on both), remove the restored copy again (restore.yml, action remove; otherwise
+it is a new VM the next backup must take), run the backup again and check that no VM changed, print
+the report.
 The simulator is stopped in every outcome. Exit status 0 only if every step passed.
 
 Options: --keep (keep the temporary directory), --verbose (stream Ansible's output),
@@ -353,6 +355,18 @@ def main(argv=None) -> int:
                 raise DemoError("the chosen VM has no disk to compare")
 
         steps.run("compare restored disks with the originals (GET /export_raw_vdi)", compare)
+
+        def remove_copy():
+            ansible.playbook("restore.yml", "-e", json.dumps({
+                "xapi_backup_restore_action": "remove",
+                "xapi_backup_restore_vms": [chosen["uuid"]],
+            }))
+            left = pool.restored_from(chosen["backup_id"])
+            if left:
+                raise DemoError("the restored copy is still there: %s" % left)
+            print("   the restored copy and its disks are gone (found by its xapi_backup:restored_from key)")
+
+        steps.run("remove the restored copy (restore.yml, action remove)", remove_copy)
 
         def rerun():
             ansible.playbook("backup.yml")
