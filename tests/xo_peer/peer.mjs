@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 // Xen Orchestra's XAPI client (npm `xen-api`, unmodified) driving the xapi simulator as a peer.
 //
 // Usage: node peer.mjs CONFIG.json

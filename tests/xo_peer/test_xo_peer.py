@@ -88,7 +88,7 @@ def raw_vdi_digest(sim, x, vdi_ref):
     context = ssl.create_default_context(cafile=sim.ca_file)
     query = urllib.parse.urlencode({"session_id": x._session, "vdi": vdi_ref, "format": "raw"})
     url = sim.tls_url + "/export_raw_vdi?" + query
-    for _ in range(3):
+    for _hop in range(3):
         parts = urllib.parse.urlsplit(url)
         conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=60)
         conn.request("GET", parts.path + "?" + parts.query)
@@ -116,7 +116,7 @@ def run_peer(node, sim, config, tmp_path):
     env = dict(os.environ, NODE_EXTRA_CA_CERTS=sim.ca_file, NODE_ENV="test")
     completed = subprocess.run([node, os.path.join(HERE, "peer.mjs"), str(config_path)],
                                cwd=HERE, env=env, capture_output=True, text=True,
-                               timeout=PEER_TIMEOUT_S)
+                               timeout=PEER_TIMEOUT_S, check=False)
     lines = completed.stdout.strip().splitlines()
     assert lines, "peer printed nothing; stderr:\n" + completed.stderr[-4000:]
     summary = json.loads(lines[-1])
@@ -150,11 +150,12 @@ RPC_PATH = {"auto": "/jsonrpc", "xml-rpc": "/xmlrpc"}
 PUT_HACK_LENGTH = 1125899906842624
 
 
-@pytest.mark.parametrize("transport, import_without_length", [
-    ("auto", False), ("auto", True), ("xml-rpc", False)],
+@pytest.mark.parametrize(
+    "transport, import_without_length",
+    [("auto", False), ("auto", True), ("xml-rpc", False)],
     ids=["json-rpc", "json-rpc-import-without-length", "xml-rpc"])
-def test_xen_orchestra_client_snapshots_exports_and_imports(sim, x, tmp_path, transport,
-                                                             import_without_length):
+def test_xen_orchestra_client_snapshots_exports_and_imports(
+        sim, x, tmp_path, transport, import_without_length):
     node = ensure_node_modules()
     if transport == "xml-rpc" and not xml_rpc_on_any_post_path(sim):
         pytest.xfail("the simulator does not answer POST /xmlrpc yet (NEEDS-events.md 1c)")

@@ -96,8 +96,8 @@ def test_async_task_lifecycle_is_seen_through_events(x):
     assert final["status"] == "success" and float(final["progress"]) == 1.0
     assert final["result"].startswith("<value>OpaqueRef:")
     x.task.destroy(task)
-    seen, _ = wait_events(x, ["task"], token,
-                          lambda events: any(e["ref"] == task and e["operation"] == "del" for e in events))
+    wait_events(x, ["task"], token,
+                lambda events: any(e["ref"] == task and e["operation"] == "del" for e in events))
 
 
 def test_inject_token_sees_the_pool_event(x):

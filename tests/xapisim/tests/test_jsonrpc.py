@@ -30,8 +30,13 @@ def fake_dispatch(method, params):
 
 
 def answer(request):
+    """(reply, decoded body) for a request document."""
     reply = jsonrpc.handle(json.dumps(request).encode(), fake_dispatch)
     return reply, json.loads(reply.body)
+
+
+def answer_doc(request):
+    return answer(request)[1]
 
 
 def test_v1_success_envelope_and_numbers():
@@ -50,22 +55,22 @@ def test_v1_success_envelope_and_numbers():
 
 
 def test_v2_success_envelope():
-    _, doc = answer({"jsonrpc": "2.0", "method": "counts", "params": [], "id": "abc"})
+    doc = answer_doc({"jsonrpc": "2.0", "method": "counts", "params": [], "id": "abc"})
     assert doc == {"jsonrpc": "2.0", "result": {"vm": 3}, "id": "abc"}
 
 
 def test_void_result_is_empty_string():
-    _, doc = answer({"jsonrpc": "2.0", "method": "VM.set_name_label", "params": ["S", "r", "n"], "id": 1})
+    doc = answer_doc({"jsonrpc": "2.0", "method": "VM.set_name_label", "params": ["S", "r", "n"], "id": 1})
     assert doc["result"] == ""
 
 
 def test_v1_error_is_the_error_description_array():
-    _, doc = answer({"method": "nope", "params": ["S"], "id": 1})
+    doc = answer_doc({"method": "nope", "params": ["S"], "id": 1})
     assert doc == {"result": None, "error": ["HANDLE_INVALID", "VM", "OpaqueRef:x"], "id": 1}
 
 
 def test_v2_error_is_code_message_data():
-    _, doc = answer({"jsonrpc": "2.0", "method": "nope", "params": ["S"], "id": 2})
+    doc = answer_doc({"jsonrpc": "2.0", "method": "nope", "params": ["S"], "id": 2})
     assert doc == {"jsonrpc": "2.0",
                    "error": {"code": 1, "message": "HANDLE_INVALID", "data": ["VM", "OpaqueRef:x"]},
                    "id": 2}
@@ -79,7 +84,7 @@ def test_v2_params_may_be_absent_or_an_object():
 
 
 def test_output_is_compact():
-    reply, _ = answer({"jsonrpc": "2.0", "method": "counts", "params": [], "id": 1})
+    reply = answer({"jsonrpc": "2.0", "method": "counts", "params": [], "id": 1})[0]
     assert b" " not in reply.body
 
 
@@ -108,7 +113,7 @@ def test_not_json_at_all():
 
 
 def test_reply_bytes_carry_content_length():
-    reply, _ = answer({"jsonrpc": "2.0", "method": "counts", "params": [], "id": 1})
+    reply = answer({"jsonrpc": "2.0", "method": "counts", "params": [], "id": 1})[0]
     raw = reply.to_bytes()
     head, body = raw.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")

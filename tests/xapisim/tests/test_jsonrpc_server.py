@@ -151,7 +151,7 @@ def test_async_call_and_its_task_through_event_from(sim, session):
     task = rpc(sim.url, "Async.VM.snapshot", [session, vm, "jsonrpc snapshot"])["result"]
     assert task.startswith("OpaqueRef:")
     status, result = "pending", None
-    for _ in range(50):
+    for _round in range(50):
         reply = rpc(sim.url, "event.from", [session, ["task/" + task], token, 5.0])["result"]
         token = reply["token"]
         assert isinstance(reply["valid_ref_counts"]["task"], int)
