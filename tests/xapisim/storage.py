@@ -380,12 +380,11 @@ class Storage:
         """Make a disk image file (read-only, shared, never copied) the VDI's bottom layer."""
         vdi_uuid, record = self._vdi(vdi_ref)
         with self.lock:
-            old_top = self.vdis[vdi_uuid]["top"]
             sr_uuid = self.vdis[vdi_uuid]["sr"]
             base = self._image_layer(sr_uuid, image_path, int(image_offset))
             top = self._new_layer(sr_uuid, int(record["virtual_size"]), parent=base["id"])
             self.vdis[vdi_uuid]["top"] = top["id"]
-            self._collect_garbage([old_top])
+            self._collect_garbage()
             self.save()
         self.layer_changed(vdi_uuid)
 
@@ -461,13 +460,13 @@ class Storage:
             entry = self.vdis.pop(vdi_uuid, None)
             self.db.delete("VDI", vdi_ref)
             if entry:
-                self._collect_garbage([entry["top"]])
+                self._collect_garbage()
             self.save()
         if self.db.exists("SR", record["SR"]):
             self.refresh_utilisation(record["SR"])
 
-    def _collect_garbage(self, candidates):
-        """Delete layers no VDI chain reaches any more (their files too)."""
+    def _collect_garbage(self):
+        """Delete layers no VDI chain reaches any more (their files too), then coalesce."""
         used = set()
         for entry in self.vdis.values():
             layer_id = entry["top"]
@@ -476,13 +475,57 @@ class Storage:
                 layer_id = self.layers[layer_id]["parent"]
         for layer_id in list(self.layers):
             if layer_id not in used:
-                layer = self.layers.pop(layer_id)
-                if not layer.get("image"):
-                    try:
-                        os.unlink(self.layer_path(layer))
-                    except FileNotFoundError:
-                        pass
-        del candidates
+                self._remove_layer(layer_id)
+        self._coalesce()
+
+    def _remove_layer(self, layer_id):
+        layer = self.layers.pop(layer_id)
+        if not layer.get("image"):
+            try:
+                os.unlink(self.layer_path(layer))
+            except FileNotFoundError:
+                pass
+
+    def _coalesce(self):
+        """Merge a child into its frozen parent when the parent has no other user left (the
+        snapshot that froze it was deleted), like SM's leaf-coalesce: chains stay short and
+        the space of overwritten blocks comes back."""
+        merged = True
+        while merged:
+            merged = False
+            children = {}
+            for layer in self.layers.values():
+                if layer["parent"] is not None:
+                    children.setdefault(layer["parent"], []).append(layer["id"])
+            tops = {entry["top"] for entry in self.vdis.values()}
+            for parent_id, kids in children.items():
+                parent = self.layers[parent_id]
+                if len(kids) == 1 and parent_id not in tops and not parent.get("image"):
+                    self._merge_child_into_parent(self.layers[kids[0]], parent)
+                    merged = True
+                    break
+
+    def _merge_child_into_parent(self, child, parent):
+        with open(self.layer_path(child), "rb") as src, \
+                open(self.layer_path(parent), "r+b") as dst:
+            for start, end in child["owned"]:
+                src.seek(start)
+                dst.seek(start)
+                remaining = end - start
+                while remaining > 0:
+                    chunk = src.read(min(remaining, 4 * 1024 * 1024))
+                    dst.write(chunk)
+                    remaining -= len(chunk)
+                if parent["owned"] is not None:
+                    add_interval(parent["owned"], start, end)
+        parent["readonly"] = False
+        for entry in self.vdis.values():
+            if entry["top"] == child["id"]:
+                entry["top"] = parent["id"]
+        for layer in self.layers.values():
+            if layer["parent"] == child["id"]:
+                layer["parent"] = parent["id"]
+        self._remove_layer(child["id"])
 
     # ------------------------------------------------------------------ space accounting
     def _layer_users(self):

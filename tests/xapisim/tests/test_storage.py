@@ -107,13 +107,23 @@ def test_destroying_snapshot_keeps_original_content(store):
 
 
 def test_repeated_snapshot_cycles_keep_the_chain_short(store):
-    _, storage, thin, _ = store
+    db, storage, thin, _ = store
     vdi = storage.create_vdi(thin, 1 * MiB)
-    storage.write_at(vdi, 0, b"x" * 512)
-    for _ in range(5):
-        storage.destroy_vdi(storage.snapshot_vdi(vdi))
-    uuid = storage.db.get_field("VDI", vdi, "uuid")
-    assert len(storage.chain_of(uuid)) <= 2
+    uuid = db.get_field("VDI", vdi, "uuid")
+    storage.write_at(vdi, 0, b"x" * MiB)
+    for cycle in range(5):
+        snap = storage.snapshot_vdi(vdi)
+        storage.write_at(vdi, cycle * BLOCK, bytes([cycle]) * 100)  # the guest keeps writing
+        with_snapshot = db.get_field("SR", thin, "physical_utilisation")
+        storage.destroy_vdi(snap)
+        # leaf-coalesce: the frozen layer and the new top merge back into one
+        assert len(storage.chain_of(uuid)) == 1
+        assert db.get_field("SR", thin, "physical_utilisation") < with_snapshot
+    data = read_all(storage, vdi)
+    for cycle in range(5):
+        assert data[cycle * BLOCK:cycle * BLOCK + 100] == bytes([cycle]) * 100
+        assert data[cycle * BLOCK + 100:(cycle + 1) * BLOCK] == b"x" * (BLOCK - 100)
+    assert len(storage.layers) == 1
 
 
 def test_extents_of_huge_sparse_disk_are_fast(store):
