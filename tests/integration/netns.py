@@ -10,7 +10,10 @@ inside address, root login with a generated key only.
 
 sshd runs in a private mount namespace where ``/opt`` is the host's own directory (``<workdir>/<host>/opt``),
 so installing into ``/opt/xapi-backup`` on one host does not touch another host or the machine; the
-sessions' ``HOME`` is ``<workdir>/<host>/root`` (no ``.bashrc``: the machine's puts pyenv shims first). ``python3`` on the session's PATH is the interpreter
+sessions' ``HOME`` is ``<workdir>/<host>/root`` (no ``.bashrc``: the machine's puts pyenv shims first).
+More private directories: ``SshHosts(..., private_dirs=["/opt", "/var/lib/xapi-backup"])`` (a missing
+mount point is created, empty, on the machine); ``host.private("/var/lib/xapi-backup/x")`` is where a
+path inside the host is seen from the controller. ``python3`` on the session's PATH is the interpreter
 given as ``python`` (default: the real CPython 3.6 from pyenv, as on dom0). ``/tmp`` stays shared.
 
 Use from Python::
@@ -213,6 +216,7 @@ class SshHost:
     opt: str
     python: str | None
     sshd_pid: int = 0
+    private_dirs: list = field(default_factory=lambda: ["/opt"])
     extra: dict = field(default_factory=dict)
 
     @property
@@ -220,12 +224,24 @@ class SshHost:
         """The host's private /opt seen from the root namespace (for out-of-band checks)."""
         return Path(self.opt)
 
+    def private(self, path: str) -> Path:
+        """Where ``path`` (absolute, inside the host) lives on the controller, if it is in a private dir."""
+        for top in sorted(self.private_dirs, key=len, reverse=True):
+            if path == top or path.startswith(top.rstrip("/") + "/"):
+                return self._backing(top) / os.path.relpath(path, top)
+        raise ValueError("%s is not under a private directory of %s (%s)" % (path, self.name, self.private_dirs))
+
+    def _backing(self, top: str) -> Path:
+        if top == "/opt":
+            return Path(self.opt)
+        return Path(self.dir) / "private" / top.strip("/").replace("/", "_")
+
 
 class SshHosts:
     """N namespace hosts with sshd, a shared client key, known_hosts, ssh_config and inventory."""
 
     def __init__(self, workdir, count: int = 2, python: str | None = "default", name_prefix: str = "host",
-                 owner_pids: list[int] | None = None):
+                 owner_pids: list[int] | None = None, private_dirs: list[str] | None = None):
         reason = available()
         if reason:
             raise NetnsError(reason)
@@ -233,9 +249,14 @@ class SshHosts:
         self.count = count
         self.python = default_python() if python == "default" else python
         self.name_prefix = name_prefix
+        self.private_dirs = ["/opt"] + [d for d in (private_dirs or []) if d != "/opt"]
+        for path in self.private_dirs:
+            if not path.startswith("/") or path.rstrip("/") in ("", "/tmp", "/proc", "/sys", "/dev", "/run", "/usr"):
+                raise NetnsError("cannot make %s private in a test host" % path)
         self.token = secrets.token_hex(3)
         self.hosts: list[SshHost] = []
         self._procs: list[subprocess.Popen] = []
+        self._mountpoints: list[str] = []  # created on the machine for private dirs; removed if empty
         self._state_file = STATE_ROOT / ("%s.json" % self.token)
         self._owner_pids = owner_pids
         self.private_key = self.workdir / "id_ed25519"
@@ -301,6 +322,10 @@ class SshHosts:
                 else:
                     _run(["ip", "link", "del", host.veth], check=False)
             self._state_file.unlink(missing_ok=True)
+        for path in reversed(self._mountpoints):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+        self._mountpoints = []
 
     # ------------------------------------------------------------------ setup steps
     def _plan_host(self, index: int, octet: int) -> SshHost:
@@ -315,6 +340,7 @@ class SshHosts:
             home=str(hostdir / "root"),
             opt=str(hostdir / "opt"),
             python=self.python,
+            private_dirs=list(self.private_dirs),
         )
 
     def _write_state(self) -> None:
@@ -359,7 +385,14 @@ class SshHosts:
             link.symlink_to(host.python)
         # /opt is the host's own; HOME too (through SetEnv), which also keeps the machine's
         # ~/.bashrc (pyenv shims first on PATH) out of the sessions.
-        mounts = ["mount --bind %s /opt" % shlex.quote(host.opt)]
+        mounts = []
+        for top in host.private_dirs:
+            backing = host._backing(top)  # pylint: disable=protected-access
+            backing.mkdir(parents=True, exist_ok=True)
+            if not os.path.isdir(top):
+                os.makedirs(top)
+                self._mountpoints.append(top)
+            mounts.append("mount --bind %s %s" % (shlex.quote(str(backing)), shlex.quote(top)))
         config = hostdir / "sshd_config"
         config.write_text("\n".join([
             "Port 22",
@@ -476,8 +509,8 @@ class SshHosts:
     def inside(self, host: SshHost, argv: list[str], mounts: bool = False) -> list[str]:
         """argv that runs ``argv`` in the host's network namespace.
 
-        With ``mounts`` it also sees the host's private ``/opt`` (what an SSH session sees); without,
-        it sees the machine's ``/opt``.
+        With ``mounts`` it also sees the host's private directories (what an SSH session sees);
+        without, it sees the machine's.
         """
         if mounts:
             return ["nsenter", "--target", str(host.sshd_pid), "--net", "--mount", "--"] + list(argv)
@@ -565,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--workdir", required=True)
     up.add_argument("--python", default="default", help="interpreter to call python3 inside ('' = system)")
     up.add_argument("--name-prefix", default="host")
+    up.add_argument("--private-dir", action="append", default=[], help="make this directory private too")
     down = sub.add_parser("down", help="stop the hosts recorded in WORKDIR/hosts.json")
     down.add_argument("--workdir", required=True)
     sub.add_parser("sweep", help="remove namespaces of dead runs")
@@ -576,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir).resolve()
     if args.cmd == "up":
         hosts = SshHosts(workdir, count=args.count, python=args.python or None, name_prefix=args.name_prefix,
-                         owner_pids=[])
+                         owner_pids=[], private_dirs=args.private_dir)
         try:
             hosts.start()
         except BaseException:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import urllib.request
@@ -124,6 +125,20 @@ def test_teardown_removes_namespaces_even_after_a_failure(tmp_path):
     link = subprocess.run(["ip", "link", "show", hosts.hosts[0].veth], capture_output=True, check=False)
     assert link.returncode != 0
     assert netns._proc_start_time(hosts.hosts[0].sshd_pid) is None  # pylint: disable=protected-access
+
+
+def test_extra_private_directory_is_per_host_and_its_mount_point_removed(tmp_path):
+    top = "/srv/xb-private-%s" % secrets.token_hex(3)
+    assert not Path(top).exists()
+    with netns.SshHosts(tmp_path / "p", count=1, python=None, private_dirs=["/opt", top]) as hosts:
+        host = hosts.hosts[0]
+        assert hosts.ssh(host, "echo inside > %s/file" % top).returncode == 0
+        assert host.private(top + "/file").read_text() == "inside\n"
+        assert not Path(top, "file").exists()
+        assert hosts.run_in(host, ["cat", top + "/file"], mounts=True).stdout == "inside\n"
+        with pytest.raises(ValueError):
+            host.private("/etc/passwd")
+    assert not Path(top).exists()
 
 
 def test_cli_up_down_and_sweep_of_a_killed_run(tmp_path):
