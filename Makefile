@@ -111,7 +111,7 @@ helper-compat: venv
 SANITY_DIR ?= $(TMP)/sanity
 sanity: venv layout
 	rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR)/ansible_collections/xapi/backup
-	git ls-files -co --exclude-standard -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(SANITY_DIR)/ansible_collections/xapi/backup
+	git ls-files -co --exclude-standard -z -- . ':!bench' ':!.ci' | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(SANITY_DIR)/ansible_collections/xapi/backup
 	cd $(SANITY_DIR)/ansible_collections/xapi/backup && git init -q && git add -A && \
 	  $(VENV)/bin/ansible-test sanity --venv --python 3.11 --color no
 
