@@ -200,8 +200,8 @@ class Database:
             record = self._record(cls, ref)
             for field in self._relation_fields_of(cls):
                 self._link(cls, ref, field, record[field], NULL_REF)
-            for _, set_field in self._relation_sets_of(cls):
-                self._unlink_children(cls, ref, set_field)
+            # Children keep pointing at a deleted parent (e.g. a VBD's VM): xapi's database
+            # leaves such dangling references too; callers delete children first.
             del self.tables[cls][ref]
             self.uuid_index[cls].pop(record["uuid"], None)
             self.class_of_ref.pop(ref, None)
@@ -350,11 +350,6 @@ class Database:
                 self.set_remove(right, old_target, set_field, ref)
             if new_target != NULL_REF and new_target in self.tables[right]:
                 self.set_add(right, new_target, set_field, ref)
-
-    def _unlink_children(self, cls, ref, set_field):
-        """Deleting the 'one' side leaves the children pointing at NULL (a dangling ref in xapi
-        shows up as the deleted ref; we follow xapi's db: the field keeps the old ref)."""
-        return None
 
     # ------------------------------------------------------------------ persistence
     def load(self):

@@ -11,7 +11,6 @@ import socket
 import time
 import urllib.parse
 
-from tests.xapisim.errors import XapiError
 
 
 class ConnectionCut(Exception):
@@ -197,6 +196,3 @@ class RequestContext:
         for ref in self._temporary_sessions:
             self.sim.sim.sessions.destroy(ref)
         self._temporary_sessions = []
-
-    def raise_xapi(self, code, *params):
-        raise XapiError(code, *params)

@@ -206,26 +206,35 @@ def vm_snapshot_with_quiesce(call, vm, new_name):
 
 @api_method("VM.revert", 2, async_ok=True)
 def vm_revert(call, snapshot):
+    """Disks become clones of the snapshot's disks (old ones destroyed); the VM takes the
+    snapshot's power state: Halted, or Suspended with a copy of a checkpoint's memory."""
     db = call.db
+    storage = call.sim.storage
     with VmOperation(call, snapshot, "revert") as snap_ref:
         vm_ref = db.get_field("VM", snap_ref, "snapshot_of")
         if not db.exists("VM", vm_ref):
             raise XapiError("VM_REVERT_FAILED", snap_ref, vm_ref)
+        if db.get_field("VM", vm_ref, "power_state") != "Halted":
+            _shutdown_for_revert(call, vm_ref)
+        snap_disks = {v["userdevice"]: v["VDI"] for _, v in vm_disk_vbds(db, snap_ref)}
         for vbd_ref, vbd in vm_disk_vbds(db, vm_ref):
-            old_vdi = vbd["VDI"]
-            source = next((v["VDI"] for _, v in vm_disk_vbds(db, snap_ref)
-                           if v["userdevice"] == vbd["userdevice"]), None)
-            if source is None:
-                continue
-            new_vdi = call.sim.storage.clone_vdi(source)
-            db.set_field("VBD", vbd_ref, "VDI", new_vdi)
-            call.sim.storage.destroy_vdi(old_vdi)
-        state = db.get_field("VM", snap_ref, "snapshot_info").get("power-state-at-snapshot")
-        set_halted(db, vm_ref)
+            source = snap_disks.get(vbd["userdevice"])
+            if source is not None:
+                db.set_field("VBD", vbd_ref, "VDI", storage.clone_vdi(source))
+                storage.destroy_vdi(vbd["VDI"])
+        suspend = db.get_field("VM", snap_ref, "suspend_VDI")
+        if db.exists("VDI", suspend):
+            db.update("VM", vm_ref, power_state="Suspended",
+                      suspend_VDI=storage.clone_vdi(suspend))
         db.set_field("VM", vm_ref, "parent", snap_ref)
-        del state
         refresh_allowed_operations(db, vm_ref)
     return ""
+
+
+def _shutdown_for_revert(call, vm_ref):
+    if call.db.get_field("VM", vm_ref, "power_state") == "Suspended":
+        _destroy_suspend_vdi(call, vm_ref)
+    set_halted(call.db, vm_ref)
 
 
 # ------------------------------------------------------------------------------ clone / copy

@@ -8,7 +8,6 @@ import uuid as uuidlib
 
 import yaml
 
-from tests.xapisim.db import now_datetime
 from tests.xapisim.ops import new_metrics, refresh_allowed_operations
 from tests.xapisim.schema import NULL_REF
 
@@ -383,7 +382,3 @@ class PoolBuilder:
 
 def build_pool(sim, config, image_dir):
     return PoolBuilder(sim, config, image_dir).build()
-
-
-def now():
-    return now_datetime()

@@ -8,7 +8,6 @@ import base64
 import binascii
 import json
 import os
-import socket
 import ssl
 import sys
 import threading
@@ -432,9 +431,3 @@ def vdi_read(sim, query):
                 digest.update(reader.read(offset, step))
             out["sha256"] = digest.hexdigest()
     return out
-
-
-def free_port(address="127.0.0.1"):
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
