@@ -131,13 +131,21 @@ class HelperRunner:
             data = session + "\n" + (stdin or "")
         elif stdin is not None:
             data = stdin
-        self.calls.append({"subcommand": subcommand, "args": args})
+        self._record(subcommand, args)
         res = self._execute(self.command(subcommand, args), data.encode("utf-8") if data is not None else None)
         result = parse_result(res.get("stdout", ""))
         ok = res.get("rc", 1) == 0 and result is not None and result.get("ok") is True
         if not ok and check:
             raise error_from(result, res.get("rc"), res.get("stderr", ""), subcommand)
         return result if result is not None else {}
+
+    def _record(self, subcommand: str, args: list) -> None:
+        """Append to ``calls``; repeated polls of one status file become one entry with a ``count``."""
+        last = self.calls[-1] if self.calls else None
+        if subcommand == "status" and last and last["subcommand"] == "status" and last["args"] == args:
+            last["count"] = last.get("count", 1) + 1
+            return
+        self.calls.append({"subcommand": subcommand, "args": args})
 
     def storage_run(self, subcommand: str, args: list, stdin: str | None) -> dict:
         """Adapter for ``_repository.HelperStorage``."""

@@ -102,6 +102,7 @@ def test_run_long_polls_status_until_result_and_prints_progress():
     assert shlex.split(fake.seen[0][0])[-4:] == ["--status-file", "/r/s.json", "--detach", "--session-stdin"]
     assert all(SESSION.encode() not in (d or b"") for _c, d in fake.seen[1:])  # polls carry no session
     assert slept == [0.5, 0.5] and printed and "export of vm" in printed[0]
+    assert [c["subcommand"] for c in runner.calls] == ["export", "status"] and runner.calls[1]["count"] == 3
 
 
 def test_wait_reports_dead_helper_and_failed_result():
