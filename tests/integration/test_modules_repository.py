@@ -242,6 +242,32 @@ def test_cut_export_leaves_no_snapshot_no_backup_and_a_clear_failure(run_task, s
     assert all(e["complete"] for e in entries)
 
 
+def test_rerun_adopts_export_still_running_instead_of_starting_another(run_task, sim, xapi, work):
+    """A controller that lost its connection left a detached export behind: the rerun waits for it."""
+    _ref, vm = vm_by_name(xapi, "tiny-on-lvm")
+    stamp = "20200103T000000Z"
+    directory = work / "repo" / sim.pool_uuid / vm["uuid"] / stamp
+    helper = REPO_ROOT / "roles" / "helper" / "files" / "xapi-backup-helper"
+    session = sim.session()
+    sim.faults.set(bandwidth_bytes_per_s=100000, path="/export", count=1)
+    try:
+        started = subprocess.run(
+            [sys.executable, str(helper), "export", "--url", sim.url, "--vm", vm["uuid"], "--out",
+             str(directory / "vm.xva.zst"), "--status-file", str(directory / "status.json"), "--detach", "--session-stdin"],
+            input=session._session + "\n", capture_output=True, text=True, timeout=60, check=True)  # pylint: disable=protected-access
+        assert json.loads(started.stdout)["detached"] is True
+        result = run_task("vm_export", {"vm": "tiny-on-lvm"})
+    finally:
+        sim.faults.clear()
+        session.xenapi.session.logout()
+    assert not result.get("failed"), result.get("msg")
+    assert result["changed"] is True and result["backup_id"].endswith("/" + stamp)
+    assert "under way" in result["msg"]
+    assert [c["subcommand"] for c in result["helper_calls"] if c["subcommand"] == "export"] == []
+    entries = backups_of(run_task, vm["uuid"])
+    assert [(e["timestamp"], e["complete"]) for e in entries] == [(stamp, True)]
+
+
 # ---------------------------------------------------------------- pool dump, info, prune
 
 
