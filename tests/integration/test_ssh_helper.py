@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import secrets
+import sys
 import zipfile
 from pathlib import Path
 
@@ -21,7 +22,9 @@ import pytest
 
 import netns
 
-pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
+sys.path.insert(0, str(netns.COLLECTIONS))
+# pylint: disable-next=wrong-import-position
+from ansible_collections.xapi.backup.plugins.action import helper_install as plugin  # noqa: E402
 
 SOURCE = netns.REPO / "roles" / "helper" / "files" / "xapi-backup-helper"
 PREFIX = "/opt/xb-test-%s" % secrets.token_hex(3)
@@ -43,6 +46,29 @@ PLAYBOOK = """
       check_mode: false
       changed_when: false
 """
+
+
+@pytest.mark.parametrize("name, machine, why", [
+    ("zstandard-0.20.0-cp36-cp36m-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", "x86_64", None),
+    ("zstandard-0.20.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", "x86_64",
+     "is for cp311, the target runs Python 3.6 (cp36)"),
+    ("zstandard-0.20.0-cp36-cp36m-manylinux_2_17_aarch64.manylinux2014_aarch64.whl", "x86_64",
+     "is for manylinux_2_17_aarch64.manylinux2014_aarch64, the target is x86_64"),
+    ("something-1.0-py3-none-any.whl", "x86_64", None),
+    ("zstandard.tar.gz", "x86_64", "is not a wheel file name"),
+])
+def test_wheel_must_match_the_target_python_and_machine(name, machine, why):
+    got = plugin.wheel_mismatch(name, (3, 6), machine)
+    assert (got is None) if why is None else (why in got)
+
+
+def test_version_lib_dir_and_result_parsing():
+    assert plugin.parse_python_version("(3, 6)\r\n") == (3, 6)
+    assert plugin.parse_python_version("Python 3.6.15") is None
+    assert plugin.lib_dir_for("/opt/xapi-backup/bin/xapi-backup-helper", (3, 6)) == "/opt/xapi-backup/lib/python3.6"
+    assert plugin.parse_json_object('noise\n{"ok": true, "a": 1}\n') == {"ok": True, "a": 1}
+    assert plugin.parse_json_object("[1, 2]") is None
+    assert plugin.parse_keyvalues("machine=x86_64\nsha256=ab\nrubbish\n") == {"machine": "x86_64", "sha256": "ab"}
 
 
 def recap(output: str) -> dict:
