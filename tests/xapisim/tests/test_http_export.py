@@ -388,3 +388,15 @@ def test_export_raw_vdi_tar_format_is_the_chunk_stream(pool, sid, x):
     with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as tar:
         names = [m.name for m in tar]
     assert names == ["vdi/00000000", "vdi/00000000.xxhash", "vdi/00000007", "vdi/00000007.xxhash"]
+
+
+def test_blocked_export_is_operation_blocked(pool, sid, x):
+    vm = pool.refs["raw"]
+    x.VM.add_to_blocked_operations(vm, "export", "kept by test")
+    try:
+        task = new_task(x)
+        response, _ = export(pool, sid, vm, task_id=task)
+        assert response.status == 500
+        assert x.task.get_error_info(task) == ["OPERATION_BLOCKED", vm, "kept by test"]
+    finally:
+        x.VM.remove_from_blocked_operations(vm, "export")

@@ -351,3 +351,15 @@ def test_import_needs_credentials(pool, x):
     assert response.status == 401
     assert response.getheader("WWW-Authenticate") == 'Basic realm="VM.import"'
     assert x.task.get_error_info(task) == ["SESSION_AUTHENTICATION_FAILED"]
+
+
+def test_suspended_vm_round_trip_keeps_its_suspend_image(pool, x, sid):
+    source = pool.refs["suspended"]
+    body = export(pool, sid, source, preserve_power_state="true")
+    task, _, _ = run_import(pool, x, sid, body)
+    assert x.task.get_status(task) == "success", x.task.get_error_info(task)
+    (vm,) = ocaml_xmlrpc.refs_of_fragment(x.task.get_result(task))
+    assert x.VM.get_power_state(vm) == "Suspended"
+    new_image, old_image = x.VM.get_suspend_VDI(vm), x.VM.get_suspend_VDI(source)
+    assert new_image != old_image
+    assert raw(pool, sid, new_image) == raw(pool, sid, old_image)
