@@ -173,27 +173,36 @@ class Database:
             return ref
 
     def set_field(self, cls, ref, field, value):
-        with self.lock:
-            record = self._record(cls, ref)
-            spec = CLASSES[cls].get(field)
-            value = coerce(spec, value) if spec else value
-            old = record.get(field)
-            if old == value:
-                return
-            record[field] = value
-            if field == "uuid":
-                del self.uuid_index[cls][old]
-                self.uuid_index[cls][value] = ref
-            self._emit(cls, "mod", ref, record)
-            if field in self._relation_fields_of(cls):
-                self._link(cls, ref, field, old, value)
-            if cls == "VM" and field in _LIFECYCLE_FIELDS:
-                self._refresh_allowed(cls, ref)
+        self.update(cls, ref, **{field: value})
 
     def update(self, cls, ref, **fields):
+        """Change several fields at once: one 'mod' event, so an event listener never sees
+        half of it (e.g. a task's status without its result)."""
         with self.lock:
-            for field, value in fields.items():
-                self.set_field(cls, ref, field, value)
+            record = self._record(cls, ref)
+            changed = [c for c in (self._apply_field(cls, ref, record, name, value)
+                                   for name, value in fields.items()) if c]
+            if not changed:
+                return
+            self._emit(cls, "mod", ref, record)
+            for name, old in changed:
+                if name in self._relation_fields_of(cls):
+                    self._link(cls, ref, name, old, record[name])
+            if cls == "VM" and any(name in _LIFECYCLE_FIELDS for name, _ in changed):
+                self._refresh_allowed(cls, ref)
+
+    def _apply_field(self, cls, ref, record, field, value):
+        """Store one coerced value; returns (field, old value) if it changed, else None."""
+        spec = CLASSES[cls].get(field)
+        value = coerce(spec, value) if spec else value
+        old = record.get(field)
+        if old == value:
+            return None
+        record[field] = value
+        if field == "uuid":
+            del self.uuid_index[cls][old]
+            self.uuid_index[cls][value] = ref
+        return field, old
 
     def delete(self, cls, ref):
         with self.lock:
