@@ -13,6 +13,39 @@ import urllib.parse
 
 
 
+class CountingReader:
+    """The request body stream, counting what the handler consumed (so the server can drain
+    the rest before closing: an unread body would make the kernel reset the connection and
+    the client could lose the response)."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self.consumed = 0
+
+    def read(self, size=-1):
+        data = self._raw.read(size)
+        self.consumed += len(data)
+        return data
+
+    def read1(self, size=-1):
+        data = self._raw.read1(size)
+        self.consumed += len(data)
+        return data
+
+    def readinto(self, buffer):
+        n = self._raw.readinto(buffer)
+        self.consumed += n or 0
+        return n
+
+    def readline(self, size=-1):
+        data = self._raw.readline(size)
+        self.consumed += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
+
+
 class ConnectionCut(Exception):
     """Raised by the stream writer when the cut_after_bytes fault fired (socket is closed)."""
 
@@ -125,7 +158,7 @@ class RequestContext:
         self.query = dict(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True))
         self.headers = handler.headers
         self.cookies = self._parse_cookies(handler.headers.get("Cookie", ""))
-        self.rfile = handler.rfile
+        self.rfile = CountingReader(handler.rfile)
         self.wfile = handler.wfile
         self.sock = handler.connection
         self.tls = host.tls
@@ -191,6 +224,14 @@ class RequestContext:
         lines.append("Content-Length: %d" % len(body))
         self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         self.wfile.flush()
+
+    def unread_body_bytes(self):
+        """Bytes of a Content-Length body the handler did not read (0 if unknown)."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return 0
+        return max(0, length - self.rfile.consumed)
 
     def finish(self):
         for ref in self._temporary_sessions:

@@ -11,6 +11,7 @@ import os
 import ssl
 import sys
 import threading
+import time
 import traceback
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -382,8 +383,26 @@ class SimRequestHandler(BaseHTTPRequestHandler):
             ctx.finish()
             try:
                 self.wfile.flush()
+                self._drain_body(ctx.unread_body_bytes())
             except OSError:
                 pass
+
+    def _drain_body(self, remaining, budget_bytes=256 * 1024 * 1024, budget_s=2.0):
+        """Lingering close: read and drop what the client is still sending (e.g. the body of a
+        PUT answered with 302), so it can finish sending and read our response."""
+        if not remaining:
+            return
+        deadline = time.monotonic() + budget_s
+        self.connection.settimeout(0.5)
+        remaining = min(remaining, budget_bytes)
+        while remaining > 0 and time.monotonic() < deadline:
+            try:
+                chunk = self.rfile.read1(min(remaining, 1 << 20))
+            except (OSError, ValueError):
+                return
+            if not chunk:
+                return
+            remaining -= len(chunk)
 
 
 def route(handlers, method, path):
