@@ -160,8 +160,8 @@ class ActionModule(ActionBase):
         cmd = "; ".join([
             "LC_ALL=C; export LC_ALL",
             "echo machine=$(uname -m)",
-            "if [ -f %s ]; then echo sha256=$(sha256sum < %s | cut -d' ' -f1); echo mode=$(stat -c %%a %s); fi"
-            % (q_dest, q_dest, q_dest),
+            "if [ -f %s ]; then echo sha256=$(sha256sum < %s | cut -d' ' -f1); echo mode=$(stat -c %%a %s);"
+            " elif [ -e %s ] || [ -L %s ]; then echo kind=other; fi" % (q_dest, q_dest, q_dest, q_dest, q_dest),
             "if [ -d %s ]; then echo dirmode=$(stat -c %%a %s); fi" % (q_dir, q_dir),
             "if [ -f %s ]; then echo wheel=$(cat %s); fi" % (q_marker, q_marker),
             "true",
@@ -169,7 +169,11 @@ class ActionModule(ActionBase):
         res = self._shell(cmd)
         if res.get("rc") != 0:
             raise AnsibleActionFail("cannot inspect %s on the target: %s" % (dest, one_line(res.get("stderr"))))
-        return parse_keyvalues(res.get("stdout", ""))
+        state = parse_keyvalues(res.get("stdout", ""))
+        if state.get("kind") == "other":
+            raise AnsibleActionFail("%s exists on the target and is not a regular file; remove it or choose another dest"
+                                    % dest)
+        return state
 
     def _check(self, res: dict, what: str) -> None:
         if res.get("rc") != 0:

@@ -206,6 +206,17 @@ def test_action_refuses_a_wheel_for_another_python_before_transferring(ssh_pool_
     assert not (installed(host).parent.parent / "lib" / "python3.6" / "zstandard").exists()
 
 
+def test_action_refuses_a_dest_that_is_a_directory(ssh_pool_hosts, helper):
+    host = ssh_pool_hosts.hosts[1]
+    odd = "/opt/xb-odd-%s/xapi-backup-helper" % secrets.token_hex(3)
+    assert ssh_pool_hosts.ssh(host, "mkdir -p %s" % odd).returncode == 0
+    proc = ssh_pool_hosts.ansible("ansible", [host.name, "-m", "xapi.backup.helper_install",
+                                              "-a", "dest=%s src=%s" % (odd, helper)])
+    assert proc.returncode != 0
+    assert "%s exists on the target and is not a regular file" % odd in proc.stdout, proc.stdout
+    assert list(host.private(odd).iterdir()) == []
+
+
 def test_action_reports_a_missing_interpreter(ssh_pool_hosts):
     host = ssh_pool_hosts.hosts[0]
     proc = ssh_pool_hosts.ansible("ansible", [host.name, "-m", "xapi.backup.helper_install",
