@@ -18,7 +18,7 @@ from tests.xapisim.tests.test_http_helpers import (MIB, MiniPool, basic_auth, cl
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     mini = MiniPool(tmp_path_factory.mktemp("export-pool"),
-                    options={"xva_keepalive_seconds": 0.3})
+                    options={"xva_keepalive_seconds": 1.5})
     yield mini
     mini.stop()
 
@@ -314,8 +314,9 @@ def test_cut_after_bytes_truncates_and_fails_the_task(pool, sid, x):
 
 
 def test_stall_produces_keepalive_entries_the_decoder_handles(pool, sid, x):
-    # the raw VDI is read sequentially (path 1); keep-alive after 0.3 s idle in this pool
-    post_fault(pool.url, {"stall_seconds": 0.8, "stall_after_bytes": 600000, "path": "/export",
+    # the raw VDI is read sequentially (path 1); keep-alive after 1.5 s idle in this pool
+    # (short enough for a test, long enough that throttled writes elsewhere never trigger it)
+    post_fault(pool.url, {"stall_seconds": 1.8, "stall_after_bytes": 600000, "path": "/export",
                           "count": 1})
     response, data = export(pool, sid, pool.refs["raw"])
     assert response.status == 200

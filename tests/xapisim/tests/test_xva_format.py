@@ -495,3 +495,16 @@ def test_drain_consumes_only_a_small_remainder():
     xva.DiskReceiver(reader).receive_all([(p, len(d), MemSink(len(d))) for p, d in disks.items()])
     assert reader.drain(1024) is False
     assert reader.drain(64 * 1024) is True and stream.tell() == len(blob) + 4096
+
+
+def test_nbd_keepalive_resends_the_real_chunk_at_the_current_offset():
+    data = pattern(MIB, 1) + bytes(3 * MIB)
+    quiet = MemDisk(data, extents=[(0, MIB)])
+    assert [e.name for e in xva_decoder.decode(export([("Ref:2", quiet, "nbd")])).entries][1::2] \
+        == ["Ref:2/00000000", "Ref:2/00000003"]
+    idle = MemDisk(data, extents=[(0, MIB)])
+    blob = export([("Ref:2", idle, "nbd")], keepalive_seconds=1, clock=SteppingClock(5.0))
+    decoded = xva_decoder.decode(blob)
+    # no zero-length entries on this path: each keep-alive is the hole chunk itself
+    assert [c for c, _ in decoded.disks["Ref:2"].chunks] == [0, 1, 2, 3]
+    assert decoded.disks["Ref:2"].keepalives == 0 and decoded.disks["Ref:2"].read() == data
