@@ -1,0 +1,55 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    import ansible_collections.xapi.backup  # noqa: F401  pylint: disable=unused-import
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[4] / ".tmp" / "collections"))
+
+from ansible_collections.xapi.backup.plugins.plugin_utils._catalogue import verify_targets  # noqa: E402
+from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import helper_xapi_args  # noqa: E402
+
+MASTER = "https://master.example:443"
+
+# params, connection is local, expected helper arguments
+TRANSFER_CASES = {
+    "local_default": ({"transfer": "local"}, False, ["--url", "http://localhost"]),
+    "local_custom_url": ({"transfer": "local", "helper_xapi_url": "http://127.0.0.1:8080"}, True, ["--url", "http://127.0.0.1:8080"]),
+    "remote_system_store": ({"transfer": "remote", "validate_certs": True, "ca_path": "/ctl/ca.pem"}, False, ["--url", MASTER]),
+    "remote_local_connection_uses_ca_path": ({"transfer": "remote", "validate_certs": True, "ca_path": "/ctl/ca.pem"}, True,
+                                             ["--url", MASTER, "--ca-file", "/ctl/ca.pem"]),
+    "remote_helper_ca_file_wins": ({"transfer": "remote", "validate_certs": True, "ca_path": "/ctl/ca.pem", "helper_ca_file": "/h/ca.pem"},
+                                   False, ["--url", MASTER, "--ca-file", "/h/ca.pem"]),
+    "remote_no_verification": ({"transfer": "remote", "validate_certs": False, "ca_path": "/ctl/ca.pem"}, True, ["--url", MASTER, "--insecure"]),
+}
+
+
+@pytest.mark.parametrize("params,local,expected", list(TRANSFER_CASES.values()), ids=list(TRANSFER_CASES))
+def test_helper_xapi_args(params, local, expected):
+    assert helper_xapi_args(params, MASTER, local) == expected
+
+
+class B:
+    def __init__(self, owner, stamp, complete=True, kind="vm"):
+        self.owner, self.timestamp, self.complete, self.kind = owner, stamp, complete, kind
+        self.pool_uuid = "p"
+        self.time = stamp
+
+    @property
+    def id(self):
+        return "%s/%s" % (self.owner, self.timestamp)
+
+
+@pytest.mark.parametrize("which,expected", [("none", []), ("latest", ["a/2", "b/1"]), ("all", ["a/1", "a/2", "b/1"])])
+def test_verify_targets(which, expected):
+    backups = [B("a", 1), B("a", 2), B("a", 3, complete=False), B("b", 1), B("pool", 1, kind="pool")]
+    assert sorted(b.id for b in verify_targets(backups, which)) == expected
