@@ -231,17 +231,22 @@ def session_login(call, username, password, version="1.1", originator=""):
     sim = call.sim
     if not call.host.is_master:
         raise XapiError("HOST_IS_SLAVE", sim.master_address())
-    if str(username) != sim.username or str(password) != sim.password:
-        raise XapiError("SESSION_AUTHENTICATION_FAILED")
+    check_password(sim, username, password)
     return sim.sessions.create(call.host.host_ref, str(username), str(originator))
 
 
 @api_method("session.slave_local_login_with_password", 2, needs_session=False)
 def session_slave_local_login(call, username, password):
     sim = call.sim
-    if str(username) != sim.username or str(password) != sim.password:
-        raise XapiError("SESSION_AUTHENTICATION_FAILED")
+    check_password(sim, username, password)
     return sim.sessions.create(call.host.host_ref, str(username))
+
+
+def check_password(sim, username, password):
+    """Local (PAM) authentication as xapi_session.ml do_local_auth reports a failure:
+    SESSION_AUTHENTICATION_FAILED [uname; PAM's message] (the HTTP 401 path has no params)."""
+    if str(username) != sim.username or str(password) != sim.password:
+        raise XapiError("SESSION_AUTHENTICATION_FAILED", str(username), "Authentication failure")
 
 
 @api_method("session.logout", 1, needs_session=False)

@@ -46,7 +46,8 @@ def test_wrong_password(xapisim_tiny):
     session = XenAPI.Session(xapisim_tiny.url)
     with pytest.raises(XenAPI.Failure) as err:
         session.xenapi.login_with_password("root", "wrong", "2.0", "t")
-    assert err.value.details == ["SESSION_AUTHENTICATION_FAILED"]
+    # xapi_session.ml do_local_auth: [uname; PAM's message]
+    assert err.value.details == ["SESSION_AUTHENTICATION_FAILED", "root", "Authentication failure"]
 
 
 def test_member_answers_host_is_slave_with_master_address(xapisim_tiny):
