@@ -14,7 +14,8 @@ description:
   - Keeps, per VM (and for the pool database dumps), the complete backups selected by O(keep_last),
     O(keep_daily), O(keep_weekly) and O(keep_monthly), and removes the other complete backups.
   - The newest complete backup of a VM is never removed. Without any retention rule nothing complete is removed.
-  - Incomplete backups are never counted by the rules; they are removed once older than O(incomplete_grace).
+  - Incomplete backups are never counted by the rules; they are removed once older than O(incomplete_grace),
+    unless the helper's status file shows that an export is still writing them.
   - The repository is changed through the helper on the task's host, or directly with a local connection.
   - This module is implemented as an action plugin.
 author:

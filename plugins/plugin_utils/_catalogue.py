@@ -10,6 +10,8 @@ PRIVATE to the collection: not a public API.
 
 from __future__ import annotations
 
+import os
+
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
 
@@ -72,6 +74,19 @@ def prune_diff(backups: list, plan: repo.PrunePlan) -> dict:
     return {"before": {"backups": before}, "after": {"backups": [i for i in before if i not in removed]}}
 
 
+def spare_running_exports(ctx, plan: repo.PrunePlan) -> None:
+    """Keep incomplete backups whose helper is still writing them, however old they are."""
+    remove = []
+    for backup, reason in plan.remove:
+        if not backup.complete and repo.STATUS_NAME in backup.files:
+            status = ctx.runner.run("status", ["--status-file", os.path.join(backup.path, repo.STATUS_NAME)], check=False)
+            if status.get("alive") is True:
+                plan.keep.append((backup, ["export still running"]))
+                continue
+        remove.append((backup, reason))
+    plan.remove = remove
+
+
 def backup_prune(ctx) -> dict:
     p = ctx.params
     now = repo.utcnow()
@@ -80,6 +95,7 @@ def backup_prune(ctx) -> dict:
     backups = repo.list_backups(ctx.storage, p["repository"], pool=p.get("pool_uuid"), vm=p.get("vm_uuid"),
                                 check_hash=p.get("checksums", True))
     plan = repo.plan_prune(backups, policy, now, float(p.get("incomplete_grace", 86400)))
+    spare_running_exports(ctx, plan)
     if not ctx.check_mode:
         for backup, _reason in plan.remove:
             ctx.storage.remove_backup(p["repository"], backup.path)

@@ -96,3 +96,17 @@ def test_pool_dump_writes_db_and_metadata_then_is_idempotent(tmp_path, monkeypat
     assert len(backups) == 1 and backups[0].complete and backups[0].kind == "pool"
     again = _pool_dump.pool_dump(FakeCtx(params, FakeXapi(), FakeRunner()))
     assert again["changed"] is False
+
+
+def test_prune_spares_an_export_still_running(tmp_path):
+    write_backup(tmp_path, 1)
+    running = write_backup(tmp_path, 5, complete=False)
+    with open(os.path.join(str(tmp_path), running, repo.STATUS_NAME), "w") as handle:
+        handle.write("{}")
+    alive = FakeRunner(status={"ok": True, "alive": True, "phase": "export"})
+    out = _catalogue.backup_prune(ctx_for(tmp_path, runner=alive, keep_last=1))
+    assert out["removed"] == [] and os.path.isdir(os.path.join(str(tmp_path), running))
+    assert ["export still running"] in [k["reasons"] for k in out["kept"]]
+    dead = FakeRunner(status={"ok": True, "alive": False, "phase": "export"})
+    out = _catalogue.backup_prune(ctx_for(tmp_path, runner=dead, keep_last=1))
+    assert [r["id"] for r in out["removed"]] == [running]
