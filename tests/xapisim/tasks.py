@@ -23,8 +23,8 @@ class TaskManager:
             "name_label": label, "name_description": description, "created": now_datetime(),
             "status": "pending", "progress": 0.0, "resident_on": host_ref,
             "allowed_operations": ["cancel"] if cancellable else [],
-            "subtask_of": subtask_of,
-        })
+            "subtask_of": subtask_of, "type": "<none/>", "backtrace": "()",
+        })  # type and backtrace as TaskHelper.make fills them
         if session_ref and self.db.exists("session", session_ref):
             self.db.set_add("session", session_ref, "tasks", ref)
         return ref
