@@ -136,15 +136,32 @@ class VdiReader:
         return out
 
     def read(self, offset, length):
+        """Bytes [offset, offset+length) (shorter at the end of the disk), zeros for holes.
+        Returns bytes, or a bytearray when several layers contribute (no extra copy)."""
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
+        segments = self.segments(offset, end)
+        if len(segments) == 1 and segments[0][2] is not None:
+            direct = self._read_direct(segments[0][2], offset, end)
+            if direct is not None:
+                return direct
         buf = bytearray(end - offset)
         view = memoryview(buf)
-        for s, e, layer in self.segments(offset, end):
+        for s, e, layer in segments:
             if layer is not None:
                 self._read_layer(layer, s, e, view[s - offset:e - offset])
-        return bytes(buf)
+        return buf
+
+    def _read_direct(self, layer, start, end):
+        """One pread when a single layer holds the whole range (the common case)."""
+        base = layer.get("image_offset", 0)
+        if start < base or end > base + layer["data_size"]:
+            return None
+        data = os.pread(self._fds[layer["id"]], end - start, start - base)
+        if len(data) < end - start:  # a sparse file shorter than its VDI: the rest is zeros
+            data += bytes(end - start - len(data))
+        return data
 
     def _read_layer(self, layer, start, end, view):
         fd = self._fds[layer["id"]]
