@@ -630,6 +630,26 @@ def vif_destroy(call, vif):
     return ""
 
 
+@api_method("message.create", 6)
+def message_create(call, name, priority, cls, obj_uuid, body):
+    return call.db.create("message", {"name": str(name), "priority": int(priority),
+                                      "cls": str(cls), "obj_uuid": str(obj_uuid),
+                                      "body": str(body), "timestamp": now_datetime()})
+
+
+@api_method("message.destroy", 2)
+def message_destroy(call, message):
+    call.db.delete("message", call.ref("message", message))
+    return ""
+
+
+@api_method("message.get_since", 2)
+def message_get_since(call, since):
+    since = str(getattr(since, "value", since))
+    return {ref: call.db.to_wire("message", rec)
+            for ref, rec in call.db.records("message").items() if rec["timestamp"] > since}
+
+
 @api_method("network.create", 2, async_ok=True)
 def network_create(call, record):
     fields = creatable_fields("network", record, exclude=("VIFs", "PIFs"))

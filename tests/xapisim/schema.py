@@ -126,6 +126,9 @@ _SPECS = {
         created d; finished d; status e; resident_on r:host; progress f; type s; result s;
         error_info S; other_config m rw; subtask_of r:task; subtasks R:task; backtrace s
     """,
+    "message": """
+        uuid s; name s; priority i; cls e; obj_uuid s; timestamp d; body s
+    """,
     "session": """
         uuid s; this_host r:host; this_user r:user; last_active d; pool b; other_config m rw;
         is_local_superuser b; subject r:subject; validation_time d; auth_user_sid s;

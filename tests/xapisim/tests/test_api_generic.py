@@ -176,3 +176,15 @@ def test_filter_semantics(expr, expected):
 def test_filter_syntax_errors(expr):
     with pytest.raises(xfilter.FilterError):
         xfilter.parse(expr)
+
+
+def test_messages(x):
+    import xmlrpc.client
+    vm = vm_named(x, "tiny-halted")
+    message = x.message.create("VM_SNAPSHOTTED", "3", "VM", x.VM.get_uuid(vm), "snapshot made")
+    record = x.message.get_record(message)
+    assert record["priority"] == "3" and record["cls"] == "VM" and record["body"] == "snapshot made"
+    assert message in x.message.get_since(xmlrpc.client.DateTime("19700101T00:00:00Z"))
+    assert message not in x.message.get_since(xmlrpc.client.DateTime("29990101T00:00:00Z"))
+    x.message.destroy(message)
+    assert message not in x.message.get_all()
