@@ -217,6 +217,20 @@ def test_action_refuses_a_dest_that_is_a_directory(ssh_pool_hosts, helper):
     assert list(host.private(odd).iterdir()) == []
 
 
+def test_action_works_through_become(ssh_pool_hosts, helper):
+    """Every command goes through the become wrapper (su here: root to root needs no password)."""
+    host = ssh_pool_hosts.hosts[0]
+    dest = "/opt/xb-become-%s/bin/xapi-backup-helper" % secrets.token_hex(3)
+    args = [host.name, "-b", "--become-method", "su", "-m", "xapi.backup.helper_install",
+            "-a", "dest=%s src=%s" % (dest, helper)]
+    first = ssh_pool_hosts.ansible("ansible", args)
+    assert first.returncode == 0 and "%s | CHANGED" % host.name in first.stdout, first.stdout
+    assert sha256(host.private(dest)) == sha256(helper)
+    second = ssh_pool_hosts.ansible("ansible", args)
+    assert second.returncode == 0 and "%s | SUCCESS" % host.name in second.stdout, second.stdout
+    assert '"changed": false' in second.stdout
+
+
 def test_action_reports_a_missing_interpreter(ssh_pool_hosts):
     host = ssh_pool_hosts.hosts[0]
     proc = ssh_pool_hosts.ansible("ansible", [host.name, "-m", "xapi.backup.helper_install",
