@@ -238,6 +238,16 @@ def test_check_mode_writes_nothing(pool):
     assert our_snapshots(pool["session"]) == []
 
 
+def test_verify_restores_boots_and_destroys_each_latest_backup(pool):
+    out = run_playbook(pool["inventory"], "verify.yml", "-e", json.dumps({"xapi_backup_restore_vms": ["tiny-running", "tiny-halted"]}),
+                       env=pool["env"])
+    assert "health check of pool tiny: 2 VM(s), 2 ok, 0 failed" in out
+    assert re.search(r"tiny-halted \(\d{8}T\d{6}Z\): restored and running in [\d.]+ s, then destroyed", out)
+    leftovers = [rec["name_label"] for rec in pool["session"].xenapi.VM.get_all_records().values()
+                 if "xapi-backup-health-check" in rec["tags"] or rec["name_label"].endswith("[health check]")]
+    assert leftovers == []
+
+
 def test_mapping_generate_validate_and_reject_unknown_targets(pool):
     mapping = pool["workdir"] / "mapping.yml"
     common = ["-e", "xapi_backup_restore_mapping_file=%s" % mapping]
