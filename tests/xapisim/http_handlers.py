@@ -147,9 +147,6 @@ class _Progress:
         if self.total_mib > 0:
             self.task.set_progress(min(1.0, (done_bytes // (1024 * 1024)) / self.total_mib))
 
-    def cancelled(self):
-        return self.task.is_cancelling()
-
 
 class _CancelCheck:
     """Cheap cancellation polling: ask the database at most every PROGRESS_INTERVAL seconds."""
@@ -279,10 +276,6 @@ def _refresh_allowed_operations(db, vm_ref):
     db.set_field("VM", vm_ref, "allowed_operations", lifecycle.allowed_operations(vm_ref, vm))
 
 
-def _task_handle(ctx, label):
-    return ctx.task_for_request(label)
-
-
 def _failure_info(exc, task_ref):
     """Map an exception raised while serving to the task's error_info."""
     if isinstance(exc, XapiError):
@@ -385,7 +378,7 @@ def export_handler(ctx):
             return _redirect_export(ctx, srs)
     except XapiError as error:
         return _fail_before_takeover(ctx, "get_export", error)
-    task = _task_handle(ctx, "VM.export")
+    task = ctx.task_for_request("VM.export")
     task.set_progress(0.0)
     try:
         preserve = ("preserve_power_state" in ctx.cookies or "preserve_power_state" in ctx.query) \
@@ -452,7 +445,7 @@ def _stream_export(ctx, task, vm_ref, preserve_power_state, compression):
         for prefix, vdi_ref, size in disks:
             reader = ctx.sim.storage.open_read(vdi_ref)
             readers.append((prefix, reader, size, _read_mode(db, vdi_ref)))
-        progress = _Progress(task, sum(size for _, _, size in disks))
+        progress = _Progress(task, sum(size for _unused, _unused, size in disks))
         xva.write_xva(buffered, ova_xml, readers, mtime=int(time.time()),
                       checksum_kind=ctx.sim.checksum_kind,
                       keepalive_seconds=_keepalive_seconds(ctx),
@@ -462,7 +455,7 @@ def _stream_export(ctx, task, vm_ref, preserve_power_state, compression):
             sink.close()
         stream.flush()
     finally:
-        for _, reader, _, _ in readers:
+        for _unused, reader, _unused, _unused in readers:
             reader.close()
         task.set_allowed_operations([])
 
@@ -508,7 +501,7 @@ def export_metadata_handler(ctx):
     if _authenticate_or_401(ctx, "VM.export_metadata") is None:
         return
     db = ctx.sim.db
-    task = _task_handle(ctx, "VM.export_metadata")
+    task = ctx.task_for_request("VM.export_metadata")
     locked = []
     try:
         export_all = _query_bool(ctx, "all", False)
@@ -526,10 +519,10 @@ def export_metadata_handler(ctx):
             _lock_vm(db, vm_ref, task.ref, "metadata_export")
             locked.append(vm_ref)
         version = _version_struct(ctx)
-        _, ova_xml = xva.vm_metadata(DbSource(db), vm_refs, version, True,
-                                     with_snapshot_metadata=export_snapshots,
-                                     include_vhd_parents=include_vhd_parents,
-                                     excluded_devices=excluded)
+        _unused, ova_xml = xva.vm_metadata(DbSource(db), vm_refs, version, True,
+                                           with_snapshot_metadata=export_snapshots,
+                                           include_vhd_parents=include_vhd_parents,
+                                           excluded_devices=excluded)
         body = xva.write_metadata_xva(ova_xml, int(time.time()))
     except XapiError as error:
         # Http.Response.internal_error written raw, then the task fails
@@ -571,7 +564,7 @@ def import_handler(ctx):
             return _respond_redirect(ctx, host)
     except XapiError as error:
         return _fail_before_takeover(ctx, "put_import", error)
-    task = _task_handle(ctx, "VM.import")
+    task = ctx.task_for_request("VM.import")
     task.set_progress(0.0)
     injected = ctx.task_failure_fault()
     if injected:
@@ -633,9 +626,10 @@ class _Importer:
         self.table = {}           # export id -> created/found ref
         self.created_vms = []
         self.cleanup = []         # callables, run newest first
+        self.pending_links = []   # (vm, exported snapshot_of, exported parent)
 
     def run(self, content_length):
-        archive, ova_xml, _ = xva.open_archive(self.ctx.rfile, content_length)
+        archive, ova_xml, _unused = xva.open_archive(self.ctx.rfile, content_length)
         header = xva.parse_ova_xml(ova_xml)
         xva.assert_compatible(_xapi_major_minor(self.ctx), header["version"])
         objects = header["objects"]
@@ -799,15 +793,14 @@ class _Importer:
         if record.get("power_state") == "Suspended" and record.get("suspend_VDI") in self.table:
             self.db.update("VM", vm_ref, power_state="Suspended",
                            suspend_VDI=self.table[record["suspend_VDI"]])
-        self._pending_links = getattr(self, "_pending_links", [])
-        self._pending_links.append((vm_ref, record.get("snapshot_of"), record.get("parent")))
+        self.pending_links.append((vm_ref, record.get("snapshot_of"), record.get("parent")))
         _refresh_allowed_operations(self.db, vm_ref)
         self.table[export_id] = vm_ref
         self.created_vms.append(vm_ref)
 
     def _fix_snapshot_links(self):
         """import.ml update_snapshot_and_parent_links: export ids -> the created VMs."""
-        for vm_ref, snapshot_of, parent in getattr(self, "_pending_links", []):
+        for vm_ref, snapshot_of, parent in self.pending_links:
             self.db.update("VM", vm_ref, snapshot_of=self.table.get(snapshot_of, NULL_REF),
                            parent=self.table.get(parent, NULL_REF))
 
@@ -940,7 +933,7 @@ class _Importer:
                 writers.append(writer)
                 disks.append((vdi_id, int(record.get("virtual_size", 0)), writer))
             self.task.set_allowed_operations(["cancel"])
-            progress = _Progress(self.task, sum(size for _, size, _ in disks))
+            progress = _Progress(self.task, sum(size for _unused, size, _unused in disks))
             receiver = xva.DiskReceiver(archive, force=self.force, on_progress=progress,
                                         is_cancelled=_CancelCheck(self.task),
                                         has_inline_checksums=xva.export_vsn(header["version"]) > 0)
@@ -988,7 +981,7 @@ def xmldbdump_handler(ctx):
     HTTP/1.1 200 with no Content-Length."""
     if _authenticate_or_401(ctx, "pool.dump_database") is None:
         return
-    task = _task_handle(ctx, "pool.dump_database")
+    task = ctx.task_for_request("pool.dump_database")
     body = database_xml(ctx.sim.db).encode("utf-8")
     _write_head(ctx, ["HTTP/1.1 200 OK", "Connection: close", NO_CACHE])
     try:
@@ -1064,7 +1057,7 @@ def export_raw_vdi_handler(ctx):
     if _authenticate_or_401(ctx, "VDI.export_raw") is None:
         return
     db = ctx.sim.db
-    task = _task_handle(ctx, "VDI.export_raw")
+    task = ctx.task_for_request("VDI.export_raw")
     fmt = ctx.param("format", "raw").lower()
     if fmt not in RAW_FORMATS:
         _write_head(ctx, ["HTTP/1.0 404 Not Found", "Connection: close", NO_CACHE])

@@ -136,7 +136,7 @@ def to_string(value):
 
 
 def _only_children(elem):
-    return [child for child in elem]
+    return list(elem)
 
 
 def _parse_value(elem):

@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-import XenAPI
 import zstandard
 
 from tests.xapisim.tests import xva_decoder
@@ -64,7 +63,7 @@ def test_export_headers_exactly_as_xapi(pool, sid):
     text = ("GET /export?session_id=%s&ref=%s HTTP/1.1\r\nHost: x\r\n\r\n"
             % (sid, pool.refs["halted"]))
     reply = raw_request(pool.url, text)
-    head, _, body = reply.partition(b"\r\n\r\n")
+    head, _unused, body = reply.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     assert lines[0] == "HTTP/1.0 200 OK"
     assert lines[1:3] == ["Connection: close", "Cache-Control: no-cache, no-store"]
@@ -90,7 +89,7 @@ def test_export_disks_equal_raw_vdi_byte_for_byte(pool, sid):
         assert disk.read() == raw_vdi(pool, sid, uuid), prefix
     # zero chunks are skipped, first and last always present
     big = [d for d in xva.disks.values() if d.virtual_size == 20 * MIB][0]
-    assert [c for c, _ in big.chunks] == [0, 9, 19]
+    assert [c for c, _unused in big.chunks] == [0, 9, 19]
     assert xva.checksum_kinds == {"xxhash"}
 
 
@@ -181,8 +180,8 @@ def test_bad_credentials_give_401_and_fail_the_task(pool, x):
     assert response.getheader("WWW-Authenticate") == 'Basic realm="VM.export"'
     assert x.task.get_status(task) == "failure"
     assert x.task.get_error_info(task) == ["SESSION_AUTHENTICATION_FAILED"]
-    response, _ = request(pool.url, "GET", "/export", {"ref": pool.refs["halted"]},
-                          headers=basic_auth("root", "wrong"))
+    response, _unused = request(pool.url, "GET", "/export", {"ref": pool.refs["halted"]},
+                                headers=basic_auth("root", "wrong"))
     assert response.status == 401
 
 
@@ -200,9 +199,9 @@ def test_running_vm_is_refused_with_500_and_bad_power_state(pool, sid, x):
 
 def test_unknown_uuid_fails_the_task_through_the_rbac_wrapper(pool, sid, x):
     task = new_task(x)
-    response, _ = request(pool.url, "GET", "/export",
-                          {"session_id": sid, "uuid": "00000000-0000-0000-0000-000000000000",
-                           "task_id": task})
+    response, _unused = request(pool.url, "GET", "/export",
+                                {"session_id": sid, "uuid": "00000000-0000-0000-0000-000000000000",
+                                 "task_id": task})
     assert response.status == 500
     info = x.task.get_error_info(task)
     assert info[:2] == ["RBAC_PERMISSION_DENIED", "http/get_export"]
@@ -211,7 +210,7 @@ def test_unknown_uuid_fails_the_task_through_the_rbac_wrapper(pool, sid, x):
 
 def test_preserve_power_state_must_be_an_ocaml_bool(pool, sid, x):
     task = new_task(x)
-    response, _ = export(pool, sid, pool.refs["halted"], preserve_power_state="yes", task_id=task)
+    response, _unused = export(pool, sid, pool.refs["halted"], preserve_power_state="yes", task_id=task)
     assert response.status == 500 and x.task.get_status(task) == "failure"
 
 
@@ -304,7 +303,7 @@ def test_cut_after_bytes_truncates_and_fails_the_task(pool, sid, x):
     task = new_task(x)
     post_fault(pool.url, {"cut_after_bytes": 1500000, "path": "/export", "count": 1})
     try:
-        _, data = export(pool, sid, pool.refs["halted"], task_id=task)
+        _unused, data = export(pool, sid, pool.refs["halted"], task_id=task)
     except Exception:  # http.client may see the reset
         data = b""
     assert len(data) <= 1500000
@@ -330,7 +329,7 @@ def test_task_failure_fault(pool, sid, x):
     task = new_task(x)
     post_fault(pool.url, {"task_failure": {"method": "/export", "error": ["SR_BACKEND_FAILURE", "1", "", "boom"]},
                           "count": 1})
-    response, _ = export(pool, sid, pool.refs["halted"], task_id=task)
+    response, _unused = export(pool, sid, pool.refs["halted"], task_id=task)
     assert response.status == 500
     assert x.task.get_error_info(task) == ["SR_BACKEND_FAILURE", "1", "", "boom"]
 
@@ -366,15 +365,15 @@ def test_export_raw_vdi_headers_and_formats(pool, sid, x):
     assert response.getheader("Content-Disposition") == 'attachment; filename="%s.raw"' % uuid
     assert response.getheader("Content-Length") is None
     # the master cannot see the member's local SR: 302
-    response, _ = request(pool.url, "GET", "/export_raw_vdi", {"session_id": sid, "vdi": uuid})
+    response, _unused = request(pool.url, "GET", "/export_raw_vdi", {"session_id": sid, "vdi": uuid})
     assert response.status == 302
 
 
 def test_export_raw_vdi_unknown_format_is_404_and_internal_error(pool, sid, x):
     task = new_task(x)
     vdi = x.VBD.get_VDI(x.VM.get_VBDs(pool.refs["halted"])[0])
-    response, _ = request(pool.url, "GET", "/export_raw_vdi",
-                          {"session_id": sid, "vdi": vdi, "format": "floppy", "task_id": task})
+    response, _unused = request(pool.url, "GET", "/export_raw_vdi",
+                                {"session_id": sid, "vdi": vdi, "format": "floppy", "task_id": task})
     assert response.status == 404 and response.version == 10
     assert x.task.get_error_info(task) == ["INTERNAL_ERROR", "Unknown format floppy"]
 
@@ -396,7 +395,7 @@ def test_blocked_export_is_operation_blocked(pool, sid, x):
     x.VM.add_to_blocked_operations(vm, "export", "kept by test")
     try:
         task = new_task(x)
-        response, _ = export(pool, sid, vm, task_id=task)
+        response, _unused = export(pool, sid, vm, task_id=task)
         assert response.status == 500
         assert x.task.get_error_info(task) == ["OPERATION_BLOCKED", vm, "kept by test"]
     finally:

@@ -67,8 +67,9 @@ class MiniPool:
         # a halted VM: three disks (data far apart, a 0-byte disk, a small odd-sized one),
         # a CD drive with an ISO, one VIF
         vm = self.vm("halted-vm", "Halted", mac_seed="seed-halted")
-        self.disk(vm, shared, "0", 20 * MIB, [(0, pattern(MIB, 1)), (9 * MIB + 4096, pattern(8192, 2)),
-                                             (20 * MIB - 512, pattern(512, 3))])
+        self.disk(vm, shared, "0", 20 * MIB, [(0, pattern(MIB, 1)),
+                                              (9 * MIB + 4096, pattern(8192, 2)),
+                                              (20 * MIB - 512, pattern(512, 3))])
         self.disk(vm, shared, "1", 0, [])
         self.disk(vm, shared, "2", 3 * MIB + 512 * 7, [(MIB, pattern(2 * MIB + 512 * 7, 4))])
         iso_vdi = self.storage.create_vdi(iso, 4 * MIB, name_label="tools.iso", location="tools.iso")

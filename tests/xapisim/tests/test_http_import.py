@@ -12,7 +12,7 @@ import zstandard
 
 from tests.xapisim import ocaml_xmlrpc
 from tests.xapisim.tests import xva_decoder
-from tests.xapisim.tests.test_http_helpers import MIB, MiniPool, raw_request, request
+from tests.xapisim.tests.test_http_helpers import MiniPool, raw_request, request
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_round_trip_gives_byte_identical_disks(pool, x, sid, codec):
         body = gzip.compress(body, 6)
     elif codec == "zstd":
         body = zstandard.ZstdCompressor(level=3).compress(body)
-    task, response, _ = run_import(pool, x, sid, body)
+    task, response, _unused = run_import(pool, x, sid, body)
     assert response.status == 200
     assert x.task.get_status(task) == "success", x.task.get_error_info(task)
     result = x.task.get_result(task)
@@ -140,14 +140,14 @@ def test_flipped_byte_fails_and_leaves_nothing_behind_force_accepts(pool, x, sid
     data_entry = [e for e in decoded.entries if e.name.endswith("/00000009")][0]
     body[body.index(data_entry.name.encode()) + 512 + 1234] ^= 0x40
     before = state_counts(x)
-    task, response, _ = run_import(pool, x, sid, bytes(body))
+    task, response, _unused = run_import(pool, x, sid, bytes(body))
     assert response.status == 200            # the failure only shows in the task
     assert x.task.get_status(task) == "failure"
     code, message = x.task.get_error_info(task)
     assert code == "IMPORT_ERROR_GENERIC"
     assert "Block %s checksum failed" % data_entry.name in message
     assert state_counts(x) == before
-    task, _, _ = run_import(pool, x, sid, bytes(body), force="true")
+    task, _unused, _unused = run_import(pool, x, sid, bytes(body), force="true")
     assert x.task.get_status(task) == "success"
     (vm,) = ocaml_xmlrpc.refs_of_fragment(x.task.get_result(task))
     assert len(vm_disks(x, vm)) == 3
@@ -156,14 +156,14 @@ def test_flipped_byte_fails_and_leaves_nothing_behind_force_accepts(pool, x, sid
 def test_force_only_when_exactly_true(pool, x, sid):
     body = bytearray(export(pool, sid, pool.refs["raw"]))
     body[body.index(b"/00000007") + 600] ^= 1
-    task, _, _ = run_import(pool, x, sid, bytes(body), force="True")
+    task, _unused, _unused = run_import(pool, x, sid, bytes(body), force="True")
     assert x.task.get_status(task) == "failure"
 
 
 def test_truncated_body_is_premature_eof(pool, x, sid):
     body = export(pool, sid, pool.refs["halted"])
     before = state_counts(x)
-    task, _, _ = run_import(pool, x, sid, body[:len(body) // 2])
+    task, _unused, _unused = run_import(pool, x, sid, body[:len(body) // 2])
     assert x.task.get_error_info(task) == ["IMPORT_ERROR_PREMATURE_EOF"]
     assert state_counts(x) == before
 
@@ -178,7 +178,7 @@ def test_first_entry_must_be_ova_xml(pool, x, sid):
         payload = os.urandom(4096)
         info.size = len(payload)
         tar.addfile(info, io.BytesIO(payload))
-    task, _, _ = run_import(pool, x, sid, gzip.compress(buffer.getvalue()))
+    task, _unused, _unused = run_import(pool, x, sid, gzip.compress(buffer.getvalue()))
     assert x.task.get_error_info(task) == ["IMPORT_ERROR_UNEXPECTED_FILE", "ova.xml",
                                            "Ref:1/00000000"]
 
@@ -189,25 +189,25 @@ def test_sr_uuid_and_sr_id_choose_the_target_sr(pool, x, sid):
     uuid = x.SR.get_uuid(pool.refs["local_sr"])
     # the master cannot see the member's local SR: redirected there, task left pending
     task = x.task.create("import", "")
-    response, _ = put_import(pool, sid, body, task=task, sr_uuid=uuid)
+    response, _unused = put_import(pool, sid, body, task=task, sr_uuid=uuid)
     assert response.status == 302
     location = response.getheader("Location")
     assert location.startswith(member + "/import?") and x.task.get_status(task) == "pending"
-    response, _ = request(member, "PUT", location[len(member):], body=body,
-                          headers={"Content-Length": str(len(body))})
+    response, _unused = request(member, "PUT", location[len(member):], body=body,
+                                headers={"Content-Length": str(len(body))})
     assert x.task.get_status(task) == "success", x.task.get_error_info(task)
     (vm,) = ocaml_xmlrpc.refs_of_fragment(x.task.get_result(task))
     assert x.VDI.get_SR(vm_disks(x, vm)["0"]) == pool.refs["local_sr"]
     task = x.task.create("import", "")
-    response, _ = request(pool.url, "PUT", "/import",
-                          {"session_id": sid, "task_id": task, "sr_id": "OpaqueRef:bogus"},
-                          body=b"", headers={"Content-Length": "0"})
+    response, _unused = request(pool.url, "PUT", "/import",
+                                {"session_id": sid, "task_id": task, "sr_id": "OpaqueRef:bogus"},
+                                body=b"", headers={"Content-Length": "0"})
     assert response.status == 500 and x.task.get_status(task) == "failure"
 
 
 def test_restore_false_gives_new_identity(pool, x, sid):
     source = pool.refs["halted"]
-    task, _, _ = run_import(pool, x, sid, export(pool, sid, source))
+    task, _unused, _unused = run_import(pool, x, sid, export(pool, sid, source))
     (vm,) = ocaml_xmlrpc.refs_of_fragment(x.task.get_result(task))
     old, new = x.VM.get_record(source), x.VM.get_record(vm)
     assert new["uuid"] != old["uuid"]
@@ -229,13 +229,13 @@ def test_restore_true_keeps_identity_and_version_rules(pool, x, sid):
     before = state_counts(x)
     # same VM still present with the same version: not newer; the VDIs created before the VM
     # check are cleaned up again
-    task, _, _ = run_import(pool, x, sid, body, restore="true")
+    task, _unused, _unused = run_import(pool, x, sid, body, restore="true")
     assert x.task.get_error_info(task) == ["VM_TO_IMPORT_IS_NOT_NEWER_VERSION", source,
                                            original["version"], original["version"]]
     assert state_counts(x) == before
     # force replaces the old VM (its disks stay), keeps uuid and mac_seed, version + 1
     old_vdi = vm_disks(x, source)["0"]
-    task, _, _ = run_import(pool, x, sid, body, restore="true", force="true")
+    task, _unused, _unused = run_import(pool, x, sid, body, restore="true", force="true")
     assert x.task.get_status(task) == "success", x.task.get_error_info(task)
     (vm,) = ocaml_xmlrpc.refs_of_fragment(x.task.get_result(task))
     record = x.VM.get_record(vm)
@@ -251,13 +251,13 @@ def test_restore_true_keeps_identity_and_version_rules(pool, x, sid):
 def test_restore_true_keeps_uuid_macs_and_seed_of_a_deleted_vm(pool, x, sid):
     # a fresh copy (restore=false) has its own uuid, seed and MAC; back it up, delete it,
     # restore it: everything comes back as it was
-    task, _, _ = run_import(pool, x, sid, export(pool, sid, pool.refs["halted"]))
+    task, _unused, _unused = run_import(pool, x, sid, export(pool, sid, pool.refs["halted"]))
     (copy,) = ocaml_xmlrpc.refs_of_fragment(x.task.get_result(task))
     before = x.VM.get_record(copy)
     mac = x.VIF.get_MAC(before["VIFs"][0])
     body = export(pool, sid, copy)
     x.VM.destroy(copy)
-    task, _, _ = run_import(pool, x, sid, body, restore="true")
+    task, _unused, _unused = run_import(pool, x, sid, body, restore="true")
     assert x.task.get_status(task) == "success", x.task.get_error_info(task)
     (restored,) = ocaml_xmlrpc.refs_of_fragment(x.task.get_result(task))
     after = x.VM.get_record(restored)
@@ -275,7 +275,7 @@ def test_duplicate_mac_seed_refused_on_restore(pool, x, sid):
     seed = x.VM.get_other_config(pool.refs["suspended"])["mac_seed"]
     x.VM.remove_from_other_config(source, "mac_seed")
     x.VM.add_to_other_config(source, "mac_seed", seed)
-    task, _, _ = run_import(pool, x, sid, bytes(body), restore="true")
+    task, _unused, _unused = run_import(pool, x, sid, bytes(body), restore="true")
     assert x.task.get_error_info(task) == ["DUPLICATE_MAC_SEED", seed]
 
 
@@ -286,7 +286,7 @@ def test_exported_snapshot_imports_as_template(pool, x, sid):
     vm = xva_decoder.decode(body).objects_of("VM")[0]["snapshot"]
     assert vm["is_a_snapshot"] is False and vm["is_a_template"] is True
     assert vm["snapshot_of"] == "OpaqueRef:NULL"
-    task, _, _ = run_import(pool, x, sid, body)
+    task, _unused, _unused = run_import(pool, x, sid, body)
     (imported,) = ocaml_xmlrpc.refs_of_fragment(x.task.get_result(task))
     assert x.VM.get_is_a_template(imported) is True
     assert x.VM.get_is_a_snapshot(imported) is False
@@ -302,7 +302,7 @@ def test_incompatible_newer_archive_refused(pool, x, sid):
     header[148:156] = b" " * 8
     header[148:156] = b"%07o\0" % sum(header)
     body[:512] = header
-    task, _, _ = run_import(pool, x, sid, bytes(body))
+    task, _unused, _unused = run_import(pool, x, sid, bytes(body))
     assert x.task.get_error_info(task) == ["IMPORT_INCOMPATIBLE_VERSION"]
 
 
@@ -321,9 +321,9 @@ def test_import_without_content_length_stops_after_last_chunk(pool, x, sid):
 
 def test_iso_sr_target_is_refused_with_400(pool, x, sid):
     task = x.task.create("import", "")
-    response, _ = request(pool.url, "PUT", "/import",
-                          {"session_id": sid, "task_id": task, "sr_id": pool.refs["iso"]},
-                          body=b"", headers={"Content-Length": "0"})
+    response, _unused = request(pool.url, "PUT", "/import",
+                                {"session_id": sid, "task_id": task, "sr_id": pool.refs["iso"]},
+                                body=b"", headers={"Content-Length": "0"})
     assert response.status == 400
     assert x.task.get_error_info(task) == ["SR_OPERATION_NOT_SUPPORTED"]
 
@@ -334,8 +334,8 @@ def test_missing_default_sr(pool, x, sid):
     x.pool.set_default_SR(pool_ref, "OpaqueRef:NULL")
     try:
         task = x.task.create("import", "")
-        response, _ = request(pool.url, "PUT", "/import", {"session_id": sid, "task_id": task},
-                              body=b"", headers={"Content-Length": "0"})
+        response, _unused = request(pool.url, "PUT", "/import", {"session_id": sid, "task_id": task},
+                                    body=b"", headers={"Content-Length": "0"})
         assert response.status == 500
         info = x.task.get_error_info(task)
         assert info[:2] == ["RBAC_PERMISSION_DENIED", "http/put_import"]
@@ -346,8 +346,8 @@ def test_missing_default_sr(pool, x, sid):
 
 def test_import_needs_credentials(pool, x):
     task = x.task.create("import", "")
-    response, _ = request(pool.url, "PUT", "/import", {"task_id": task}, body=b"",
-                          headers={"Content-Length": "0"})
+    response, _unused = request(pool.url, "PUT", "/import", {"task_id": task}, body=b"",
+                                headers={"Content-Length": "0"})
     assert response.status == 401
     assert response.getheader("WWW-Authenticate") == 'Basic realm="VM.import"'
     assert x.task.get_error_info(task) == ["SESSION_AUTHENTICATION_FAILED"]
@@ -356,7 +356,7 @@ def test_import_needs_credentials(pool, x):
 def test_suspended_vm_round_trip_keeps_its_suspend_image(pool, x, sid):
     source = pool.refs["suspended"]
     body = export(pool, sid, source, preserve_power_state="true")
-    task, _, _ = run_import(pool, x, sid, body)
+    task, _unused, _unused = run_import(pool, x, sid, body)
     assert x.task.get_status(task) == "success", x.task.get_error_info(task)
     (vm,) = ocaml_xmlrpc.refs_of_fragment(x.task.get_result(task))
     assert x.VM.get_power_state(vm) == "Suspended"

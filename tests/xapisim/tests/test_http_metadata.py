@@ -33,7 +33,7 @@ def test_export_metadata_framing_with_content_length(pool, session):
     text = "GET /export_metadata?session_id=%s&ref=%s HTTP/1.1\r\nHost: x\r\n\r\n" % (
         sid, pool.refs["running"])
     reply = raw_request(pool.url, text)
-    head, _, body = reply.partition(b"\r\n\r\n")
+    head, _unused, body = reply.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     assert lines[0] == "HTTP/1.0 200 OK" and lines[1] == "Connection: close"
     assert "Content-Length: %d" % len(body) in lines
@@ -81,7 +81,7 @@ def test_xmldbdump_is_the_database_as_xml(pool, session):
     x = session.xenapi
     text = "GET /pool/xmldbdump?session_id=%s HTTP/1.1\r\nHost: x\r\n\r\n" % session._session
     reply = raw_request(pool.url, text)
-    head, _, body = reply.partition(b"\r\n\r\n")
+    head, _unused, body = reply.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     assert lines[:3] == ["HTTP/1.1 200 OK", "Connection: close", "Cache-Control: no-cache, no-store"]
     assert not any(line.lower().startswith("content-length") for line in lines)
@@ -100,7 +100,7 @@ def test_xmldbdump_is_the_database_as_xml(pool, session):
 
 
 def test_xmldbdump_needs_credentials(pool):
-    response, _ = request(pool.url, "GET", "/pool/xmldbdump")
+    response, _unused = request(pool.url, "GET", "/pool/xmldbdump")
     assert response.status == 401
     response, body = request(pool.url, "GET", "/pool/xmldbdump",
                              headers=basic_auth(pool.username, pool.password))

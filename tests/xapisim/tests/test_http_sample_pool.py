@@ -25,7 +25,7 @@ def session(xapisim):
 def open_get(base_url, path, query):
     """GET following xapi's 302 redirects; returns the open response (a stream)."""
     url = base_url + path + "?" + urllib.parse.urlencode(query)
-    for _ in range(3):
+    for _unused in range(3):
         parts = urllib.parse.urlsplit(url)
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
         conn.request("GET", parts.path + "?" + parts.query)
@@ -122,8 +122,8 @@ def test_round_trip_of_sample_vms_through_import(xapisim, session):
     x, sid = session.xenapi, session._session
     for name in ("zero-disk", "Ünïcødé — 测试"):
         source = x.VM.get_by_name_label(name)[0]
-        response = open_get(xapisim.url, "/export", {"session_id": sid, "ref": source,
-                                                    "use_compression": "zstd"})
+        response = open_get(xapisim.url, "/export",
+                            {"session_id": sid, "ref": source, "use_compression": "zstd"})
         body = response.read()
         task = x.task.create("import", "")
         parts = urllib.parse.urlsplit(xapisim.url)
@@ -140,7 +140,7 @@ def test_round_trip_of_sample_vms_through_import(xapisim, session):
                      if x.VBD.get_type(v) == "Disk")
         new = sorted((x.VBD.get_userdevice(v), x.VBD.get_VDI(v)) for v in x.VM.get_VBDs(new_vm)
                      if x.VBD.get_type(v) == "Disk")
-        assert [d for d, _ in old] == [d for d, _ in new]
-        for (_, old_vdi), (_, new_vdi) in zip(old, new):
+        assert [d for d, _unused in old] == [d for d, _unused in new]
+        for (_unused, old_vdi), (_unused, new_vdi) in zip(old, new):
             assert raw_vdi_hash(xapisim, sid, x.VDI.get_uuid(new_vdi)) == \
                 raw_vdi_hash(xapisim, sid, x.VDI.get_uuid(old_vdi))

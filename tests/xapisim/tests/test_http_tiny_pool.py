@@ -56,9 +56,9 @@ def test_export_over_https_with_the_simulator_ca(xapisim_tiny, session):
 
 
 def chunk_numbers(xapisim_tiny, sid, vm):
-    _, data = get(xapisim_tiny.url, "/export", {"session_id": sid, "ref": vm})
+    _unused, data = get(xapisim_tiny.url, "/export", {"session_id": sid, "ref": vm})
     xva = xva_decoder.decode(data)
-    return {prefix: [c for c, _ in disk.chunks] for prefix, disk in xva.disks.items()}, xva
+    return {prefix: [c for c, _unused in disk.chunks] for prefix, disk in xva.disks.items()}, xva
 
 
 def test_thin_sr_uses_extents_and_writes_allocated_zero_chunks(xapisim_tiny, session):

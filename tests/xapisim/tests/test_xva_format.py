@@ -69,7 +69,7 @@ def ova_for(disks):
 def export(disks, **kwargs):
     """disks: list of (prefix, reader, mode)."""
     out = io.BytesIO()
-    ova = ova_for({prefix: reader.size for prefix, reader, _ in disks})
+    ova = ova_for({prefix: reader.size for prefix, reader, _unused in disks})
     xva.write_xva(out, ova, [(p, r, r.size, m) for p, r, m in disks], mtime=1763769541, **kwargs)
     return out.getvalue()
 
@@ -237,10 +237,13 @@ def test_plain_mode_skips_holes_without_reading():
     size = 64 * MIB
     data = pattern(MIB, 5)
     disk = MemDisk(data, extents=[(0, MIB), (40 * MIB, 10)], size=size)
-    disk.read = lambda offset, length, _d=disk: (_d.reads.append((offset, length)) or
-                                                (data if offset == 0 else bytes(length)))
+
+    def read(offset, length):
+        disk.reads.append((offset, length))
+        return data if offset == 0 else bytes(length)
+    disk.read = read
     blob = export([("Ref:6", disk, "plain")])
-    assert [o for o, _ in disk.reads] == [0, 40 * MIB, 63 * MIB]
+    assert [o for o, _unused in disk.reads] == [0, 40 * MIB, 63 * MIB]
     names = [e.name for e in xva_decoder.decode(blob).entries]
     # chunk 40 holds only zeros: read, then skipped like any zero chunk
     assert names[1:] == ["Ref:6/00000000", "Ref:6/00000000.xxhash",
@@ -340,8 +343,8 @@ def test_import_round_trip_with_autodetected_compression(codec):
     blob, disks = sample_archive()
     body = {"none": lambda b: b, "gzip": lambda b: gzip.compress(b, 6),
             "zstd": lambda b: zstandard.ZstdCompressor(level=3).compress(b)}[codec](blob)
-    header, sinks, compression, _ = import_disks(body, {p: len(d) for p, d in disks.items()},
-                                                 content_length=len(body))
+    header, sinks, compression, _unused = import_disks(body, {p: len(d) for p, d in disks.items()},
+                                                       content_length=len(body))
     assert compression == codec
     assert [o["class"] for o in header["objects"]][0] == "VM"
     for prefix, data in disks.items():
@@ -353,7 +356,7 @@ def test_import_round_trip_with_autodetected_compression(codec):
 def test_import_stops_after_last_chunk_without_content_length():
     blob, disks = sample_archive()
     stream = io.BytesIO(blob + b"garbage that must not be read")
-    reader, ova, _ = xva.open_archive(stream)
+    reader, ova, _unused = xva.open_archive(stream)
     receiver = xva.DiskReceiver(reader)
     receiver.receive_all([(p, len(d), MemSink(len(d))) for p, d in disks.items()])
     assert stream.tell() == len(blob) - 1024
@@ -370,15 +373,15 @@ def test_import_rejects_flipped_byte_and_force_accepts_it():
     assert code == "IMPORT_ERROR_GENERIC"
     assert "Block Ref:10/00000003 checksum failed: original = " in message
     assert message.startswith("INTERNAL_ERROR: [ Stream_vdi.Invalid_checksum(")
-    _, sinks, _, receiver = import_disks(bytes(corrupt), {p: len(d) for p, d in disks.items()},
-                                         force=True)
+    _unused, sinks, _unused, receiver = import_disks(bytes(corrupt), {p: len(d) for p, d in disks.items()},
+                                                     force=True)
     assert receiver.checksum_failures == ["Ref:10/00000003"]
     assert bytes(sinks["Ref:10"].data) != disks["Ref:10"]
 
 
 def test_import_accepts_sha1_sidecars():
     blob, disks = sample_archive(checksum_kind="sha1")
-    _, sinks, _, _ = import_disks(blob, {p: len(d) for p, d in disks.items()})
+    _unused, sinks, _unused, _unused = import_disks(blob, {p: len(d) for p, d in disks.items()})
     assert bytes(sinks["Ref:9"].data) == disks["Ref:9"]
 
 
@@ -413,7 +416,7 @@ def test_import_counter_gap_uses_first_chunk_length_and_keepalives_consume_count
     blob = hand_made([("Ref:1/00000000", one), ("Ref:1/00000000.xxhash", xva.xxhash_text(one).encode()),
                       ("Ref:1/00000001", b""), ("Ref:1/00000001.xxhash", xva.xxhash_text(b"").encode()),
                       ("Ref:1/00000003", two), ("Ref:1/00000003.xxhash", xva.xxhash_text(two).encode())])
-    _, sinks, _, _ = import_disks(blob, {"Ref:1": 3 * MIB})
+    _unused, sinks, _unused, _unused = import_disks(blob, {"Ref:1": 3 * MIB})
     # counter 1 is a keep-alive (no offset), gap of one chunk before counter 3
     assert bytes(sinks["Ref:1"].data) == one + bytes(MIB) + two
 
@@ -484,14 +487,14 @@ def test_a_single_zero_block_between_entries_is_skipped_like_ocaml_tar():
     w.write_file("Ref:1/00000000", one)
     w.write_file("Ref:1/00000000.xxhash", xva.xxhash_text(one).encode())
     w.write_end()
-    _, sinks, _, _ = import_disks(out.getvalue(), {"Ref:1": MIB})
+    _unused, sinks, _unused, _unused = import_disks(out.getvalue(), {"Ref:1": MIB})
     assert bytes(sinks["Ref:1"].data) == one
 
 
 def test_drain_consumes_only_a_small_remainder():
     blob, disks = sample_archive()
     stream = io.BytesIO(blob + bytes(4096))
-    reader, _, _ = xva.open_archive(stream, len(blob) + 4096)
+    reader, _unused, _unused = xva.open_archive(stream, len(blob) + 4096)
     xva.DiskReceiver(reader).receive_all([(p, len(d), MemSink(len(d))) for p, d in disks.items()])
     assert reader.drain(1024) is False
     assert reader.drain(64 * 1024) is True and stream.tell() == len(blob) + 4096
@@ -506,5 +509,5 @@ def test_nbd_keepalive_resends_the_real_chunk_at_the_current_offset():
     blob = export([("Ref:2", idle, "nbd")], keepalive_seconds=1, clock=SteppingClock(5.0))
     decoded = xva_decoder.decode(blob)
     # no zero-length entries on this path: each keep-alive is the hole chunk itself
-    assert [c for c, _ in decoded.disks["Ref:2"].chunks] == [0, 1, 2, 3]
+    assert [c for c, _unused in decoded.disks["Ref:2"].chunks] == [0, 1, 2, 3]
     assert decoded.disks["Ref:2"].keepalives == 0 and decoded.disks["Ref:2"].read() == data

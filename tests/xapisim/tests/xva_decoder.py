@@ -272,7 +272,7 @@ class _Progress:
 
 
 def _apply_chunk(xva, expected, data_entry, data, sum_entry, sum_data):
-    prefix, _, counter_text = data_entry.name.rpartition("/")
+    prefix, _unused, counter_text = data_entry.name.rpartition("/")
     if prefix not in expected:
         raise XvaDecodeError("chunk %s for an unknown VDI" % data_entry.name)
     stem, dot, ext = sum_entry.name.rpartition(".")
