@@ -400,3 +400,21 @@ def test_blocked_export_is_operation_blocked(pool, sid, x):
         assert x.task.get_error_info(task) == ["OPERATION_BLOCKED", vm, "kept by test"]
     finally:
         x.VM.remove_from_blocked_operations(vm, "export")
+
+
+def test_two_tib_sparse_disk_exports_quickly(pool, sid):
+    size = 2 << 40
+    vm = pool.vm("huge-sparse", "Halted")
+    far = 1536 * 1024 * MIB + 4096          # 1.5 TiB and a bit
+    pool.disk(vm, pool.refs["shared"], "0", size, [(0, pattern(MIB, 11)), (far, pattern(4096, 12))])
+    started = time.monotonic()
+    response, data = export(pool, sid, vm)
+    elapsed = time.monotonic() - started
+    assert response.status == 200 and elapsed < 20
+    xva = xva_decoder.decode(data)
+    (disk,) = xva.disks.values()
+    last = size // MIB - 1
+    assert [c for c, _unused in disk.chunks] == [0, far // MIB, last]
+    disk.file.seek(far)
+    assert disk.file.read(4096) == pattern(4096, 12)
+    assert len(data) < 4 * MIB
