@@ -19,7 +19,7 @@ import uuid as uuidlib
 import zlib
 from xml.sax.saxutils import quoteattr
 
-from tests.xapisim import lifecycle, ocaml_xmlrpc, xva
+from tests.xapisim import lifecycle, ocaml_xmlrpc, ops, xva
 from tests.xapisim.errors import XapiError
 from tests.xapisim.http_context import ConnectionCut
 from tests.xapisim.schema import CLASSES, NOT_PERSISTED, NULL_REF
@@ -272,8 +272,7 @@ def _unlock_vm(db, vm_ref, task_ref):
 
 
 def _refresh_allowed_operations(db, vm_ref):
-    vm = db.get("VM", vm_ref)
-    db.set_field("VM", vm_ref, "allowed_operations", lifecycle.allowed_operations(vm_ref, vm))
+    ops.refresh_allowed_operations(db, vm_ref)
 
 
 def _failure_info(exc, task_ref):
