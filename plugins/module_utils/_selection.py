@@ -297,6 +297,8 @@ def find_vm(xapi, vm):
         if not not_candidate_reason(record):
             found.append((ref, record))
     if not found:
+        if UUID_RE.match(vm):
+            raise XapiUsageError("no VM with uuid %s: it does not exist (any more)" % vm.lower())
         raise XapiUsageError("no VM named %r (templates, snapshots and control domains do not count)" % vm)
     if len(found) > 1:
         uuids = ", ".join(sorted(r["uuid"] for _ref, r in found))

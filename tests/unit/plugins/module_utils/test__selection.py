@@ -106,6 +106,8 @@ def test_find_vm_by_name_uuid_and_errors(xapi, fake_pool):
         sel.find_vm(xapi, "twin")
     with pytest.raises(XapiUsageError, match="no VM named"):
         sel.find_vm(xapi, "nope")
+    with pytest.raises(XapiUsageError, match="no VM with uuid 0badc0de-0000-4000-8000-000000000000: it does not exist"):
+        sel.find_vm(xapi, "0BADC0DE-0000-4000-8000-000000000000")  # deleted between selection and export
     with pytest.raises(XapiUsageError, match="is a snapshot"):
         sel.find_vm(xapi, fake_pool.vm(snap)["uuid"])
 
