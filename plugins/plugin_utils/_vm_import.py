@@ -23,6 +23,7 @@ from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import fin
 
 RESTORED_FROM = "xapi_backup:restored_from"
 RESTORED_TAG = "xapi-backup-restored"
+SNAPSHOT_TAG_KEYS = frozenset(("xapi_backup:owner", "xapi_backup:run", "xapi_backup:vm", "xapi_backup:time"))
 STATUS_DIR = ".xapi-backup"
 
 
@@ -147,6 +148,7 @@ class VmImport:
         name = self._name(source)
         if name:
             xapi.change("VM.set_name_label", vm_ref, name)
+        strip_snapshot_tags(xapi, vm_ref)
         xapi.change("VM.remove_from_other_config", vm_ref, RESTORED_FROM)
         xapi.change("VM.add_to_other_config", vm_ref, RESTORED_FROM, backup.id)
         for tag in [RESTORED_TAG] + list(p.get("tags") or []):
@@ -172,6 +174,20 @@ class VmImport:
                if uuids else "no VM restored from %s" % backup.id)
         return {"changed": bool(uuids), "msg": msg, "backup_id": backup.id, "removed": uuids,
                 "vm_uuid": uuids[0] if uuids else None}
+
+
+def strip_snapshot_tags(xapi, vm_ref):
+    """An export of our snapshot carries its ``xapi_backup:*`` tags into the restored VM and VDIs: drop them."""
+    record = xapi.call("VM.get_record", vm_ref)
+    for key in sorted(SNAPSHOT_TAG_KEYS & set(record.get("other_config") or {})):
+        xapi.change("VM.remove_from_other_config", vm_ref, key)
+    for vbd in record.get("VBDs") or []:
+        vbd_rec = xapi.call("VBD.get_record", vbd)
+        if not is_data_disk(vbd_rec):
+            continue
+        other = xapi.call("VDI.get_other_config", vbd_rec["VDI"]) or {}
+        for key in sorted(SNAPSHOT_TAG_KEYS & set(other)):
+            xapi.change("VDI.remove_from_other_config", vbd_rec["VDI"], key)
 
 
 def destroy_vm_with_disks(xapi, ref, record):

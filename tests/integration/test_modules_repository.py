@@ -87,6 +87,7 @@ def our_snapshots(xapi):
 
 
 def our_vdis(xapi):
+    """VDIs tagged by us (snapshot VDIs; restored VMs' disks lose the tags)."""
     return [r for r in xapi.VDI.get_all_records().values() if OWNER_KEY in (r.get("other_config") or {})]
 
 
@@ -175,6 +176,7 @@ def test_restore_equals_source_byte_for_byte_and_is_idempotent(run_task, sim, xa
     restored = xapi.VM.get_record(restored_ref)
     assert restored["is_a_template"] is False and restored["name_label"] == "tiny-restored"
     assert restored["other_config"][RESTORED_FROM] == result["backup_id"]
+    assert OWNER_KEY not in restored["other_config"] and our_vdis(xapi) == []
     assert {"xapi-backup-restored", "drill"} <= set(restored["tags"])
     session = sim.session()
     try:
@@ -325,3 +327,72 @@ def test_sample_pool_running_vm_with_cd_and_blocked_operations(xapisim, tmp_path
         assert [(b["vm_name"], b["complete"], b["verified"]) for b in info["backups"]] == [("web01", True, True)]
     finally:
         session.xenapi.session.logout()
+
+
+# ---------------------------------------------------------------- over SSH, as on a real pool master
+
+
+def test_over_ssh_helper_on_python36_repository_on_the_master(ssh_pool_hosts, tmp_path):
+    """The pool master is an SSH host (dom0's Python 3.6); xapi runs in its network namespace.
+
+    XAPI calls go from the controller to the host's address; the helper runs on the host over SSH,
+    reads xapi at localhost and writes the repository on the host (HelperStorage: repo-* subcommands).
+    """
+    import XenAPI  # pylint: disable=import-outside-toplevel
+
+    hosts = ssh_pool_hosts
+    host = hosts.hosts[0]
+    helper = host.opt_path / "xapi-backup" / "bin" / "xapi-backup-helper"
+    helper.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(str(REPO_ROOT / "roles" / "helper" / "files" / "xapi-backup-helper"), str(helper))
+    helper.chmod(0o755)
+    proc, info = hosts.start_service(host, [sys.executable, "-m", "tests.xapisim", "serve", "--pool",
+                                            str(REPO_ROOT / "tests" / "xapisim" / "pools" / "tiny.yml"),
+                                            "--state-dir", str(tmp_path / "sim"), "--bind", "0.0.0.0"],
+                                     cwd=str(REPO_ROOT))
+    try:
+        port = urllib.parse.urlsplit(info["url"]).port
+        controller_url = "http://%s:%d" % (host.address, port)
+        repository = "/opt/xapi-backup/repo"
+        args = {"hostname": controller_url, "username": info["username"], "password": info["password"],
+                "repository": repository, "helper_xapi_url": "http://localhost:%d" % port, "poll_interval": 0.5}
+        out = tmp_path / "results.json"
+        tasks = [
+            {"name": "export", "xapi.backup.vm_export": dict(args, vm="tiny-running"), "register": "first"},
+            {"name": "export again", "xapi.backup.vm_export": dict(args, vm="tiny-running"), "register": "second"},
+            {"name": "list", "xapi.backup.backup_info": dict(args, verify="latest"), "register": "listing"},
+            {"name": "restore", "xapi.backup.vm_import": dict(args, vm_uuid="{{ first.vm_uuid }}", name="over-ssh"),
+             "register": "restore"},
+            {"name": "prune", "xapi.backup.backup_prune": dict(args, keep_last=1), "register": "prune"},
+            {"name": "save", "ansible.builtin.copy": {
+                "content": "{{ {'first': first, 'second': second, 'listing': listing, 'restore': restore, 'prune': prune} | to_json }}",
+                "dest": str(out)}, "delegate_to": "localhost", "vars": {"ansible_connection": "local",
+                                                                          "ansible_python_interpreter": sys.executable}},
+        ]
+        playbook = tmp_path / "ssh.yml"
+        playbook.write_text(json.dumps([{"hosts": host.name, "gather_facts": False, "tasks": tasks}]))
+        run = hosts.ansible("ansible-playbook", [str(playbook)])
+        assert run.returncode == 0 and out.exists(), run.stdout[-4000:]
+        results = json.loads(out.read_text())
+        session = XenAPI.Session(controller_url)
+        session.xenapi.login_with_password(info["username"], info["password"], "2.0", "tests")
+        try:
+            assert our_snapshots(session.xenapi) == [] and our_vdis(session.xenapi) == []
+        finally:
+            session.xenapi.session.logout()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    first = results["first"]
+    assert first["changed"] is True and first["snapshot_uuid"]
+    assert results["second"]["changed"] is False
+    export = [c for c in first["helper_calls"] if c["subcommand"] == "export"][0]
+    assert "--session-stdin" in export["args"] and info["password"] not in json.dumps(first["helper_calls"])
+    assert {"repo-scan", "repo-write"} <= set(c["subcommand"] for c in first["helper_calls"])
+    stored = host.private(first["path"])
+    assert stored.exists() and stored.stat().st_mode & 0o077 == 0
+    assert (stored.parent / "manifest.json").exists()
+    listing = results["listing"]["backups"]
+    assert [(b["id"], b["complete"], b["verified"]) for b in listing] == [(first["backup_id"], True, True)]
+    assert results["restore"]["changed"] is True and results["restore"]["vm_name"] == "over-ssh"
+    assert results["prune"]["changed"] is False

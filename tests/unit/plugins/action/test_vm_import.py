@@ -184,3 +184,18 @@ def test_unknown_target_network_fails_before_import(tmp_path):
     with pytest.raises(Exception, match="no network named"):
         VmImport(ctx).run()
     assert ctx.runner.calls == []
+
+
+def test_restored_vm_and_disks_lose_the_snapshot_tags(tmp_path):
+    write_backup(tmp_path)
+    xapi = xapi_with({})
+    tags = {"xapi_backup:owner": "xapi.backup", "xapi_backup:run": "r", "keep": "me"}
+    xapi.answers["VM.get_record"] = lambda ref: {"uuid": NEW_VM, "name_label": "web", "power_state": "Halted",
+                                                 "other_config": dict(tags), "VBDs": ["OpaqueRef:vbd"]}
+    xapi.answers["VBD.get_record"] = lambda ref: {"type": "Disk", "empty": False, "VDI": "OpaqueRef:vdi"}
+    xapi.answers["VDI.get_other_config"] = lambda ref: dict(tags)
+    VmImport(FakeCtx(params(tmp_path), xapi, FakeRunner())).run()
+    removed = [(c["method"], c["args"][1]) for c in xapi.calls if c["method"].endswith("remove_from_other_config")]
+    assert ("VM.remove_from_other_config", "xapi_backup:owner") in removed
+    assert ("VDI.remove_from_other_config", "xapi_backup:run") in removed
+    assert ("VM.remove_from_other_config", "keep") not in removed
