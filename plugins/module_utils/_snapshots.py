@@ -273,15 +273,18 @@ def destroy_snapshot_with_vdis(xapi, snap_ref, require_ours=True):
     if require_ours and (record.get("other_config") or {}).get(OWNER_KEY) != OWNER_VALUE:
         raise XapiUsageError("refusing to destroy snapshot %s: it was not made by xapi.backup" % record.get("uuid"))
     disks = [(ref, vdi) for ref, vdi in _snapshot_disks(xapi, record) if vdi_destroy_reason(vdi, record.get("VBDs", []))]
+    if record.get("blocked_operations"):
+        # A snapshot inherits its VM's blocked_operations; a blocked "destroy" would leak our snapshot.
+        _ignore_gone(xapi, "VM.set_blocked_operations", snap_ref, {})
     _ignore_gone(xapi, "VM.destroy", snap_ref)
     for vdi_ref, _vdi in disks:
         _ignore_gone(xapi, "VDI.destroy", vdi_ref)
     return snapshot_summary(snap_ref, record, [vdi.get("uuid") for _ref, vdi in disks])
 
 
-def _ignore_gone(xapi, method, ref):
+def _ignore_gone(xapi, method, ref, *args):
     try:
-        xapi.change(method, ref)
+        xapi.change(method, ref, *args)
     except XapiError as exc:
         if exc.code != "HANDLE_INVALID":
             raise

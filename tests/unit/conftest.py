@@ -203,6 +203,8 @@ class FakePool:
 
     def _op_VM_destroy(self, ref):
         record = self._record("VM", ref)
+        if "destroy" in record.get("blocked_operations", {}):
+            raise FakeFailure(["OPERATION_BLOCKED", ref, record["blocked_operations"]["destroy"]])
         for vbd in record["VBDs"]:
             vdi = self.objects["VBD"].pop(vbd)["VDI"]
             if vdi in self.objects["VDI"]:
@@ -234,6 +236,7 @@ class FakePool:
             power_state="Halted",
             other_config=copy.deepcopy(source["other_config"]),
             tags=list(source["tags"]),
+            blocked_operations=dict(source.get("blocked_operations", {})),  # xapi copies them too
         )
         source["snapshots"].append(snap)
         for vbd in source["VBDs"]:
