@@ -18,7 +18,8 @@ description:
     a backup that does not match is refused.
   - After the import the VM is made a normal VM (exports of snapshots import as templates), named,
     tagged C(xapi-backup-restored) plus O(tags), and marked with
-    C(other_config["xapi_backup:restored_from"]) = the backup id.
+    C(other_config["xapi_backup:restored_from"]) = the backup id. The C(xapi_backup:owner), C(xapi_backup:run),
+    C(xapi_backup:vm) and C(xapi_backup:time) keys an exported snapshot carries are removed from the VM and its disks.
   - With O(state=absent) the VMs restored from the backup (found by that C(other_config) key only, never by
     name) are shut down and destroyed with their disks.
   - This module is implemented as an action plugin.

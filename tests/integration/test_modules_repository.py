@@ -364,10 +364,12 @@ def test_over_ssh_helper_on_python36_repository_on_the_master(ssh_pool_hosts, tm
             {"name": "restore", "xapi.backup.vm_import": dict(args, vm_uuid="{{ first.vm_uuid }}", name="over-ssh"),
              "register": "restore"},
             {"name": "prune", "xapi.backup.backup_prune": dict(args, keep_last=1), "register": "prune"},
-            {"name": "save", "ansible.builtin.copy": {
-                "content": "{{ {'first': first, 'second': second, 'listing': listing, 'restore': restore, 'prune': prune} | to_json }}",
-                "dest": str(out)}, "delegate_to": "localhost", "vars": {"ansible_connection": "local",
-                                                                          "ansible_python_interpreter": sys.executable}},
+            {"name": "save",
+             "ansible.builtin.copy": {
+                 "content": "{{ {'first': first, 'second': second, 'listing': listing, 'restore': restore, 'prune': prune} | to_json }}",
+                 "dest": str(out)},
+             "delegate_to": "localhost",
+             "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}},
         ]
         playbook = tmp_path / "ssh.yml"
         playbook.write_text(json.dumps([{"hosts": host.name, "gather_facts": False, "tasks": tasks}]))
