@@ -388,11 +388,37 @@ def wait_for(predicate, timeout=60.0, interval=0.2, what="condition"):
     raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
-def kill_group(proc, sig=signal.SIGKILL):
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
+def descendants(pid):
+    """Pids of every process below ``pid`` (ansible's workers call setsid: a process group is not enough)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(proc, sig=signal.SIGKILL):
+    """Kill a started ansible-playbook and every process below it (not a detached helper: that one
+    double-forked away, as it runs on the pool master in production)."""
+    if proc.poll() is not None:
+        return
+    pids = [proc.pid] + descendants(proc.pid)
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 # ---------------------------------------------------------------- fixtures
