@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) 2026, xapi.backup contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -69,11 +68,11 @@ class Steps:
         return result
 
     def table(self) -> str:
-        width = max([len(t) for t, _, _ in self.timings] + [10])
-        lines = ["%-*s  %8s  %s" % (width, "step", "seconds", "result")]
+        width = max([len(entry[0]) for entry in self.timings] + [10])
+        lines = ["step".ljust(width) + "   seconds  result"]
         for title, elapsed, status in self.timings:
-            lines.append("%-*s  %8.1f  %s" % (width, title, elapsed, status))
-        lines.append("%-*s  %8.1f" % (width, "total", time.monotonic() - self.started))
+            lines.append("%s  %8.1f  %s" % (title.ljust(width), elapsed, status))
+        lines.append("%s  %8.1f" % ("total".ljust(width), time.monotonic() - self.started))
         return "\n".join(lines)
 
 
@@ -321,7 +320,6 @@ def main(argv=None) -> int:
 
         pool_uuid, report, first_md = steps.run("back up the pool (playbooks/backup.yml)", first_backup)
 
-
         # The VM with the most data is the most convincing one to restore.
         candidates = [v for v in report["vms"] if v["status"] == "backed up"]
         chosen = max(candidates, key=lambda v: v.get("raw_size") or 0)
@@ -349,7 +347,8 @@ def main(argv=None) -> int:
                 size_a, hash_a = pool.raw_sha256(vdi_a)
                 size_b, hash_b = pool.raw_sha256(vdi_b)
                 same = (size_a, hash_a) == (size_b, hash_b)
-                print("   disk %s: %s, sha256 %s… %s" % (device, human(size_a), hash_a[:16], "identical" if same else "DIFFERENT: %s… (%s)" % (hash_b[:16], human(size_b))))
+                verdict = "identical" if same else "DIFFERENT: %s… (%s)" % (hash_b[:16], human(size_b))
+                print("   disk %s: %s, sha256 %s… %s" % (device, human(size_a), hash_a[:16], verdict))
                 if not same:
                     raise DemoError("restored disk %s differs from the original" % device)
             if not original:
@@ -384,8 +383,8 @@ def main(argv=None) -> int:
             print("   first run (report.md, as written by step 3):\n")
             print(textwrap.indent(first_md.strip(), "   "))
             report2, _md = read_report(repo, pool_uuid)
-            print("\n   after the rerun (%s):\n   %s" % (repo / pool_uuid / "runs" / report2["run_id"] / "report.md",
-                                                   report2["summary"]["line"]))
+            path = Path("<repository>", pool_uuid, "runs", report2["run_id"], "report.md")
+            print("\n   after the rerun (%s):\n   %s" % (path, report2["summary"]["line"]))
 
         steps.run("the run report", show)
         ok = True
@@ -404,6 +403,7 @@ def main(argv=None) -> int:
             print("\nwork directory kept: %s" % workdir)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+            print("\nwork directory removed (--keep keeps it)")
     print("\n%s%s%s" % (BOLD, "demo passed" if ok else "demo FAILED", RESET))
     return 0 if ok else 1
 
