@@ -29,6 +29,10 @@ try:  # int32 is <i4> in xapi's XML-RPC: use the marker the XML-RPC encoder know
 except ImportError:  # pragma: no cover - depends on the core's wire.py
     from tests.xapisim.ocaml_xmlrpc import Int32
 
+# xapi keeps messages outside its database (xapi_message.ml): their events carry id "0" and
+# their own generation in the token's second half.
+MESSAGE = "message"
+
 # Tables whose objects produce no events (datamodel.ml: gen_events=false).
 NO_EVENTS = frozenset({"session", "secret", "user", "data_source", "auth", "subject"})
 
@@ -158,6 +162,7 @@ class EventSystem:
         self._session_valid = session_valid or (lambda ref: db.exists("session", ref))
         self._delays = delays
         self._stats = {}            # ref -> RowStat, deleted rows included
+        self._messages = []         # (generation, "add"|"del", ref): messages live outside the DB
         self._folded = 0            # last database event id folded into _stats / legacy queue
         self._legacy_subs = {}      # session ref -> LegacySubscription
         self._legacy_queue = []     # (legacy id, event dict), oldest first
@@ -201,19 +206,22 @@ class EventSystem:
             self._legacy_subs.pop(event.ref, None)
         if event.cls in NO_EVENTS:
             return
+        self._queue_legacy(event)
+        if event.cls == MESSAGE:
+            self._messages.append((event.id, event.operation, event.ref))
+            return
         stat = self._stats.get(event.ref)
         if event.operation == "add" or stat is None:
             stat = self._stats[event.ref] = RowStat(event.cls, event.id)
         stat.modified = event.id
         if event.operation == "del":
             stat.deleted = event.id
-        self._queue_legacy(event)
 
     def _reconcile_gap(self, generation):
         """Entries up to ``generation`` are gone from the log: rebuild stats from the tables."""
         existing = set()
         for table, rows in self.db.tables.items():
-            if table in NO_EVENTS:
+            if table in NO_EVENTS or table == MESSAGE:
                 continue
             for ref in rows:
                 existing.add(ref)
@@ -237,24 +245,29 @@ class EventSystem:
         deadline = time.monotonic() + timeout_seconds(timeout)
         task_only = bool(subs) and all(s.is_task_only() for s in subs)
         self._pause(FROM_TASK_DELAY_BEFORE_S if task_only else FROM_DELAY_S)
-        if not any(s.matches_table("message") for s in subs):
+        with_messages = any(s.matches_table(MESSAGE) for s in subs)
+        if not with_messages:
             message_generation = 0  # xapi reports message generation 0 when not subscribed
         while True:
             with self.db.lock:
                 self._fold()
                 self._assert_session(session_ref)
                 creates, mods, deletes, last = self._collect(subs, since)
-                if creates or mods or deletes or time.monotonic() >= deadline:
+                messages, message_last = self._collect_messages(with_messages, message_generation)
+                if creates or mods or deletes or messages or time.monotonic() >= deadline:
                     return {
-                        "events": self._render(creates, "add") + self._render(mods, "mod")
-                        + self._render(deletes, "del"),
+                        "events": self._render_messages(messages) + self._render(creates, "add")
+                        + self._render(mods, "mod") + self._render(deletes, "del"),
                         "valid_ref_counts": self._valid_ref_counts(),
-                        "token": format_token(last, message_generation),
+                        "token": format_token(last, message_last),
                     }
                 # changes that show nothing (created and deleted meanwhile) still move us on
                 since = last
-                woke = self._wait_for_match(session_ref, lambda: self._matching_after(subs, since),
-                                            deadline)
+                woke = self._wait_for_match(
+                    session_ref,
+                    lambda: self._matching_after(subs, since)
+                    or bool(self._collect_messages(with_messages, message_generation)[0]),
+                    deadline)
             if woke:
                 self._pause(FROM_DELAY_S)  # batching between rounds, as xapi does
 
@@ -279,6 +292,28 @@ class EventSystem:
         return any(stat.modified > since and any_matches(subs, stat.table, ref)
                    for ref, stat in self._stats.items())
 
+    def _collect_messages(self, wanted, since):
+        """Message events after message generation ``since`` (xapi_message.ml
+        get_since_for_events): messages still present that were created after it, and every
+        deletion after it.  Returns (entries, new message generation)."""
+        if not wanted:
+            return [], 0
+        deleted = {ref for generation, op, ref in self._messages if op == "del"}
+        entries = [(generation, op, ref) for generation, op, ref in self._messages
+                   if generation > since and (op == "del" or ref not in deleted)]
+        return entries, max([since] + [generation for generation, _op, _ref in entries])
+
+    def _render_messages(self, entries):
+        # xapi numbers message events 0 (they are not database rows) and prepends them
+        events = []
+        for _generation, operation, ref in reversed(entries):
+            event = {"id": "0", "timestamp": "0.0", "class": MESSAGE, "operation": operation,
+                     "ref": ref}
+            if operation == "add":
+                event["snapshot"] = self._snapshot(MESSAGE, ref)
+            events.append(event)
+        return events
+
     def _render(self, entries, operation):
         events = []
         for generation, table, ref in entries:
@@ -294,7 +329,9 @@ class EventSystem:
         return self._record_to_wire(table, self.db.get(table, ref))
 
     def _valid_ref_counts(self):
-        return {table.lower(): Int32(len(rows)) for table, rows in self.db.tables.items()}
+        # messages are files in xapi, not a database table: they are not counted
+        return {table.lower(): Int32(len(rows)) for table, rows in self.db.tables.items()
+                if table != MESSAGE}
 
     # ------------------------------------------------------------------ event.inject
     def inject(self, session_ref, cls, ref):

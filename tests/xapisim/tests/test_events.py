@@ -232,6 +232,42 @@ def test_inject_checks_the_class_of_the_ref(pool, cls):
     assert err.value.description == ["HANDLE_INVALID", cls, pool.vm]
 
 
+# ---------------------------------------------------------------------------- messages
+def new_message(db, name="VM_STARTED"):
+    return db.create("message", {"name": name, "priority": 5, "cls": "VM", "body": "hello"})
+
+
+def test_messages_have_their_own_generation_and_id_zero(pool):
+    message = new_message(pool.db)
+    result = pool.events.event_from(pool.session, ["message"], "", 0.0)
+    (event,) = result["events"]
+    assert (event["class"], event["operation"], event["ref"], event["id"]) == \
+        ("message", "add", message, "0")
+    assert event["snapshot"]["name"] == "VM_STARTED"
+    generation, message_generation = ev.parse_token(result["token"])
+    assert generation == 0 and message_generation > 0  # no table row matched, a message did
+    assert "message" not in result["valid_ref_counts"]  # not a database table in xapi
+
+
+def test_message_deletion_and_class_filter(pool):
+    message = new_message(pool.db)
+    token = pool.events.event_from(pool.session, ["*"], "", 0.0)["token"]
+    assert ev.parse_token(pool.events.event_from(pool.session, ["vm"], token, 0.0)["token"])[1] == 0
+    pool.db.delete("message", message)
+    result = pool.events.event_from(pool.session, ["*"], token, 0.0)
+    assert [(e["class"], e["operation"], e["ref"]) for e in result["events"]] == \
+        [("message", "del", message)]
+    assert "snapshot" not in result["events"][0]
+
+
+def test_a_new_message_wakes_a_waiting_call(pool):
+    token = pool.events.event_from(pool.session, ["message"], "", 0.0)["token"]
+    later(0.2, new_message, pool.db)
+    result = pool.events.event_from(pool.session, ["message"], token, 30.0)
+    assert [e["operation"] for e in result["events"]] == ["add"]
+    assert result["token"] > token
+
+
 # ---------------------------------------------------------------------------- lost log entries
 def test_changes_dropped_from_the_log_still_show_as_a_superset(pool):
     token = pool.events.event_from(pool.session, ["*"], "", 0.0)["token"]

@@ -69,7 +69,9 @@ def test_v1_login_result(sim):
 
 def test_v1_error_is_the_description_array(sim):
     reply = rpc(sim.url, "session.login_with_password", [sim.username, "wrong"], version=1)
-    assert reply == {"result": None, "error": ["SESSION_AUTHENTICATION_FAILED"], "id": 1}
+    # xapi_session.ml do_local_auth: [uname; PAM message]
+    assert reply == {"result": None, "id": 1,
+                     "error": ["SESSION_AUTHENTICATION_FAILED", sim.username, "Authentication failure"]}
 
 
 def test_v2_error_object(sim, session):
