@@ -92,7 +92,9 @@ options:
     type: bool
     default: false
   import_timeout:
-    description: Give up waiting for the helper after this many seconds.
+    description:
+      - Give up waiting for the helper after this many seconds (no limit when not set).
+      - Also the time O(start) waits for the VM to be running (600 seconds when not set).
     type: int
   transfer:
     description:

@@ -160,7 +160,8 @@ class VmImport:
         elif targets:
             remap_vifs(xapi, vm_ref, vifs, source.get("vifs") or [], targets, p["preserve_identity"])
         if p.get("start"):
-            xapi.change("VM.start", vm_ref, False, False)
+            # Async + task wait: a boot can outlast the XML-RPC socket timeout
+            xapi.async_call("VM.start", vm_ref, False, False, timeout=p.get("import_timeout") or 600)
 
     # ------------------------------------------------------------ state=absent
 

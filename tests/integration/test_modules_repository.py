@@ -169,9 +169,9 @@ def test_transfer_remote_over_tls_with_ca(run_task, sim, xapi):
 
 def test_restore_equals_source_byte_for_byte_and_is_idempotent(run_task, sim, xapi):
     _ref, source = vm_by_name(xapi, "tiny-running")
-    result = run_task("vm_import", {"vm_uuid": source["uuid"], "name": "tiny-restored", "tags": ["drill"]})
+    result = run_task("vm_import", {"vm_uuid": source["uuid"], "name": "tiny-restored", "tags": ["drill"], "start": True})
     assert not result.get("failed"), result.get("msg")
-    assert result["changed"] is True and result["vm_uuid"] != source["uuid"]
+    assert result["changed"] is True and result["vm_uuid"] != source["uuid"] and result["running"] is True
     restored_ref = xapi.VM.get_by_uuid(result["vm_uuid"])
     restored = xapi.VM.get_record(restored_ref)
     assert restored["is_a_template"] is False and restored["name_label"] == "tiny-restored"

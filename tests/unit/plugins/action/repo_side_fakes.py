@@ -55,6 +55,10 @@ class FakeXapi:
             return None
         return self.call(method, *args)
 
+    def async_call(self, method, *args, **kwargs):
+        self.recorder.record("Async." + method, args)
+        return self.call(method, *args)
+
     def methods(self, planned=None):
         return [c["method"] for c in self.calls if planned is None or c["planned"] == planned]
 

@@ -160,7 +160,7 @@ def test_remove_vifs_destroys_every_vif(tmp_path):
     xapi = xapi_with({})
     VmImport(FakeCtx(params(tmp_path, remove_vifs=True, start=True), xapi, FakeRunner())).run()
     methods = xapi.methods()
-    assert methods.count("VIF.destroy") == 2 and methods.index("VIF.destroy") < methods.index("VM.start")
+    assert methods.count("VIF.destroy") == 2 and methods.index("VIF.destroy") < methods.index("Async.VM.start")
 
 
 def test_network_map_recreates_mapped_vif_only(tmp_path):
