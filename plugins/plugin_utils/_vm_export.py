@@ -113,7 +113,7 @@ class VmExport:
                 return self._finish(out)
             if self.ctx.check_mode:
                 return self._finish(self._plan(xapi, vm_ref, vm_rec, base, pool, run_id, now, reason))
-            out = self._export(xapi, vm_ref, vm_rec, pool, run_id, now)
+            out = self._export(xapi, vm_ref, vm_rec, pool, run_id, self.clock())
             out.update(base)
             out["msg"] = reason
             return self._finish(out)
