@@ -349,8 +349,10 @@ class LocalStorage(Storage):
             raise RepositoryError("cannot write %s: %s" % (path, exc.strerror or exc), "IO_ERROR")
 
     def remove_backup(self, repo, path):
-        if relative_id(repo, path) is None or os.path.islink(path) or not os.path.isdir(path):
+        if relative_id(repo, path) is None or os.path.islink(path):
             raise RepositoryError("refusing to remove %s: not a backup directory of %s" % (path, repo), "NOT_A_BACKUP")
+        if not os.path.isdir(path):
+            raise RepositoryError("%s does not exist" % path, "NOT_FOUND")
         try:
             shutil.rmtree(path)
         except OSError as exc:

@@ -208,6 +208,9 @@ class VmExport:
             return
         try:
             self.ctx.storage.remove_backup(self.p["repository"], paths["dir"])
+        except (HelperError, repo.RepositoryError) as cleanup_exc:
+            if cleanup_exc.code != "NOT_FOUND":  # nothing was written: nothing to remove
+                self.warnings.append("could not remove the incomplete backup %s: %s" % (paths["dir"], cleanup_exc))
         except Exception as cleanup_exc:  # pylint: disable=broad-except  # the export's error is the one to report
             self.warnings.append("could not remove the incomplete backup %s: %s" % (paths["dir"], cleanup_exc))
 

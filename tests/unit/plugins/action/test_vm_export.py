@@ -197,3 +197,16 @@ def test_dead_earlier_export_is_removed_then_exported_anew(setup, tmp_path):
     out = export.run()
     assert not stale.exists() and out["changed"] is True
     assert [c["subcommand"] for c in ctx.runner.calls] == ["status", "export"]
+
+
+def test_snapshot_failure_reports_only_the_xapi_error(setup):
+    export, _ctx, _xapi, snaps = setup()
+
+    def sr_full(*args, **kwargs):
+        raise RuntimeError("SR_FULL")
+
+    snaps.create_tagged_snapshot = sr_full
+    with pytest.raises(RuntimeError) as info:
+        export.run()
+    assert "warnings" not in info.value.partial_result
+    assert not any(isinstance(e, tuple) for e in snaps.events)
