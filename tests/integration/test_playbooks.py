@@ -170,7 +170,9 @@ def test_backup_backs_up_every_vm_and_writes_the_report(pool):
 
 
 def test_rerun_in_the_same_window_changes_nothing(pool):
-    out = run_playbook(pool["inventory"], "backup.yml", "-e", "xapi_backup_run_id=run-1", env=pool["env"])
+    # --limit leaves the in-memory slot hosts out: the pool host then exports (here: checks) its VMs itself
+    out = run_playbook(pool["inventory"], "backup.yml", "-l", "tiny", "-e", "xapi_backup_run_id=run-1", env=pool["env"])
+    assert "3 VM(s) of pool tiny were not exported by an export slot" in out
     report = read_report(pool["repo"], pool["pool_uuid"], "run-1")
     assert report["summary"]["backed_up"] == 0
     assert report["summary"]["already_done"] == 3
@@ -194,6 +196,14 @@ def test_restore_gives_identical_disks_and_is_idempotent(pool):
     out = run_playbook(pool["inventory"], "restore.yml", "-e", extra, env=pool["env"])
     assert recap(out)["tiny"]["changed"] == 0
     assert "1 already restored" in out
+    assert len(restored_vms(session, vm["backup_id"])) == 1
+
+    remove = json.dumps({"xapi_backup_restore_vms": ["tiny-halted"], "xapi_backup_restore_action": "remove"})
+    run_playbook(pool["inventory"], "restore.yml", "-e", remove, env=pool["env"])
+    assert restored_vms(session, vm["backup_id"]) == []
+    out = run_playbook(pool["inventory"], "restore.yml", "-e", remove, env=pool["env"])
+    assert recap(out)["tiny"]["changed"] == 0
+    run_playbook(pool["inventory"], "restore.yml", "-e", extra, env=pool["env"])   # keep a copy for the next tests
     assert len(restored_vms(session, vm["backup_id"])) == 1
 
 
