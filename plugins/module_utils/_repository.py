@@ -230,6 +230,10 @@ class Storage(abc.ABC):
         """Backup directories (3 levels below ``repo``) as ``{path, files, manifest, manifest_error}``."""
 
     @abc.abstractmethod
+    def exists(self, repo: str) -> bool:
+        """Whether the repository directory exists."""
+
+    @abc.abstractmethod
     def hash_file(self, path: str) -> tuple[int, str]:
         """(size, sha256 hex) of a file."""
 
@@ -326,6 +330,9 @@ class LocalStorage(Storage):
                     entries.append(self._entry(os.path.join(owner_path, stamp)))
         return entries
 
+    def exists(self, repo):
+        return os.path.isdir(repo)
+
     @staticmethod
     def _entry(path):
         files = {}
@@ -376,6 +383,11 @@ class HelperStorage(Storage):
         if vm:
             args += ["--vm", vm]
         return list(self._run("repo-scan", args, None).get("entries") or [])
+
+    def exists(self, repo):
+        # a scan restricted to a pool that cannot exist answers cheaply with repo_exists
+        result = self._run("repo-scan", ["--repo", repo, "--pool", "00000000-0000-0000-0000-000000000000"], None)
+        return bool(result.get("repo_exists", True))
 
     def hash_file(self, path):
         result = self._run("repo-hash", ["--in", path], None)
@@ -480,6 +492,12 @@ def check_entry(entry: dict, hasher=None) -> tuple[dict | None, str | None]:
         if size != manifest["stored_size"] or digest != manifest["sha256"]:
             return manifest, "stored file %s does not match the manifest's sha256" % name
     return manifest, None
+
+
+def require_repository(storage: Storage, repo: str) -> None:
+    """Raise unless the repository exists (reading verbs must not report a mistyped path as empty)."""
+    if not storage.exists(repo):
+        raise RepositoryError("repository %s does not exist on the task's host" % repo, "NO_REPOSITORY")
 
 
 def list_backups(storage: Storage, repo: str, pool: str | None = None, vm: str | None = None,

@@ -49,6 +49,7 @@ def verify_targets(backups: list, which: str) -> list:
 def backup_info(ctx) -> dict:
     p = ctx.params
     now = repo.utcnow()
+    repo.require_repository(ctx.storage, p["repository"])
     backups = repo.list_backups(ctx.storage, p["repository"], pool=p.get("pool_uuid"), vm=p.get("vm_uuid"),
                                 check_hash=p.get("checksums", True))
     entries = dict((b.id, b.as_dict(now)) for b in backups)
@@ -92,6 +93,7 @@ def backup_prune(ctx) -> dict:
     now = repo.utcnow()
     policy = repo.RetentionPolicy(keep_last=p.get("keep_last"), keep_daily=p.get("keep_daily"),
                                   keep_weekly=p.get("keep_weekly"), keep_monthly=p.get("keep_monthly"))
+    repo.require_repository(ctx.storage, p["repository"])
     backups = repo.list_backups(ctx.storage, p["repository"], pool=p.get("pool_uuid"), vm=p.get("vm_uuid"),
                                 check_hash=p.get("checksums", True))
     plan = repo.plan_prune(backups, policy, now, float(p.get("incomplete_grace", 86400)))

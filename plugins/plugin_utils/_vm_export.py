@@ -92,7 +92,7 @@ class VmExport:
         snaps = self.snapshots or snapshots_module()
         self.snapshots = snaps
         now = self.clock()
-        run_id = p.get("run_id") or repo.default_run_id(now)
+        run_id = snaps.validate_run_id(p.get("run_id") or repo.default_run_id(now))
         with self.ctx.xapi() as xapi:
             vm_ref, vm_rec = find_vm(xapi, p["vm"])
             pool = pool_facts(xapi)

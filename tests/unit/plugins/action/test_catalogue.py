@@ -110,3 +110,14 @@ def test_prune_spares_an_export_still_running(tmp_path):
     dead = FakeRunner(status={"ok": True, "alive": False, "phase": "export"})
     out = _catalogue.backup_prune(ctx_for(tmp_path, runner=dead, keep_last=1))
     assert [r["id"] for r in out["removed"]] == [running]
+
+
+def test_info_and_prune_refuse_a_missing_repository(tmp_path):
+    missing = tmp_path / "typo"
+    for verb in (_catalogue.backup_info, _catalogue.backup_prune):
+        try:
+            verb(ctx_for(missing, keep_last=1))
+        except repo.RepositoryError as exc:
+            assert exc.code == "NO_REPOSITORY" and "does not exist" in exc.message
+        else:
+            raise AssertionError("%s accepted a missing repository" % verb.__name__)

@@ -19,6 +19,7 @@ except ImportError:  # plain pytest: this directory is on sys.path, not a packag
     from repo_side_fakes import POOL, SESSION, SNAP, VM, FakeCtx, FakeRunner, FakeXapi, helper_failure
 
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
+from ansible_collections.xapi.backup.plugins.module_utils import _snapshots
 from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage
 from ansible_collections.xapi.backup.plugins.plugin_utils import _vm_export
 from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import VmExport, adoption_action, needs_snapshot
@@ -29,6 +30,10 @@ NOW = datetime.datetime(2026, 11, 21, 23, 59, 1, tzinfo=datetime.timezone.utc)
 class FakeSnapshots:
     def __init__(self):
         self.events = []
+
+    @staticmethod
+    def validate_run_id(run_id):
+        return _snapshots.validate_run_id(run_id)
 
     def cleanup_stale(self, xapi, run_id, vm_uuid=None):
         self.events.append("cleanup")
@@ -210,3 +215,11 @@ def test_snapshot_failure_reports_only_the_xapi_error(setup):
         export.run()
     assert "warnings" not in info.value.partial_result
     assert not any(isinstance(e, tuple) for e in snaps.events)
+
+
+@pytest.mark.parametrize("run_id", ["../../etc/passwd", "a/b", "", " x"])
+def test_bad_run_id_refused_before_any_call(setup, run_id):
+    export, ctx, xapi, _snaps = setup(run_id=run_id or "-bad")
+    with pytest.raises(Exception, match="run_id"):
+        export.run()
+    assert xapi.calls == [] and ctx.runner.calls == []

@@ -84,3 +84,9 @@ def test_helper_remove_only_backup_directories(tmp_path, helper_storage):
         storage.remove_backup(str(tmp_path), os.path.join(str(tmp_path), POOL, VM))
     storage.remove_backup(str(tmp_path), good)
     assert not os.path.exists(good) and os.path.isdir(os.path.join(str(tmp_path), POOL, VM))
+
+
+def test_helper_reports_whether_the_repository_exists(tmp_path, helper_storage):
+    storage, _runner = helper_storage
+    assert storage.exists(str(tmp_path)) is True
+    assert storage.exists(str(tmp_path / "missing")) is False
