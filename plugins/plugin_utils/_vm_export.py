@@ -16,14 +16,17 @@ write the manifest LAST; destroy the snapshot and its VDIs in every outcome.
 from __future__ import annotations
 
 import os
+import time
 
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils._selection import describe_vm, find_vm
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts
 
 BLOCKED_OPERATIONS = ("migrate_send", "pool_migrate")
 BLOCK_REASON = "xapi.backup: export in progress"
+SNAPSHOT_RELEASE_WAIT = 120.0
 
 
 def snapshots_module():
@@ -75,6 +78,9 @@ class VmExport:
         self.clock = clock
         self.warnings = []
         self.removed_snapshots = []
+        self.sleep = time.sleep
+        self.monotonic = time.monotonic
+        self.release_wait = SNAPSHOT_RELEASE_WAIT
 
     # ------------------------------------------------------------ entry point
 
@@ -195,7 +201,7 @@ class VmExport:
             raise
         finally:
             if snap_ref is not None:
-                self._destroy_snapshot(xapi, snap_ref, failing=failure is not None)
+                self._destroy_snapshot(xapi, snap_ref, failing=failure is not None, failure=failure)
         out = self._result_fields(result, manifest)
         out.update(changed=True, backup_id=paths["id"], path=os.path.join(paths["dir"], manifest["stored_file"]),
                    snapshot_uuid=snap_rec["uuid"] if snap_rec else None,
@@ -214,16 +220,54 @@ class VmExport:
         except Exception as cleanup_exc:  # pylint: disable=broad-except  # the export's error is the one to report
             self.warnings.append("could not remove the incomplete backup %s: %s" % (paths["dir"], cleanup_exc))
 
-    def _destroy_snapshot(self, xapi, snap_ref, failing):
+    def _destroy_snapshot(self, xapi, snap_ref, failing, failure=None):
+        """Destroy our snapshot and its VDIs; a snapshot already gone is fine.
+
+        After a failed export xapi's export task may still hold the snapshot (it ends at its next
+        write): cancel the task the helper reports, and wait (bounded) for the snapshot to be free.
+        """
         try:
+            if failing and not self._release(xapi, snap_ref, failure):
+                return
             # a snapshot inherits the VM's blocked_operations (e.g. destroy: "protected VM"): ours may go
             if xapi.call("VM.get_blocked_operations", snap_ref):
                 xapi.change("VM.set_blocked_operations", snap_ref, {})
             self.snapshots.destroy_snapshot_with_vdis(xapi, snap_ref)
+        except XapiError as exc:
+            if exc.code == "HANDLE_INVALID":
+                return  # destroyed meanwhile (by a run that adopted this export)
+            if not failing:
+                raise
+            self.warnings.append("could not destroy snapshot %s: %s" % (snap_ref, exc))
         except Exception as exc:  # pylint: disable=broad-except
             if not failing:
                 raise
             self.warnings.append("could not destroy snapshot %s: %s" % (snap_ref, exc))
+
+    def _release(self, xapi, snap_ref, failure):
+        """Cancel the failed export's task and wait until no operation holds the snapshot.
+
+        Returns False when the snapshot is already gone.
+        """
+        result = getattr(failure, "result", None) or {}
+        task = (result.get("task") or {}).get("ref") or (result.get("error") or {}).get("task")
+        if task:
+            try:
+                xapi.call("task.cancel", task)
+            except XapiError:
+                pass  # finished or gone already
+        deadline = self.monotonic() + self.release_wait
+        while True:
+            try:
+                if not xapi.call("VM.get_current_operations", snap_ref):
+                    return True
+            except XapiError as exc:
+                if exc.code == "HANDLE_INVALID":
+                    return False
+                raise
+            if self.monotonic() >= deadline:
+                return True  # try anyway; a failure becomes a warning
+            self.sleep(1.0)
 
     # ------------------------------------------------------------ manifest and result
 

@@ -223,3 +223,34 @@ def test_bad_run_id_refused_before_any_call(setup, run_id):
     with pytest.raises(Exception, match="run_id"):
         export.run()
     assert xapi.calls == [] and ctx.runner.calls == []
+
+
+def test_failed_export_waits_for_xapi_to_release_the_snapshot(setup):
+    from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
+
+    failure = HelperError("helper export of web failed: STALLED: no data", "STALLED",
+                          {"ok": False, "error": {"code": "STALLED"}, "task": {"ref": "OpaqueRef:export-task"}})
+    export, _ctx, xapi, snaps = setup(runner=FakeRunner(fail=failure))
+    busy = iter([{"OpaqueRef:export-task": "export"}, {"OpaqueRef:export-task": "export"}, {}])
+    xapi.answers["VM.get_current_operations"] = lambda ref: next(busy)
+    slept = []
+    export.sleep = slept.append
+    with pytest.raises(HelperError):
+        export.run()
+    methods = xapi.methods()
+    assert methods.index("task.cancel") < methods.index("VM.get_current_operations")
+    assert slept == [1.0, 1.0] and snaps.events[-1] == ("destroy", "OpaqueRef:snap")
+
+
+def test_snapshot_already_gone_is_not_an_error(setup):
+    from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
+
+    export, _ctx, xapi, snaps = setup()
+
+    def gone(ref):
+        raise XapiError("HANDLE_INVALID", ["VM", ref])
+
+    xapi.answers["VM.get_blocked_operations"] = gone
+    snaps.block_operations = contextlib.contextmanager(lambda *a: (yield {}))
+    out = export.run()
+    assert out["changed"] is True and "warnings" not in out
