@@ -262,6 +262,10 @@ class SimRequestHandler(BaseHTTPRequestHandler):
     def host(self):
         return self.server.host_view
 
+    def version_string(self):
+        """``Server: xapi/<major>.<minor>`` as xapi sends it."""
+        return "xapi/" + ".".join(self.host.sim.xapi_version().split(".")[:2])
+
     def _path_only(self):
         return urllib.parse.urlsplit(self.path).path
 
