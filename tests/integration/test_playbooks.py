@@ -274,3 +274,8 @@ def test_mapping_generate_validate_and_reject_unknown_targets(pool):
                        env=pool["env"], expect_rc="nonzero")
     assert 'unknown SR \\"no-such-sr\\"' in out
     assert 'unknown network \\"no-such-net\\"' in out
+
+
+def test_a_whole_pool_restore_must_be_asked_for(pool):
+    out = run_playbook(pool["inventory"], "restore.yml", env=pool["env"], expect_rc="nonzero")
+    assert "set xapi_backup_restore_all=true" in out
