@@ -270,14 +270,16 @@ class SimRequestHandler(BaseHTTPRequestHandler):
         return urllib.parse.urlsplit(self.path).path
 
     def do_POST(self):
+        """xapi registers POST ``/`` for XML-RPC and matches the longest prefix, so any POST
+        path without a longer handler (``/xmlrpc``, which Xen Orchestra uses) is XML-RPC."""
         path = self._path_only()
-        if path in XMLRPC_PATHS:
-            return self.handle_xmlrpc()
-        if jsonrpc is not None and path == jsonrpc.PATH:
-            return jsonrpc.serve_post(self)
         if path.startswith("/_sim/"):
             return self.handle_sim(path)
-        return self.handle_data()
+        if jsonrpc is not None and path.startswith(jsonrpc.PATH):
+            return jsonrpc.serve_post(self)
+        if path not in XMLRPC_PATHS and route(self.host.sim.handlers, "POST", path):
+            return self.handle_data()
+        return self.handle_xmlrpc()
 
     def do_OPTIONS(self):
         if jsonrpc is not None and self._path_only() == jsonrpc.PATH:

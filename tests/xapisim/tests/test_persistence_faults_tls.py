@@ -218,8 +218,14 @@ def _request(url, method, path, body=None):
 
 def test_unknown_paths_answer_like_xapi(xapisim_tiny):
     assert _request(xapisim_tiny.url, "PUT", "/no_such_handler", b"x") == 403
-    assert _request(xapisim_tiny.url, "POST", "/no_such_handler", b"x") == 403
     assert _request(xapisim_tiny.url, "GET", "/no_such_handler") == 404
+
+
+def test_any_other_post_path_is_xml_rpc(xapisim_tiny):
+    # POST / is registered for XML-RPC and xapi matches the longest prefix (http_svr.ml)
+    proxy = xmlrpc.client.ServerProxy(xapisim_tiny.url + "/xmlrpc")
+    envelope = proxy.session.login_with_password(xapisim_tiny.username, xapisim_tiny.password)
+    assert envelope["Status"] == "Success"
 
 
 def test_route_is_longest_prefix():
