@@ -107,8 +107,8 @@ class VmExport:
             self.partial.update(base)
             backups = self._backups(pool["uuid"], vm_rec["uuid"])
             adopted = None if self.ctx.check_mode else self._adopt(xapi, pool, vm_rec, run_id, backups)
-            if adopted is not None:
-                backups = self._backups(pool["uuid"], vm_rec["uuid"])
+            if adopted is not None or (running_candidates(backups) and not self.ctx.check_mode):
+                backups = self._backups(pool["uuid"], vm_rec["uuid"])  # earlier exports may have been recorded
             reason = repo.export_reason(backups, vm_rec["uuid"], run_id, p.get("force", False))
             if reason is None:
                 existing = repo.find_run_backup(backups, vm_rec["uuid"], run_id)
@@ -324,11 +324,24 @@ class VmExport:
                                               timeout=self.p.get("export_timeout"))
                 status = {"result": result}
                 action = "finalize"
+            if action == "finalize" and self._recorded_by_owner(backup):
+                continue  # the run that started it is alive and wrote the manifest: nothing to adopt
             if action == "finalize":
                 adopted = self._finalize(xapi, pool, vm_rec, run_id, backup, status["result"]) or adopted
             elif action == "remove":
                 self.ctx.storage.remove_backup(self.p["repository"], backup.path)
         return adopted
+
+    def _recorded_by_owner(self, backup):
+        """Give the run that started an export a moment to record it (write its manifest) itself."""
+        deadline = self.monotonic() + 3 * float(self.p.get("poll_interval", 2.0)) + 5.0
+        while True:
+            for entry in self.ctx.storage.scan(self.p["repository"], pool=backup.pool_uuid, vm=backup.owner):
+                if repo.relative_id(self.p["repository"], entry["path"]) == backup.id and entry.get("manifest") is not None:
+                    return True
+            if self.monotonic() >= deadline:
+                return False
+            self.sleep(1.0)
 
     def _finalize(self, xapi, pool, vm_rec, run_id, backup, result):
         """Write the manifest of an export that finished without one; destroy its snapshot."""
@@ -347,5 +360,6 @@ class VmExport:
             self.ctx.storage.write_json(os.path.join(backup.path, repo.MANIFEST_NAME), manifest)
             return backup
         finally:
-            for ref, _rec in owned:
-                self._destroy_snapshot(xapi, ref, failing=True)
+            for ref, rec in owned:
+                if not rec.get("current_operations"):  # one still being exported belongs to a live run
+                    self._destroy_snapshot(xapi, ref, failing=True)

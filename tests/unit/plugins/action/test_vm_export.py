@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import hashlib
 import json
 import os
@@ -91,7 +92,11 @@ def setup(tmp_path, monkeypatch):
                   "verify_existing": True, "poll_interval": 0.01}
         ctx = FakeCtx(params, xapi, runner or FakeRunner(), check_mode=check_mode, storage=OrderedStorage())
         snaps = FakeSnapshots()
-        return VmExport(ctx, snapshots=snaps, clock=lambda: NOW), ctx, xapi, snaps
+        export = VmExport(ctx, snapshots=snaps, clock=lambda: NOW)
+        ticks = itertools.count()
+        export.monotonic = lambda: float(next(ticks))
+        export.sleep = lambda seconds: None
+        return export, ctx, xapi, snaps
     return make
 
 
@@ -254,3 +259,30 @@ def test_snapshot_already_gone_is_not_an_error(setup):
     snaps.block_operations = contextlib.contextmanager(lambda *a: (yield {}))
     out = export.run()
     assert out["changed"] is True and "warnings" not in out
+
+
+def test_live_owner_records_its_own_export_and_the_rerun_does_not_interfere(setup, tmp_path):
+    payload = b"exported-by-the-other-run"
+    stamp_dir = tmp_path / POOL / VM / "20261121T220000Z"
+    stamp_dir.mkdir(parents=True)
+    (stamp_dir / "vm.xva.zst").write_bytes(payload)
+    (stamp_dir / repo.STATUS_NAME).write_text("{}")
+    result = {"ok": True, "path": str(stamp_dir / "vm.xva.zst"), "stored_size": len(payload),
+              "sha256": hashlib.sha256(payload).hexdigest(), "codec": "zstd"}
+
+    class OwnerAlive(FakeRunner):
+        def wait(self, status_file, label, poll_interval=2.0, timeout=None):
+            # meanwhile the run that started the export records it
+            manifest = repo.build_manifest(
+                repo.KIND_VM, tool_version="0", pool={"uuid": POOL}, xapi_version=None, run_id="2026-11-21",
+                files={"vm.xva.zst": {"size": len(payload), "sha256": result["sha256"]}}, stored_file="vm.xva.zst",
+                started=NOW, ended=NOW, vm={"uuid": VM})
+            LocalStorage().write_json(str(stamp_dir / repo.MANIFEST_NAME), manifest)
+            return result
+
+    runner = OwnerAlive(status={"ok": True, "alive": True, "phase": "export"})
+    export, ctx, _xapi, snaps = setup(runner=runner)
+    out = export.run()
+    assert out["changed"] is False and out["backup_id"].endswith("20261121T220000Z")
+    assert not any(isinstance(e, tuple) for e in snaps.events)  # the owner's snapshot is left to the owner
+    assert [c["subcommand"] for c in ctx.runner.calls] == ["status"]
