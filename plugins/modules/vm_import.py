@@ -42,7 +42,10 @@ options:
     description: UUID of the backed-up VM whose backup to restore (see O(timestamp)).
     type: str
   timestamp:
-    description: With O(vm_uuid), V(latest) (the newest complete backup) or a backup timestamp (V(20261121T235901Z)).
+    description:
+      - With O(vm_uuid), V(latest) or a backup timestamp (V(20261121T235901Z)).
+      - V(latest) is the newest backup whose stored file matches its manifest's sha256; newer damaged ones are
+        skipped with a warning. A timestamp names one backup, which is refused if damaged.
     type: str
     default: latest
   state:

@@ -71,6 +71,7 @@ class VmImport:
     def __init__(self, ctx):
         self.ctx = ctx
         self.p = ctx.params
+        self.warnings = []
 
     def _backups(self):
         p = self.p
@@ -89,12 +90,40 @@ class VmImport:
                 "backup %s is corrupt: %s does not match the manifest's size and sha256; nothing was sent to xapi"
                 % (backup.id, backup.stored_file), "CHECKSUM_MISMATCH")
 
+    def _newest_verified(self, backups, owner):
+        """The newest backup of ``owner`` whose stored file matches its manifest; damaged ones are skipped."""
+        candidates = sorted((b for b in backups if b.owner == owner and b.complete and b.time is not None),
+                            key=lambda b: b.time, reverse=True)
+        damaged = []
+        for backup in candidates:
+            try:
+                self._verify(backup)
+            except repo.RepositoryError as exc:
+                if exc.code != "CHECKSUM_MISMATCH":
+                    raise
+                damaged.append(backup.id)
+                continue
+            self.warnings += ["skipped damaged backup %s (sha256 does not match its manifest)" % i for i in damaged]
+            return backup
+        raise repo.RepositoryError("every backup of %s is corrupt (sha256 does not match the manifest: %s); nothing was sent to xapi"
+                                   % (owner, ", ".join(damaged) or "none"), "CHECKSUM_MISMATCH")
+
     def run(self) -> dict:
+        out = self._run()
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
+
+    def _run(self) -> dict:
         p = self.p
-        backup = resolve_backup(p, self._backups())
+        backups = self._backups()
+        backup = resolve_backup(p, backups)
         if p.get("state") == "absent":
             return self._absent(backup)
-        self._verify(backup)
+        if not p.get("backup") and (p.get("timestamp") or "latest") == "latest":
+            backup = self._newest_verified(backups, backup.owner)
+        else:
+            self._verify(backup)
         source = (backup.manifest.get("vm") or {})
         base = {"backup_id": backup.id, "path": backup.stored_path, "source_vm_uuid": backup.owner,
                 "source_vm_name": source.get("name_label")}

@@ -199,3 +199,26 @@ def test_restored_vm_and_disks_lose_the_snapshot_tags(tmp_path):
     assert ("VM.remove_from_other_config", "xapi_backup:owner") in removed
     assert ("VDI.remove_from_other_config", "xapi_backup:run") in removed
     assert ("VM.remove_from_other_config", "keep") not in removed
+
+
+def test_latest_skips_a_newer_damaged_backup(tmp_path):
+    write_backup(tmp_path)
+    newer = write_backup(tmp_path, stamp="20261122T010000Z")
+    with open(os.path.join(newer, "vm.xva.zst"), "r+b") as handle:
+        handle.write(b"X")
+    ctx = FakeCtx(params(tmp_path), xapi_with({}), FakeRunner())
+    out = VmImport(ctx).run()
+    assert out["backup_id"] == IDENT and "20261122T010000Z" in out["warnings"][0]
+    args = ctx.runner.calls[0]["args"]
+    assert args[args.index("--in") + 1].endswith(STAMP + "/vm.xva.zst")
+
+
+def test_explicit_damaged_timestamp_is_refused_not_replaced(tmp_path):
+    write_backup(tmp_path)
+    newer = write_backup(tmp_path, stamp="20261122T010000Z")
+    with open(os.path.join(newer, "vm.xva.zst"), "r+b") as handle:
+        handle.write(b"X")
+    ctx = FakeCtx(params(tmp_path, timestamp="20261122T010000Z"), xapi_with({}), FakeRunner())
+    with pytest.raises(RepositoryError, match="corrupt"):
+        VmImport(ctx).run()
+    assert ctx.runner.calls == []
