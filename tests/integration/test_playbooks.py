@@ -279,3 +279,32 @@ def test_mapping_generate_validate_and_reject_unknown_targets(pool):
 def test_a_whole_pool_restore_must_be_asked_for(pool):
     out = run_playbook(pool["inventory"], "restore.yml", env=pool["env"], expect_rc="nonzero")
     assert "set xapi_backup_restore_all=true" in out
+
+
+def test_one_run_per_pool_at_a_time(pool):
+    """A live lock refuses the run clearly; a dead owner's lock (killed controller) is taken over."""
+    lock = pool["repo"] / pool["pool_uuid"] / "runs" / ".lock"
+    assert not lock.exists()                     # every earlier run released it
+    lock.mkdir(mode=0o700)
+    try:
+        now = int(__import__("time").time())
+        (lock / "owner.json").write_text(json.dumps({
+            "run_id": "elsewhere", "controller": "other-controller", "pid": 1, "started": now,
+            "started_iso": "2026-11-22T00:00:00Z", "token": "t1"}))
+        out = run_playbook(pool["inventory"], "backup.yml", "-e", "xapi_backup_run_id=run-1", env=pool["env"],
+                           expect_rc="nonzero")
+        assert "another backup run of pool tiny pool holds the lock" in out
+        assert "run elsewhere from other-controller" in out
+
+        # the same controller, an ansible-playbook that is gone: stale, taken over, released at the end
+        (lock / "owner.json").write_text(json.dumps({
+            "run_id": "killed", "controller": os.uname().nodename, "pid": 999999999, "started": now,
+            "started_iso": "2026-11-22T00:00:00Z", "token": "t2"}))
+        out = run_playbook(pool["inventory"], "backup.yml", "-e", "xapi_backup_run_id=run-1", env=pool["env"])
+        assert "took over the stale lock of run killed" in out
+        assert not lock.exists()
+    finally:
+        if lock.exists():
+            for child in lock.iterdir():
+                child.unlink()
+            lock.rmdir()
