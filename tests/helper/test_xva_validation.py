@@ -269,7 +269,7 @@ def test_verify_cli(python, stored_files, variant):
     assert good.ok, good
     assert good.json["xva"]["checksum_kind"] == "xxhash"
     assert good.json["raw_size"] == len(tar_bytes(sample_xva()[0]))
-    assert good.json["raw_hash"].startswith("xxh64:")
+    assert good.json["raw_hash"].startswith("xva-xxh64:")
     bad = run_helper(python, ["verify", "--in", str(stored_files["bad"][variant])])
     assert bad.code == "CHECKSUM_MISMATCH" and bad.returncode != 0, bad
     cut = run_helper(python, ["verify", "--in", str(stored_files["cut"][variant])])
@@ -294,3 +294,26 @@ def test_pure_python_xxhash_path_through_cli(python):
     assert result.ok, result
     test = run_helper(python, ["self-test"], env={"XAPI_BACKUP_HELPER_XXHASH": "pure"})
     assert test.json["xxhash"] == "pure-python" and test.json["xxhash_slow"] is True
+
+
+def test_raw_hash_covers_every_byte(helper_module):
+    """The raw hash skips chunk bodies but covers their checksum entries, so it still tells
+    any two different valid streams apart."""
+    entries, _ = sample_xva()
+    base = helper_module.XvaValidator(helper_module.select_xxh64("ctypes"))
+    base.feed(tar_bytes(entries))
+    base.finish()
+    other_entries, _ = sample_xva()
+    data = bytearray(other_entries[3].data)
+    data[5] ^= 1
+    from .xvagen import Entry as E
+    other_entries[3] = E(other_entries[3].name, bytes(data))
+    other_entries[4] = checksum_entry(other_entries[3].name, bytes(data), "xxhash")
+    other = helper_module.XvaValidator(helper_module.select_xxh64("ctypes"))
+    other.feed(tar_bytes(other_entries))
+    other.finish()
+    same = helper_module.XvaValidator(helper_module.select_xxh64("pure"))
+    same.feed(tar_bytes(entries))
+    same.finish()
+    assert base.raw_hash() != other.raw_hash()
+    assert base.raw_hash() == same.raw_hash()
