@@ -93,8 +93,6 @@ def test_damaged_backup_refused_before_import_and_never_listed_good(env, good, k
     shutil.rmtree(directory)
 
 
-@pytest.mark.xfail(strict=True, reason="vm_import timestamp=latest picks a newer damaged backup instead of the newest "
-                                       "complete one (documented: 'the newest complete backup'): see requests.md")
 def test_latest_restore_skips_a_newer_damaged_backup(env, good):
     """vm_uuid without a timestamp restores the newest COMPLETE backup, never the damaged newer one."""
     ident, directory = damaged_copy(env, good, "20300101T000009Z", flip_one_byte)
