@@ -120,7 +120,7 @@ def resolve(name):
     """The Method for 'Class.call', specific calls first, then the generic accessors."""
     if name in METHODS:
         return METHODS[name]
-    cls, _, op = name.partition(".")
+    cls, _dot, op = name.partition(".")
     if cls not in CLASSES or not op:
         return None
     return generic_method(cls, op)

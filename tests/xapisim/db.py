@@ -162,7 +162,7 @@ class Database:
                 record["uuid"] = str(uuidlib.uuid4())
             if record["uuid"] in self.uuid_index[cls]:
                 raise XapiError("UUID_INVALID", cls, record["uuid"])  # duplicate uuid
-            for _, set_field, in self._relation_sets_of(cls):
+            for _left, set_field in self._relation_sets_of(cls):
                 record[set_field] = []
             self.tables[cls][ref] = record
             self.uuid_index[cls][record["uuid"]] = ref
@@ -188,7 +188,7 @@ class Database:
             for name, old in changed:
                 if name in self._relation_fields_of(cls):
                     self._link(cls, ref, name, old, record[name])
-            if cls == "VM" and any(name in _LIFECYCLE_FIELDS for name, _ in changed):
+            if cls == "VM" and any(name in _LIFECYCLE_FIELDS for name, _old in changed):
                 self._refresh_allowed(cls, ref)
 
     def _apply_field(self, cls, ref, record, field, value):
@@ -343,13 +343,13 @@ class Database:
         return record
 
     @staticmethod
-    def _relation_fields_of(cls):
-        return [field for left, field, _, _ in RELATIONS if left == cls]
+    def _relation_fields_of(table):
+        return [field for left, field, _right, _set in RELATIONS if left == table]
 
     @staticmethod
-    def _relation_sets_of(cls):
-        return [(left_cls, set_field) for left_cls, _, right, set_field in RELATIONS
-                if right == cls]
+    def _relation_sets_of(table):
+        return [(left_cls, set_field) for left_cls, _field, right, set_field in RELATIONS
+                if right == table]
 
     def _link(self, cls, ref, field, old_target, new_target):
         for left, left_field, right, set_field in RELATIONS:

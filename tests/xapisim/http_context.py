@@ -12,7 +12,6 @@ import time
 import urllib.parse
 
 
-
 class CountingReader:
     """The request body stream, counting what the handler consumed (so the server can drain
     the rest before closing: an unread body would make the kernel reset the connection and
@@ -189,7 +188,7 @@ class RequestContext:
         auth = self.headers.get("Authorization", "")
         if auth.lower().startswith("basic "):
             try:
-                user, _, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
+                user, _colon, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 return None
             if user == self.sim.sim.username and password == self.sim.sim.password:

@@ -52,7 +52,7 @@ def load_pool_file(path):
 
 def mac_from_seed(seed, device):
     rng = random.Random("%s/%s" % (seed, device))
-    return ":".join("%02x" % o for o in [0x02] + [rng.randrange(256) for _ in range(5)])
+    return ":".join("%02x" % o for o in [0x02] + [rng.randrange(256) for _round in range(5)])
 
 
 class PoolBuilder:

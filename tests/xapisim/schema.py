@@ -144,7 +144,7 @@ class Field:
     def __init__(self, name, code, writable):
         self.name = name
         self.writable = writable
-        self.kind, _, self.target = code.partition(":")
+        self.kind, _colon, self.target = code.partition(":")
 
     @property
     def is_map(self):
@@ -215,6 +215,7 @@ RELATIONS = [
 # xapi does not keep these tables across a toolstack restart (datamodel: persist=PersistNothing).
 NOT_PERSISTED = {"task", "session"}
 
-# Classes with a name_label field get a get_by_name_label call.
+
 def has_name_label(cls):
+    """Classes with a name_label field get a get_by_name_label call."""
     return "name_label" in CLASSES[cls]

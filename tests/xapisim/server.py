@@ -17,7 +17,8 @@ import traceback
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.xapisim import api, ops, wire  # noqa: F401  (ops registers its API calls)
+from tests.xapisim import api, ops, wire  # noqa: F401 pylint: disable=unused-import
+# (importing ops registers its API calls)
 
 from tests.xapisim.db import Database
 from tests.xapisim.errors import XapiError
@@ -28,7 +29,7 @@ from tests.xapisim.tasks import SessionManager, TaskManager
 from tests.xapisim.tlsgen import ensure_certificates
 
 try:  # event.* and JSON-RPC (another developer's modules) register their calls on import
-    from tests.xapisim import events, jsonrpc  # noqa: F401
+    from tests.xapisim import events, jsonrpc  # noqa: F401 pylint: disable=unused-import
 except ImportError:  # the XML-RPC simulator still works without them; say why they are off
     traceback.print_exc()
     events = jsonrpc = None

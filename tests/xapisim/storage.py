@@ -33,6 +33,9 @@ from tests.xapisim.errors import XapiError
 
 BLOCK = 64 * 1024
 THICK_SR_TYPES = {"lvm", "lvmoiscsi", "lvmohba", "lvmofcoe"}
+# VDI fields a snapshot or clone copies from its source ("the metadata which we control").
+CLONED_FIELDS = ("name_label", "name_description", "type", "sharable", "read_only",
+                 "other_config", "xenstore_data", "sm_config", "virtual_size", "SR", "on_boot")
 
 
 # ------------------------------------------------------------------------------ intervals
@@ -327,7 +330,7 @@ class Storage:
         layer_id = str(uuidlib.uuid4())
         size = os.path.getsize(image_path)
         with open(image_path, "rb") as f:
-            allocated = sum(n for _, n in data_extents(f.fileno(), 0, size))
+            allocated = sum(n for _offset, n in data_extents(f.fileno(), 0, size))
         layer = {"id": layer_id, "sr": sr_uuid, "image": os.path.abspath(image_path),
                  "parent": None, "owned": None, "readonly": True, "data_size": size,
                  "image_offset": image_offset, "allocated": allocated}
@@ -439,9 +442,7 @@ class Storage:
     def clone_vdi(self, vdi_ref, **record_fields):
         """A writable copy-on-write clone (VDI.clone / VM.clone)."""
         vdi_uuid, record = self._vdi(vdi_ref)
-        fields = {k: record[k] for k in ("name_label", "name_description", "type", "sharable",
-                                        "read_only", "other_config", "xenstore_data",
-                                        "sm_config", "virtual_size", "SR", "on_boot")}
+        fields = {k: record[k] for k in CLONED_FIELDS}
         fields.update(record_fields)
         fields.setdefault("uuid", str(uuidlib.uuid4()))
         fields["location"] = fields["uuid"]
@@ -594,7 +595,7 @@ class Storage:
         return [table[ref] for ref in self.db.tables["SR"][sr_ref]["VDIs"] if ref in table]
 
     def assert_fits(self, sr_ref, extra_bytes):
-        used, _ = self.usage(sr_ref)
+        used, _unused = self.usage(sr_ref)
         size = int(self.db.get_field("SR", sr_ref, "physical_size"))
         if used + int(extra_bytes) > size:
             raise XapiError("SR_FULL", used + int(extra_bytes), size)
@@ -610,8 +611,8 @@ class Storage:
         used = int(self.db.get_field("SR", sr_ref, "physical_utilisation"))
         if used + pending + length <= size:
             return
-        used, _ = self.usage(sr_ref)
-        already = sum(n for _, n in data_extents(fd, offset, offset + length))
+        used, _unused = self.usage(sr_ref)
+        already = sum(n for _offset, n in data_extents(fd, offset, offset + length))
         if used + length - already > size:
             raise XapiError("SR_FULL", used + length - already, size)
 
@@ -642,9 +643,7 @@ class Storage:
 def snapshot_record_fields(record, source_ref):
     """The VDI fields a snapshot copies from its source (xapi: the SM makes the VDI, xapi sets
     the snapshot fields)."""
-    fields = {k: record[k] for k in ("name_label", "name_description", "type", "sharable",
-                                    "read_only", "other_config", "xenstore_data", "sm_config",
-                                    "virtual_size", "SR", "on_boot", "tags")}
+    fields = {k: record[k] for k in CLONED_FIELDS + ("tags",)}
     fields.update({"is_a_snapshot": True, "snapshot_of": source_ref,
                    "snapshot_time": now_datetime(), "managed": True})
     return fields

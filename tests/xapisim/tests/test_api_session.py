@@ -32,13 +32,13 @@ def test_login_logout_and_session_invalid_afterwards(xapisim_tiny):
     assert record["this_host"] == xapisim_tiny.hosts[0]["ref"]
     assert session.xenapi.session.get_this_host(ref) == xapisim_tiny.hosts[0]["ref"]
     session.xenapi.session.logout()
-    envelope, _ = raw_call(xapisim_tiny.url, "VM.get_all", ref)
+    envelope, _unused = raw_call(xapisim_tiny.url, "VM.get_all", ref)
     assert envelope == {"Status": "Failure", "ErrorDescription": ["SESSION_INVALID", ref]}
 
 
 def test_login_with_two_parameters_and_on_rpc2(xapisim_tiny):
-    envelope, _ = raw_call(xapisim_tiny.url, "session.login_with_password",
-                           xapisim_tiny.username, xapisim_tiny.password, path="/RPC2")
+    envelope, _unused = raw_call(xapisim_tiny.url, "session.login_with_password",
+                                 xapisim_tiny.username, xapisim_tiny.password, path="/RPC2")
     assert envelope["Status"] == "Success" and envelope["Value"].startswith("OpaqueRef:")
 
 
@@ -64,7 +64,7 @@ def test_member_answers_host_is_slave_with_master_address(xapisim_tiny):
 def test_master_session_works_on_member(xapisim_tiny):
     session = xapisim_tiny.session()
     member = [h for h in xapisim_tiny.hosts if not h["master"]][0]
-    envelope, _ = raw_call(member["url"], "host.get_all", session._session)
+    envelope, _unused = raw_call(member["url"], "host.get_all", session._session)
     assert envelope["Status"] == "Success" and len(envelope["Value"]) == 2
 
 
@@ -109,7 +109,7 @@ def test_idle_session_expires(xapisim_factory):
     ref = session._session
     session.xenapi.VM.get_all()
     time.sleep(1.5)
-    envelope, _ = raw_call(sim.url, "VM.get_all", ref)
+    envelope, _unused = raw_call(sim.url, "VM.get_all", ref)
     assert envelope["ErrorDescription"] == ["SESSION_INVALID", ref]
     # the XenAPI client logs in again by itself on SESSION_INVALID
     assert session.xenapi.VM.get_all()

@@ -94,7 +94,7 @@ def test_sr_full_on_snapshot_fault(xapisim_factory):
     x = sim.session().xenapi
     vm = x.VM.get_by_name_label("tiny-halted")[0]
     sim.faults.set(sr_full_on_snapshot=True)
-    for _ in range(2):  # no count: stays until cleared
+    for _round in range(2):  # no count: stays until cleared
         with pytest.raises(XenAPI.Failure) as err:
             x.VM.snapshot(vm, "full")
         assert err.value.details[0] == "SR_FULL"
@@ -170,7 +170,7 @@ def test_stream_writer_cut_stall_and_bandwidth():
     sink = _Sink()
     writer = StreamWriter(sink, _Sock(), {"bandwidth_bytes_per_s": 100000})
     started = time.monotonic()
-    for _ in range(5):
+    for _round in range(5):
         writer.write(b"y" * 10000)
     assert time.monotonic() - started >= 0.45
 

@@ -35,7 +35,7 @@ def test_sample_pool_contents(xapisim):
     assert {"web01", "db01", "Ünïcødé — 测试", "zero-disk",
             "member-local", "suspended01"} <= set(guests)
     assert {r["power_state"] for r in guests.values()} >= {"Running", "Halted", "Suspended"}
-    _, template = vms["Debian Bookworm 12"]
+    _unused, template = vms["Debian Bookworm 12"]
     assert template["is_a_template"] and template["is_default_template"]
     assert template["other_config"]["default_template"] == "true"
 
@@ -62,7 +62,7 @@ def test_sample_pool_contents(xapisim):
     root = disks(guests["web01"])[0]
     info = xapisim.vdi_read(root["uuid"])
     assert info["size"] == 512 * MiB
-    data_bytes = sum(n for _, n in info["extents"])
+    data_bytes = sum(n for _offset, n in info["extents"])
     assert 50 * MiB < data_bytes <= 256 * MiB
     image = os.path.join(os.environ.get("XAPISIM_IMAGE_DIR", DEFAULT_IMAGE_DIR), "small.img")
     offset = info["extents"][len(info["extents"]) // 2][0]

@@ -43,7 +43,7 @@ def task_handler(ctx):
 def stream_handler(ctx):
     ctx.wfile.write(b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n")
     writer = ctx.stream()
-    for _ in range(10):
+    for _round in range(10):
         writer.write(b"z" * 1000)
 
 
@@ -83,19 +83,19 @@ def test_query_cookie_and_host_facts(sim):
     assert seen["member_url"].startswith("http://127.0.0.2:")
     assert seen["session"] is None
     member = [h for h in sim.listeners if h != sim.master_ref()][0]
-    _, data = get(sim, "/probe", host=member)
+    _unused, data = get(sim, "/probe", host=member)
     assert json.loads(data)["is_master"] is False
 
 
 def test_authenticate_by_session_and_basic_auth(sim):
     session = sim.sessions.create(sim.master_ref(), "root")
-    _, data = get(sim, "/probe?session_id=" + session)
+    _unused, data = get(sim, "/probe?session_id=" + session)
     assert json.loads(data)["session"] == session
-    _, data = get(sim, "/probe?session_id=OpaqueRef:bogus")
+    _unused, data = get(sim, "/probe?session_id=OpaqueRef:bogus")
     assert json.loads(data)["session"] is None
     auth = base64.b64encode(("root:%s" % sim.password).encode()).decode()
     sessions_before = set(sim.db.refs("session"))
-    _, data = get(sim, "/probe", headers={"Authorization": "Basic " + auth})
+    _unused, data = get(sim, "/probe", headers={"Authorization": "Basic " + auth})
     temporary = json.loads(data)["session"]
     assert temporary and temporary not in sessions_before
     deadline = time.monotonic() + 5  # logged out when the handler returns (after the reply)
@@ -103,19 +103,19 @@ def test_authenticate_by_session_and_basic_auth(sim):
         assert time.monotonic() < deadline, "temporary session never logged out"
         time.sleep(0.01)
     wrong = base64.b64encode(b"root:nope").decode()
-    _, data = get(sim, "/probe", headers={"Authorization": "Basic " + wrong})
+    _unused, data = get(sim, "/probe", headers={"Authorization": "Basic " + wrong})
     assert json.loads(data)["session"] is None
 
 
 def test_task_for_request_uses_the_clients_task(sim):
     task = sim.tasks.create("client task", cancellable=True)
-    _, data = get(sim, "/task?task_id=" + task)
+    _unused, data = get(sim, "/task?task_id=" + task)
     assert data.decode() == task
     record = sim.db.get("task", task)
     assert record["status"] == "success"
     assert record["result"] == ("<value><array><data><value>OpaqueRef:a</value>"
                                 "<value>OpaqueRef:b</value></data></array></value>")
-    _, data = get(sim, "/task?fail=1")
+    _unused, data = get(sim, "/task?fail=1")
     created = data.decode()
     assert created != task
     assert sim.db.get("task", created)["error_info"] == ["VDI_IO_ERROR", "Device I/O error"]
@@ -126,12 +126,12 @@ def test_stream_fault_cuts_the_connection(sim):
     sim.faults.add({"cut_after_bytes": 2500, "path": "/stream", "count": 1})
     response, data = get(sim, "/stream")
     assert response.status == 200 and data == b"z" * 2500
-    _, data = get(sim, "/stream")
+    _unused, data = get(sim, "/stream")
     assert len(data) == 10000  # count spent
 
 
 def test_unread_put_body_does_not_reset_the_connection(sim):
     body = b"x" * (8 * 1024 * 1024)
-    response, _ = get(sim, "/sink", method="PUT", body=body,
-                      headers={"Content-Length": str(len(body))})
+    response, _unused = get(sim, "/sink", method="PUT", body=body,
+                            headers={"Content-Length": str(len(body))})
     assert response.status == 302 and response.getheader("Location") == "/elsewhere"

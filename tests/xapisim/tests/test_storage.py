@@ -41,7 +41,7 @@ def test_intervals_merge_and_split():
 
 
 def test_new_vdi_reads_zeros_and_has_no_extents(store):
-    db, storage, thin, _ = store
+    db, storage, thin, _thick = store
     vdi = storage.create_vdi(thin, 3 * MiB, name_label="empty")
     assert read_all(storage, vdi) == bytes(3 * MiB)
     with storage.open_read(vdi) as reader:
@@ -51,7 +51,7 @@ def test_new_vdi_reads_zeros_and_has_no_extents(store):
 
 
 def test_snapshot_is_frozen_and_shares_blocks(store):
-    db, storage, thin, _ = store
+    db, storage, thin, _thick = store
     vdi = storage.create_vdi(thin, 4 * MiB)
     original = os.urandom(2 * MiB)
     storage.write_at(vdi, 0, original)
@@ -73,7 +73,7 @@ def test_snapshot_is_frozen_and_shares_blocks(store):
 
 
 def test_unaligned_write_keeps_neighbours(store):
-    _, storage, thin, _ = store
+    _db, storage, thin, _thick = store
     vdi = storage.create_vdi(thin, 1 * MiB)
     storage.write_at(vdi, 0, b"\xaa" * MiB)
     storage.snapshot_vdi(vdi)
@@ -84,7 +84,7 @@ def test_unaligned_write_keeps_neighbours(store):
 
 
 def test_zero_write_hides_parent_data(store):
-    _, storage, thin, _ = store
+    _db, storage, thin, _thick = store
     vdi = storage.create_vdi(thin, 1 * MiB)
     storage.write_at(vdi, 0, b"\xff" * MiB)
     storage.snapshot_vdi(vdi)
@@ -93,7 +93,7 @@ def test_zero_write_hides_parent_data(store):
 
 
 def test_destroying_snapshot_keeps_original_content(store):
-    db, storage, thin, _ = store
+    db, storage, thin, _thick = store
     vdi = storage.create_vdi(thin, 1 * MiB)
     payload = os.urandom(MiB)
     storage.write_at(vdi, 0, payload)
@@ -103,11 +103,11 @@ def test_destroying_snapshot_keeps_original_content(store):
     assert read_all(storage, vdi) == payload
     storage.destroy_vdi(vdi)
     assert storage.layers == {}  # every layer file is gone
-    assert [f for f in os.listdir(storage.root + "/" + db.get_field("SR", thin, "uuid"))] == []
+    assert not os.listdir(storage.root + "/" + db.get_field("SR", thin, "uuid"))
 
 
 def test_repeated_snapshot_cycles_keep_the_chain_short(store):
-    db, storage, thin, _ = store
+    db, storage, thin, _thick = store
     vdi = storage.create_vdi(thin, 1 * MiB)
     uuid = db.get_field("VDI", vdi, "uuid")
     storage.write_at(vdi, 0, b"x" * MiB)
@@ -127,7 +127,7 @@ def test_repeated_snapshot_cycles_keep_the_chain_short(store):
 
 
 def test_extents_of_huge_sparse_disk_are_fast(store):
-    db, storage, thin, _ = store
+    db, storage, thin, _thick = store
     db.set_field("SR", thin, "physical_size", 4 * 1024 ** 4)
     vdi = storage.create_vdi(thin, 2 * 1024 ** 4)  # 2 TiB, mostly empty
     storage.write_at(vdi, 0, b"a" * 4096)
@@ -141,16 +141,16 @@ def test_extents_of_huge_sparse_disk_are_fast(store):
         snap_extents = reader.extents()
         assert reader.read(1024 ** 4, 4) == b"bbbb"
     assert time.monotonic() - started < 2.0
-    covered = sum(n for _, n in extents)
+    covered = sum(n for _offset, n in extents)
     assert covered < 1 * MiB
-    assert [o // BLOCK for o, _ in extents][0] == 0
+    assert [o // BLOCK for o, _length in extents][0] == 0
     assert any(o <= 1024 ** 4 < o + n for o, n in extents)
     assert any(o + n == 2 * 1024 ** 4 for o, n in extents)
     assert not any(o + n == 2 * 1024 ** 4 for o, n in snap_extents)
 
 
 def test_image_base_is_shared_not_copied(store, tmp_path):
-    db, storage, thin, _ = store
+    db, storage, thin, _thick = store
     image = tmp_path / "disk.img"
     with open(image, "wb") as f:
         f.truncate(2 * MiB)
@@ -169,7 +169,7 @@ def test_image_base_is_shared_not_copied(store, tmp_path):
 
 
 def test_read_throughput(store):
-    db, storage, thin, _ = store
+    db, storage, thin, _thick = store
     db.set_field("SR", thin, "physical_size", 1024 * MiB)
     vdi = storage.create_vdi(thin, 32 * MiB)
     chunk = os.urandom(MiB)
@@ -181,7 +181,7 @@ def test_read_throughput(store):
     with storage.open_read(vdi) as reader:
         reader.read(0, MiB)
         started = time.monotonic()
-        for _ in range(3):
+        for _round in range(3):
             for i in range(32):
                 reader.read(i * MiB, MiB)
         rate = 96 * MiB / (time.monotonic() - started)
@@ -190,7 +190,7 @@ def test_read_throughput(store):
 
 
 def test_thick_sr_refuses_what_does_not_fit(store):
-    db, storage, _, thick = store
+    db, storage, _thin, thick = store
     small = storage.create_vdi(thick, 2 * MiB)
     storage.write_at(small, 0, b"q" * MiB)
     storage.snapshot_vdi(small)  # 2 MiB leaf + a full new 2 MiB leaf fit in 10 MiB
@@ -207,7 +207,7 @@ def test_thick_sr_refuses_what_does_not_fit(store):
 
 
 def test_thin_sr_fills_up_on_write(store):
-    db, storage, thin, _ = store
+    db, storage, thin, _thick = store
     db.set_field("SR", thin, "physical_size", 2 * MiB)
     vdi = storage.create_vdi(thin, 8 * MiB)  # thin: creating costs nothing
     storage.write_at(vdi, 0, b"1" * MiB)
@@ -219,7 +219,7 @@ def test_thin_sr_fills_up_on_write(store):
 
 
 def test_storage_state_survives_reload(store, tmp_path):
-    db, storage, thin, _ = store
+    db, storage, thin, _thick = store
     vdi = storage.create_vdi(thin, MiB)
     storage.write_at(vdi, 0, b"persist")
     storage.snapshot_vdi(vdi)
@@ -237,7 +237,7 @@ def test_storage_state_survives_reload(store, tmp_path):
 
 
 def test_open_writer_follows_a_snapshot(store):
-    _, storage, thin, _ = store
+    _db, storage, thin, _thick = store
     vdi = storage.create_vdi(thin, MiB)
     with storage.open_write(vdi) as writer:
         writer.write(0, b"before")

@@ -32,7 +32,7 @@ def disk_vdis(x, vm):
         record = x.VBD.get_record(vbd)
         if record["type"] == "Disk" and not record["empty"]:
             vdis.append(record["VDI"])
-    return sorted(vdis, key=lambda v: x.VDI.get_uuid(v))
+    return sorted(vdis, key=x.VDI.get_uuid)
 
 
 def test_snapshot_record_semantics(x):
