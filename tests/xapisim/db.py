@@ -387,13 +387,15 @@ class Database:
         if not self.path:
             return
         with self._flush_lock:  # one writer at a time, so an older dump never lands last
-            with self.lock:
+            with self.lock:  # copy under the lock, serialise outside it
                 if not self._dirty:
                     return
-                tables = {cls: t for cls, t in self.tables.items() if cls not in NOT_PERSISTED}
-                text = json.dumps({"format": 1, "last_event_id": self.last_event_id,
-                                   "tables": tables}, ensure_ascii=False)
+                tables = {cls: {ref: copy_record(rec) for ref, rec in table.items()}
+                          for cls, table in self.tables.items() if cls not in NOT_PERSISTED}
+                last_event_id = self.last_event_id
                 self._dirty = False
+            text = json.dumps({"format": 1, "last_event_id": last_event_id, "tables": tables},
+                              ensure_ascii=False)
             tmp = self.path + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(text)
