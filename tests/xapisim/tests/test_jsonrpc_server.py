@@ -168,3 +168,22 @@ def test_async_call_and_its_task_through_event_from(sim, session):
     record = rpc(sim.url, "VM.get_record", [session, snapshot])["result"]
     assert record["is_a_snapshot"] is True and record["snapshot_of"] == vm
     rpc(sim.url, "task.destroy", [session, task])
+
+
+def test_keep_alive_connection_serves_several_calls(sim, session):
+    """Xen Orchestra's undici client reuses connections: replies carry a Content-Length and the
+    connection stays open."""
+    parts = urllib.parse.urlsplit(sim.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        sockets = []
+        for request_id in range(3):
+            body = json.dumps({"jsonrpc": "2.0", "method": "pool.get_all", "params": [session],
+                               "id": request_id})
+            conn.request("POST", "/jsonrpc", body=body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            assert json.loads(response.read())["id"] == request_id
+            sockets.append(conn.sock)  # None once the server said Connection: close
+        assert sockets[0] is not None and all(sock is sockets[0] for sock in sockets)
+    finally:
+        conn.close()
