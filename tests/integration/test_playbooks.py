@@ -148,6 +148,8 @@ def pool(tmp_path_factory):
 
 def test_backup_backs_up_every_vm_and_writes_the_report(pool):
     out = run_playbook(pool["inventory"], "backup.yml", "-e", "xapi_backup_run_id=run-1", env=pool["env"])
+    assert "3 VM(s) selected" in out and "2 export slot(s) in parallel" in out
+    assert {"tiny@slot0", "tiny@slot1"} <= set(recap(out))      # default concurrency: 2 exports at once
     report = read_report(pool["repo"], pool["pool_uuid"], "run-1")
     assert report["summary"]["selected"] == 3
     assert report["summary"]["backed_up"] == 3, report["summary"]
