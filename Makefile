@@ -93,7 +93,7 @@ $(VENV36_NOZSTD)/.stamp:
 	touch $@
 
 .PHONY: setup
-setup: venv sysdeps layout images $(VENV36)/.stamp $(VENV36_NOZSTD)/.stamp
+setup: venv sysdeps layout images $(VENV36)/.stamp $(VENV36_NOZSTD)/.stamp xo-peer-deps
 
 # ---------------------------------------------------------------- tests
 .PHONY: test
