@@ -67,14 +67,54 @@ def random_mac(rng=random):
     return ":".join("%02x" % o for o in [0x02] + octets)  # locally administered, like xapi
 
 
-def copy_vm_fields(vm):
-    """A VM record minus the fields the database maintains or that are per-object."""
+def copy_vm_record(vm, new_name, disk_op, new_power_state):
+    """The fields of a new VM made from ``vm`` by snapshot / checkpoint / clone / copy, as
+    xapi_vm_clone.ml copy_vm_record builds them: not copied are blocked_operations, HA,
+    protection policy, suspend_SR, version; a snapshot keeps the mac_seed, a clone gets a new
+    one; default_template/xensource_internal are dropped; a template's name is remembered."""
+    is_a_snapshot = disk_op in ("snapshot", "checkpoint")
     fields = copy.deepcopy(vm)
     for key in ("uuid", "VBDs", "VIFs", "snapshots", "children", "current_operations",
                 "allowed_operations", "consoles", "crash_dumps", "VUSBs", "VTPMs", "VGPUs",
-                "attached_PCIs"):
+                "attached_PCIs", "metrics", "guest_metrics"):
         fields.pop(key, None)
+    other = dict(vm["other_config"])
+    if not is_a_snapshot:
+        other["mac_seed"] = str(uuidlib.uuid4())
+    other.pop("default_template", None)
+    other.pop("xensource_internal", None)
+    if vm["is_a_template"]:
+        other.setdefault("base_template_name", vm["name_label"])
+    fields.update({
+        "name_label": str(new_name), "power_state": new_power_state, "blocked_operations": {},
+        "is_a_template": is_a_snapshot or vm["is_a_template"], "is_default_template": False,
+        "is_a_snapshot": is_a_snapshot, "snapshot_of": NULL_REF,
+        "snapshot_time": now_datetime() if is_a_snapshot else "19700101T00:00:00Z",
+        "snapshot_info": {"disk-snapshot-type": "crash_consistent",
+                          "power-state-at-snapshot": vm["power_state"]}
+        if is_a_snapshot else {},
+        "snapshot_metadata": "", "transportable_snapshot_id": "",
+        "parent": vm["parent"] if is_a_snapshot else NULL_REF, "resident_on": NULL_REF,
+        "scheduled_to_be_resident_on": NULL_REF, "other_config": other, "domid": -1,
+        "domarch": "", "blobs": {}, "ha_always_run": False, "protection_policy": NULL_REF,
+        "is_snapshot_from_vmpp": False, "is_vmss_snapshot": False,
+        "snapshot_schedule": NULL_REF, "appliance": NULL_REF, "start_delay": 0,
+        "shutdown_delay": 0, "order": 0, "suspend_SR": NULL_REF, "version": 0,
+        "generation_id": "" if not vm["generation_id"] else "%d:%d" % (
+            random.getrandbits(48), random.getrandbits(48)),
+        "requires_reboot": False, "pending_guidances": [], "suspend_VDI": NULL_REF,
+    })
     return fields
+
+
+def new_vm_power_state(disk_op, power_state):
+    """xapi_vm_clone.ml clone: a checkpoint of a running/suspended VM is Suspended, a
+    clone/copy of a suspended VM too; anything else starts Halted."""
+    if disk_op == "checkpoint" and power_state in ("Running", "Suspended"):
+        return "Suspended"
+    if disk_op in ("clone", "copy") and power_state == "Suspended":
+        return "Suspended"
+    return "Halted"
 
 
 def new_metrics(db, vm):
@@ -94,7 +134,12 @@ VIF_COPIED_FIELDS = ("device", "network", "MTU", "other_config", "qos_algorithm_
 
 
 def copy_vbd(db, vbd, vm_ref, vdi_ref):
+    """CA-58405 (xapi_vm_clone.ml): the new VM owns its disks, so their VBDs get an ``owner``
+    key and the disks are cleaned up with the VM by vm-uninstall."""
     fields = {k: v for k, v in vbd.items() if k in VBD_COPIED_FIELDS}
+    if fields.get("type") == "Disk":
+        fields["other_config"] = dict(fields.get("other_config") or {})
+        fields["other_config"].setdefault("owner", "")
     fields.update({"VM": vm_ref, "VDI": vdi_ref, "currently_attached": False})
     return db.create("VBD", fields)
 
@@ -136,15 +181,10 @@ def snapshot_vm(call, vm_ref, new_name, ignore_vdis=(), checkpoint=False):
     ignore = set(str(v) for v in ignore_vdis)
     disks = [(r, v) for r, v in vm_disk_vbds(db, vm_ref) if v["VDI"] not in ignore]
     assert_snapshot_fits(call, disks)
-    fields = copy_vm_fields(vm)
-    fields.update({
-        "name_label": str(new_name), "is_a_snapshot": True, "is_a_template": True,
-        "snapshot_of": vm_ref, "snapshot_time": now_datetime(), "resident_on": NULL_REF,
-        "scheduled_to_be_resident_on": NULL_REF, "domid": -1,
-        "power_state": "Suspended" if checkpoint else "Halted", "is_default_template": False,
-        "snapshot_info": {"power-state-at-snapshot": vm["power_state"]},
-        "transportable_snapshot_id": "", "parent": vm["parent"], "suspend_VDI": NULL_REF,
-    })
+    disk_op = "checkpoint" if checkpoint else "snapshot"
+    fields = copy_vm_record(vm, new_name, disk_op,
+                            new_vm_power_state(disk_op, vm["power_state"]))
+    fields["snapshot_of"] = vm_ref
     fields["metrics"] = new_metrics(db, fields)
     snap_ref = db.create("VM", fields)
     try:
@@ -160,7 +200,7 @@ def snapshot_vm(call, vm_ref, new_name, ignore_vdis=(), checkpoint=False):
             copy_vbd(db, vbd, snap_ref, snap_vdis.get(vbd_ref, vbd["VDI"]))
         for vif_ref in vm["VIFs"]:
             copy_vif(db, db.get("VIF", vif_ref), snap_ref, keep_mac=True)
-        if checkpoint:
+        if fields["power_state"] == "Suspended":
             db.set_field("VM", snap_ref, "suspend_VDI",
                          make_suspend_vdi(call, snap_ref, "checkpoint of " + vm["name_label"]))
     except Exception:
@@ -251,22 +291,14 @@ def vm_copy(call, vm, new_name, sr):
         call.ref("SR", sr)
     with VmOperation(call, vm, "copy") as vm_ref:
         return clone_vm(call, vm_ref, new_name,
-                        lambda vdi: copy_vdi(call, vdi, sr if sr != NULL_REF else None))
+                        lambda vdi: copy_vdi(call, vdi, sr if sr != NULL_REF else None), "copy")
 
 
-def clone_vm(call, vm_ref, new_name, clone_disk):
+def clone_vm(call, vm_ref, new_name, clone_disk, disk_op="clone"):
     db = call.db
     vm = db.get("VM", vm_ref)
-    fields = copy_vm_fields(vm)
-    other = dict(fields["other_config"])
-    other["mac_seed"] = str(uuidlib.uuid4())
-    other.pop("default_template", None)
-    fields.update({"name_label": str(new_name), "is_a_snapshot": False,
-                   "is_a_template": vm["is_a_template"] and not vm["is_a_snapshot"],
-                   "is_default_template": False, "snapshot_of": NULL_REF,
-                   "snapshot_time": "19700101T00:00:00Z", "parent": NULL_REF,
-                   "power_state": "Halted", "resident_on": NULL_REF, "domid": -1,
-                   "other_config": other, "suspend_VDI": NULL_REF, "snapshot_info": {}})
+    fields = copy_vm_record(vm, new_name, disk_op, new_vm_power_state(disk_op,
+                                                                      vm["power_state"]))
     fields["metrics"] = new_metrics(db, fields)
     new_vm = db.create("VM", fields)
     try:
@@ -277,6 +309,8 @@ def clone_vm(call, vm_ref, new_name, clone_disk):
             copy_vbd(db, vbd, new_vm, vdi)
         for vif_ref in vm["VIFs"]:
             copy_vif(db, db.get("VIF", vif_ref), new_vm, keep_mac=False)
+        if db.exists("VDI", vm["suspend_VDI"]) and fields["power_state"] == "Suspended":
+            db.set_field("VM", new_vm, "suspend_VDI", clone_disk(vm["suspend_VDI"]))
     except Exception:
         destroy_vm_records(db, new_vm)
         raise

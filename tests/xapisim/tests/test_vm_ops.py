@@ -49,6 +49,12 @@ def test_snapshot_record_semantics(x):
     assert snap in x.VM.get_snapshots(vm)
     assert x.VM.get_parent(vm) == snap  # xapi's snapshot tree
     assert record["tags"] == source["tags"]
+    assert record["snapshot_info"] == {"disk-snapshot-type": "crash_consistent",
+                                       "power-state-at-snapshot": "Running"}
+    assert record["other_config"]["mac_seed"] == source["other_config"]["mac_seed"]
+    for vbd in record["VBDs"]:
+        if x.VBD.get_type(vbd) == "Disk":
+            assert "owner" in x.VBD.get_other_config(vbd)  # the snapshot owns its disks
     # disks: new VDIs, snapshots of the originals, same sizes
     originals = disk_vdis(x, vm)
     copies = [x.VBD.get_VDI(v) for v in record["VBDs"]]
@@ -130,6 +136,17 @@ def test_vdi_in_use_by_running_vm(x):
     with pytest.raises(XenAPI.Failure) as err:
         x.VDI.destroy(vdi)
     assert err.value.details == ["VDI_IN_USE", vdi, "destroy"]
+
+
+def test_snapshot_does_not_inherit_blocked_operations(x):
+    vm = vm_named(x, "tiny-halted")
+    x.VM.add_to_blocked_operations(vm, "destroy", "protected VM")
+    try:
+        snap = x.VM.snapshot(vm, "unblocked")
+        assert x.VM.get_blocked_operations(snap) == {}
+        x.VM.destroy(snap)
+    finally:
+        x.VM.remove_from_blocked_operations(vm, "destroy")
 
 
 def test_blocked_operation(x):
@@ -216,7 +233,12 @@ def test_set_is_a_template_and_clone(sim, x):
     snap = x.VM.snapshot(vm, "restore me")
     clone = x.VM.clone(snap, "from snapshot")
     assert x.VM.get_is_a_snapshot(clone) is False
-    assert x.VM.get_is_a_template(clone) is False  # a clone of a snapshot is a plain VM
+    # xapi_vm_clone.ml: is_a_template = is_a_snapshot || source.is_a_template, so a clone of a
+    # snapshot is a template until set_is_a_template false
+    assert x.VM.get_is_a_template(clone) is True
+    assert x.VM.get_other_config(clone)["base_template_name"] == "restore me"
+    assert x.VM.get_other_config(clone)["mac_seed"] != x.VM.get_other_config(vm)["mac_seed"]
+    x.VM.set_is_a_template(clone, False)
     template = x.VM.clone(vm, "as template")
     x.VM.set_is_a_template(template, True)
     assert x.VM.get_is_a_template(template) is True
