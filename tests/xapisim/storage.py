@@ -33,9 +33,10 @@ from tests.xapisim.errors import XapiError
 
 BLOCK = 64 * 1024
 THICK_SR_TYPES = {"lvm", "lvmoiscsi", "lvmohba", "lvmofcoe"}
-# VDI fields a snapshot or clone copies from its source ("the metadata which we control").
-CLONED_FIELDS = ("name_label", "name_description", "type", "sharable", "read_only",
-                 "other_config", "xenstore_data", "sm_config", "virtual_size", "SR", "on_boot")
+# VDI fields a snapshot or clone copies from its source: xapi_vdi.ml snapshot_and_clone "copies
+# across the metadata which we control" (the SM makes the rest), plus the size and the SR.
+CLONED_FIELDS = ("name_label", "name_description", "type", "sharable", "other_config",
+                 "xenstore_data", "on_boot", "allow_caching", "virtual_size", "SR")
 
 
 # ------------------------------------------------------------------------------ intervals
@@ -643,7 +644,7 @@ class Storage:
 def snapshot_record_fields(record, source_ref):
     """The VDI fields a snapshot copies from its source (xapi: the SM makes the VDI, xapi sets
     the snapshot fields)."""
-    fields = {k: record[k] for k in CLONED_FIELDS + ("tags",)}
+    fields = {k: record[k] for k in CLONED_FIELDS}
     fields.update({"is_a_snapshot": True, "snapshot_of": source_ref,
                    "snapshot_time": now_datetime(), "managed": True})
     return fields
