@@ -565,14 +565,9 @@ def creatable_fields(cls, record, exclude=()):
 
 # ------------------------------------------------------------------------------ VDI
 def vdi_attached_to_running_vm(db, vdi_ref):
-    for vbd_ref in db.get_field("VDI", vdi_ref, "VBDs"):
-        vbd = db.get("VBD", vbd_ref)
-        if vbd["currently_attached"]:
-            return True
-        if db.exists("VM", vbd["VM"]) and \
-                db.get_field("VM", vbd["VM"], "power_state") in ("Running", "Paused"):
-            return True
-    return False
+    """xapi_vdi.ml destroy_and_data_destroy_common: in use = a VBD currently attached."""
+    return any(db.get_field("VBD", vbd_ref, "currently_attached")
+               for vbd_ref in db.get_field("VDI", vdi_ref, "VBDs"))
 
 
 @api_method("VDI.destroy", 2, async_ok=True)
