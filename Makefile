@@ -157,3 +157,11 @@ $(XO_PEER)/node_modules/.package-lock.json: $(XO_PEER)/package.json $(XO_PEER)/p
 
 .PHONY: xo-peer-deps
 xo-peer-deps: $(XO_PEER)/node_modules/.package-lock.json
+
+# ---------------------------------------------------------------- simulated pool (by hand)
+# Runs the sample pool in the foreground (ready line on stdout, Ctrl-C stops it); the state
+# survives in .tmp/xapisim until `make clean`.  POOL=tiny for the small one.
+POOL ?= sample
+.PHONY: xapisim
+xapisim: venv images
+	$(PY) -m tests.xapisim serve --pool tests/xapisim/pools/$(POOL).yml --state-dir $(TMP)/xapisim-$(POOL)
