@@ -310,3 +310,16 @@ def test_one_run_per_pool_at_a_time(pool):
             for child in lock.iterdir():
                 child.unlink()
             lock.rmdir()
+
+
+@pytest.mark.parametrize("extra, word", [
+    ({"xapi_backup_repository": "relative/repo"}, "absolute path"),
+    ({"xapi_backup_run_id": "../escape"}, "run id"),
+    ({"xapi_backup_run_id": "x", "xapi_backup_concurrency": 0}, "concurrency"),
+])
+def test_bad_input_is_refused_before_anything_runs(pool, extra, word):
+    before = sorted(str(p) for p in pool["repo"].rglob("*"))
+    out = run_playbook(pool["inventory"], "backup.yml", "-e", json.dumps(extra), env=pool["env"], expect_rc="nonzero")
+    assert "bad input:" in out and word in out
+    assert sorted(str(p) for p in pool["repo"].rglob("*")) == before
+    assert not (REPO / "playbooks" / "relative").exists()
