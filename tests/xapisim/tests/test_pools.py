@@ -70,6 +70,7 @@ def test_sample_pool_contents(xapisim):
         f.seek(offset)
         expected = f.read(65536)
     assert expected.strip(b"\0") and xapisim.vdi_read(root["uuid"], offset, 65536) == expected
+    assert xapisim.vdi_read(root["uuid"], 1024 + 56, 2) == b"\x53\xef"  # an ext4 superblock
 
 
 def test_generated_pool_of_200_vms(tmp_path, xapisim_factory):
