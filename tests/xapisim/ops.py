@@ -606,6 +606,38 @@ def vdi_copy(call, vdi, sr, base_vdi=None, into_vdi=None):
     return copy_vdi(call, call.ref("VDI", vdi), call.ref("SR", sr))
 
 
+@api_method("VDI.resize", 3, async_ok=True)
+def vdi_resize(call, vdi, size):
+    """Grow a VDI (the SMs we model cannot shrink): new space reads as zeros."""
+    db = call.db
+    vdi_ref = call.ref("VDI", vdi)
+    size = -(-int(size) // 512) * 512
+    current = int(db.get_field("VDI", vdi_ref, "virtual_size"))
+    if size < current:
+        raise XapiError("SR_BACKEND_FAILURE_79", "", "VDI Invalid size [opterr=shrinking is "
+                        "not allowed]", "")
+    sr = db.get_field("VDI", vdi_ref, "SR")
+    if db.get_field("SR", sr, "type") in THICK_SR_TYPES:
+        call.sim.storage.assert_fits(sr, size - current)
+    db.set_field("VDI", vdi_ref, "virtual_size", size)
+    call.sim.storage.refresh_utilisation(sr)
+    return ""
+
+
+@api_method("VM.get_allowed_VBD_devices", 2)
+def vm_get_allowed_vbd_devices(call, vm):
+    used = {call.db.get_field("VBD", v, "userdevice")
+            for v in call.db.get_field("VM", call.ref("VM", vm), "VBDs")}
+    return [str(i) for i in range(16) if str(i) not in used]
+
+
+@api_method("VM.get_allowed_VIF_devices", 2)
+def vm_get_allowed_vif_devices(call, vm):
+    used = {call.db.get_field("VIF", v, "device")
+            for v in call.db.get_field("VM", call.ref("VM", vm), "VIFs")}
+    return [str(i) for i in range(7) if str(i) not in used]
+
+
 @api_method("VDI.create", 2, async_ok=True)
 def vdi_create(call, record):
     record = dict(record)

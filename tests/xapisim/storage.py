@@ -95,6 +95,12 @@ def data_extents(fd, start, end):
     return out
 
 
+def data_limit(layer):
+    """Bytes a layer can supply: an image ends with its file; a layer file of ours grows with
+    its VDI (VDI.resize), so it never clips (reads past its end are zeros anyway)."""
+    return layer["data_size"] if layer.get("image") else float("inf")
+
+
 def allocated_bytes(path):
     try:
         return os.stat(path).st_blocks * 512
@@ -160,7 +166,7 @@ class VdiReader:
     def _read_direct(self, layer, start, end):
         """One pread when a single layer holds the whole range (the common case)."""
         base = layer.get("image_offset", 0)
-        if start < base or end > base + layer["data_size"]:
+        if start < base or end > base + data_limit(layer):
             return None
         data = os.pread(self._fds[layer["id"]], end - start, start - base)
         if len(data) < end - start:  # a sparse file shorter than its VDI: the rest is zeros
@@ -171,7 +177,7 @@ class VdiReader:
         fd = self._fds[layer["id"]]
         base = layer.get("image_offset", 0)  # where an image starts on the disk
         lo = max(start, base)
-        hi = min(end, base + layer["data_size"])
+        hi = min(end, base + data_limit(layer))
         if lo >= hi:
             return
         target = view[lo - start:hi - start]
@@ -189,7 +195,7 @@ class VdiReader:
             if layer is None:
                 continue
             base = layer.get("image_offset", 0)
-            lo, hi = max(s, base), min(e, base + layer["data_size"])
+            lo, hi = max(s, base), min(e, base + data_limit(layer))
             if lo < hi:
                 fd = self._fds[layer["id"]]
                 runs.extend((o + base, n) for o, n in data_extents(fd, lo - base, hi - base))

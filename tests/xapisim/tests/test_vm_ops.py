@@ -361,3 +361,27 @@ def test_revert_to_snapshot_and_checkpoint(sim, x):
     assert x.VDI.get_type(x.VM.get_suspend_VDI(vm)) == "suspend"
     x.VM.hard_shutdown(vm)
     assert x.VM.get_suspend_VDI(vm) == "OpaqueRef:NULL"
+
+
+def test_vdi_resize_and_allowed_devices(sim, x):
+    vm = vm_named(x, "tiny-halted")
+    used = {x.VBD.get_userdevice(v) for v in x.VM.get_VBDs(vm)}
+    allowed = x.VM.get_allowed_VBD_devices(vm)
+    assert not used & set(allowed) and "15" in allowed
+    assert "0" not in x.VM.get_allowed_VIF_devices(vm)
+    sr = x.SR.get_by_name_label("nfs")[0]
+    vdi = x.VDI.create({"SR": sr, "virtual_size": str(MiB), "type": "user",
+                        "name_label": "grow me", "sharable": False, "read_only": False,
+                        "other_config": {}})
+    uuid = x.VDI.get_uuid(vdi)
+    sim.vdi_write(uuid, MiB - 3, b"end")
+    x.VDI.resize(vdi, str(3 * MiB))
+    assert x.VDI.get_virtual_size(vdi) == str(3 * MiB)
+    assert sim.vdi_read(uuid, MiB - 3, 3) == b"end"
+    assert sim.vdi_read(uuid, 2 * MiB, 16) == bytes(16)
+    sim.vdi_write(uuid, 3 * MiB - 4, b"tail")
+    assert sim.vdi_read(uuid, 3 * MiB - 4, 4) == b"tail"
+    with pytest.raises(XenAPI.Failure) as err:
+        x.VDI.resize(vdi, str(MiB))
+    assert err.value.details[0].startswith("SR_BACKEND_FAILURE")
+    x.VDI.destroy(vdi)
