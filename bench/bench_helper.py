@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Side-by-side compression benchmark of xapi-backup-helper (``make bench-helper``).
 
 Input: the XVA stream of the bench disk image (a 2 GiB ext4 image holding ~1.2 GiB of real
@@ -141,7 +140,7 @@ def run_measured(argv, stdin_path=None, stdin_proc_argv=None, out_path=os.devnul
         proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=subprocess.PIPE, env=env)
         stdin.close()
         stderr_text = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
+        status, usage = os.wait4(proc.pid, 0)[1:]
         wall = time.monotonic() - started
         proc.returncode = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status
     if feeder is not None:
@@ -188,7 +187,7 @@ def machine_info():
 
     def version(argv):
         try:
-            return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout.decode().splitlines()[0]
+            return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False).stdout.decode().splitlines()[0]
         except (OSError, IndexError):
             return None
     import zstandard
@@ -214,7 +213,7 @@ def compression_table(xva, runs, workdir, python):
             print("run %d  %-42s %6.1f s  %7.1f MB/s" % (run + 1, name, measured["wall"], raw / measured["wall"] / MB),
                   file=sys.stderr, flush=True)
     rows = []
-    for name, _ in items:
+    for name in (item[0] for item in items):
         s = samples[name]
         wall = statistics.median(m["wall"] for m in s)
         rows.append({"tool": name, "runs": len(s), "wall_s": round(wall, 2),
@@ -276,7 +275,7 @@ def markdown(raw, rows, rss_rows, info):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--image", required=True)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", default=os.path.join(REPO, ".tmp", "bench-helper"))

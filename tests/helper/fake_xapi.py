@@ -234,7 +234,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fake.import_early_answer:
             self._answer_import(task)
         length = int(self.headers.get("Content-Length") or 0)
-        digest, received, head = hashlib.sha256(), 0, b""
+        received = 0
         body = bytearray()
         while received < length:
             piece = self.rfile.read(min(1 << 20, length - received))

@@ -136,7 +136,7 @@ def test_private_lib_dir_is_used(tmp_path, python):
     lib = prefix / "lib" / ("python" + version) / "zstandard"
     lib.mkdir(parents=True)
     (lib / "__init__.py").write_text("__version__ = 'fake-from-lib'\n")
-    out = subprocess.run([python, str(prefix / "bin" / "xapi-backup-helper"), "self-test"], stdout=subprocess.PIPE)
+    out = subprocess.run([python, str(prefix / "bin" / "xapi-backup-helper"), "self-test"], stdout=subprocess.PIPE, check=True)
     res = json.loads(out.stdout.decode())
     assert res["codecs"]["zstandard"]["version"] == "fake-from-lib"
     assert res["codecs"]["zstandard"]["path"].startswith(str(prefix / "lib"))

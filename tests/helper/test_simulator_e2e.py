@@ -3,7 +3,6 @@ compared through /export_raw_vdi; injected faults leave no partial file behind."
 
 import http.client
 import os
-import ssl
 import urllib.parse
 
 import pytest
@@ -47,7 +46,7 @@ def disk_uuids(session, vm_ref):
         record = session.xenapi.VBD.get_record(vbd)
         if record["type"] != "CD" and record["VDI"] != "OpaqueRef:NULL":
             out.append((record["userdevice"], session.xenapi.VDI.get_uuid(record["VDI"])))
-    return [uuid for _, uuid in sorted(out)]
+    return [pair[1] for pair in sorted(out)]
 
 
 def raw_vdi(sim, session, vdi_uuid):
@@ -104,7 +103,7 @@ def test_export_verify_import_round_trip(python, pool, tmp_path, codec):
 
 def test_snapshot_of_running_vm_exports_and_restores(pool, tmp_path):
     sim, session = pool
-    vm_ref, _ = vm_by_name(session, "tiny-running")
+    vm_ref = vm_by_name(session, "tiny-running")[0]
     running = run_helper(one_python(), ["export", "--url", sim.url, "--vm", vm_ref, "--out", str(tmp_path / "r.zst")],
                          env=helper_env(session))
     assert running.code == "XAPI_TASK_FAILED" and running.json["error"]["xapi_error"][0] == "VM_BAD_POWER_STATE"
@@ -123,7 +122,7 @@ def test_snapshot_of_running_vm_exports_and_restores(pool, tmp_path):
 
 def test_export_over_tls_verifies_the_certificate(pool, tmp_path):
     sim, session = pool
-    _, record = vm_by_name(session, "tiny-halted")
+    record = vm_by_name(session, "tiny-halted")[1]
     args = ["export", "--url", sim.tls_url, "--vm", record["uuid"], "--codec", "gzip"]
     ok = run_helper(one_python(), args + ["--out", str(tmp_path / "a.gz"), "--ca-file", sim.ca_file],
                     env=helper_env(session))
@@ -137,7 +136,7 @@ def test_export_over_tls_verifies_the_certificate(pool, tmp_path):
 
 def test_cut_stream_leaves_nothing(python, pool, tmp_path):
     sim, session = pool
-    _, record = vm_by_name(session, "tiny-halted")
+    record = vm_by_name(session, "tiny-halted")[1]
     sim.faults.set(cut_after_bytes=1500000, path="/export", count=1)
     out = tmp_path / "vm.xva.zst"
     result = run_helper(python, ["export", "--url", sim.url, "--vm", record["uuid"], "--out", str(out)],
@@ -150,7 +149,7 @@ def test_cut_stream_leaves_nothing(python, pool, tmp_path):
 
 def test_injected_task_failure(pool, tmp_path):
     sim, session = pool
-    _, record = vm_by_name(session, "tiny-halted")
+    record = vm_by_name(session, "tiny-halted")[1]
     sim.faults.set(task_failure={"method": "/export", "error": ["VDI_IO_ERROR", "Device I/O error"]}, count=1)
     out = tmp_path / "vm.xva.zst"
     result = run_helper(one_python(), ["export", "--url", sim.url, "--vm", record["uuid"], "--out", str(out)],
@@ -161,7 +160,7 @@ def test_injected_task_failure(pool, tmp_path):
 
 def test_stall_shorter_than_timeout_survives_and_longer_fails(pool, tmp_path):
     sim, session = pool
-    _, record = vm_by_name(session, "tiny-halted")
+    record = vm_by_name(session, "tiny-halted")[1]
     args = ["export", "--url", sim.url, "--vm", record["uuid"]]
     sim.faults.set(stall_seconds=2, stall_after_bytes=1000000, path="/export", count=1)
     patient = run_helper(one_python(), args + ["--out", str(tmp_path / "a.zst"), "--stall-timeout", "10"],

@@ -41,7 +41,7 @@ def test_good_xva_any_block_split(helper_module, kind, block):
 
 @pytest.mark.parametrize("xxh", ["module", "ctypes", "pure"])
 def test_every_xxhash_implementation(helper_module, xxh):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     assert validate(helper_module, tar_bytes(entries), xxh=xxh)["checksum_kind"] == "xxhash"
 
 
@@ -84,7 +84,7 @@ def test_cd_and_zero_size_disks_carry_no_data(helper_module):
 
 
 def test_tar_padding_zeros_after_end_are_accepted(helper_module):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     validate(helper_module, tar_bytes(entries) + bytes(8192))
 
 
@@ -93,7 +93,7 @@ def test_tar_padding_zeros_after_end_are_accepted(helper_module):
 
 @pytest.mark.parametrize("entry_index,offset", [(1, 0), (3, 1000), (-2, -1)])
 def test_flipped_data_byte(helper_module, entry_index, offset):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     data = bytearray(tar_bytes(entries))
     chunk = entries[entry_index].data
     where = data.find(chunk) + (offset % len(chunk))
@@ -102,7 +102,7 @@ def test_flipped_data_byte(helper_module, entry_index, offset):
 
 
 def test_flipped_byte_in_a_header_fails_the_tar_checksum(helper_module):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     data = bytearray(tar_bytes(entries))
     second_header = 512 + len(entries[0].data) + (-len(entries[0].data) % 512)
     data[second_header + 3] ^= 0x01
@@ -110,45 +110,45 @@ def test_flipped_byte_in_a_header_fails_the_tar_checksum(helper_module):
 
 
 def test_wrong_checksum_value(helper_module):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     entries[2] = Entry(entries[2].name, b"0123456789ABCDEF")
     assert error_code(helper_module, tar_bytes(entries)) == "CHECKSUM_MISMATCH"
 
 
 def test_lowercase_xxhash_is_a_mismatch(helper_module):
     """xapi compares the strings exactly: %016LX is uppercase."""
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     entries[2] = Entry(entries[2].name, entries[2].data.lower())
     assert error_code(helper_module, tar_bytes(entries)) == "CHECKSUM_MISMATCH"
 
 
 def test_wrong_checksum_extension(helper_module):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     entries[2] = Entry(entries[2].name.replace(".xxhash", ".md5"), entries[2].data)
     assert error_code(helper_module, tar_bytes(entries)) == "CHECKSUM_MISSING"
 
 
 def test_missing_checksum_entry(helper_module):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     del entries[2]
     assert error_code(helper_module, tar_bytes(entries)) == "CHECKSUM_MISSING"
 
 
 def test_missing_chunk_data_entry(helper_module):
     """A chunk's data entry is gone but its checksum entry is there."""
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     del entries[3]  # Ref:12/00000002 (its .xxhash stays)
     assert error_code(helper_module, tar_bytes(entries)) == "UNEXPECTED_ENTRY"
 
 
 def test_missing_first_chunk(helper_module):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     del entries[1:3]
     assert error_code(helper_module, tar_bytes(entries)) == "CHUNK_ORDER"
 
 
 def test_missing_last_chunk(helper_module):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     names = [e.name for e in entries]
     last = names.index("Ref:9/00000002")
     del entries[last:last + 2]
@@ -156,7 +156,7 @@ def test_missing_last_chunk(helper_module):
 
 
 def test_missing_last_chunk_of_first_disk(helper_module):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     names = [e.name for e in entries]
     last = names.index("Ref:12/00000002")
     del entries[last:last + 2]
@@ -164,33 +164,33 @@ def test_missing_last_chunk_of_first_disk(helper_module):
 
 
 def test_missing_disk(helper_module):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     entries = [e for e in entries if not e.name.startswith("Ref:12/")]
     assert error_code(helper_module, tar_bytes(entries)) == "DISK_MISSING"
 
 
 def test_disks_out_of_order(helper_module):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     first = [e for e in entries[1:] if e.name.startswith("Ref:12/")]
     second = [e for e in entries[1:] if e.name.startswith("Ref:9/")]
     assert error_code(helper_module, tar_bytes(entries[:1] + second + first)) == "DISK_MISSING"
 
 
 def test_chunk_counter_not_increasing(helper_module):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     entries[3:5], entries[1:3] = entries[1:3], entries[3:5]
     assert error_code(helper_module, tar_bytes(entries)) == "CHUNK_ORDER"
 
 
 def test_short_disk(helper_module):
     """ova.xml says the disk is bigger than the data that follows."""
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     entries[0] = Entry("ova.xml", ova_xml({"Ref:12": 3 * CHUNK, "Ref:9": 3 * CHUNK}))
     assert error_code(helper_module, tar_bytes(entries)) == "DISK_LENGTH"
 
 
 def test_long_disk(helper_module):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     entries[0] = Entry("ova.xml", ova_xml({"Ref:12": 3 * CHUNK, "Ref:9": 2 * CHUNK}))
     assert error_code(helper_module, tar_bytes(entries)) == "DISK_LENGTH"
 
@@ -206,13 +206,13 @@ def test_missing_end_of_archive(helper_module):
 
 
 def test_ova_xml_must_come_first(helper_module):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     entries[0], entries[1] = entries[1], entries[0]
     assert error_code(helper_module, tar_bytes(entries)) == "BAD_XVA"
 
 
 def test_unknown_disk_ref(helper_module):
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     entries.insert(1, Entry("Ref:77/00000000", bytes(512)))
     assert error_code(helper_module, tar_bytes(entries)) == "UNEXPECTED_ENTRY"
 
@@ -299,11 +299,11 @@ def test_pure_python_xxhash_path_through_cli(python):
 def test_raw_hash_covers_every_byte(helper_module):
     """The raw hash skips chunk bodies but covers their checksum entries, so it still tells
     any two different valid streams apart."""
-    entries, _ = sample_xva()
+    entries = sample_xva()[0]
     base = helper_module.XvaValidator(helper_module.select_xxh64("ctypes"))
     base.feed(tar_bytes(entries))
     base.finish()
-    other_entries, _ = sample_xva()
+    other_entries = sample_xva()[0]
     data = bytearray(other_entries[3].data)
     data[5] ^= 1
     from .xvagen import Entry as E
