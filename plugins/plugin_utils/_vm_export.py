@@ -229,7 +229,7 @@ class VmExport:
         try:
             if failing and not self._release(xapi, snap_ref, failure):
                 return
-            # a snapshot inherits the VM's blocked_operations (e.g. destroy: "protected VM"): ours may go
+            # blocked_operations on our snapshot (copied by some xapi versions, or set by hand) must not keep it
             if xapi.call("VM.get_blocked_operations", snap_ref):
                 xapi.change("VM.set_blocked_operations", snap_ref, {})
             self.snapshots.destroy_snapshot_with_vdis(xapi, snap_ref)
