@@ -200,7 +200,7 @@ class FaultEnv:
         self.counter += 1
         log = self.workdir / ("playbook-%d.log" % self.counter)
         proc = subprocess.run(self.playbook_cmd(name, *extra, inventory=inventory),
-                              env=self.ansible_env(ANSIBLE_LOG_PATH=str(log)), cwd=str(REPO_ROOT),
+                              env=self.ansible_env(ANSIBLE_LOG_PATH=str(log)), cwd=str(self.workdir),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
         self.outputs.append(("playbook output %d" % self.counter, proc.stdout))
         if log.exists():
@@ -213,7 +213,7 @@ class FaultEnv:
         outfile = self.workdir / ("playbook-%d.out" % self.counter)
         stdout = open(outfile, "w")
         proc = subprocess.Popen(self.playbook_cmd(name, *extra, inventory=inventory),
-                                env=self.ansible_env(ANSIBLE_LOG_PATH=str(log)), cwd=str(REPO_ROOT),
+                                env=self.ansible_env(ANSIBLE_LOG_PATH=str(log)), cwd=str(self.workdir),
                                 stdout=stdout, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         stdout.close()
         proc.log_files = [log, outfile]

@@ -127,8 +127,6 @@ def test_helper_killed_mid_export(fault_env_factory):
     env.secrets_absent(session_refs=seen)
 
 
-@pytest.mark.xfail(strict=True, reason="no run lock: the second run adopts the first run's live export and destroys its "
-                                       "snapshot; the first then fails with HANDLE_INVALID on a complete backup: see requests.md")
 def test_two_backup_runs_of_one_pool_at_once(fault_env_factory):
     """The second run waits for the first or refuses clearly; never two exports of one VM, never a
     duplicate or half backup, no snapshot left."""
@@ -150,8 +148,9 @@ def test_two_backup_runs_of_one_pool_at_once(fault_env_factory):
     texts = [p.read_text(errors="replace") for p in second.log_files if p.exists() and p.suffix == ".out"]
     second_out = texts[0] if texts else ""
     assert first.returncode == 0
-    if second.returncode != 0:
-        assert "lock" in second_out.lower() or "another backup run" in second_out.lower(), second_out[-4000:]
+    if second.returncode != 0:          # refused clearly, before any export of its own
+        assert "another backup run of pool tiny pool holds the lock" in second_out, second_out[-4000:]
+        assert "no complete backup of" not in second_out, "the refused run started exports"
     info = env.run_task("backup_info", {})
     good = complete_of_run(info, "twice")
     uuids = [b["vm_uuid"] for b in good]
@@ -160,6 +159,30 @@ def test_two_backup_runs_of_one_pool_at_once(fault_env_factory):
     env.no_leftovers()
     report = env.report("twice")
     assert report["summary"]["failed"] == 0, report["vms"]
+
+
+def test_two_exports_of_one_vm_at_once(fault_env_factory):
+    """Module level (no role lock): a second vm_export of a VM whose export streams waits for it and
+    never exports it twice nor takes its snapshot away."""
+    env = fault_env_factory("tiny")
+    env.sim.faults.set(bandwidth_bytes_per_s=SLOW, path="/export", count=1)
+    proc, out = env.start_task("vm_export", {"vm": "tiny-running", "run_id": "same"})
+    try:
+        wait_for(lambda: streaming(env), timeout=120, what="the first export streaming")
+        second, info = env.run_tasks([("vm_export", {"vm": "tiny-running", "run_id": "same"}), ("backup_info", {})])
+        proc.wait(timeout=300)
+    finally:
+        kill_tree(proc, signal.SIGKILL)
+    env.collect(proc)
+    first = json.loads(out.read_text())
+    assert not first.get("failed"), first.get("msg")
+    assert not second.get("failed"), second.get("msg")
+    assert [c for c in second["helper_calls"] if c["subcommand"] == "export"] == [], "exported twice"
+    assert second["backup_id"] == first["backup_id"]
+    good = complete_of_run(info, "same")
+    assert [b["id"] for b in good] == [first["backup_id"]]
+    env.repo_guarantees(info["backups"])
+    env.no_leftovers()
 
 
 def test_vm_deleted_between_selection_and_snapshot(fault_env_factory):
