@@ -8,7 +8,7 @@
 # without notice. Modules, action plugins and module_utils of this collection only.
 # ---------------------------------------------------------------------------------------------
 
-"""Ansible glue: the connection argument spec and the ONE place where errors become ``fail_json``.
+"""Ansible glue: the argument specs and the ONE place where errors become ``fail_json``.
 
 Modules::
 
@@ -20,7 +20,9 @@ Modules::
         AnsibleXapiModule(argument_spec=dict(vm=dict(type="str", required=True)),
                           supports_check_mode=True).run(run)
 
-Action plugins: ``connection_from_params(self._task.args)`` gives the ``XapiConnection``;
+Action plugins (documented by the stubs in ``plugins/modules``) build their argument spec with
+``helper_argument_spec(options)``: the connection options, the repository and helper options, then their own.
+``connection_from_params(self._task.args)`` gives the ``XapiConnection``;
 ``error_to_message(exc)`` gives the one-line message for any ``XapiBackupError``; ``error_details(exc)``
 the ``error`` dict (``code``, ``params``) the modules return on failure.
 """
@@ -68,6 +70,38 @@ def xapi_argument_spec():
         ca_path=dict(type="path", fallback=(env_fallback, ["XAPI_CA_PATH"])),
         timeout=dict(type="int", default=60),
     )
+
+
+#: Defaults of the helper options, also used when a task passes an empty value.
+DEFAULT_HELPER_PATH = "/opt/xapi-backup/bin/xapi-backup-helper"
+DEFAULT_HELPER_PYTHON = "python3"
+DEFAULT_HELPER_XAPI_URL = "http://localhost"
+
+
+def helper_argument_spec(options=None, uses_xapi=True):
+    """Argument spec of a verb that runs ``xapi-backup-helper`` (an action plugin), shared with its doc stub.
+
+    The connection options (``xapi.backup.connection`` doc fragment), the repository and helper options
+    (``xapi.backup.helper``), then the verb's own ``options``. With ``uses_xapi=False`` (fragment
+    ``xapi.backup.helper.no_xapi``) hostname and password are accepted, for ``module_defaults`` of the
+    action group, but not required.
+    """
+    spec = xapi_argument_spec()
+    if not uses_xapi:
+        for name in ("hostname", "password"):
+            spec[name] = dict(spec[name], required=False)
+    spec.update(
+        repository=dict(type="str", required=True),
+        helper_path=dict(type="str", default=DEFAULT_HELPER_PATH),
+        helper_python=dict(type="str", default=DEFAULT_HELPER_PYTHON),
+        # how the helper reaches xapi for data transfers (docs/dev/contracts.md section 3b)
+        transfer=dict(type="str", default="local", choices=["local", "remote"]),
+        helper_xapi_url=dict(type="str", default=DEFAULT_HELPER_XAPI_URL),
+        helper_ca_file=dict(type="str"),
+        poll_interval=dict(type="float", default=2.0),
+    )
+    spec.update(options or {})
+    return spec
 
 
 def connection_from_params(params):

@@ -666,24 +666,3 @@ def plan_prune(backups: list, policy: RetentionPolicy, now: datetime.datetime, i
                 plan.keep.append((backup, ["incomplete, within the grace period" if age is not None else "incomplete, age unknown"]))
     return plan
 
-
-# ---------------------------------------------------------------- options (shared by the doc stubs and action plugins)
-
-
-def repository_argument_spec() -> dict:
-    """Where the repository is and how the helper that reaches it is started."""
-    return dict(
-        repository=dict(type="str", required=True),
-        helper_path=dict(type="str", default="/opt/xapi-backup/bin/xapi-backup-helper"),
-        helper_python=dict(type="str", default="python3"),
-    )
-
-
-def transfer_argument_spec() -> dict:
-    """How the helper reaches xapi for data transfers (contracts section 3b)."""
-    return dict(
-        transfer=dict(type="str", default="local", choices=["local", "remote"]),
-        helper_xapi_url=dict(type="str", default="http://localhost"),
-        helper_ca_file=dict(type="str"),
-        poll_interval=dict(type="float", default=2.0),
-    )

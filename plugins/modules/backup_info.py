@@ -21,12 +21,6 @@ description:
 author:
   - xapi.backup maintainers (@xapi-backup)
 options:
-  repository:
-    description:
-      - Root directory of the backup repository on the host the task runs on (the pool master, or the
-        controller with a local connection).
-    type: str
-    required: true
   pool_uuid:
     description: Only backups of this pool.
     type: str
@@ -47,56 +41,13 @@ options:
     type: str
     choices: [none, latest, all]
     default: none
-  helper_path:
-    description: Path of C(xapi-backup-helper) on the host the task runs on.
-    type: str
-    default: /opt/xapi-backup/bin/xapi-backup-helper
-  helper_python:
-    description: Python interpreter that runs the helper on that host (dom0 has Python 3.6).
-    type: str
-    default: python3
-  transfer:
-    description:
-      - V(local) the helper talks to xapi on its own host at O(helper_xapi_url) (plain HTTP over localhost on the pool master).
-      - V(remote) the helper talks to the pool master named by O(hostname) over HTTPS with certificate verification.
-    type: str
-    choices: [local, remote]
-    default: local
-  helper_xapi_url:
-    description: URL at which the helper reaches xapi with O(transfer=local).
-    type: str
-    default: http://localhost
-  helper_ca_file:
-    description:
-      - CA file on the helper's host used with O(transfer=remote).
-      - Defaults to O(ca_path) when the connection is local, else to the helper host's CA store.
-    type: str
-  poll_interval:
-    description: Seconds between two status polls of the detached helper.
-    type: float
-    default: 2.0
-  hostname:
-    description:
-      - Accepted for C(module_defaults) of the action group; not used (this module does not talk to xapi).
-      - If not set, the value of the E(XAPI_HOSTNAME) environment variable is used.
-    type: str
-    required: false
-    aliases: [host]
-  password:
-    description:
-      - Accepted for C(module_defaults) of the action group; not used.
-      - If not set, the value of the E(XAPI_PASSWORD) environment variable is used.
-    type: str
-    required: false
 extends_documentation_fragment:
+  - xapi.backup.helper.no_xapi
   - xapi.backup.connection
+  - xapi.backup.helper
   - xapi.backup.attributes
   - xapi.backup.attributes.actiongroup_xapi
   - xapi.backup.attributes.info_module
-notes:
-  - The connection options (O(hostname), O(password), ...) are accepted so that C(module_defaults) for the
-    C(group/xapi.backup.xapi) action group apply; this module does not talk to xapi and ignores them, as it ignores O(transfer), O(helper_xapi_url),
-    O(helper_ca_file) and O(poll_interval).
 seealso:
   - module: xapi.backup.backup_prune
   - module: xapi.backup.vm_export
@@ -207,28 +158,21 @@ error:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xapi.backup.plugins.module_utils._common import xapi_argument_spec
-from ansible_collections.xapi.backup.plugins.module_utils._repository import (
-    repository_argument_spec,
-    transfer_argument_spec,
-)
+from ansible_collections.xapi.backup.plugins.module_utils._common import helper_argument_spec
 
 VALIDATION = {}
 
 
 def argument_spec():
-    spec = xapi_argument_spec()
-    for name in ("hostname", "password"):
-        spec[name] = dict(spec[name], required=False)
-    spec.update(repository_argument_spec())
-    spec.update(transfer_argument_spec())
-    spec.update(
-        pool_uuid=dict(type="str"),
-        vm_uuid=dict(type="str"),
-        checksums=dict(type="bool", default=True),
-        verify=dict(type="str", default="none", choices=["none", "latest", "all"]),
+    return helper_argument_spec(
+        dict(
+            pool_uuid=dict(type="str"),
+            vm_uuid=dict(type="str"),
+            checksums=dict(type="bool", default=True),
+            verify=dict(type="str", default="none", choices=["none", "latest", "all"]),
+        ),
+        uses_xapi=False,
     )
-    return spec
 
 
 def main():

@@ -19,12 +19,6 @@ description:
 author:
   - xapi.backup maintainers (@xapi-backup)
 options:
-  repository:
-    description:
-      - Root directory of the backup repository on the host the task runs on (the pool master, or the
-        controller with a local connection).
-    type: str
-    required: true
   vms:
     description: VMs (UUIDs or exact names) whose metadata to save beside the database dump.
     type: list
@@ -39,36 +33,9 @@ options:
     description: Dump even if a complete pool dump with this run id exists.
     type: bool
     default: false
-  transfer:
-    description:
-      - V(local) the helper talks to xapi on its own host at O(helper_xapi_url) (plain HTTP over localhost on the pool master).
-      - V(remote) the helper talks to the pool master named by O(hostname) over HTTPS with certificate verification.
-    type: str
-    choices: [local, remote]
-    default: local
-  helper_xapi_url:
-    description: URL at which the helper reaches xapi with O(transfer=local).
-    type: str
-    default: http://localhost
-  helper_ca_file:
-    description:
-      - CA file on the helper's host used with O(transfer=remote).
-      - Defaults to O(ca_path) when the connection is local, else to the helper host's CA store.
-    type: str
-  helper_path:
-    description: Path of C(xapi-backup-helper) on the host the task runs on.
-    type: str
-    default: /opt/xapi-backup/bin/xapi-backup-helper
-  helper_python:
-    description: Python interpreter that runs the helper on that host (dom0 has Python 3.6).
-    type: str
-    default: python3
-  poll_interval:
-    description: Seconds between two status polls of the detached helper.
-    type: float
-    default: 2.0
 extends_documentation_fragment:
   - xapi.backup.connection
+  - xapi.backup.helper
   - xapi.backup.attributes
   - xapi.backup.attributes.actiongroup_xapi
 attributes:
@@ -148,25 +115,19 @@ error:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xapi.backup.plugins.module_utils._common import xapi_argument_spec
-from ansible_collections.xapi.backup.plugins.module_utils._repository import (
-    repository_argument_spec,
-    transfer_argument_spec,
-)
+from ansible_collections.xapi.backup.plugins.module_utils._common import helper_argument_spec
 
 VALIDATION = {}
 
 
 def argument_spec():
-    spec = xapi_argument_spec()
-    spec.update(repository_argument_spec())
-    spec.update(transfer_argument_spec())
-    spec.update(
-        vms=dict(type="list", elements="str", default=[]),
-        run_id=dict(type="str"),
-        force=dict(type="bool", default=False),
+    return helper_argument_spec(
+        dict(
+            vms=dict(type="list", elements="str", default=[]),
+            run_id=dict(type="str"),
+            force=dict(type="bool", default=False),
+        ),
     )
-    return spec
 
 
 def main():

@@ -26,12 +26,6 @@ description:
 author:
   - xapi.backup maintainers (@xapi-backup)
 options:
-  repository:
-    description:
-      - Root directory of the backup repository on the host the task runs on (the pool master, or the
-        controller with a local connection).
-    type: str
-    required: true
   backup:
     description:
       - The backup to restore, by id (C(<pool-uuid>/<vm-uuid>/<timestamp>)) or by a path inside O(repository)
@@ -99,36 +93,9 @@ options:
       - Give up waiting for the helper after this many seconds (no limit when not set).
       - Also the time O(start) waits for the VM to be running (600 seconds when not set).
     type: int
-  transfer:
-    description:
-      - V(local) the helper talks to xapi on its own host at O(helper_xapi_url) (plain HTTP over localhost on the pool master).
-      - V(remote) the helper talks to the pool master named by O(hostname) over HTTPS with certificate verification.
-    type: str
-    choices: [local, remote]
-    default: local
-  helper_xapi_url:
-    description: URL at which the helper reaches xapi with O(transfer=local).
-    type: str
-    default: http://localhost
-  helper_ca_file:
-    description:
-      - CA file on the helper's host used with O(transfer=remote).
-      - Defaults to O(ca_path) when the connection is local, else to the helper host's CA store.
-    type: str
-  helper_path:
-    description: Path of C(xapi-backup-helper) on the host the task runs on.
-    type: str
-    default: /opt/xapi-backup/bin/xapi-backup-helper
-  helper_python:
-    description: Python interpreter that runs the helper on that host (dom0 has Python 3.6).
-    type: str
-    default: python3
-  poll_interval:
-    description: Seconds between two status polls of the detached helper.
-    type: float
-    default: 2.0
 extends_documentation_fragment:
   - xapi.backup.connection
+  - xapi.backup.helper
   - xapi.backup.attributes
   - xapi.backup.attributes.actiongroup_xapi
 attributes:
@@ -253,11 +220,7 @@ error:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xapi.backup.plugins.module_utils._common import xapi_argument_spec
-from ansible_collections.xapi.backup.plugins.module_utils._repository import (
-    repository_argument_spec,
-    transfer_argument_spec,
-)
+from ansible_collections.xapi.backup.plugins.module_utils._common import helper_argument_spec
 
 VALIDATION = dict(
     required_one_of=[["backup", "vm_uuid"]],
@@ -266,25 +229,23 @@ VALIDATION = dict(
 
 
 def argument_spec():
-    spec = xapi_argument_spec()
-    spec.update(repository_argument_spec())
-    spec.update(transfer_argument_spec())
-    spec.update(
-        backup=dict(type="str"),
-        vm_uuid=dict(type="str"),
-        timestamp=dict(type="str", default="latest"),
-        state=dict(type="str", default="present", choices=["present", "absent"]),
-        sr=dict(type="str"),
-        preserve_identity=dict(type="bool", default=False),
-        name=dict(type="str"),
-        tags=dict(type="list", elements="str", default=[]),
-        start=dict(type="bool", default=False),
-        remove_vifs=dict(type="bool", default=False),
-        network_map=dict(type="dict", default={}),
-        force=dict(type="bool", default=False),
-        import_timeout=dict(type="int"),
+    return helper_argument_spec(
+        dict(
+            backup=dict(type="str"),
+            vm_uuid=dict(type="str"),
+            timestamp=dict(type="str", default="latest"),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+            sr=dict(type="str"),
+            preserve_identity=dict(type="bool", default=False),
+            name=dict(type="str"),
+            tags=dict(type="list", elements="str", default=[]),
+            start=dict(type="bool", default=False),
+            remove_vifs=dict(type="bool", default=False),
+            network_map=dict(type="dict", default={}),
+            force=dict(type="bool", default=False),
+            import_timeout=dict(type="int"),
+        ),
     )
-    return spec
 
 
 def main():

@@ -21,6 +21,8 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 from ansible_collections.xapi.backup.plugins.module_utils._common import (
+    DEFAULT_HELPER_PATH,
+    DEFAULT_HELPER_PYTHON,
     connection_from_params,
     error_details,
     error_to_message,
@@ -137,8 +139,8 @@ class XapiBackupAction(ActionBase):
         raise NotImplementedError
 
     def _helper_argv(self, params, local):
-        path = params.get("helper_path") or "/opt/xapi-backup/bin/xapi-backup-helper"
-        python = params.get("helper_python") or "python3"
+        path = params.get("helper_path") or DEFAULT_HELPER_PATH
+        python = params.get("helper_python") or DEFAULT_HELPER_PYTHON
         return helper_command(path, python, local, path_exists=os.path.exists)
 
     def _execute_helper(self, cmd, in_data):

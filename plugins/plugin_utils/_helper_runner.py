@@ -20,8 +20,6 @@ import shlex
 import sys
 import time
 
-DEFAULT_HELPER_PATH = "/opt/xapi-backup/bin/xapi-backup-helper"
-DEFAULT_PYTHON = "python3"
 BUNDLED_HELPER = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     "roles", "helper", "files", "xapi-backup-helper",

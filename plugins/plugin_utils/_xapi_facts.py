@@ -10,12 +10,12 @@ PRIVATE to the collection: not a public API.
 
 from __future__ import annotations
 
+from ansible_collections.xapi.backup.plugins.module_utils._common import DEFAULT_HELPER_XAPI_URL
 from ansible_collections.xapi.backup.plugins.module_utils._repository import is_uuid
 from ansible_collections.xapi.backup.plugins.module_utils._selection import summarise_pool
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError, XapiUsageError
 
 TOOL_VERSION = "0.1.0"
-DEFAULT_HELPER_XAPI_URL = "http://localhost"
 
 
 def pool_facts(xapi) -> dict:
