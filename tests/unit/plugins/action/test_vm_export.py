@@ -250,12 +250,12 @@ def test_failed_export_waits_for_xapi_to_release_the_snapshot(setup):
 def test_snapshot_already_gone_is_not_an_error(setup):
     from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
 
-    export, _ctx, xapi, snaps = setup()
+    export, _ctx, _xapi, snaps = setup()
 
-    def gone(ref):
+    def gone(_session, ref):
         raise XapiError("HANDLE_INVALID", ["VM", ref])
 
-    xapi.answers["VM.get_blocked_operations"] = gone
+    snaps.destroy_snapshot_with_vdis = gone
     snaps.block_operations = contextlib.contextmanager(lambda *a: (yield {}))
     out = export.run()
     assert out["changed"] is True and "warnings" not in out
