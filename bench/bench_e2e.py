@@ -36,7 +36,6 @@ bench/results.json). The sections:
 import argparse
 import contextlib
 import ctypes
-import hashlib
 import http.client
 import json
 import os
@@ -65,29 +64,34 @@ SECTION_END = "<!-- bench_e2e:end -->"
 # Runs the real helper with its repository writer throttled to RATE bytes/s (0: unthrottled).
 # Python 3.6 syntax: it runs under dom0's interpreter too.
 THROTTLED_HELPER = r"""
-import importlib.machinery, importlib.util, sys, time
-rate = float(sys.argv[1]); path = sys.argv[2]
+import importlib.machinery, importlib.util, os, sys, time
+rate = float(sys.argv[1]); ahead = float(sys.argv[2]); path = sys.argv[3]
 loader = importlib.machinery.SourceFileLoader("xapi_backup_helper", path)
 spec = importlib.util.spec_from_loader("xapi_backup_helper", loader)
 helper = importlib.util.module_from_spec(spec)
 sys.modules["xapi_backup_helper"] = helper
 loader.exec_module(helper)
 if rate > 0:
-    real_fd_sink = helper.fd_sink
+    free_at = [time.monotonic()]
+    real_fd_sink, real_fsync = helper.fd_sink, os.fsync
     def fd_sink(fd):
         write = real_fd_sink(fd)
-        free_at = [time.monotonic()]
         def throttled(pieces):
             started = time.monotonic()
             write(pieces)
-            size = sum(len(p) for p in pieces)
-            free_at[0] = max(free_at[0], started) + size / rate
-            delay = free_at[0] - time.monotonic()
+            free_at[0] = max(free_at[0], started) + sum(len(p) for p in pieces) / rate
+            delay = free_at[0] - ahead / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
         return throttled
+    def fsync(fd):
+        delay = free_at[0] - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        real_fsync(fd)
     helper.fd_sink = fd_sink
-sys.argv = [path] + sys.argv[3:]
+    os.fsync = fsync
+sys.argv = [path] + sys.argv[4:]
 sys.exit(helper.main(sys.argv[1:]))
 """
 
@@ -158,10 +162,13 @@ def last_json(text):
 
 
 class Throttle:
-    """A link of ``rate`` bytes/s: after a write, wait until the link would have carried it."""
+    """A link of ``rate`` bytes/s with ``ahead`` bytes of buffering (socket buffers, an NFS client's
+    writes in flight): a writer may be that far ahead of the link, no further; closing the file
+    waits until the link has carried everything."""
 
-    def __init__(self, rate):
+    def __init__(self, rate, ahead):
         self.rate = float(rate)
+        self.ahead = float(ahead)
         self.free_at = time.monotonic()
 
     def after_write(self, size, started):
@@ -169,12 +176,20 @@ class Throttle:
         if self.rate <= 0:
             return
         self.free_at = max(self.free_at, started) + size / self.rate
-        delay = self.free_at - time.monotonic()
+        self._sleep_until(self.free_at - self.ahead / self.rate)
+
+    def drain(self):
+        if self.rate > 0:
+            self._sleep_until(self.free_at)
+
+    @staticmethod
+    def _sleep_until(when):
+        delay = when - time.monotonic()
         if delay > 0:
             time.sleep(delay)
 
 
-def client_export(url, vm_ref, out, rate, compression):
+def client_export(url, vm_ref, out, rate, ahead, compression):
     """GET /export (like ``xe vm-export``) and write the body to ``out`` through the throttle."""
     session = os.environ["XAPI_SESSION"]
     parsed = urllib.parse.urlsplit(url)
@@ -186,7 +201,7 @@ def client_export(url, vm_ref, out, rate, compression):
     resp = conn.getresponse()
     if resp.status != 200:
         raise SystemExit("export: HTTP %d" % resp.status)
-    throttle = Throttle(rate)
+    throttle = Throttle(rate, ahead)
     buf = bytearray(BLOCK)
     view = memoryview(buf)
     total = 0
@@ -202,6 +217,7 @@ def client_export(url, vm_ref, out, rate, compression):
                 piece = piece[os.write(fd, piece):]
             total += got
             throttle.after_write(got, started)
+        throttle.drain()
         if out != os.devnull:
             os.fsync(fd)
     finally:
@@ -250,17 +266,17 @@ def destroy_vm_with_disks(session, vm_uuid):
 # ---------------------------------------------------------------- 1. backup
 
 
-def variant_argv(variant, python, sim, vm, out, rate):
+def variant_argv(variant, python, sim, vm, out, rate, ahead):
     """(argv, env) of one export of ``vm`` = (name, ref, uuid) for a variant."""
     env = dict(os.environ, XAPI_SESSION=sim.bench_session)
     if variant in ("raw", "a", "b"):
         argv = [sys.executable, os.path.abspath(__file__), "--client-export", sim.url, "--vm-ref", vm[1],
-                "--out", out, "--rate", str(rate)]
+                "--out", out, "--rate", str(rate), "--ahead", str(ahead)]
         if variant == "b":
             argv += ["--compression", "gzip"]
         return argv, env
     codec = {"c": "zstd", "d": "gzip"}[variant]
-    return ([python, "-c", THROTTLED_HELPER, str(rate), HELPER, "export", "--url", sim.url, "--vm", vm[2],
+    return ([python, "-c", THROTTLED_HELPER, str(rate), str(ahead), HELPER, "export", "--url", sim.url, "--vm", vm[2],
              "--out", out, "--codec", codec], env)
 
 
@@ -274,11 +290,11 @@ VARIANTS = {
 SUFFIX = {"a": ".xva", "b": ".xva.gz", "c": ".xva.zst", "d": ".xva.gz", "raw": ""}
 
 
-def backup_pool_once(variant, python, sim, vms, repo_dir, rate, keep):
+def backup_pool_once(variant, python, sim, vms, repo_dir, rate, ahead, keep, cond):
     """Back up every VM of ``vms`` one after the other; one sample."""
-    target = os.path.join(repo_dir, variant)
+    target = os.path.join(repo_dir, cond, variant)
     shutil.rmtree(target, ignore_errors=True)
-    os.makedirs(target, mode=0o700)
+    os.makedirs(target, mode=0o700, exist_ok=True)
     sim_cpu0 = proc_tree_cpu(sim.pid)
     wall = cpu = 0.0
     stored = raw = 0
@@ -287,7 +303,7 @@ def backup_pool_once(variant, python, sim, vms, repo_dir, rate, keep):
     started = time.monotonic()
     for vm in vms:
         out = os.devnull if variant == "raw" else os.path.join(target, vm[0] + SUFFIX[variant])
-        argv, env = variant_argv(variant, python, sim, vm, out, rate)
+        argv, env = variant_argv(variant, python, sim, vm, out, rate, ahead)
         res = run_child(argv, env=env)
         result = last_json(res["stdout"])
         if res["rc"] != 0 or not result or not result.get("ok"):
@@ -352,7 +368,7 @@ def backup_section(args, sim, vms, repo_dir, cap):
         rate = cap if cond == "capped" else 0
         keep = last[(cond, variant)] == run and variant in ("a", "c", "d") and (cond == "uncapped" or variant == "d")
         log("backup %-8s run %d %-4s ..." % (cond, run + 1, variant))
-        sample = backup_pool_once(variant, args.python, sim, vms, repo_dir, rate, keep)
+        sample = backup_pool_once(variant, args.python, sim, vms, repo_dir, rate, args.cap_buffer_mib * MIB, keep, cond)
         series[cond].setdefault(variant, []).append(sample)
         sample["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
         log("backup %-8s run %d %-4s %6.1f s  stored %d  client cpu %.1f s  simulator cpu %.1f s  load %.1f"
@@ -985,6 +1001,8 @@ def main():
     parser.add_argument("--mem-runs", type=int, default=1)
     parser.add_argument("--mem-gzip", action="store_true", help="also measure the helper's RSS with --codec gzip")
     parser.add_argument("--cap-mbps", type=float, default=100.0, help="storage cap in MB/s (10^6 bytes/s)")
+    parser.add_argument("--cap-buffer-mib", type=float, default=16.0,
+                        help="how far a writer may be ahead of the capped link (socket/NFS buffers)")
     parser.add_argument("--python", default=PY36 if os.path.exists(PY36) else sys.executable,
                         help="interpreter that runs the helper (default: .venv36, dom0's Python 3.6 + zstandard 0.20)")
     parser.add_argument("--workdir", default=os.path.join(REPO, ".tmp", "bench-e2e"))
@@ -996,10 +1014,22 @@ def main():
     parser.add_argument("--vm-ref", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--ahead", type=float, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--compression", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the table in docs/performance.md from --json without measuring")
     args = parser.parse_args()
+    if args.report_only:
+        with open(args.json) as handle:
+            report = json.load(handle)
+        ratios_and_targets(report)
+        text = markdown(report)
+        print(text)
+        if not args.no_doc:
+            update_doc(text, os.path.relpath(args.json, REPO))
+        return 0
     if args.client_export:
-        client_export(args.client_export, args.vm_ref, args.out, args.rate, args.compression)
+        client_export(args.client_export, args.vm_ref, args.out, args.rate, args.ahead, args.compression)
         return 0
     skip = set(filter(None, args.skip.split(",")))
     args.image = os.path.abspath(args.image)
@@ -1008,7 +1038,8 @@ def main():
         parser.error("the pools name bench.img: pass --image <dir>/bench.img")
     os.makedirs(args.workdir, exist_ok=True)
     started = time.monotonic()
-    report = {"machine": machine_info(args.python), "runs": args.runs, "helper": HELPER,
+    report = {"machine": machine_info(args.python), "runs": args.runs, "helper": os.path.relpath(HELPER, REPO),
+              "argv": sys.argv[1:], "cap_buffer_mib": args.cap_buffer_mib, "slow_runs": args.slow_runs,
               "helper_python": args.python,
               "pool_description": "2 halted VMs, 5 GiB of virtual disk: two 2 GiB disks on the bench image "
                                   "(2 GiB ext4, ~1.2 GiB of OS files) as a shared read-only base + one empty 1 GiB disk"}
