@@ -104,6 +104,13 @@ def helper_argument_spec(options=None, uses_xapi=True):
     return spec
 
 
+def documentation_stub_main(name, argument_spec, validation):
+    """``main()`` of an action plugin's doc stub in ``plugins/modules``: validates like the action, then fails
+    (the verb runs as the action plugin ``xapi.backup.<name>``; the stub only documents it)."""
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, **validation)
+    module.fail_json(msg="xapi.backup.%s runs as an action plugin; this file only documents it" % name)
+
+
 def connection_from_params(params):
     """``XapiConnection`` from module or action-plugin parameters (keys of ``xapi_argument_spec``)."""
     return XapiConnection(

@@ -665,4 +665,3 @@ def plan_prune(backups: list, policy: RetentionPolicy, now: datetime.datetime, i
             else:
                 plan.keep.append((backup, ["incomplete, within the grace period" if age is not None else "incomplete, age unknown"]))
     return plan
-

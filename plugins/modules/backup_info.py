@@ -156,9 +156,7 @@ error:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.xapi.backup.plugins.module_utils._common import helper_argument_spec
+from ansible_collections.xapi.backup.plugins.module_utils._common import documentation_stub_main, helper_argument_spec
 
 VALIDATION = {}
 
@@ -176,8 +174,7 @@ def argument_spec():
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True, **VALIDATION)
-    module.fail_json(msg="xapi.backup.backup_info runs as an action plugin; this file only documents it")
+    documentation_stub_main("backup_info", argument_spec(), VALIDATION)
 
 
 if __name__ == "__main__":
