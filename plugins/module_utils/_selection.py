@@ -247,7 +247,8 @@ def summarise_from_inventory(inventory, ref):
     )
 
 
-def _get_records(xapi, cls, refs):
+def get_records(xapi, cls, refs):
+    """``{ref: record}`` of ``refs`` of class ``cls``, in order; null refs and objects gone meanwhile are skipped."""
     records = {}
     for ref in refs:
         if not ref or ref == NULL_REF:
@@ -260,14 +261,19 @@ def _get_records(xapi, cls, refs):
     return records
 
 
+def data_disk_vdis(xapi, vbd_refs):
+    """VDI refs of the data disks (:func:`is_data_disk`) among ``vbd_refs``; VBDs gone meanwhile are skipped."""
+    return [vbd["VDI"] for vbd in get_records(xapi, "VBD", vbd_refs).values() if is_data_disk(vbd)]
+
+
 def describe_vm(xapi, ref, record=None):
     """Summary of one VM, reading only its own VBDs, VDIs, SRs, VIFs and networks."""
     record = record if record is not None else xapi.call("VM.get_record", ref)
-    vbds = _get_records(xapi, "VBD", record.get("VBDs", []))
-    vdis = _get_records(xapi, "VDI", set(v.get("VDI") for v in vbds.values() if is_data_disk(v)))
-    srs = _get_records(xapi, "SR", set(v.get("SR") for v in vdis.values()))
-    vifs = _get_records(xapi, "VIF", record.get("VIFs", []))
-    networks = _get_records(xapi, "network", set(v.get("network") for v in vifs.values()))
+    vbds = get_records(xapi, "VBD", record.get("VBDs", []))
+    vdis = get_records(xapi, "VDI", set(v.get("VDI") for v in vbds.values() if is_data_disk(v)))
+    srs = get_records(xapi, "SR", set(v.get("SR") for v in vdis.values()))
+    vifs = get_records(xapi, "VIF", record.get("VIFs", []))
+    networks = get_records(xapi, "network", set(v.get("network") for v in vifs.values()))
     return summarise_vm(ref, record, vbds, vdis, srs, vifs, networks)
 
 

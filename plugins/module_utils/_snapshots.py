@@ -32,7 +32,7 @@ import contextlib
 import datetime
 import re
 
-from ansible_collections.xapi.backup.plugins.module_utils._selection import is_data_disk
+from ansible_collections.xapi.backup.plugins.module_utils._selection import data_disk_vdis, get_records
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiError, XapiUsageError
 
 OWNER_KEY = "xapi_backup:owner"
@@ -193,26 +193,10 @@ def describe_snapshot(xapi, ref, record=None):
 
 def _snapshot_disks(xapi, record):
     """``[(vdi_ref, vdi_record)]`` of a snapshot: VDIs of non-CD, non-empty VBDs, plus ``suspend_VDI``."""
-    refs = []
-    for vbd_ref in record.get("VBDs", []):
-        try:
-            vbd = xapi.call("VBD.get_record", vbd_ref)
-        except XapiError as exc:
-            if exc.code != "HANDLE_INVALID":
-                raise
-            continue
-        if is_data_disk(vbd):
-            refs.append(vbd["VDI"])
+    refs = data_disk_vdis(xapi, record.get("VBDs", []))
     if record.get("suspend_VDI", NULL_REF) not in (NULL_REF, "", None):
         refs.append(record["suspend_VDI"])
-    disks = []
-    for vdi_ref in refs:
-        try:
-            disks.append((vdi_ref, xapi.call("VDI.get_record", vdi_ref)))
-        except XapiError as exc:
-            if exc.code != "HANDLE_INVALID":
-                raise
-    return disks
+    return list(get_records(xapi, "VDI", refs).items())
 
 
 # ------------------------------------------------------------------------- changing

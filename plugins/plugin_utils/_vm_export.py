@@ -19,6 +19,7 @@ import os
 import time
 
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
+from ansible_collections.xapi.backup.plugins.module_utils import _snapshots
 from ansible_collections.xapi.backup.plugins.module_utils._selection import describe_vm, find_vm
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
@@ -27,12 +28,6 @@ from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOO
 BLOCKED_OPERATIONS = ("migrate_send", "pool_migrate")
 BLOCK_REASON = "xapi.backup: export in progress"
 SNAPSHOT_RELEASE_WAIT = 120.0
-
-
-def snapshots_module():
-    """``_snapshots`` of the XAPI side, imported late so this module loads without it in tests."""
-    from ansible_collections.xapi.backup.plugins.module_utils import _snapshots  # pylint: disable=import-outside-toplevel
-    return _snapshots
 
 
 def needs_snapshot(power_state: str) -> bool:
@@ -71,10 +66,10 @@ def adoption_action(status: dict, has_manifest: bool) -> str:
 class VmExport:
     """One vm_export task.  ``ctx`` is a ``_action.ActionContext``."""
 
-    def __init__(self, ctx, snapshots=None, clock=repo.utcnow):
+    def __init__(self, ctx, snapshots=_snapshots, clock=repo.utcnow):
         self.ctx = ctx
         self.p = ctx.params
-        self.snapshots = snapshots
+        self.snapshots = snapshots  # the _snapshots service (tests pass a fake)
         self.clock = clock
         self.warnings = []
         self.removed_snapshots = []
@@ -95,10 +90,8 @@ class VmExport:
 
     def _run(self) -> dict:
         p = self.p
-        snaps = self.snapshots or snapshots_module()
-        self.snapshots = snaps
         now = self.clock()
-        run_id = snaps.validate_run_id(p.get("run_id") or repo.default_run_id(now))
+        run_id = self.snapshots.validate_run_id(p.get("run_id") or repo.default_run_id(now))
         with self.ctx.xapi() as xapi:
             vm_ref, vm_rec = find_vm(xapi, p["vm"])
             pool = pool_facts(xapi)
@@ -277,7 +270,7 @@ class VmExport:
         snapshot = None
         if snap_rec is not None:
             snapshot = {"uuid": snap_rec.get("uuid"), "name": snap_rec.get("name_label"),
-                        "time": (snap_rec.get("other_config") or {}).get("xapi_backup:time")}
+                        "time": (snap_rec.get("other_config") or {}).get(_snapshots.TIME_KEY)}
         return repo.build_manifest(
             repo.KIND_VM, tool_version=TOOL_VERSION, pool={"uuid": pool["uuid"], "name": pool["name"]},
             xapi_version=pool.get("xapi_version"), run_id=run_id, files=files, stored_file=name,
@@ -346,7 +339,7 @@ class VmExport:
         owned = self.snapshots.find_our_snapshots(xapi, vm_uuid=vm_rec["uuid"])
         snap_ref, snap_rec = (owned[0] if owned else (None, None))
         if snap_rec is not None:
-            run_id = (snap_rec.get("other_config") or {}).get("xapi_backup:run", run_id)
+            run_id = (snap_rec.get("other_config") or {}).get(_snapshots.RUN_KEY, run_id)
         try:
             summary = describe_vm(xapi, xapi.call("VM.get_by_uuid", vm_rec["uuid"]), None)
             started = backup.time or self.clock()

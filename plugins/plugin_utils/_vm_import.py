@@ -17,13 +17,14 @@ from __future__ import annotations
 import os
 
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
-from ansible_collections.xapi.backup.plugins.module_utils._selection import is_data_disk
-from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError, XapiUsageError
-from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import find_sr, helper_xapi_args
+from ansible_collections.xapi.backup.plugins.module_utils._selection import data_disk_vdis, is_data_disk
+from ansible_collections.xapi.backup.plugins.module_utils._snapshots import TAG_KEYS
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiUsageError
+from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import find_sr, helper_xapi_args, refs_by_uuid_or_name
 
 RESTORED_FROM = "xapi_backup:restored_from"
 RESTORED_TAG = "xapi-backup-restored"
-SNAPSHOT_TAG_KEYS = frozenset(("xapi_backup:owner", "xapi_backup:run", "xapi_backup:vm", "xapi_backup:time"))
+SNAPSHOT_TAG_KEYS = frozenset(TAG_KEYS)
 STATUS_DIR = ".xapi-backup"
 
 
@@ -224,16 +225,7 @@ def destroy_vm_with_disks(xapi, ref, record):
     """Shut down (hard) and destroy a VM and the VDIs of its disk VBDs; side effects planned in check mode."""
     if str(record.get("power_state", "")).lower() != "halted":
         xapi.change("VM.hard_shutdown", ref)
-    vdis = []
-    for vbd in record.get("VBDs") or []:
-        try:
-            vbd_rec = xapi.call("VBD.get_record", vbd)
-        except XapiError as exc:
-            if exc.code != "HANDLE_INVALID":
-                raise
-            continue
-        if is_data_disk(vbd_rec):
-            vdis.append(vbd_rec["VDI"])
+    vdis = data_disk_vdis(xapi, record.get("VBDs") or [])
     xapi.change("VM.destroy", ref)
     for vdi in vdis:
         xapi.change("VDI.destroy", vdi)
@@ -246,20 +238,11 @@ def resolve_network_map(xapi, mapping: dict) -> dict:
     """``{source network uuid or name: target network ref}``; unknown targets fail before any import."""
     targets = {}
     for source, target in sorted(mapping.items()):
-        ref = None
-        if repo.is_uuid(str(target)):
-            try:
-                ref = xapi.call("network.get_by_uuid", str(target).lower())
-            except XapiError as exc:
-                if exc.code not in ("UUID_INVALID", "HANDLE_INVALID"):
-                    raise
-        if ref is None:
-            refs = xapi.call("network.get_by_name_label", str(target)) or []
-            if len(refs) != 1:
-                raise XapiUsageError("network_map: %s network named %r for source %s"
-                                     % ("no" if not refs else "more than one", target, source))
-            ref = refs[0]
-        targets[str(source)] = ref
+        refs = refs_by_uuid_or_name(xapi, "network", str(target))
+        if len(refs) != 1:
+            raise XapiUsageError("network_map: %s network named %r for source %s"
+                                 % ("no" if not refs else "more than one", target, source))
+        targets[str(source)] = refs[0]
     return targets
 
 

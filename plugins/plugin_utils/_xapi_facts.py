@@ -55,22 +55,28 @@ def helper_xapi_args(params: dict, xapi_url: str, connection_is_local: bool) -> 
     return args
 
 
+def refs_by_uuid_or_name(xapi, cls, text):
+    """Refs of the ``cls`` objects ``text`` names: ``[ref]`` when it is the uuid of one, else those
+    whose ``name_label`` is exactly ``text`` (none, one or several)."""
+    if is_uuid(text):
+        try:
+            ref = xapi.call(cls + ".get_by_uuid", text.lower())
+        except XapiError as exc:
+            if exc.code not in ("UUID_INVALID", "HANDLE_INVALID"):
+                raise
+            ref = None
+        if ref is not None:
+            return [ref]
+    return xapi.call(cls + ".get_by_name_label", text) or []
+
+
 def find_sr(xapi, sr):
     """``(ref, record)`` of the SR given by uuid or exact name; None gives the pool's default SR."""
     if not sr:
         return None, None
-    ref = None
-    if is_uuid(sr):
-        try:
-            ref = xapi.call("SR.get_by_uuid", sr.lower())
-        except XapiError as exc:
-            if exc.code not in ("UUID_INVALID", "HANDLE_INVALID"):
-                raise
-    if ref is None:
-        refs = xapi.call("SR.get_by_name_label", sr)
-        if not refs:
-            raise XapiUsageError("no SR with uuid or name %r" % sr)
-        if len(refs) > 1:
-            raise XapiUsageError("%d SRs are named %r; give the uuid instead" % (len(refs), sr))
-        ref = refs[0]
-    return ref, xapi.call("SR.get_record", ref)
+    refs = refs_by_uuid_or_name(xapi, "SR", sr)
+    if not refs:
+        raise XapiUsageError("no SR with uuid or name %r" % sr)
+    if len(refs) > 1:
+        raise XapiUsageError("%d SRs are named %r; give the uuid instead" % (len(refs), sr))
+    return refs[0], xapi.call("SR.get_record", refs[0])
