@@ -10,17 +10,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import sys
-from pathlib import Path
 
-try:
-    import ansible_collections.xapi.backup  # noqa: F401  pylint: disable=unused-import
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[4] / ".tmp" / "collections"))
-
-from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage  # noqa: E402
-from ansible_collections.xapi.backup.plugins.module_utils._xapi import CallRecorder  # noqa: E402
-from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError  # noqa: E402
+from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import CallRecorder
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
 
 POOL = "11111111-2222-3333-4444-555555555555"
 VM = "aaaaaaaa-0000-0000-0000-000000000001"

@@ -9,7 +9,7 @@ import datetime
 import hashlib
 import os
 
-try:  # the fakes module also puts the collection on sys.path under plain pytest
+try:  # the collection is on sys.path (tests/unit/conftest.py); the fakes are a sibling module
     from .repo_side_fakes import POOL, VM, FakeCtx, FakeRunner, FakeXapi, helper_failure
 except ImportError:  # plain pytest: this directory is on sys.path, not a package
     from repo_side_fakes import POOL, VM, FakeCtx, FakeRunner, FakeXapi, helper_failure

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-try:  # the fakes module also puts the collection on sys.path under plain pytest
+try:  # the collection is on sys.path (tests/unit/conftest.py); the fakes are a sibling module
     from .repo_side_fakes import POOL, SESSION, SNAP, VM, FakeCtx, FakeRunner, FakeXapi, helper_failure
 except ImportError:  # plain pytest: this directory is on sys.path, not a package
     from repo_side_fakes import POOL, SESSION, SNAP, VM, FakeCtx, FakeRunner, FakeXapi, helper_failure
@@ -100,6 +100,16 @@ def setup(tmp_path, monkeypatch):
     return make
 
 
+def earlier_export(tmp_path, payload):
+    """The directory of an export an earlier run started (stored file and status file, no manifest), and its result."""
+    stamp_dir = tmp_path / POOL / VM / "20261121T220000Z"
+    stamp_dir.mkdir(parents=True)
+    (stamp_dir / "vm.xva.zst").write_bytes(payload)
+    (stamp_dir / repo.STATUS_NAME).write_text("{}")
+    result = {"ok": True, "stored_size": len(payload), "sha256": hashlib.sha256(payload).hexdigest(), "codec": "zstd"}
+    return stamp_dir, result
+
+
 @pytest.mark.parametrize("state,expected", [("Running", True), ("Halted", False), ("halted", False), ("Suspended", True), ("Paused", True)])
 def test_needs_snapshot(state, expected):
     assert needs_snapshot(state) is expected
@@ -182,13 +192,8 @@ def test_check_mode_plans_without_side_effects(setup, tmp_path):
 
 
 def test_adopts_finished_export_instead_of_starting_another(setup, tmp_path):
-    payload = b"finished-by-earlier-run"
-    stamp_dir = tmp_path / POOL / VM / "20261121T220000Z"
-    stamp_dir.mkdir(parents=True)
-    (stamp_dir / "vm.xva.zst").write_bytes(payload)
-    (stamp_dir / repo.STATUS_NAME).write_text("{}")
-    result = {"ok": True, "out": str(stamp_dir / "vm.xva.zst"), "stored_size": len(payload),
-              "sha256": hashlib.sha256(payload).hexdigest(), "codec": "zstd", "raw_size": 100}
+    stamp_dir, result = earlier_export(tmp_path, b"finished-by-earlier-run")
+    result.update(out=str(stamp_dir / "vm.xva.zst"), raw_size=100)
     runner = FakeRunner(status={"ok": True, "alive": False, "result": result})
     export, ctx, _xapi, snaps = setup(runner=runner, run_id="2026-11-20")
     out = export.run()
@@ -262,20 +267,15 @@ def test_snapshot_already_gone_is_not_an_error(setup):
 
 
 def test_live_owner_records_its_own_export_and_the_rerun_does_not_interfere(setup, tmp_path):
-    payload = b"exported-by-the-other-run"
-    stamp_dir = tmp_path / POOL / VM / "20261121T220000Z"
-    stamp_dir.mkdir(parents=True)
-    (stamp_dir / "vm.xva.zst").write_bytes(payload)
-    (stamp_dir / repo.STATUS_NAME).write_text("{}")
-    result = {"ok": True, "path": str(stamp_dir / "vm.xva.zst"), "stored_size": len(payload),
-              "sha256": hashlib.sha256(payload).hexdigest(), "codec": "zstd"}
+    stamp_dir, result = earlier_export(tmp_path, b"exported-by-the-other-run")
+    result["path"] = str(stamp_dir / "vm.xva.zst")
 
     class OwnerAlive(FakeRunner):
         def wait(self, status_file, label, poll_interval=2.0, timeout=None):
             # meanwhile the run that started the export records it
             manifest = repo.build_manifest(
                 repo.KIND_VM, tool_version="0", pool={"uuid": POOL}, xapi_version=None, run_id="2026-11-21",
-                files={"vm.xva.zst": {"size": len(payload), "sha256": result["sha256"]}}, stored_file="vm.xva.zst",
+                files={"vm.xva.zst": {"size": result["stored_size"], "sha256": result["sha256"]}}, stored_file="vm.xva.zst",
                 started=NOW, ended=NOW, vm={"uuid": VM})
             LocalStorage().write_json(str(stamp_dir / repo.MANIFEST_NAME), manifest)
             return result

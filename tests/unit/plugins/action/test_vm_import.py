@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-try:  # the fakes module also puts the collection on sys.path under plain pytest
+try:  # the collection is on sys.path (tests/unit/conftest.py); the fakes are a sibling module
     from .repo_side_fakes import POOL, SESSION, VM, FakeCtx, FakeRunner, FakeXapi
 except ImportError:  # plain pytest: this directory is on sys.path, not a package
     from repo_side_fakes import POOL, SESSION, VM, FakeCtx, FakeRunner, FakeXapi

@@ -10,18 +10,11 @@ import hashlib
 import json
 import os
 import stat
-import sys
-from pathlib import Path
 
 import pytest
 
-try:
-    import ansible_collections.xapi.backup  # noqa: F401  pylint: disable=unused-import
-except ImportError:  # plain pytest from the repository root: use the layout `make setup` builds
-    sys.path.insert(0, str(Path(__file__).resolve().parents[4] / ".tmp" / "collections"))
-
-from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo_mod  # noqa: E402
-from ansible_collections.xapi.backup.plugins.module_utils._repository import (  # noqa: E402
+from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo_mod
+from ansible_collections.xapi.backup.plugins.module_utils._repository import (
     HelperStorage,
     LocalStorage,
     RepositoryError,

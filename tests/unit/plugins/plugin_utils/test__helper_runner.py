@@ -7,17 +7,10 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
-from pathlib import Path
 
 import pytest
 
-try:
-    import ansible_collections.xapi.backup  # noqa: F401  pylint: disable=unused-import
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[4] / ".tmp" / "collections"))
-
-from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import (  # noqa: E402
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import (
     HelperError,
     HelperRunner,
     format_progress,

@@ -13,17 +13,11 @@ import os
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-try:
-    import ansible_collections.xapi.backup  # noqa: F401  pylint: disable=unused-import
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[4] / ".tmp" / "collections"))
-
-from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo  # noqa: E402
-from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import (  # noqa: E402
+from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import (
     BUNDLED_HELPER,
     HelperError,
     HelperRunner,

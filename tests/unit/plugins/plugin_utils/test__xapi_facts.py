@@ -5,18 +5,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-try:
-    import ansible_collections.xapi.backup  # noqa: F401  pylint: disable=unused-import
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[4] / ".tmp" / "collections"))
-
-from ansible_collections.xapi.backup.plugins.plugin_utils._catalogue import verify_targets  # noqa: E402
-from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import helper_xapi_args  # noqa: E402
+from ansible_collections.xapi.backup.plugins.plugin_utils._catalogue import verify_targets
+from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import helper_xapi_args
 
 MASTER = "https://master.example:443"
 
