@@ -201,7 +201,7 @@ class FaultEnv:
         log = self.workdir / ("playbook-%d.log" % self.counter)
         proc = subprocess.run(self.playbook_cmd(name, *extra, inventory=inventory),
                               env=self.ansible_env(ANSIBLE_LOG_PATH=str(log)), cwd=str(self.workdir),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
         self.outputs.append(("playbook output %d" % self.counter, proc.stdout))
         if log.exists():
             self.outputs.append((str(log), log.read_text(errors="replace")))

@@ -81,8 +81,8 @@ def test_controller_killed_mid_export_then_rerun_completes(fault_env_factory):
     assert rc == 0, out[-5000:]
     report = env.report("crash")
     assert report["summary"]["failed"] == 0
-    assert sorted(v["status"] for v in report["vms"]) in (["backed up"] * 3,
-                                                         sorted(["backed up"] * 2 + ["already done"]))
+    statuses = sorted(v["status"] for v in report["vms"])
+    assert statuses in (["backed up"] * 3, sorted(["backed up"] * 2 + ["already done"])), statuses
     by_uuid = {v["uuid"]: v for v in report["vms"]}
     vm_uuid = interrupted.split("/")[1]
     # the detached helper outlived the controller; the rerun adopted its export instead of a second one
@@ -219,3 +219,34 @@ def test_vm_deleted_between_selection_and_snapshot(fault_env_factory):
     rc, out = env.run_playbook("backup.yml", "-e", "xapi_backup_run_id=vanish")
     assert rc == 0, out[-4000:]            # the rerun selects what exists now and completes
     env.repo_guarantees()
+
+
+def test_play_names_every_failed_vm_and_its_cause(fault_env_factory):
+    """Two VMs fail for two different causes in one run: the play exits non-zero naming both, the
+    report gives each its own cause, the third VM is backed up, the rerun completes."""
+    env = fault_env_factory("tiny")
+    # concurrency 1 exports largest first: tiny-on-lvm (cut), tiny-running (SR_FULL on its snapshot), tiny-halted
+    env.sim.faults.set(cut_after_bytes=150_000, path="/export", count=1)
+    env.sim.faults.set(sr_full_on_snapshot=True, count=1)
+    rc, out = env.run_playbook("backup.yml", "-e", "xapi_backup_run_id=two-bad", "-e", "xapi_backup_concurrency=1")
+    assert rc == 2, out[-4000:]
+    assert "failed for VM tiny-on-lvm; VM tiny-running" in out or "failed for VM tiny-running; VM tiny-on-lvm" in out, \
+        out[-3000:]
+    report = env.report("two-bad")
+    by_name = {v["name"]: v for v in report["vms"]}
+    assert by_name["tiny-on-lvm"]["status"] == "failed" and "STREAM_TRUNCATED" in by_name["tiny-on-lvm"]["error"]
+    assert by_name["tiny-running"]["status"] == "failed" and "SR_FULL" in by_name["tiny-running"]["error"]
+    assert by_name["tiny-halted"]["status"] == "backed up"
+    assert report["summary"]["failed"] == 2 and report["summary"]["backed_up"] == 1
+    for entry in report["vms"]:
+        assert "\n" not in entry["error"]
+    env.no_leftovers()
+    info = env.run_task("backup_info", {})
+    assert sorted(b["vm_name"] for b in complete_of_run(info, "two-bad")) == ["tiny-halted"]
+    env.repo_guarantees(info["backups"])
+    rc, out = env.run_playbook("backup.yml", "-e", "xapi_backup_run_id=two-bad")
+    assert rc == 0, out[-4000:]
+    report = env.report("two-bad")
+    assert report["summary"]["backed_up"] == 2 and report["summary"]["already_done"] == 1
+    env.no_leftovers()
+    env.secrets_absent()

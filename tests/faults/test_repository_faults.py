@@ -16,9 +16,10 @@ import json
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+
+from tests.faults.conftest import complete_backups_on_disk
 
 pytestmark = pytest.mark.slow
 
@@ -179,7 +180,6 @@ def test_repository_disk_full(env, small_mount):
     env.no_leftovers()
     good = [b["id"] for b in info["backups"] if b["complete"]]
     assert good == [again["backup_id"]]
-    from tests.faults.conftest import complete_backups_on_disk
     assert complete_backups_on_disk(repo) == good
 
 

@@ -12,9 +12,12 @@ the fault completes.
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
+
+from tests.faults.conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -122,15 +125,13 @@ def test_session_expired_mid_run(env):
     env.sim.faults.set(stall_seconds=3, stall_after_bytes=200_000, path="/export", count=1)
     proc, out = env.start_task("vm_export", {"vm": "tiny-running", "run_id": "expire"})
     try:
-        from tests.faults.conftest import wait_for
-        wait_for(lambda: env.our_snapshots(), timeout=60, what="the export's snapshot")
+        wait_for(env.our_snapshots, timeout=60, what="the export's snapshot")
         env.sim.faults.set(expire_sessions=True)      # every existing session, at once
         proc.wait(timeout=240)
     finally:
         if proc.poll() is None:
             proc.kill()
     env.collect(proc)
-    import json
     result = json.loads(out.read_text())
     env.no_leftovers()
     backups = env.backup_info(vm_uuid=result["vm_uuid"])
