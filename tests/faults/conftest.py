@@ -138,12 +138,13 @@ class FaultEnv:
         return [str(VENV_BIN / "ansible-playbook"), "-vvv", "-i", "localhost,", "-c", "local",
                 "-e", "ansible_python_interpreter=%s" % sys.executable, str(playbook), *extra]
 
-    def run_tasks(self, tasks, check=False, timeout=300, with_connection=True):
+    def run_tasks(self, tasks, check=False, timeout=300, with_connection=True, umask=None):
         """Run module tasks [(module, args)] in ONE ansible-playbook -vvv (with a log file); their results."""
         playbook, outs = self.task_playbook(None, check=check, with_connection=with_connection, tasks=tasks)
         log = self.workdir / ("ansible-%d.log" % self.counter)
         proc = subprocess.run(self.ansible_cmd(playbook), env=self.ansible_env(ANSIBLE_LOG_PATH=str(log)),
-                              cwd=str(self.workdir), capture_output=True, text=True, timeout=timeout, check=False)
+                              cwd=str(self.workdir), capture_output=True, text=True, timeout=timeout, check=False,
+                              preexec_fn=None if umask is None else (lambda: os.umask(umask)))
         text = proc.stdout + proc.stderr
         self.outputs.append(("ansible output %d" % self.counter, text))
         if log.exists():

@@ -19,7 +19,7 @@ import subprocess
 
 import pytest
 
-from tests.faults.conftest import complete_backups_on_disk
+from tests.faults.conftest import check_private_modes, complete_backups_on_disk
 
 pytestmark = pytest.mark.slow
 
@@ -181,6 +181,20 @@ def test_repository_disk_full(env, small_mount):
     good = [b["id"] for b in info["backups"] if b["complete"]]
     assert good == [again["backup_id"]]
     assert complete_backups_on_disk(repo) == good
+
+
+def test_private_modes_even_under_umask_000(env, tmp_path):
+    """A fresh repository made with umask 000: repository 0700, directories private, every file 0600."""
+    repo = tmp_path / "open-umask-repo"
+    export, dump, info = env.run_tasks([("vm_export", {"vm": "tiny-halted", "run_id": "umask", "repository": str(repo)}),
+                                        ("pool_dump", {"run_id": "umask", "repository": str(repo)}),
+                                        ("backup_info", {"repository": str(repo)})], umask=0)
+    assert not export.get("failed"), export.get("msg")
+    assert not dump.get("failed"), dump.get("msg")
+    files = [p for p in repo.rglob("*") if p.is_file()]
+    assert any(p.name == "pool-db.xml" for p in files) and any(p.name.startswith("vm.xva") for p in files)
+    check_private_modes(repo)
+    assert sorted(b["id"] for b in info["backups"] if b["complete"]) == sorted(complete_backups_on_disk(repo))
 
 
 def test_no_secret_in_any_output_of_this_module(env):

@@ -80,7 +80,7 @@ def test_stream_cut_at_offset(env, offset):
 
 
 def test_stall_longer_than_the_stall_timeout_fails_cleanly(env):
-    env.sim.faults.set(stall_seconds=8, stall_after_bytes=300_000, path="/export", count=1)
+    env.sim.faults.set(stall_seconds=5, stall_after_bytes=300_000, path="/export", count=1)
     result, backups = export(env, "tiny-running", run_id="stall-long", stall_timeout=2)
     assert_clean_failure(env, result, "tiny-running")
     assert result["error"]["code"] in ("STALLED", "STREAM_STALLED", "TIMEOUT"), result["msg"]
