@@ -27,14 +27,31 @@ def parse_args(argv):
                        help="idle seconds before a session expires")
     serve.add_argument("--faults", default=None,
                        help="JSON fault (or list) active from the start, see faults.py")
+    serve.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="simulator option (e.g. xva_keepalive_seconds=0.5); the value is "
+                            "JSON if it parses, else a string; overrides the pool file")
     return parser.parse_args(argv)
+
+
+def parse_options(items):
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit("--option needs KEY=VALUE, got %r" % item)
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
 
 
 def start(args):
     from tests.xapisim.pool import build_pool, load_pool_file
     from tests.xapisim.server import Simulator
     sim = Simulator(args.state_dir, image_dir=args.image_dir, bind=args.bind, port=args.port,
-                    tls_port=args.tls_port, session_timeout=args.session_timeout)
+                    tls_port=args.tls_port, session_timeout=args.session_timeout,
+                    options=parse_options(args.option))
     if sim.loaded:
         sim.load_meta()
     else:

@@ -72,6 +72,8 @@ class SimulatorProcess:
                 cmd += ["--" + opt.replace("_", "-"), str(self.opts[opt])]
         if self.opts.get("faults") is not None:
             cmd += ["--faults", json.dumps(self.opts["faults"])]
+        for key, value in (self.opts.get("options") or {}).items():
+            cmd += ["--option", "%s=%s" % (key, json.dumps(value))]
         return cmd
 
     def start(self, timeout=60):

@@ -29,6 +29,9 @@ RELEASES = {
 }
 DEFAULT_RELEASE = "xcp-ng-8.3"
 THICK = {"lvm", "lvmoiscsi", "lvmohba", "lvmofcoe"}
+# Pool keys that are simulator options (read by the data handlers from sim.options); any other
+# option can go under ``pool: {options: {...}}``.
+OPTION_KEYS = ("xva_keepalive_seconds",)
 
 
 class PoolConfigError(ValueError):
@@ -85,6 +88,13 @@ class PoolBuilder:
                          "xapi_version": xapi_version, "emulate_release": release,
                          "product_version": product_version, "product_brand": brand}
         self.sim.options.setdefault("emulate_release", release)
+        options = dict(pool_cfg.get("options") or {})
+        for key in OPTION_KEYS:
+            if key in pool_cfg:
+                options[key] = pool_cfg[key]
+        self.sim.meta["options"] = options
+        for key, value in options.items():
+            self.sim.options.setdefault(key, value)
         hosts_cfg = self.config.get("hosts") or [{"name": "host1", "master": True}]
         masters = [h for h in hosts_cfg if h.get("master")] or hosts_cfg[:1]
         for index, host_cfg in enumerate(hosts_cfg):
@@ -245,6 +255,7 @@ class PoolBuilder:
                   "name_description": str(cfg.get("description", "")),
                   "type": str(cfg.get("type", "system" if cfg.get("bootable") else "user")),
                   "other_config": dict(cfg.get("other_config") or {}),
+                  "sm_config": {str(k): str(v) for k, v in (cfg.get("sm_config") or {}).items()},
                   "tags": list(cfg.get("tags") or [])}
         if cfg.get("uuid"):
             fields["uuid"] = str(cfg["uuid"])

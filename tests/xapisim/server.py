@@ -79,7 +79,7 @@ class HostView:
 
     @property
     def emulate_release(self):
-        return self.sim.options.get("emulate_release")
+        return self.sim.options.get("emulate_release") or self.sim.meta.get("emulate_release")
 
     @property
     def xapi_version(self):
@@ -151,6 +151,8 @@ class Simulator:
         if os.path.exists(self._pool_meta_path):
             with open(self._pool_meta_path, encoding="utf-8") as f:
                 self.meta = json.load(f)
+        for key, value in self.meta.get("options", {}).items():
+            self.options.setdefault(key, value)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self):
@@ -426,7 +428,7 @@ def route(handlers, method, path):
 
 
 def sim_state(sim):
-    return {"tables": sim.db.dump(), "faults": sim.faults.list(),
+    return {"tables": sim.db.dump(), "faults": sim.faults.list(), "options": sim.options,
             "storage": {"vdis": sim.storage.vdis, "layers": sim.storage.layers},
             "event_token": sim.db.current_token()}
 

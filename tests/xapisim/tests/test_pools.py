@@ -113,3 +113,22 @@ def test_missing_image_is_a_clear_error(tmp_path):
     with pytest.raises(SimulatorError) as err:
         start_simulator(str(pool), str(tmp_path / "state"), timeout=30)
     assert "no-such.img" in str(err.value)
+
+
+def test_options_from_pool_file_and_cli(tmp_path, xapisim_factory):
+    pool = tmp_path / "opts.yml"
+    pool.write_text("""
+pool: {name: opts, xva_keepalive_seconds: 0.5, options: {custom: 7}}
+hosts: [{name: h1, master: true}]
+srs: [{name: nfs, type: nfs, shared: true, size: 1GiB, default: true}]
+vms: [{name: v, disks: [{size: 1MiB, sm_config: {type: raw}}]}]
+""")
+    sim = xapisim_factory(str(pool), options={"custom": 8})
+    options = sim.state()["options"]
+    assert options["xva_keepalive_seconds"] == 0.5
+    assert options["custom"] == 8  # the command line wins over the pool file
+    x = sim.session().xenapi
+    vbd = x.VM.get_VBDs(x.VM.get_by_name_label("v")[0])[0]
+    assert x.VDI.get_sm_config(x.VBD.get_VDI(vbd)) == {"type": "raw"}
+    sim.restart()
+    assert sim.state()["options"]["xva_keepalive_seconds"] == 0.5  # kept in the state dir
