@@ -258,7 +258,8 @@ def destroy_snapshot_with_vdis(xapi, snap_ref, require_ours=True):
         raise XapiUsageError("refusing to destroy snapshot %s: it was not made by xapi.backup" % record.get("uuid"))
     disks = [(ref, vdi) for ref, vdi in _snapshot_disks(xapi, record) if vdi_destroy_reason(vdi, record.get("VBDs", []))]
     if record.get("blocked_operations"):
-        # A snapshot inherits its VM's blocked_operations; a blocked "destroy" would leak our snapshot.
+        # xapi creates snapshots with none, but a "destroy" blocked later on our snapshot (by hand or
+        # by another tool) must not leak it: it is ours to remove.
         _ignore_gone(xapi, "VM.set_blocked_operations", snap_ref, {})
     _ignore_gone(xapi, "VM.destroy", snap_ref)
     for vdi_ref, _vdi in disks:

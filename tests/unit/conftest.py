@@ -236,7 +236,7 @@ class FakePool:
             power_state="Halted",
             other_config=copy.deepcopy(source["other_config"]),
             tags=list(source["tags"]),
-            blocked_operations=dict(source.get("blocked_operations", {})),  # xapi copies them too
+            blocked_operations={},  # xapi_vm_clone.ml copy_vm_record: a new snapshot blocks nothing
         )
         source["snapshots"].append(snap)
         for vbd in source["VBDs"]:
