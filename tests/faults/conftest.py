@@ -247,12 +247,14 @@ class FaultEnv:
         assert not info.get("failed"), info.get("msg")
         return info["backups"]
 
-    def repo_guarantees(self, info_backups=None):
+    def repo_guarantees(self, info_backups=None, vm_uuid=None):
         """What backup_info lists as complete is complete (checked here), and modes are private.
 
-        Returns the list of really complete backup ids found on disk.
+        ``vm_uuid``: the listing was filtered to that VM. Returns the really complete backup ids on disk.
         """
         really_complete = set(complete_backups_on_disk(self.repo))
+        if vm_uuid is not None:
+            really_complete = {ident for ident in really_complete if ident.split("/")[1] == vm_uuid}
         listed = info_backups if info_backups is not None else (self.backup_info() if self.repo.exists() else [])
         good = {b["id"] for b in listed if b["complete"]}
         assert good <= really_complete, "listed as good but incomplete: %r" % sorted(good - really_complete)

@@ -89,7 +89,7 @@ def test_damaged_backup_refused_before_import_and_never_listed_good(env, good, k
     listed = {b["id"]: b for b in info["backups"]}
     assert ident in listed and listed[ident]["complete"] is False
     assert any(w in (listed[ident]["problem"] or "") for w in problem_words), listed[ident]["problem"]
-    env.repo_guarantees(info["backups"])
+    env.repo_guarantees(info["backups"], vm_uuid=good["vm_uuid"])
     # the latest-backup default skips the damaged (newer) copy and restores the good one
     shutil.rmtree(directory)
 
@@ -121,7 +121,7 @@ def test_retention_never_counts_damaged_backups_nor_removes_the_last_good(env, g
     assert good["backup_id"] not in json.dumps(pruned["removed"])
     listed = {b["id"]: b for b in info["backups"]}
     assert good["backup_id"] in listed and listed[good["backup_id"]]["complete"] is True
-    assert env.repo_guarantees(info["backups"]) == [good["backup_id"]]
+    assert env.repo_guarantees(info["backups"], vm_uuid=good["vm_uuid"]) == [good["backup_id"]]
     # damaged backups are never counted: they are removed only as incomplete ones past the grace
     # period, and their removal never takes the good one with them
     for ident in damaged:
@@ -195,6 +195,29 @@ def test_private_modes_even_under_umask_000(env, tmp_path):
     assert any(p.name == "pool-db.xml" for p in files) and any(p.name.startswith("vm.xva") for p in files)
     check_private_modes(repo)
     assert sorted(b["id"] for b in info["backups"] if b["complete"]) == sorted(complete_backups_on_disk(repo))
+
+
+def test_restore_into_a_full_sr_leaves_nothing_and_the_retry_restores(env):
+    """Restore tiny-on-lvm's backup into the thick 12 MiB SR that already holds its 8 MiB disk: SR_FULL,
+    no half-imported VM or VDI left; the same restore into the shared SR then succeeds."""
+    backup, info = env.run_tasks([("vm_export", {"vm": "tiny-on-lvm", "run_id": "for-restore"}), ("backup_info", {})])
+    assert not backup.get("failed"), backup.get("msg")
+    lvm = env.api.SR.get_by_name_label("small-lvm")[0]
+    nfs_uuid = env.api.SR.get_uuid(env.api.SR.get_by_name_label("nfs")[0])
+    vms_before, vdis_before = sorted(env.api.VM.get_all()), sorted(env.api.VDI.get_all())
+    failed = env.run_task("vm_import", {"backup": backup["backup_id"], "sr": env.api.SR.get_uuid(lvm),
+                                        "name": "restored-full"})
+    assert failed.get("failed") is True, failed.get("msg")
+    assert "\n" not in failed["msg"] and "SR_FULL" in failed["msg"], failed["msg"]
+    assert sorted(env.api.VM.get_all()) == vms_before
+    assert sorted(env.api.VDI.get_all()) == vdis_before
+    restored = env.run_task("vm_import", {"backup": backup["backup_id"], "sr": nfs_uuid, "name": "restored-full"})
+    assert not restored.get("failed"), restored.get("msg")
+    ref = env.api.VM.get_by_uuid(restored["vm_uuid"])
+    assert env.api.VM.get_other_config(ref)["xapi_backup:restored_from"] == backup["backup_id"]
+    gone = env.run_task("vm_import", {"backup": backup["backup_id"], "state": "absent"})
+    assert not gone.get("failed") and gone["changed"] is True, gone.get("msg")
+    env.repo_guarantees(info["backups"])
 
 
 def test_no_secret_in_any_output_of_this_module(env):

@@ -135,13 +135,13 @@ def test_session_expired_mid_run(env):
     result = json.loads(out.read_text())
     env.no_leftovers()
     backups = env.backup_info(vm_uuid=result["vm_uuid"])
-    env.repo_guarantees(backups)
+    env.repo_guarantees(backups, vm_uuid=result["vm_uuid"])
     if result.get("failed"):
         assert "\n" not in result["msg"] and "tiny-running" in result["msg"]
         assert "SESSION_INVALID" in result["msg"] or "session" in result["msg"].lower()
         assert_rerun_completes(env, "tiny-running", "expire")
     else:
-        assert result["backup_id"] in env.repo_guarantees(backups)
+        assert result["backup_id"] in env.repo_guarantees(backups, vm_uuid=result["vm_uuid"])
 
 
 def test_no_secret_in_any_output_of_this_module(env):
