@@ -848,7 +848,9 @@ def markdown(report):
     lines.append("")
     r = report.get("restore")
     if r:
-        lines += ["**Restore** of the uncapped run's backups (all VMs; raw MB/s = raw XVA bytes / wall time)", "",
+        lines += ["**Restore** of the uncapped run's backups of %s (%.2f GB of raw XVA; raw MB/s = raw XVA bytes / wall "
+                  "time; the helper as `vm_import` runs it: `import --url --in --sr`; xapi's import on tmpfs)"
+                  % (", ".join(r.get("vms") or []), r["raw_xva_bytes"] / 1e9), "",
                   "| what | runs | wall s | raw MB/s | runs MB/s | client CPU s | simulator CPU s | peak RSS MiB |",
                   "|---|---:|---:|---:|---|---:|---:|---:|"]
         for row in r["rows"]:
