@@ -831,17 +831,32 @@ def markdown(report):
                         ("uncapped", "Backup, no cap (the storage is not the limit)")):
         t = b["table"][cond]
         lines += ["**%s** (medians; wall time for the whole pool, VMs one after the other)" % title, "",
-                  "| variant | runs | wall s | runs (s) | raw MB/s | stored MB | ratio | client CPU s | simulator CPU s |",
-                  "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+                  "| variant | runs | wall s | runs (s) | raw MB/s | stored MB | ratio | writer CPU s | CPU share | "
+                  "simulator CPU s | load (1 min) |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for variant in ("raw", "a", "b", "c", "d"):
             if variant not in t:
                 continue
             r = t[variant]
-            lines.append("| %s | %d | %.1f | %s | %s | %s | %s | %.1f | %.1f |" % (
+            loads = [x.get("loadavg_1min_after") for x in b["samples"][cond][variant] if x.get("loadavg_1min_after")]
+            lines.append("| %s | %d | %.1f | %s | %s | %s | %s | %.1f | %.0f %% | %.1f | %s |" % (
                 r["label"], r["runs"], r["wall_s"], ", ".join("%.1f" % v for v in r["wall_s_all"]),
                 fmt_s(r.get("raw_mb_per_s")), "%.0f" % (r["stored_bytes"] / MB) if r["stored_bytes"] else "–",
-                "%.2f" % r["ratio"] if r.get("ratio") else "–", r["client_cpu_s"], r["server_cpu_s"]))
+                "%.2f" % r["ratio"] if r.get("ratio") else "–", r["client_cpu_s"], 100 * r["client_cpu_s"] / r["wall_s"],
+                r["server_cpu_s"], "%.1f" % statistics.median(loads) if loads else "–"))
         lines.append("")
+    lines += ["Writer CPU = user + system CPU of the process that writes the repository (the bench's client for raw, "
+              "(a), (b); the helper, with its pigz child, for (c), (d)); CPU share = writer CPU / wall (200 % = both "
+              "cores). Simulator CPU = the xapi side (for (b) it includes xapi's gzip). Load = 1-minute load average "
+              "after each sample (the machine is shared; 2 cores).", ""]
+    cap_t = b["table"]["capped"]
+    if "a" in cap_t and "c" in cap_t:
+        need = (cap_t["c"]["client_cpu_s"] + cap_t["c"]["server_cpu_s"]) / float(report["machine"]["cores"])
+        lines += ["CPU bound of (c): helper + simulator used %.1f s of CPU for %.2f GB, so with all %d cores to "
+                  "itself (c) cannot take less than %.1f s at this run's CPU cost; (a) with the cap takes %.1f s, so (a)/(c) <= %.1f "
+                  "on this machine even when idle (CPU per GB is lower on a quiet machine: see the reading after the table)." % (cap_t["c"]["client_cpu_s"] + cap_t["c"]["server_cpu_s"], raw / 1e9,
+                                                       report["machine"]["cores"], need, cap_t["a"]["wall_s"],
+                                                       cap_t["a"]["wall_s"] / need), ""]
     lines += ["**Ratios**", ""]
     for key, value in report["ratios"].items():
         lines.append("- %s: %s" % (key, value))
