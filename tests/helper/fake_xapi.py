@@ -100,6 +100,7 @@ class FakeXapi:
             if field == "get_result":
                 return _success(task["result"])
             if field == "cancel":
+                task["cancel_called"] = True
                 if task["status"] == "pending":
                     task.update(status="cancelled", error_info=["TASK_CANCELLED", args[0]])
                 return _success("")

@@ -42,6 +42,13 @@ def assert_no_leftovers(directory):
     assert not [n for n in names if n.endswith(".partial") or n.endswith(".lock") or n.endswith(".tmp")], names
 
 
+def assert_task_cancelled(fake):
+    """The helper asked xapi to cancel its one task. (The task may already have failed on its own
+    when the helper closed the connection first; what matters is that it is not left running.)"""
+    [task] = fake.tasks.values()
+    assert task.get("cancel_called") and task["status"] in ("cancelled", "failure"), task
+
+
 def one_python():
     return INTERPRETERS["py36-nozstd"] if os.path.exists(INTERPRETERS["py36-nozstd"]) else INTERPRETERS["py3"]
 
@@ -141,7 +148,7 @@ def test_bad_chunk_in_export_fails_and_cancels(xapi, tmp_path):
     assert result.code == "CHECKSUM_MISMATCH", result
     assert_no_leftovers(tmp_path)
     assert not (tmp_path / "vm.xva.gz").exists()
-    assert [t["status"] for t in xapi.tasks.values()] == ["cancelled"]
+    assert_task_cancelled(xapi)
 
 
 def test_stalled_source_times_out(xapi, tmp_path):
@@ -152,7 +159,7 @@ def test_stalled_source_times_out(xapi, tmp_path):
     assert result.code == "STALLED", result
     assert time.time() - started < 20
     assert_no_leftovers(tmp_path)
-    assert [t["status"] for t in xapi.tasks.values()] == ["cancelled"]
+    assert_task_cancelled(xapi)
 
 
 def test_overall_timeout(xapi, tmp_path):
@@ -197,7 +204,7 @@ def test_signal_removes_partial_and_cancels_task(python, xapi, tmp_path, sig):
     assert proc.returncode != 0
     assert not out.exists()
     assert_no_leftovers(tmp_path)
-    assert [t["status"] for t in xapi.tasks.values()] == ["cancelled"]
+    assert_task_cancelled(xapi)
 
 
 @pytest.fixture
@@ -218,7 +225,7 @@ def test_full_file_system_is_no_space(python, xapi, tiny_fs):
     result = export(python, xapi, tiny_fs / "vm.xva", "--codec", "none")
     assert result.code == "NO_SPACE", result
     assert os.listdir(str(tiny_fs)) == []
-    assert [t["status"] for t in xapi.tasks.values()] == ["cancelled"]
+    assert_task_cancelled(xapi)
 
 
 def test_file_size_limit_is_no_space(xapi, tmp_path):
