@@ -816,6 +816,19 @@ def machine_info(python):
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def helper_version():
+    """The helper file measured: sha256 and the last commit that touched it (+ whether it is modified)."""
+    import hashlib  # pylint: disable=import-outside-toplevel
+    with open(HELPER, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+
+    def git(*argv):
+        return subprocess.run(["git"] + list(argv), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              check=False).stdout.decode().strip()
+    return {"sha256": digest, "commit": git("log", "-1", "--format=%h %s", "--", HELPER)[:100],
+            "modified": bool(git("status", "--porcelain", "--", HELPER))}
+
+
 def fmt_s(v):
     return "%.1f" % v if v is not None else "–"
 
@@ -898,6 +911,12 @@ def markdown(report):
     lines += ["**Targets (issue 7)**", ""]
     for target in report["targets"]:
         lines.append("- %s — %s (%s)" % (target["target"], "holds" if target["holds"] else "**misses**", target["measured"]))
+    if report.get("helper_version"):
+        hv = report["helper_version"]
+        lines += ["", "Helper measured: sha256 %s…, last commit `%s`%s." % (hv["sha256"][:16], hv["commit"],
+                                                                          " (with uncommitted changes)" if hv["modified"] else "")]
+    if report.get("warning"):
+        lines += ["", "**Warning:** %s." % report["warning"]]
     lines += ["", "Machine: %s" % json.dumps(report["machine"], sort_keys=True),
               "", "Total bench time: %.0f s." % report["duration_s"]]
     return "\n".join(lines)
@@ -1057,6 +1076,7 @@ def main():
     started = time.monotonic()
     report = {"machine": machine_info(args.python), "runs": args.runs, "helper": os.path.relpath(HELPER, REPO),
               "argv": sys.argv[1:], "cap_buffer_mib": args.cap_buffer_mib, "slow_runs": args.slow_runs,
+              "helper_version": helper_version(),
               "helper_python": args.python,
               "pool_description": "2 halted VMs, 5 GiB of virtual disk: two 2 GiB disks on the bench image "
                                   "(2 GiB ext4, ~1.2 GiB of OS files) as a shared read-only base + one empty 1 GiB disk"}
@@ -1082,6 +1102,11 @@ def main():
         shutil.rmtree(repo_dir, ignore_errors=True)
         shutil.rmtree(sim_dir, ignore_errors=True)
     report["duration_s"] = round(time.monotonic() - started, 1)
+    report["helper_version_at_end"] = helper_version()
+    if report["helper_version_at_end"] != report["helper_version"]:
+        log("WARNING: the helper changed during the run; the figures mix two versions")
+        report["warning"] = "the helper changed during the run (%s -> %s)" % (
+            report["helper_version"]["sha256"][:12], report["helper_version_at_end"]["sha256"][:12])
     report["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     if "backup" in report:
         ratios_and_targets(report)
