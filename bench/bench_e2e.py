@@ -13,15 +13,19 @@ bench/results.json). The sections:
    (c) the helper, zstd (``xapi-backup-helper export --codec zstd``),
    (d) the helper, gzip-compatible (``--codec gzip``),
    plus the raw /export stream to /dev/null (the export stream's own rate).
+   (b) and (d) cost minutes each on 2 cores: they run ``--slow-runs`` times (default 1), capped
+   only unless ``--uncapped-slow b,d``.
    The cap is on the storage side: the process writing the repository is throttled. For (a) and
    (b) the bench's own client writes through a throttled writer; for (c) and (d) the real helper
    runs with its repository writer (``fd_sink``) wrapped by the same throttle (a few lines run
    with ``python -c``, see THROTTLED_HELPER): a write returns, then the writer waits until the
    link would have carried those bytes. The simulator's bandwidth fault (which slows the XAPI
    stream, a different thing) is not used.
-2. Restore of the (c) and (d) backups with ``xapi-backup-helper import`` (decompress + import),
-   beside ``zstd -d`` / ``gzip -dc`` of the same file to /dev/null and beside the import of the
-   uncompressed (a) file (the import sink's own rate), in the same run.
+2. Restore of the uncapped run's (c) backup of ``--restore-vms`` (default bench-web) with
+   ``xapi-backup-helper import`` (decompress + import), beside ``zstd -d`` of the same file to
+   /dev/null and beside the import of the uncompressed (a) file (the import sink's own rate), in
+   the same run; ``--restore-gzip`` adds the (d) backup beside ``gzip -dc`` / ``pigz -dc``.
+   The simulator's state (its SR) and the repository live on tmpfs when /dev/shm has room.
 3. Control plane on a 200-VM pool (bench/pools/plan200.yml) with half the VMs already backed up
    for the run id: ``ansible-playbook`` on localhost running ``xapi.backup.vm_info`` and
    ``xapi.backup.backup_info`` (the real action/module code paths) and computing what is left to
