@@ -820,19 +820,27 @@ class _Importer:
         self.cleanup.append(lambda: self._delete_if_exists("network", net))
         self.table[export_id] = net
 
+    def _reuse_on_restore(self, cls, export_id, record):
+        """With restore=true an object that already exists under the archive's uuid is reused."""
+        found = self.db.find(cls, uuid=record.get("uuid")) if self.restore else []
+        if found:
+            self.table[export_id] = found[0]
+        return bool(found)
+
+    @staticmethod
+    def _device_fields(cls, record, refs):
+        """The archive record's fields of ``cls`` minus identity, references and runtime state."""
+        skip = ("uuid", "metrics", "current_operations", "allowed_operations") + refs
+        return {k: v for k, v in record.items() if k in CLASSES[cls] and k not in skip}
+
     def _vbd(self, export_id, record):
-        if self.restore:
-            found = self.db.find("VBD", uuid=record.get("uuid"))
-            if found:
-                self.table[export_id] = found[0]
-                return
+        if self._reuse_on_restore("VBD", export_id, record):
+            return
         vm = self._lookup(record.get("VM"))
         vdi_known = record.get("VDI") in self.table
         if record.get("currently_attached") and not vdi_known and record.get("type") != "CD":
             raise xva.XvaFailure("IMPORT_ERROR_ATTACHED_DISKS_NOT_FOUND")
-        fields = {k: v for k, v in record.items() if k in CLASSES["VBD"]
-                  and k not in ("uuid", "VM", "VDI", "metrics", "current_operations",
-                                "allowed_operations")}
+        fields = self._device_fields("VBD", record, ("VM", "VDI"))
         if not vdi_known:
             if record.get("type") == "Disk":
                 return  # "Cannot import VM's disk: was it an .iso attached as a disk?"
@@ -847,16 +855,11 @@ class _Importer:
         self.table[export_id] = vbd
 
     def _vif(self, export_id, record):
-        if self.restore:
-            found = self.db.find("VIF", uuid=record.get("uuid"))
-            if found:
-                self.table[export_id] = found[0]
-                return
+        if self._reuse_on_restore("VIF", export_id, record):
+            return
         vm = self._lookup(record.get("VM"))
         net = self._lookup(record.get("network"))
-        fields = {k: v for k, v in record.items() if k in CLASSES["VIF"]
-                  and k not in ("uuid", "VM", "network", "metrics", "current_operations",
-                                "allowed_operations")}
+        fields = self._device_fields("VIF", record, ("VM", "network"))
         mac = record.get("MAC", "") if self.restore else ""
         if not mac:
             seed = self.db.get_field("VM", vm, "other_config").get(MAC_SEED, "")
