@@ -828,10 +828,10 @@ class _Importer:
         return bool(found)
 
     @staticmethod
-    def _device_fields(cls, record, refs):
-        """The archive record's fields of ``cls`` minus identity, references and runtime state."""
+    def _device_fields(xapi_class, record, refs):
+        """The archive record's fields of ``xapi_class`` minus identity, references and runtime state."""
         skip = ("uuid", "metrics", "current_operations", "allowed_operations") + refs
-        return {k: v for k, v in record.items() if k in CLASSES[cls] and k not in skip}
+        return {k: v for k, v in record.items() if k in CLASSES[xapi_class] and k not in skip}
 
     def _vbd(self, export_id, record):
         if self._reuse_on_restore("VBD", export_id, record):
