@@ -21,7 +21,7 @@ VENV36    := $(ROOT)/.venv36
 VENV36_NOZSTD := $(ROOT)/.venv36-nozstd
 HELPER    := roles/helper/files/xapi-backup-helper
 IMAGES    := $(CACHE)/images
-APT_PKGS  := openssh-server pigz zstd e2fsprogs iproute2 libxxhash0 time shellcheck
+APT_PKGS  := openssh-server pigz zstd e2fsprogs iproute2 libxxhash0 time shellcheck qemu-utils
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLL_BASE)
 export XAPISIM_IMAGE_DIR := $(IMAGES)
