@@ -433,3 +433,44 @@ def test_order_comes_from_the_sequence_not_from_a_fast_clock(env, tmp_path):
     assert not pruned.get("failed"), pruned.get("msg")
     assert sorted(r["id"] for r in pruned["removed"]) == sorted([real["backup_id"]] + future)
     assert sorted(complete_backups_on_disk(repo)) == sorted(r["backup_id"] for r in later)
+
+
+def test_two_runs_with_different_run_ids_and_a_prune_at_once(fault_env_factory):
+    """Run A streams; run B (another run id) is refused by the lock without touching A's lock or report;
+    a prune started meanwhile spares A's running export. Every complete backup and foreign file stays."""
+    from tests.faults.conftest import kill_tree, wait_for  # pylint: disable=import-outside-toplevel
+    from tests.faults.test_process_faults import SLOW, streaming  # pylint: disable=import-outside-toplevel
+
+    env = fault_env_factory("tiny")
+    earlier = env.run_task("vm_export", {"vm": "tiny-halted", "run_id": "earlier"})
+    assert not earlier.get("failed"), earlier.get("msg")
+    foreign = env.repo / "postgres" / "dumps" / "20261120T010000Z" / "db.sql"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"select 1;")
+    env.sim.faults.set(bandwidth_bytes_per_s=SLOW, path="/export", count=1)
+    first = env.start_playbook("backup.yml", "-e", "xapi_backup_run_id=run-a", "-e", "xapi_backup_concurrency=1")
+    try:
+        wait_for(lambda: streaming(env), timeout=180, what="run A's export streaming")
+        owner = env.repo / env.pool_uuid / "runs" / ".lock" / "owner.json"
+        lock_before = owner.read_bytes()
+        second_rc, second_out = env.run_playbook("backup.yml", "-e", "xapi_backup_run_id=run-b")
+        pruned = env.run_task("backup_prune", {"keep_last": 1, "incomplete_grace": 0})
+        assert owner.read_bytes() == lock_before               # B never touched A's lock
+        first.wait(timeout=600)
+    finally:
+        kill_tree(first)
+    env.collect(first)
+    assert second_rc != 0 and "another backup run of pool tiny pool holds the lock" in second_out, second_out[-3000:]
+    assert "run run-a from" in second_out
+    assert not (env.repo / env.pool_uuid / "runs" / "run-b").exists()
+    assert first.returncode == 0
+    assert not pruned.get("failed"), pruned.get("msg")
+    assert [r for r in pruned["removed"] if not r["complete"]] == []   # the running export was spared
+    assert earlier["backup_id"] not in [r["id"] for r in pruned["removed"]]  # the newest complete of its VM
+    assert env.report("run-a")["summary"]["failed"] == 0
+    assert foreign.read_bytes() == b"select 1;"
+    info = env.run_task("backup_info", {})
+    run_a = [b for b in info["backups"] if b["complete"] and b["run_id"] == "run-a" and "/pool/" not in b["id"]]
+    assert len(run_a) == 3, [b["id"] for b in info["backups"]]
+    env.repo_guarantees(info["backups"])
+    env.no_leftovers()
