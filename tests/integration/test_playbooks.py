@@ -253,6 +253,16 @@ def test_check_mode_writes_nothing(pool):
     assert our_snapshots(pool["session"]) == []
 
 
+def test_check_mode_on_a_repository_that_does_not_exist_yet_plans(pool):
+    """The first `backup.yml --check` of a new repository plans instead of failing, and creates nothing."""
+    new = pool["workdir"] / "not-yet" / "repository"
+    out = run_playbook(pool["inventory"], "backup.yml", "--check", "-e", "xapi_backup_run_id=run-4",
+                       "-e", "xapi_backup_repository=%s" % new, env=pool["env"])
+    assert not new.parent.exists()
+    assert re.search(r"run run-4 \(check mode\): \d+ VM\(s\), \d+ would be backed up", out), out[-3000:]
+    assert our_snapshots(pool["session"]) == []
+
+
 def test_verify_restores_boots_and_destroys_each_latest_backup(pool):
     out = run_playbook(pool["inventory"], "verify.yml", "-e", json.dumps({"xapi_backup_restore_vms": ["tiny-running", "tiny-halted"]}),
                        env=pool["env"])
