@@ -28,6 +28,8 @@ import re
 import shutil
 import tempfile
 
+from ansible_collections.xapi.backup.plugins.module_utils import _delta
+
 MANIFEST_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 STATUS_NAME = "status.json"
@@ -478,6 +480,8 @@ def check_entry(entry: dict, hasher=None) -> tuple[dict | None, str | None]:
         return None, entry["manifest_error"]
     if entry.get("manifest") is None:
         return None, "no manifest (incomplete)"
+    if isinstance(entry["manifest"], dict) and entry["manifest"].get("kind") == _delta.KIND_DELTA:
+        return _check_delta_entry(entry, hasher)
     try:
         manifest = parse_manifest(entry["manifest"])
     except RepositoryError as exc:
@@ -492,6 +496,26 @@ def check_entry(entry: dict, hasher=None) -> tuple[dict | None, str | None]:
         if size != manifest["stored_size"] or digest != manifest["sha256"]:
             return manifest, "stored file %s does not match the manifest's sha256" % name
     return manifest, None
+
+
+def _check_delta_entry(entry: dict, hasher=None) -> tuple[dict | None, str | None]:
+    """check_entry for a vm-delta backup (issue 12): its own manifest rules, every file checked."""
+    ident = "/".join(os.path.normpath(entry["path"]).split(os.sep)[-3:])
+    try:
+        manifest = _delta.parse_delta_manifest(entry["manifest"], ident)
+    except _delta.ChainError as exc:
+        return None, str(exc)
+    digests = None
+    if hasher is not None:
+        digests = {}
+        for name in manifest["files"]:
+            if name in (entry.get("files") or {}):
+                digests[name] = "sha256:" + hasher(os.path.join(entry["path"], name))[1]
+    return manifest, _delta.files_problem(manifest, entry.get("files") or {}, digests)
+
+
+def is_delta(backup) -> bool:
+    return (backup.manifest or {}).get("kind") == _delta.KIND_DELTA
 
 
 def require_repository(storage: Storage, repo: str) -> None:
@@ -664,4 +688,15 @@ def plan_prune(backups: list, policy: RetentionPolicy, now: datetime.datetime, i
                 plan.remove.append((backup, "incomplete (%s) and older than the grace period" % backup.problem))
             else:
                 plan.keep.append((backup, ["incomplete, within the grace period" if age is not None else "incomplete, age unknown"]))
+    _keep_chain_links(backups, plan)
     return plan
+
+
+def _keep_chain_links(backups: list, plan: PrunePlan) -> None:
+    """Never remove a backup a kept vm-delta backup needs (its base, the base's base...)."""
+    links = {b.id: {"manifest": b.manifest} for b in backups if is_delta(b)}
+    needed = _delta.needed_by(links, {b.id for b, _reasons in plan.keep if b.id in links})
+    for backup, reason in list(plan.remove):
+        if backup.id in needed:
+            plan.remove.remove((backup, reason))
+            plan.keep.append((backup, ["needed by a kept delta backup"]))
