@@ -163,3 +163,105 @@ def test_full_then_deltas_store_only_changed_blocks_and_restore_every_point(run_
         assert restore_chain(sim, session, manifests[:point + 1], work) == contents[point], point
     again = run_task("vm_export", {"vm": "tiny-running", "mode": "delta", "run_id": "d3"})
     assert again["changed"] is False
+
+
+# ---------------------------------------------------------------- fallbacks, each through a real run
+
+
+def test_fallbacks_to_full_each_with_its_reason(run_task, sim, session, work):
+    x = session.xenapi
+    _ref, record = vm(x, "tiny-halted")
+    first = export(run_task, "tiny-halted", "f1")
+    assert first["kind"] == "full"
+    second = export(run_task, "tiny-halted", "f2")
+    assert second["kind"] == "delta", second
+
+    # base snapshot missing on the pool: destroyed behind our back
+    for snap in bases(x, record["uuid"]):
+        x.VM.destroy(x.VM.get_by_uuid(snap["uuid"]))
+    third = export(run_task, "tiny-halted", "f3")
+    assert third["kind"] == "full" and "no base snapshot" in third["msg"], third
+
+    # xapi refusing the delta (a failed task after the 200): the same run stores a full
+    sim.faults.set(task_failure={"method": "/export_raw_vdi", "error": ["VDI_IO_ERROR", "Device I/O errors"]}, count=1)
+    try:
+        fourth = export(run_task, "tiny-halted", "f4")
+    finally:
+        sim.faults.clear()
+    assert fourth["kind"] == "full" and "xapi refused the delta" in fourth["msg"], fourth
+    assert manifest_of(fourth)["delta"]["base_backup"] is None
+
+    # the base's backup damaged in the repository: one byte of a disk file changed
+    damaged = os.path.join(fourth["path"], manifest_of(fourth)["delta"]["disks"][0]["file"])
+    with open(damaged, "r+b") as handle:
+        handle.seek(20)
+        byte = handle.read(1)
+        handle.seek(20)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    fifth = export(run_task, "tiny-halted", "f5")
+    assert fifth["kind"] == "full" and "not usable" in fifth["msg"], fifth
+
+    # full interval reached
+    sixth = export(run_task, "tiny-halted", "f6", full_interval=2)
+    assert sixth["kind"] == "delta"
+    seventh = export(run_task, "tiny-halted", "f7", full_interval=2)
+    assert seventh["kind"] == "full" and "full interval" in seventh["msg"], seventh
+
+    # a disk resized
+    disk_ref, _uuid = first_disk(x, x.VM.get_record(x.VM.get_by_uuid(record["uuid"])))
+    x.VDI.resize(disk_ref, str(int(x.VDI.get_virtual_size(disk_ref)) + 2 * BLOCK))
+    eighth = export(run_task, "tiny-halted", "f8")
+    assert eighth["kind"] == "full" and "resized" in eighth["msg"], eighth
+    # one kept base in the end, and it is the newest backup's snapshot
+    assert [b["uuid"] for b in bases(x, record["uuid"])] == [eighth["snapshot_uuid"]]
+
+
+def test_a_failed_delta_run_keeps_the_previous_base_and_stores_nothing(run_task, sim, session, work):
+    x = session.xenapi
+    _ref, record = vm(x, "tiny-running")
+    before = bases(x, record["uuid"])
+    assert len(before) == 1
+    listing = sorted(os.listdir(os.path.join(str(work / "repo"), manifest_of_any(work, record["uuid"]))))
+    sim.faults.set(cut_after_bytes=3000, path="/export_raw_vdi")  # every disk export is cut
+    try:
+        result = run_task("vm_export", {"vm": "tiny-running", "mode": "delta", "run_id": "cut"})
+    finally:
+        sim.faults.clear()
+    assert result.get("failed"), result
+    assert [b["uuid"] for b in bases(x, record["uuid"])] == [b["uuid"] for b in before]
+    assert sorted(os.listdir(os.path.join(str(work / "repo"), manifest_of_any(work, record["uuid"])))) == listing
+    ours = [r for r in x.VM.get_all_records().values()
+            if r["is_a_snapshot"] and (r.get("other_config") or {}).get("xapi_backup:vm") == record["uuid"]]
+    assert len(ours) == 1  # the new snapshot is gone
+    after = export(run_task, "tiny-running", "after-cut")
+    assert after["kind"] == "delta", after
+
+
+def manifest_of_any(work, vm_uuid):
+    """``<pool>/<vm>`` directory of a VM in the repository."""
+    root = str(work / "repo")
+    for pool in os.listdir(root):
+        if os.path.isdir(os.path.join(root, pool, vm_uuid)):
+            return os.path.join(pool, vm_uuid)
+    raise KeyError(vm_uuid)
+
+
+def test_check_mode_plans_without_changing_anything(run_task, session, work):
+    x = session.xenapi
+    _ref, record = vm(x, "tiny-running")
+    snaps_before = sorted(r["uuid"] for r in x.VM.get_all_records().values() if r["is_a_snapshot"])
+    listing = sorted(os.listdir(os.path.join(str(work / "repo"), manifest_of_any(work, record["uuid"]))))
+    result = run_task("vm_export", {"vm": "tiny-running", "mode": "delta", "run_id": "check"}, check=True)
+    assert not result.get("failed") and result["changed"] and result["kind"] == "delta", result
+    assert sorted(r["uuid"] for r in x.VM.get_all_records().values() if r["is_a_snapshot"]) == snaps_before
+    assert sorted(os.listdir(os.path.join(str(work / "repo"), manifest_of_any(work, record["uuid"])))) == listing
+
+
+def test_backup_info_lists_delta_backups_complete_and_vm_import_refuses_them(run_task, session, work):
+    x = session.xenapi
+    _ref, record = vm(x, "tiny-running")
+    info = run_task("backup_info", {"vm_uuid": record["uuid"]})
+    assert not info.get("failed"), info
+    assert info["backups"] and all(b["complete"] for b in info["backups"]), info["backups"]
+    restore = run_task("vm_import", {"vm_uuid": record["uuid"]})
+    assert restore.get("failed") and "delta" in restore["msg"], restore
