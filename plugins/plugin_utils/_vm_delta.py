@@ -233,8 +233,9 @@ class VmDeltaExport:
                 "path": paths["dir"], "base_backup": plan["base_backup"], "depth": plan["depth"],
                 "snapshot_uuid": snap_rec["uuid"], "stale_snapshots_removed": stale,
                 "stored_size": sum(f["size"] for f in manifest["files"].values()),
-                "raw_size": sum(d["raw_size"] for d in disks), "disks": disks,
-                "duration": manifest["duration"]}
+                "raw_size": manifest["raw_size"], "disks": disks, "codec": self.p["codec"],
+                "duration": manifest["duration"], "rate": manifest["rate"],
+                "helper_duration": round(sum(float(d.get("duration") or 0) for d in disks), 3)}
 
     def _helper_args(self, xapi, extra):
         p = self.p
