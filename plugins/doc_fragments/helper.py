@@ -46,6 +46,15 @@ options:
     description: Seconds between two status polls of the detached helper.
     type: float
     default: 2.0
+  repository_key:
+    description:
+      - Secret key that authenticates the backups of the repository (from a vault or an AWX credential; never
+        stored on the share). The controller signs each new manifest with HMAC-SHA256; restore, verification and
+        retention then refuse a backup whose signature is missing or wrong (status V(untrusted)): it is never
+        restored and never removed.
+      - Without a key backups are not authenticated and the result carries a warning.
+      - The key never leaves the controller (not sent to the helper, not in any output).
+    type: str
 """
 
     # For the verbs that only read or change the repository (backup_info, backup_prune): the connection options

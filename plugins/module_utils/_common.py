@@ -99,6 +99,8 @@ def helper_argument_spec(options=None, uses_xapi=True):
         helper_xapi_url=dict(type="str", default=DEFAULT_HELPER_XAPI_URL),
         helper_ca_file=dict(type="str"),
         poll_interval=dict(type="float", default=2.0),
+        # signs/authenticates manifests on the controller (docs/dev/contracts.md section 4); never sent anywhere
+        repository_key=dict(type="str", no_log=True),
     )
     spec.update(options or {})
     return spec

@@ -3,51 +3,76 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""The backup repository: layout, manifest, completeness, listing and retention.
+"""The backup repository: layout, manifest, completeness, trust, listing and retention.
 
 PRIVATE to the collection: not a public API.  Imports nothing from Ansible.
 
-Layout (docs/dev/contracts.md section 4)::
+Layout, manifest format 2, the signature and the status rules: docs/dev/contracts.md section 4.
 
-    <repo>/<pool-uuid>/<vm-uuid>/<YYYYMMDDTHHMMSSZ>/{vm.xva.zst|vm.xva.gz|vm.xva, manifest.json}
-    <repo>/<pool-uuid>/pool/<YYYYMMDDTHHMMSSZ>/{pool-db.xml, manifest.json}
+    <repo>/.xapi-backup-repository.json                       the marker (prune refuses a repository without it)
+    <repo>/<pool-uuid>/<vm-uuid>/<YYYYMMDDTHHMMSSZ[-N]>/{vm.xva.zst|vm.xva.gz|vm.xva, manifest.json}
+    <repo>/<pool-uuid>/pool/<YYYYMMDDTHHMMSSZ[-N]>/{pool-db.xml, vm-<uuid>.metadata.xva, manifest.json}
 
-A backup is complete iff ``manifest.json`` exists, parses, has ``format: 1`` and the stored
-file's size and sha256 equal the manifest's.  Storage is reached through a small interface with
-two implementations: the local file system and the helper run over the task's connection.
+The repository is untrusted input.  Every file operation on it is one of the helper's ``repo-*``
+subcommands (the ONE implementation: directory fds, O_NOFOLLOW, O_EXCL); this module only decides.
+Backups are ordered by the ``sequence`` recorded in their manifest, never by names or clocks.
 """
 
 from __future__ import annotations
 
-import abc
 import datetime
 import hashlib
+import hmac
+import importlib.machinery
+import importlib.util
+import io
 import json
 import os
 import re
-import shutil
-import tempfile
+import subprocess
+import sys
 
 from ansible_collections.xapi.backup.plugins.module_utils import _delta
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 MANIFEST_NAME = "manifest.json"
+MARKER_NAME = ".xapi-backup-repository.json"
 STATUS_NAME = "status.json"
 INTENT_NAME = "export.json"
 POOL_DIR = "pool"
 RUNS_DIR = "runs"
+IMPORT_STATUS_DIR = ".xapi-backup"
 POOL_DB_NAME = "pool-db.xml"
 METADATA_NAME = "metadata.xva"
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 STORED_NAMES = {"zstd": "vm.xva.zst", "gzip": "vm.xva.gz", "none": "vm.xva"}
 KIND_VM = "vm"
 KIND_POOL = "pool"
+# manifest kinds -> the owner directory they live in (vm uuid or "pool"); issue 12 adds "vm-delta": KIND_VM
+MANIFEST_KIND_VM_XVA = "vm-xva"
+MANIFEST_KIND_POOL_DB = "pool-db"
+MANIFEST_KIND_VM_DELTA = _delta.KIND_DELTA  # VHD chains (issue 12), checked further by _delta
+MANIFEST_KINDS = {MANIFEST_KIND_VM_XVA: KIND_VM, MANIFEST_KIND_POOL_DB: KIND_POOL, MANIFEST_KIND_VM_DELTA: KIND_VM}
+DIGEST_ALGORITHMS = ("blake2b", "sha256")
+SIGNATURE_ALG = "hmac-sha256"
+FUTURE_TOLERANCE = 300.0  # seconds: a backup dated further ahead than this is future_dated
+
+STATUS_COMPLETE = "complete"
+STATUS_INCOMPLETE = "incomplete"
+STATUS_UNTRUSTED = "untrusted"
+STATUS_UNKNOWN = "unknown"
+
+NO_KEY_WARNING = ("no repository key is set (xapi_backup_repository_key / repository_key): backups are not "
+                  "authenticated, a backup forged on the share would be trusted")
 
 _TIMESTAMP_RE = re.compile(r"^\d{8}T\d{6}Z$")
+_BACKUP_DIR_RE = re.compile(r"^(\d{8}T\d{6}Z)(-[0-9]{1,2})?$")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_SECRET_KEYS = frozenset(("session", "session_id", "session_ref", "password", "xapi_session", "secret"))
+_DIGEST_RE = re.compile(r"^(blake2b|sha256):[0-9a-f]{64}$")
+_SECRET_KEYS = frozenset(("session", "session_id", "session_ref", "password", "xapi_session", "secret",
+                          "repository_key"))
 _SECRET_QUERY_RE = re.compile(r"(session_id=)[^&\s\"']+")
-_HASH_BLOCK = 8 * 1024 * 1024
 
 
 class RepositoryError(Exception):
@@ -73,11 +98,12 @@ def timestamp_name(when: datetime.datetime) -> str:
 
 
 def parse_timestamp(name: str) -> datetime.datetime | None:
-    """Inverse of :func:`timestamp_name`; None when ``name`` is not a timestamp."""
-    if not _TIMESTAMP_RE.match(name or ""):
+    """Time of a backup directory name (``20261121T235901Z`` or ``20261121T235901Z-2``); None otherwise."""
+    match = _BACKUP_DIR_RE.match(name or "")
+    if not match:
         return None
     try:
-        parsed = datetime.datetime.strptime(name, TIMESTAMP_FORMAT)
+        parsed = datetime.datetime.strptime(match.group(1), TIMESTAMP_FORMAT)
     except ValueError:
         return None
     return parsed.replace(tzinfo=datetime.timezone.utc)
@@ -106,12 +132,12 @@ def stored_name(codec: str) -> str:
 
 
 def backup_id(pool_uuid: str, owner: str, timestamp: str) -> str:
-    """Backup id ``<pool-uuid>/<vm-uuid or pool>/<timestamp>`` (relative path inside the repository)."""
+    """Backup id ``<pool-uuid>/<vm-uuid or pool>/<backup dir>`` (relative path inside the repository)."""
     return "/".join((pool_uuid, owner, timestamp))
 
 
 def parse_backup_id(text: str) -> tuple[str, str, str]:
-    """Split a backup id into (pool uuid, vm uuid or ``pool``, timestamp); raise on anything else."""
+    """Split a backup id into (pool uuid, vm uuid or ``pool``, backup dir); raise on anything else."""
     parts = (text or "").strip("/").split("/")
     if len(parts) != 3 or not is_uuid(parts[0]) or not (is_uuid(parts[1]) or parts[1] == POOL_DIR):
         raise RepositoryError("not a backup id: %r (expected <pool-uuid>/<vm-uuid>/<timestamp>)" % text, "BAD_BACKUP_ID")
@@ -138,6 +164,17 @@ def relative_id(repo: str, path: str) -> str | None:
     return "/".join(parts)
 
 
+def relative_path(repo: str, path: str) -> str:
+    """``path`` (absolute, inside ``repo``, or already relative) relative to ``repo``; raise when outside."""
+    if not os.path.isabs(path):
+        rel = os.path.normpath(path)
+    else:
+        rel = os.path.relpath(os.path.normpath(path), os.path.normpath(repo))
+    if rel in (".", "") or rel.startswith("..") or os.path.isabs(rel):
+        raise RepositoryError("%s is not inside the repository %s" % (path, repo), "NOT_IN_REPOSITORY")
+    return rel.replace(os.sep, "/")
+
+
 # ---------------------------------------------------------------- secrets
 
 
@@ -152,20 +189,91 @@ def strip_secrets(value):
     return value
 
 
+# ---------------------------------------------------------------- digests and signatures
+
+
+def digest_of(data: bytes, algorithm: str = "blake2b") -> str:
+    """``blake2b:<hex>`` (BLAKE2b-256) or ``sha256:<hex>`` of ``data``."""
+    if algorithm == "blake2b":
+        return "blake2b:" + hashlib.blake2b(data, digest_size=32).hexdigest()
+    if algorithm == "sha256":
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+    raise RepositoryError("unknown digest algorithm %r" % algorithm, "BAD_DIGEST")
+
+
+def digest_algorithm(digest: str) -> str:
+    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+        raise RepositoryError("not a digest: %r (expected blake2b:<hex> or sha256:<hex>)" % (digest,), "BAD_MANIFEST")
+    return digest.split(":", 1)[0]
+
+
+def _key_bytes(key) -> bytes:
+    return key.encode("utf-8") if isinstance(key, str) else bytes(key)
+
+
+def canonical_bytes(manifest: dict) -> bytes:
+    """What the signature covers: every field except ``signature``, as sorted-keys compact ASCII JSON."""
+    body = dict((k, v) for k, v in manifest.items() if k != "signature")
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+
+
+def key_id(key) -> str:
+    """A short public name of a key (tells which key signed, reveals nothing about it)."""
+    return hmac.new(_key_bytes(key), b"xapi-backup key id", hashlib.sha256).hexdigest()[:16]
+
+
+def sign_manifest(manifest: dict, key) -> dict:
+    """Copy of ``manifest`` with its HMAC-SHA256 ``signature`` (the controller signs; the key goes nowhere)."""
+    signed = dict(manifest)
+    signed.pop("signature", None)
+    value = hmac.new(_key_bytes(key), canonical_bytes(signed), hashlib.sha256).hexdigest()
+    signed["signature"] = {"alg": SIGNATURE_ALG, "key_id": key_id(key), "value": value}
+    return signed
+
+
+def signature_problem(manifest: dict, key) -> str | None:
+    """Why ``manifest`` is not signed by ``key`` (None: it is)."""
+    sig = manifest.get("signature")
+    if not isinstance(sig, dict):
+        return "manifest is not signed"
+    if sig.get("alg") != SIGNATURE_ALG or not isinstance(sig.get("value"), str):
+        return "manifest signature has an unknown form"
+    expected = hmac.new(_key_bytes(key), canonical_bytes(manifest), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, sig["value"]):
+        if sig.get("key_id") not in (None, key_id(key)):
+            return "manifest is signed with another key (key id %s)" % str(sig.get("key_id"))[:16]
+        return "manifest signature is wrong (edited or forged)"
+    return None
+
+
 # ---------------------------------------------------------------- manifest
+
+
+def _normal_files(files: dict) -> dict:
+    out = {}
+    for name, info in (files or {}).items():
+        info = dict(info)
+        if "digest" not in info and info.get("sha256"):
+            info["digest"] = "sha256:" + info.pop("sha256")
+        info.pop("sha256", None)
+        out[name] = {"size": int(info["size"]), "digest": str(info["digest"])}
+    return out
 
 
 def build_manifest(kind: str, *, tool_version: str, pool: dict, xapi_version: str | None, run_id: str,
                    files: dict, started: datetime.datetime, ended: datetime.datetime,
                    stored_file: str | None = None, vm: dict | None = None, snapshot: dict | None = None,
                    codec: dict | None = None, raw_size: int | None = None, raw_hash: str | None = None,
-                   helper_result: dict | None = None) -> dict:
-    """Build a format-1 manifest.
+                   helper_result: dict | None = None, ident: str | None = None, sequence: int | None = None,
+                   repository_id: str | None = None) -> dict:
+    """Build a format-2 manifest (docs/dev/contracts.md section 4).
 
-    ``files`` maps each file name of the backup to ``{"size": N, "sha256": H}``; ``stored_file`` names
-    the main file whose size and sha256 decide completeness (the export, or the pool database dump).
-    Secrets are stripped from everything that goes in.
+    ``kind``: a manifest kind (``vm-xva``, ``pool-db``) or the owner kinds ``vm``/``pool`` (mapped to
+    ``vm-xva``/``pool-db``).  ``files`` maps every stored file to ``{"size": N, "digest": "algo:hex"}``
+    (``{"sha256": H}`` is accepted for the export's in-stream hash).  Secrets are stripped.
     """
+    kind = {KIND_VM: MANIFEST_KIND_VM_XVA, KIND_POOL: MANIFEST_KIND_POOL_DB}.get(kind, kind)
+    files = _normal_files(files)
     if stored_file is not None and stored_file not in files:
         raise RepositoryError("stored file %r is not among the manifest's files" % stored_file, "BAD_MANIFEST")
     duration = max((ended - started).total_seconds(), 0.0)
@@ -174,6 +282,10 @@ def build_manifest(kind: str, *, tool_version: str, pool: dict, xapi_version: st
     manifest = {
         "format": MANIFEST_FORMAT,
         "kind": kind,
+        "id": ident,
+        "sequence": sequence,
+        "created": iso_time(started),
+        "repository_id": repository_id,
         "tool": {"name": "xapi.backup", "version": tool_version},
         "pool": {"uuid": pool.get("uuid"), "name": pool.get("name")},
         "xapi_version": xapi_version,
@@ -183,7 +295,6 @@ def build_manifest(kind: str, *, tool_version: str, pool: dict, xapi_version: st
         "codec": codec,
         "stored_file": stored_file,
         "stored_size": stored.get("size"),
-        "sha256": stored.get("sha256"),
         "raw_size": raw_size,
         "raw_hash": raw_hash,
         "files": files,
@@ -196,8 +307,19 @@ def build_manifest(kind: str, *, tool_version: str, pool: dict, xapi_version: st
     return strip_secrets(manifest)
 
 
+def manifest_files(manifest: dict) -> dict:
+    """``{name: {"size", "digest"}}`` of a parsed manifest, format 1 or 2."""
+    if manifest.get("format") == 1:
+        return {manifest["stored_file"]: {"size": manifest["stored_size"], "digest": "sha256:" + manifest["sha256"]}}
+    return manifest["files"]
+
+
 def parse_manifest(data) -> dict:
-    """Validate a manifest (JSON text or an already parsed object) and return it as a dict."""
+    """Validate a manifest (JSON text or an already parsed object) and return it as a dict.
+
+    Raises ``RepositoryError`` with code ``UNKNOWN_MANIFEST`` for a newer format or an unknown kind
+    (kept, never removed), ``BAD_MANIFEST`` for anything else that is wrong.
+    """
     if isinstance(data, (str, bytes)):
         try:
             data = json.loads(data)
@@ -205,228 +327,245 @@ def parse_manifest(data) -> dict:
             raise RepositoryError("manifest is not valid JSON: %s" % exc, "BAD_MANIFEST")
     if not isinstance(data, dict):
         raise RepositoryError("manifest is not a JSON object", "BAD_MANIFEST")
-    if data.get("format") != MANIFEST_FORMAT:
-        raise RepositoryError("unsupported manifest format %r (expected %d)" % (data.get("format"), MANIFEST_FORMAT), "BAD_MANIFEST")
-    stored_file = data.get("stored_file")
-    if not isinstance(stored_file, str) or not stored_file or "/" in stored_file:
-        raise RepositoryError("manifest has no valid stored_file", "BAD_MANIFEST")
-    if not isinstance(data.get("stored_size"), int) or not isinstance(data.get("sha256"), str):
-        raise RepositoryError("manifest lacks stored_size or sha256", "BAD_MANIFEST")
+    fmt = data.get("format")
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt not in READABLE_FORMATS:
+        raise RepositoryError("unsupported manifest format %r (this collection reads %s)"
+                              % (fmt, ", ".join(str(f) for f in READABLE_FORMATS)), "UNKNOWN_MANIFEST")
     if not isinstance(data.get("run_id"), str):
         raise RepositoryError("manifest lacks run_id", "BAD_MANIFEST")
+    stored_file = data.get("stored_file")
+    if fmt == 1:
+        if not isinstance(stored_file, str) or not stored_file or "/" in stored_file:
+            raise RepositoryError("manifest has no valid stored_file", "BAD_MANIFEST")
+        if not isinstance(data.get("stored_size"), int) or not isinstance(data.get("sha256"), str):
+            raise RepositoryError("manifest lacks stored_size or sha256", "BAD_MANIFEST")
+        return data
+    if data.get("kind") not in MANIFEST_KINDS:
+        raise RepositoryError("unknown manifest kind %r" % (data.get("kind"),), "UNKNOWN_MANIFEST")
+    files = data.get("files")
+    if not isinstance(files, dict) or not files:
+        raise RepositoryError("manifest has no files", "BAD_MANIFEST")
+    for name, info in files.items():
+        if not name or "/" in name or name in (MANIFEST_NAME, ".", ".."):
+            raise RepositoryError("manifest names a bad file %r" % name, "BAD_MANIFEST")
+        if not isinstance(info, dict) or isinstance(info.get("size"), bool) or not isinstance(info.get("size"), int):
+            raise RepositoryError("manifest file %s has no size" % name, "BAD_MANIFEST")
+        digest_algorithm(info.get("digest"))
+    if stored_file is not None and stored_file not in files:
+        raise RepositoryError("manifest's stored_file is not among its files", "BAD_MANIFEST")
+    seq = data.get("sequence")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise RepositoryError("manifest has no valid sequence", "BAD_MANIFEST")
+    if not isinstance(data.get("id"), str):
+        raise RepositoryError("manifest has no id", "BAD_MANIFEST")
+    if data["kind"] == MANIFEST_KIND_VM_DELTA:
+        try:
+            _delta.parse_delta_manifest(data, data["id"])
+        except _delta.ChainError as exc:
+            raise RepositoryError(str(exc), "BAD_MANIFEST")
     return data
+
+
+def is_delta(backup) -> bool:
+    """A vm-delta backup (a link of a VHD chain, issue 12)."""
+    return (backup.manifest or {}).get("kind") == MANIFEST_KIND_VM_DELTA
+
+
+def identity_problem(manifest: dict, ident: str) -> str | None:
+    """Why the manifest does not describe the directory it sits in (moved, copied or forged); None if it does."""
+    pool_uuid, owner, _dir = ident.split("/")
+    pool = manifest.get("pool") if isinstance(manifest.get("pool"), dict) else {}
+    vm = manifest.get("vm") if isinstance(manifest.get("vm"), dict) else {}
+    if manifest.get("format") != 1 and manifest.get("id") != ident:
+        return "manifest names backup %s, found in %s" % (manifest.get("id"), ident)
+    if pool.get("uuid") not in (None, pool_uuid) or (manifest.get("format") != 1 and pool.get("uuid") != pool_uuid):
+        return "manifest names pool %s, found under pool %s" % (pool.get("uuid"), pool_uuid)
+    if manifest.get("format") == 1:
+        if owner != POOL_DIR and vm.get("uuid") not in (None, owner):
+            return "manifest names VM %s, found under VM %s" % (vm.get("uuid"), owner)
+        return None
+    expected_owner = MANIFEST_KINDS[manifest["kind"]]
+    if expected_owner == KIND_POOL and owner != POOL_DIR:
+        return "a %s manifest under VM directory %s" % (manifest["kind"], owner)
+    if expected_owner == KIND_VM and (owner == POOL_DIR or vm.get("uuid") != owner):
+        return "manifest names VM %s, found under %s" % (vm.get("uuid"), owner)
+    return None
+
+
+def seal_manifest(manifest: dict, key=None) -> dict:
+    """The manifest as written: signed when a repository key is set."""
+    return sign_manifest(manifest, key) if key else manifest
 
 
 def dump_manifest(manifest: dict) -> str:
     return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
 
-# ---------------------------------------------------------------- storage
+# ---------------------------------------------------------------- storage: the helper's repo-* commands
 
 
-class Storage(abc.ABC):
-    """Where the repository lives.  Paths are absolute paths on the storage's host."""
+class HelperStorage:
+    """The repository, reached ONLY through the helper's ``repo-*`` subcommands.
 
-    @abc.abstractmethod
-    def scan(self, repo: str, pool: str | None = None, vm: str | None = None) -> list:
-        """Backup directories (3 levels below ``repo``) as ``{path, files, manifest, manifest_error}``."""
-
-    @abc.abstractmethod
-    def exists(self, repo: str) -> bool:
-        """Whether the repository directory exists."""
-
-    @abc.abstractmethod
-    def hash_file(self, path: str) -> tuple[int, str]:
-        """(size, sha256 hex) of a file."""
-
-    @abc.abstractmethod
-    def write_json(self, path: str, document: dict) -> None:
-        """Write ``document`` atomically (temp, fsync, rename), mode 0600, parents 0700."""
-
-    @abc.abstractmethod
-    def remove_backup(self, repo: str, path: str) -> None:
-        """Remove one backup directory below ``repo``."""
-
-
-def _file_sha256(path: str) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while True:
-            block = handle.read(_HASH_BLOCK)
-            if not block:
-                break
-            size += len(block)
-            digest.update(block)
-    return size, digest.hexdigest()
-
-
-def _read_manifest_file(path: str) -> tuple[dict | None, str | None]:
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        return None, None
-    except OSError as exc:
-        return None, "cannot read manifest: %s" % exc
-    try:
-        return json.loads(raw), None
-    except ValueError as exc:
-        return None, "manifest is not valid JSON: %s" % exc
-
-
-def _subdirs(path: str, only: str | None = None) -> list:
-    if only is not None:
-        return [only] if os.path.isdir(os.path.join(path, only)) else []
-    try:
-        return sorted(n for n in os.listdir(path) if os.path.isdir(os.path.join(path, n)) and not n.startswith("."))
-    except OSError:
-        return []
-
-
-def makedirs_private(path: str) -> None:
-    """Create ``path`` and missing parents with mode 0700."""
-    if os.path.isdir(path):
-        return
-    makedirs_private(os.path.dirname(path))
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file (0600) in the same directory, fsync, rename."""
-    directory = os.path.dirname(path) or "."
-    makedirs_private(directory)
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".partial", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-class LocalStorage(Storage):
-    """The repository on the file system of the process running this code."""
-
-    def scan(self, repo, pool=None, vm=None):
-        entries = []
-        for pool_name in _subdirs(repo, pool):
-            for owner in _subdirs(os.path.join(repo, pool_name), vm):
-                if owner == RUNS_DIR:
-                    continue
-                owner_path = os.path.join(repo, pool_name, owner)
-                for stamp in _subdirs(owner_path):
-                    entries.append(self._entry(os.path.join(owner_path, stamp)))
-        return entries
-
-    def exists(self, repo):
-        return os.path.isdir(repo)
-
-    @staticmethod
-    def _entry(path):
-        files = {}
-        for name in sorted(os.listdir(path)):
-            full = os.path.join(path, name)
-            if os.path.isfile(full):
-                files[name] = os.path.getsize(full)
-        manifest, error = _read_manifest_file(os.path.join(path, MANIFEST_NAME))
-        return {"path": path, "files": files, "manifest": manifest, "manifest_error": error}
-
-    def hash_file(self, path):
-        try:
-            return _file_sha256(path)
-        except OSError as exc:
-            raise RepositoryError("cannot hash %s: %s" % (path, exc.strerror or exc), "IO_ERROR")
-
-    def write_json(self, path, document):
-        try:
-            atomic_write(path, dump_manifest(strip_secrets(document)).encode("utf-8"))
-        except OSError as exc:
-            raise RepositoryError("cannot write %s: %s" % (path, exc.strerror or exc), "IO_ERROR")
-
-    def remove_backup(self, repo, path):
-        if relative_id(repo, path) is None or os.path.islink(path):
-            raise RepositoryError("refusing to remove %s: not a backup directory of %s" % (path, repo), "NOT_A_BACKUP")
-        if not os.path.isdir(path):
-            raise RepositoryError("%s does not exist" % path, "NOT_FOUND")
-        try:
-            shutil.rmtree(path)
-        except OSError as exc:
-            raise RepositoryError("cannot remove %s: %s" % (path, exc.strerror or exc), "IO_ERROR")
-
-
-class HelperStorage(Storage):
-    """The repository on the helper's host, reached through helper subcommands.
-
-    ``run(subcommand, args, stdin)`` runs the helper and returns its parsed JSON success object
-    (it raises on failure); ``helper_calls`` collects what was run.
+    ``run(subcommand, args, stdin)`` runs the helper (over the task's connection, or locally) and
+    returns its parsed JSON success object; it raises on failure.  Paths given to the helper are
+    relative to the repository root.
     """
 
     def __init__(self, run) -> None:
         self._run = run
 
-    def scan(self, repo, pool=None, vm=None):
+    def scan(self, repo, pool=None, vm=None) -> dict:
+        """``{"entries", "skipped", "marker", "marker_error", "repo_exists"}`` (docs/dev/contracts.md section 5)."""
         args = ["--repo", repo]
         if pool:
             args += ["--pool", pool]
         if vm:
             args += ["--vm", vm]
-        return list(self._run("repo-scan", args, None).get("entries") or [])
+        result = self._run("repo-scan", args, None)
+        result.setdefault("entries", [])
+        result.setdefault("skipped", [])
+        return result
 
-    def exists(self, repo):
-        # a scan restricted to a pool that cannot exist answers cheaply with repo_exists
-        result = self._run("repo-scan", ["--repo", repo, "--pool", "00000000-0000-0000-0000-000000000000"], None)
-        return bool(result.get("repo_exists", True))
+    def exists(self, repo) -> bool:
+        return bool(self.scan(repo, pool="00000000-0000-0000-0000-000000000000").get("repo_exists", True))
 
-    def hash_file(self, path):
-        result = self._run("repo-hash", ["--in", path], None)
-        return int(result["size"]), str(result["sha256"])
+    def hash_file(self, repo, path, algorithm="blake2b") -> tuple[int, str]:
+        """(size, ``algo:hex``) of a file of the repository (never through a link)."""
+        result = self._run("repo-hash", ["--repo", repo, "--path", relative_path(repo, path), "--digest", algorithm], None)
+        return int(result["size"]), str(result["digest"])
 
-    def write_json(self, path, document):
-        self._run("repo-write", ["--out", path], dump_manifest(strip_secrets(document)))
+    def write_json(self, repo, path, document, exclusive=False) -> dict:
+        """Write ``document`` (secrets stripped) atomically; ``exclusive`` refuses to replace a file."""
+        args = ["--repo", repo, "--path", relative_path(repo, path), "--json"] + (["--exclusive"] if exclusive else [])
+        return self._run("repo-write", args, dump_manifest(strip_secrets(document)))
 
-    def remove_backup(self, repo, path):
-        if relative_id(repo, path) is None:
+    def write_text(self, repo, path, text) -> dict:
+        return self._run("repo-write", ["--repo", repo, "--path", relative_path(repo, path)], text)
+
+    def remove_backup(self, repo, path, if_incomplete=False) -> None:
+        """Remove one backup directory (the helper refuses a repository without the marker, and any link)."""
+        ident = relative_id(repo, path) if os.path.isabs(path) else path
+        if ident is None:
             raise RepositoryError("refusing to remove %s: not a backup directory of %s" % (path, repo), "NOT_A_BACKUP")
-        self._run("repo-remove", ["--repo", repo, "--path", path], None)
+        parse_backup_id(ident)
+        self._run("repo-remove", ["--repo", repo, "--path", ident] + (["--if-incomplete"] if if_incomplete else []), None)
+
+    def make_backup_dir(self, repo, pool_uuid, owner, stamp) -> dict:
+        """Create a new backup directory exclusively and claim its sequence: ``{id, path, sequence, repository_id}``."""
+        return self._run("repo-mkbackup", ["--repo", repo, "--pool", pool_uuid, "--owner", owner, "--stamp", stamp], None)
+
+    def lock(self, repo, pool_uuid, owner: dict, take_over: str | None = None) -> dict:
+        args = ["--repo", repo, "--pool", pool_uuid] + (["--take-over", take_over] if take_over is not None else [])
+        return self._run("repo-lock", args, json.dumps(owner, sort_keys=True))
+
+    def unlock(self, repo, pool_uuid, token) -> dict:
+        return self._run("repo-unlock", ["--repo", repo, "--pool", pool_uuid, "--token", token], None)
+
+    def ova_vms(self, repo, path) -> list:
+        """The VMs (``[{ref, uuid, name_label}]``) the stored XVA's ova.xml describes."""
+        return list(self._run("repo-ova", ["--repo", repo, "--path", relative_path(repo, path)], None).get("vms") or [])
+
+
+_BUNDLED_HELPER = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                               "roles", "helper", "files", "xapi-backup-helper")
+
+
+class LocalStorage(HelperStorage):
+    """The repository on this host, through the collection's bundled helper (the same code, never a copy).
+
+    ``in_process=True`` (default) loads the helper file as a module and calls its ``repo-*`` command
+    functions directly (no interpreter start per call); ``False`` runs it as a subprocess.
+    """
+
+    _module = None
+
+    def __init__(self, python: str = sys.executable, helper: str = _BUNDLED_HELPER, timeout: float = 3600.0,
+                 in_process: bool = True) -> None:
+        self._argv = [python, helper]
+        self._helper = helper
+        self._timeout = timeout
+        super().__init__(self._in_process if in_process else self._subprocess)
+
+    def _load(self):
+        if LocalStorage._module is None or LocalStorage._module.__file__ != self._helper:
+            loader = importlib.machinery.SourceFileLoader("_xapi_backup_bundled_helper", self._helper)
+            spec = importlib.util.spec_from_loader(loader.name, loader)
+            module = importlib.util.module_from_spec(spec)
+            loader.exec_module(module)
+            LocalStorage._module = module
+        return LocalStorage._module
+
+    def _in_process(self, subcommand, args, stdin):
+        helper = self._load()
+        parsed = helper.build_parser().parse_args([subcommand] + list(args))
+        saved = sys.stdin
+        sys.stdin = io.TextIOWrapper(io.BytesIO((stdin or "").encode("utf-8")), encoding="utf-8")
+        try:
+            return dict(helper.COMMANDS[subcommand](parsed), ok=True)
+        except helper.HelperError as exc:
+            raise RepositoryError("helper %s failed: %s: %s" % (subcommand, exc.code, exc.message), exc.code)
+        finally:
+            sys.stdin = saved
+
+    def _subprocess(self, subcommand, args, stdin):
+        proc = subprocess.run(self._argv + [subcommand] + list(args), input=(stdin or "").encode("utf-8"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=self._timeout, check=False)
+        try:
+            result = json.loads(proc.stdout.decode("utf-8"))
+        except ValueError:
+            result = None
+        if not isinstance(result, dict) or result.get("ok") is not True:
+            error = (result or {}).get("error") or {}
+            raise RepositoryError("helper %s failed: %s: %s" % (subcommand, error.get("code", "HELPER_FAILED"),
+                                                                  error.get("message") or proc.stderr.decode("utf-8", "replace")[-300:]),
+                                  str(error.get("code") or "HELPER_FAILED"))
+        return result
 
 
 # ---------------------------------------------------------------- listing
 
 
 class Backup:
-    """One backup directory, complete or not."""
+    """One backup directory, whatever its status."""
 
-    def __init__(self, ident: str, path: str, files: dict, manifest: dict | None, complete: bool, problem: str | None) -> None:
+    def __init__(self, ident: str, path: str, files: dict, manifest: dict | None, status: str, problem: str | None,
+                 now: datetime.datetime | None = None) -> None:
         self.id = ident
         self.path = path
         self.pool_uuid, self.owner, self.timestamp = ident.split("/")
         self.time = parse_timestamp(self.timestamp)
         self.files = dict(files)
         self.manifest = manifest
-        self.complete = complete
+        self.status = status
         self.problem = problem
+        self.claim = None  # the sequence number claimed when the directory was created (repo-mkbackup)
+        now = now or utcnow()
+        self.future_dated = self.time is not None and (self.time - now).total_seconds() > FUTURE_TOLERANCE
+
+    @property
+    def complete(self) -> bool:
+        return self.status == STATUS_COMPLETE
 
     @property
     def kind(self) -> str:
         return KIND_POOL if self.owner == POOL_DIR else KIND_VM
 
     @property
+    def manifest_kind(self) -> str | None:
+        manifest = self.manifest or {}
+        if manifest.get("format") == 1:
+            return MANIFEST_KIND_POOL_DB if self.kind == KIND_POOL else MANIFEST_KIND_VM_XVA
+        return manifest.get("kind")
+
+    @property
     def run_id(self) -> str | None:
         return (self.manifest or {}).get("run_id")
+
+    @property
+    def sequence(self) -> int | None:
+        value = (self.manifest or {}).get("sequence") if self.manifest else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     @property
     def size(self) -> int:
@@ -451,95 +590,125 @@ class Backup:
             "id": self.id,
             "path": self.path,
             "kind": self.kind,
+            "manifest_kind": self.manifest_kind,
             "pool_uuid": self.pool_uuid,
             "vm_uuid": None if self.kind == KIND_POOL else self.owner,
-            "vm_name": (manifest.get("vm") or {}).get("name_label"),
+            "vm_name": (manifest.get("vm") or {}).get("name_label") if isinstance(manifest.get("vm"), dict) else None,
             "timestamp": self.timestamp,
             "time": iso_time(self.time) if self.time else None,
             "age_seconds": None if age is None else int(age),
+            "future_dated": self.future_dated,
+            "sequence": self.sequence,
+            "status": self.status,
             "complete": self.complete,
+            "signed": isinstance(manifest.get("signature"), dict),
             "problem": self.problem,
             "run_id": self.run_id,
             "size": self.size,
             "stored_file": self.stored_file,
             "stored_size": manifest.get("stored_size"),
             "raw_size": manifest.get("raw_size"),
-            "codec": (manifest.get("codec") or {}).get("codec"),
-            "disks": list((manifest.get("vm") or {}).get("disks") or []),
-            "vifs": list((manifest.get("vm") or {}).get("vifs") or []),
+            "codec": (manifest.get("codec") or {}).get("codec") if isinstance(manifest.get("codec"), dict) else None,
+            "disks": list(((manifest.get("vm") or {}) if isinstance(manifest.get("vm"), dict) else {}).get("disks") or []),
+            "vifs": list(((manifest.get("vm") or {}) if isinstance(manifest.get("vm"), dict) else {}).get("vifs") or []),
         }
 
 
-def check_entry(entry: dict, hasher=None) -> tuple[dict | None, str | None]:
-    """Apply the completeness rule to one scan entry: (parsed manifest or None, problem or None).
+def classify_entry(entry: dict, ident: str, key=None, hasher=None) -> tuple[str, dict | None, str | None]:
+    """Apply the status rules (docs/dev/contracts.md section 4) to one scan entry: (status, manifest, problem).
 
-    ``hasher(path) -> (size, sha256)``; None skips the sha256 comparison (sizes are still compared).
+    ``hasher(rel_path, algorithm) -> (size, "algo:hex")``; None compares sizes only.
     """
     files = entry.get("files") or {}
     if entry.get("manifest_error"):
-        return None, entry["manifest_error"]
+        return STATUS_UNKNOWN, None, entry["manifest_error"]
     if entry.get("manifest") is None:
-        return None, "no manifest (incomplete)"
-    if isinstance(entry["manifest"], dict) and entry["manifest"].get("kind") == _delta.KIND_DELTA:
-        return _check_delta_entry(entry, hasher)
+        return STATUS_INCOMPLETE, None, "no manifest (incomplete)"
     try:
         manifest = parse_manifest(entry["manifest"])
     except RepositoryError as exc:
-        return None, exc.message
-    name = manifest["stored_file"]
-    if name not in files:
-        return manifest, "stored file %s is missing" % name
-    if int(files[name]) != manifest["stored_size"]:
-        return manifest, "stored file %s has %d bytes, manifest says %d" % (name, int(files[name]), manifest["stored_size"])
+        return STATUS_UNKNOWN, entry["manifest"] if isinstance(entry["manifest"], dict) else None, exc.message
+    if key is not None:
+        problem = signature_problem(manifest, key)
+        if problem is not None:
+            return STATUS_UNTRUSTED, manifest, problem
+    problem = identity_problem(manifest, ident)
+    if problem is not None:
+        return STATUS_UNTRUSTED, manifest, problem
+    for name, info in sorted(manifest_files(manifest).items()):
+        if name not in files:
+            return STATUS_INCOMPLETE, manifest, "stored file %s is missing" % name
+        if int(files[name]) != info["size"]:
+            return STATUS_INCOMPLETE, manifest, "stored file %s has %d bytes, manifest says %d" % (name, int(files[name]), info["size"])
     if hasher is not None:
-        size, digest = hasher(os.path.join(entry["path"], name))
-        if size != manifest["stored_size"] or digest != manifest["sha256"]:
-            return manifest, "stored file %s does not match the manifest's sha256" % name
-    return manifest, None
+        for name, info in sorted(manifest_files(manifest).items()):
+            algorithm = digest_algorithm(info["digest"])
+            size, digest = hasher(ident + "/" + name, algorithm)
+            if size != info["size"] or digest != info["digest"]:
+                return STATUS_INCOMPLETE, manifest, "stored file %s does not match the manifest's %s digest" % (name, algorithm)
+    return STATUS_COMPLETE, manifest, None
 
 
-def _check_delta_entry(entry: dict, hasher=None) -> tuple[dict | None, str | None]:
-    """check_entry for a vm-delta backup (issue 12): its own manifest rules, every file checked."""
-    ident = "/".join(os.path.normpath(entry["path"]).split(os.sep)[-3:])
-    try:
-        manifest = _delta.parse_delta_manifest(entry["manifest"], ident)
-    except _delta.ChainError as exc:
-        return None, str(exc)
-    digests = None
-    if hasher is not None:
-        digests = {}
-        for name in manifest["files"]:
-            if name in (entry.get("files") or {}):
-                digests[name] = "sha256:" + hasher(os.path.join(entry["path"], name))[1]
-    return manifest, _delta.files_problem(manifest, entry.get("files") or {}, digests)
+def check_entry(entry: dict, hasher=None, key=None, ident: str | None = None) -> tuple[dict | None, str | None]:
+    """(manifest or None, problem or None) -- the completeness rule of :func:`classify_entry`."""
+    status, manifest, problem = classify_entry(entry, ident or entry.get("id") or "", key=key, hasher=hasher)
+    return manifest, (None if status == STATUS_COMPLETE else problem)
 
 
-def is_delta(backup) -> bool:
-    return (backup.manifest or {}).get("kind") == _delta.KIND_DELTA
-
-
-def require_repository(storage: Storage, repo: str) -> None:
+def require_repository(storage, repo: str) -> None:
     """Raise unless the repository exists (reading verbs must not report a mistyped path as empty)."""
     if not storage.exists(repo):
         raise RepositoryError("repository %s does not exist on the task's host" % repo, "NO_REPOSITORY")
 
 
-def list_backups(storage: Storage, repo: str, pool: str | None = None, vm: str | None = None,
-                 check_hash: bool = True) -> list:
-    """All backups under ``repo`` (optionally one pool / VM), oldest first."""
-    hasher = storage.hash_file if check_hash else None
-    backups = []
-    for entry in storage.scan(repo, pool=pool, vm=vm):
-        ident = relative_id(repo, entry["path"])
-        if ident is None or ident.startswith(".") or ident.split("/")[1] == RUNS_DIR:
+class Listing(list):
+    """The backups of a scan (a list, oldest first) plus what the scan skipped and the marker."""
+
+    skipped = ()
+    marker = None
+    repo_exists = True
+
+
+def list_backups(storage, repo: str, pool: str | None = None, vm: str | None = None, check_hash: bool = True,
+                 key=None, now: datetime.datetime | None = None) -> Listing:
+    """All backup directories under ``repo`` (optionally one pool / VM), in recorded order (oldest first).
+
+    The returned list also carries ``skipped`` (links, odd and foreign entries the helper did not follow),
+    ``marker`` and ``repo_exists``.
+    """
+    now = now or utcnow()
+    scan = storage.scan(repo, pool=pool, vm=vm)
+
+    def hasher(rel, algorithm):
+        return storage.hash_file(repo, rel, algorithm)
+
+    out = Listing()
+    out.skipped = list(scan.get("skipped") or [])
+    out.marker = scan.get("marker")
+    out.repo_exists = bool(scan.get("repo_exists", True))
+    for entry in scan.get("entries") or []:
+        ident = entry.get("id") or relative_id(repo, entry["path"])
+        try:
+            parse_backup_id(ident or "")
+        except RepositoryError:
             continue
-        manifest, problem = check_entry(entry, hasher)
-        backups.append(Backup(ident, entry["path"], entry.get("files") or {}, manifest, problem is None, problem))
-    return sorted(backups, key=_sort_key)
+        status, manifest, problem = classify_entry(entry, ident, key=key, hasher=hasher if check_hash else None)
+        backup = Backup(ident, os.path.join(repo, ident), entry.get("files") or {}, manifest, status, problem, now=now)
+        backup.claim = entry.get("sequence_claim")
+        out.append(backup)
+    out.sort(key=_sort_key)
+    return out
+
+
+def order_key(backup: Backup):
+    """Recorded creation order: format-1 backups (no sequence) first by timestamp, then by sequence
+    (the number claimed for the directory when it has no manifest yet)."""
+    seq = backup.sequence if backup.sequence is not None else getattr(backup, "claim", None)
+    return (seq is not None, seq or 0, backup.timestamp)
 
 
 def _sort_key(backup: Backup):
-    return (backup.pool_uuid, backup.owner, backup.time is None, backup.timestamp)
+    return (backup.pool_uuid, backup.owner) + order_key(backup)
 
 
 def group_by_owner(backups: list) -> dict:
@@ -551,8 +720,9 @@ def group_by_owner(backups: list) -> dict:
 
 
 def newest_complete(backups: list) -> Backup | None:
-    complete = [b for b in backups if b.complete and b.time is not None]
-    return max(complete, key=lambda b: b.time) if complete else None
+    """The complete backup with the highest sequence that is not future-dated (what "latest" means)."""
+    complete = [b for b in backups if b.complete and not b.future_dated]
+    return max(complete, key=order_key) if complete else None
 
 
 def find_run_backup(backups: list, owner: str, run_id: str) -> Backup | None:
@@ -572,7 +742,7 @@ def export_reason(backups: list, owner: str, run_id: str, force: bool) -> str | 
 
 
 def select_backup(backups: list, owner: str, which: str) -> Backup:
-    """A complete backup of ``owner``: ``latest`` or a timestamp; raise if there is none."""
+    """A complete backup of ``owner``: ``latest`` or a backup directory name; raise if there is none."""
     candidates = [b for b in backups if b.owner == owner]
     if which == "latest":
         found = newest_complete(candidates)
@@ -581,6 +751,8 @@ def select_backup(backups: list, owner: str, which: str) -> Backup:
         return found
     for backup in candidates:
         if backup.timestamp == which:
+            if backup.status == STATUS_UNTRUSTED:
+                raise RepositoryError("backup %s is untrusted: %s; not restored" % (backup.id, backup.problem), "UNTRUSTED_BACKUP")
             if not backup.complete:
                 raise RepositoryError("backup %s is not complete: %s" % (backup.id, backup.problem), "INCOMPLETE_BACKUP")
             return backup
@@ -621,22 +793,25 @@ def _month(when):
     return when.strftime("%Y-%m")
 
 
-def retention_reasons(times: list, policy: RetentionPolicy) -> dict:
+def retention_reasons(times: list, policy: RetentionPolicy, order: list | None = None) -> dict:
     """Which of ``times`` (datetimes of complete backups) each rule keeps.
 
-    Returns ``{index: [reasons]}`` for the kept ones.  ``keep_last`` keeps the N newest; the
-    calendar rules keep the newest backup of each of the N most recent days / ISO weeks / months
-    that have a backup.  The newest backup is always kept.
+    ``order``: indexes newest first by recorded sequence (default: by time).  Returns
+    ``{index: [reasons]}`` for the kept ones.  ``keep_last`` keeps the N newest; the calendar rules
+    keep the newest backup of each of the N most recent days / ISO weeks / months that have a backup
+    (a ``None`` time -- a future-dated backup -- fills no calendar bucket).  The newest is always kept.
     """
-    order = sorted(range(len(times)), key=lambda i: times[i], reverse=True)
+    if order is None:
+        order = sorted(range(len(times)), key=lambda i: times[i], reverse=True)
     kept = {}
     for i in order[:policy.keep_last]:
         kept.setdefault(i, []).append("keep_last")
+    dated = [i for i in order if times[i] is not None]
     for rule, count, bucket in (("keep_daily", policy.keep_daily, _day),
                                 ("keep_weekly", policy.keep_weekly, _week),
                                 ("keep_monthly", policy.keep_monthly, _month)):
         seen = []
-        for i in order:
+        for i in dated:
             key = bucket(times[i])
             if key in seen:
                 continue
@@ -664,24 +839,34 @@ class PrunePlan:
 def plan_prune(backups: list, policy: RetentionPolicy, now: datetime.datetime, incomplete_grace: float) -> PrunePlan:
     """Decide which backups to remove.
 
-    Complete backups of each VM (or pool dump series) are kept by ``policy``; the newest complete one
-    is never removed; with an empty policy every complete backup is kept.  Incomplete backups are
-    never counted; they are removed once older than ``incomplete_grace`` seconds (those whose age is
-    unknown are kept).
+    Complete backups of each VM (or pool dump series) are ordered by their recorded sequence and kept
+    by ``policy``; the newest complete one is never removed; with an empty policy every complete
+    backup is kept.  ``untrusted`` and ``unknown`` backups are never removed (nor counted).
+    Incomplete backups are removed once older than ``incomplete_grace`` seconds (those whose age is
+    unknown or negative are kept).
     """
     plan = PrunePlan()
     for _owner, group in sorted(group_by_owner(backups).items()):
-        complete = [b for b in group if b.complete and b.time is not None]
-        reasons = retention_reasons([b.time for b in complete], policy)
+        complete = sorted((b for b in group if b.complete), key=order_key)
+        newest_first = sorted(range(len(complete)), key=lambda i: order_key(complete[i]), reverse=True)
+        times = [None if b.future_dated else b.time for b in complete]
+        reasons = retention_reasons(times, policy, order=newest_first)
+        latest = newest_complete(complete)  # what a restore picks: never removed either
+        if latest is not None:
+            reasons.setdefault(complete.index(latest), []).append("latest")
         for index, backup in enumerate(complete):
             if policy.empty:
                 plan.keep.append((backup, ["no retention rule"]))
             elif index in reasons:
                 plan.keep.append((backup, reasons[index]))
             else:
-                plan.remove.append((backup, "not kept by any retention rule"))
+                plan.remove.append((backup, "not kept by any retention rule"
+                                    + (" (future-dated)" if backup.future_dated else "")))
         for backup in group:
-            if backup.complete and backup.time is not None:
+            if backup.complete:
+                continue
+            if backup.status in (STATUS_UNTRUSTED, STATUS_UNKNOWN):
+                plan.keep.append((backup, ["%s (%s): never removed" % (backup.status, backup.problem)]))
                 continue
             age = backup.age(now)
             if age is not None and age > incomplete_grace:

@@ -13,7 +13,10 @@ version_added: 0.1.0
 description:
   - Lists every backup directory of the repository per pool and VM, with its size, age, run id and the
     record summary of its manifest (disks with SR, VIFs with network and MAC).
-  - A backup is complete only when its manifest exists, parses, and the stored file's size and sha256 match it.
+  - A backup is complete only when its manifest exists, parses, is a format and kind this collection knows, names
+    the directory it is in, every stored file's size and digest match it, and (with O(repository_key)) its
+    signature is valid. Backups are ordered by the creation sequence recorded in their manifest.
+  - Symbolic links, odd entries and directories that are not ours are never followed; they are listed in RV(skipped).
   - With O(verify) the helper decompresses the stored file and validates the whole XVA (every chunk checksum,
     every disk length).
   - The repository is read through the helper on the task's host, or directly with a local connection.
@@ -29,7 +32,7 @@ options:
     type: str
   checksums:
     description:
-      - Check the sha256 of every stored file against its manifest to decide completeness.
+      - Check the digest of every stored file against its manifest to decide completeness.
       - V(false) compares sizes only (fast; a same-size corruption then goes unnoticed).
     type: bool
     default: true
@@ -66,6 +69,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+skipped:
+  description: Entries of the repository not followed or not ours (C(path), C(reason) symlink, other, foreign...).
+  returned: always
+  type: list
+  elements: dict
+marker:
+  description: The repository marker (C(repository_id), C(created)), null when missing.
+  returned: always
+  type: dict
 backups:
   description: Every backup directory, oldest first per pool and VM.
   returned: always
@@ -100,7 +112,22 @@ backups:
       description: Age in seconds.
       type: int
     complete:
-      description: Whether the backup is complete.
+      description: Whether the backup is complete (RV(backups[].status=complete)).
+      type: bool
+    status:
+      description:
+        - V(complete); V(incomplete) (no manifest, or files missing or damaged); V(untrusted) (signature missing
+          or wrong with a key, or a manifest that names another directory, pool or VM); V(unknown) (unreadable,
+          newer format or unknown kind). Untrusted and unknown backups are never restored nor removed.
+      type: str
+    sequence:
+      description: Creation order of the backup among those of its VM (null for format-1 backups).
+      type: int
+    future_dated:
+      description: Its timestamp lies in the future (a fast clock made it); never chosen as the latest.
+      type: bool
+    signed:
+      description: Whether its manifest carries a signature.
       type: bool
     problem:
       description: Why it is not complete.

@@ -13,7 +13,14 @@ version_added: 0.1.0
 description:
   - Keeps, per VM (and for the pool database dumps), the complete backups selected by O(keep_last),
     O(keep_daily), O(keep_weekly) and O(keep_monthly), and removes the other complete backups.
-  - The newest complete backup of a VM is never removed. Without any retention rule nothing complete is removed.
+  - Backups are ordered by the creation sequence in their manifest, never by name or clock. The newest complete
+    backup of a VM, and the latest one a restore would pick, are never removed. Without any retention rule nothing
+    complete is removed.
+  - Only provably-ours backups are removed. The repository must carry the marker C(.xapi-backup-repository.json)
+    written by the first backup (else the task fails with C(NO_MARKER) and removes nothing); only
+    C(<pool-uuid>/<vm-uuid|pool>/<YYYYMMDDTHHMMSSZ[-N]>) directories are looked at; untrusted, unknown (newer
+    format, unreadable) and foreign entries are kept and listed, links are never followed. A removal the helper
+    refuses is reported and the other backups are still pruned.
   - Incomplete backups are never counted by the rules; they are removed once older than O(incomplete_grace),
     unless the helper's status file shows that an export is still writing them.
   - The repository is changed through the helper on the task's host, or directly with a local connection.
@@ -29,7 +36,7 @@ options:
     type: str
   checksums:
     description:
-      - Check the sha256 of every stored file against its manifest to decide completeness.
+      - Check the digest of every stored file against its manifest to decide completeness.
       - V(false) compares sizes only (fast; a same-size corruption then goes unnoticed).
     type: bool
     default: true

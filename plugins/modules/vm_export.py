@@ -18,8 +18,10 @@ description:
     The snapshot and its VDIs are destroyed in every outcome. A halted VM is exported as is.
   - During the export the operations C(migrate_send) and C(pool_migrate) of the source VM are blocked;
     its C(blocked_operations) are restored afterwards.
-  - The manifest (C(manifest.json)) is written last and atomically. A backup is complete only when its
-    manifest exists and the stored file's size and sha256 match it.
+  - The backup directory is created exclusively with a new creation sequence number (a same-second collision gets
+    a C(-2), C(-3)... suffix); a failed export removes only the directory it created. The manifest
+    (C(manifest.json), format 2) is written last, exclusively; with O(repository_key) the controller signs it.
+    A backup is complete only when its manifest exists and every stored file's size and digest match it.
   - The XAPI calls run on the controller. The helper runs over the task's connection, on the pool master over
     SSH, or on the controller with a local connection (then the collection's own copy of the helper is used
     when O(helper_path) does not exist).

@@ -14,8 +14,11 @@ description:
   - Restores a backup made by M(xapi.backup.vm_export) with C(xapi-backup-helper), which decompresses the
     stored file and sends it to xapi's C(/import) handler.
   - The backup is named by O(backup) (its id or a path inside the repository) or by O(vm_uuid) and O(timestamp).
-  - The stored file's size and sha256 are checked against the manifest before a single byte is sent;
-    a backup that does not match is refused.
+  - Before a single byte is sent, every stored file's size and digest are checked against the manifest, the
+    manifest must name the directory it is in (and, with O(repository_key), carry a valid signature), and the
+    XVA's own C(ova.xml) must describe the VM (or its recorded snapshot) the manifest names; a backup that does
+    not match is refused (C(CHECKSUM_MISMATCH), C(UNTRUSTED_BACKUP), C(VM_MISMATCH)).
+  - O(timestamp=latest) picks the newest trusted complete backup by creation sequence (never a future-dated one).
   - After the import the VM is made a normal VM (exports of snapshots import as templates), named,
     tagged C(xapi-backup-restored) plus O(tags), and marked with
     C(other_config["xapi_backup:restored_from"]) = the backup id. The C(xapi_backup:owner), C(xapi_backup:run),

@@ -29,7 +29,6 @@ from ansible_collections.xapi.backup.plugins.module_utils._common import (
 )
 from ansible_collections.xapi.backup.plugins.module_utils._repository import (
     HelperStorage,
-    LocalStorage,
     RepositoryError,
 )
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import (
@@ -115,7 +114,9 @@ class XapiBackupAction(ActionBase):
             return result
         local = is_local_connection(self._connection)
         runner = HelperRunner(self._execute_helper, self._helper_argv(params, local), display=display)
-        storage = LocalStorage() if local else HelperStorage(runner.storage_run)
+        # ONE implementation of repository file operations: the helper's repo-* commands, also on a
+        # local connection (where the runner starts the collection's bundled helper)
+        storage = HelperStorage(runner.storage_run)
         recorder = CallRecorder(secrets=[params.get("password")])
         ctx = ActionContext(params, bool(self._task.check_mode), bool(self._task.diff), runner, storage, recorder, local, display)
         try:

@@ -28,22 +28,54 @@ def summarize(backups: list, now) -> list:
             "kind": repo.KIND_POOL if owner == repo.POOL_DIR else repo.KIND_VM,
             "vm_name": ((newest.manifest or {}).get("vm") or {}).get("name_label") if newest else None,
             "complete": len(complete),
-            "incomplete": len(group) - len(complete),
+            "incomplete": len([b for b in group if b.status == repo.STATUS_INCOMPLETE]),
+            "untrusted": len([b for b in group if b.status == repo.STATUS_UNTRUSTED]),
+            "unknown": len([b for b in group if b.status == repo.STATUS_UNKNOWN]),
+            "future_dated": len([b for b in group if b.future_dated]),
             "size": sum(b.size for b in group),
             "latest": newest.id if newest else None,
+            "latest_sequence": newest.sequence if newest else None,
             "latest_age_seconds": int(newest.age(now)) if newest else None,
         })
     return out
 
 
 def verify_targets(backups: list, which: str) -> list:
-    """Complete VM backups to run ``helper verify`` on: none, the latest of each VM, or all."""
+    """VM backups to verify: none, the latest complete of each VM, or all (untrusted ones included: they fail)."""
     if which == "none":
         return []
     vm_backups = [b for b in backups if b.kind == repo.KIND_VM and b.complete]
     if which == "all":
-        return vm_backups
+        return vm_backups + [b for b in backups if b.kind == repo.KIND_VM and b.status == repo.STATUS_UNTRUSTED]
     return [n for n in (repo.newest_complete(g) for g in repo.group_by_owner(vm_backups).values()) if n is not None]
+
+
+def trust_warnings(p: dict, listing) -> list:
+    warnings = []
+    if not p.get("repository_key"):
+        warnings.append(repo.NO_KEY_WARNING)
+    skipped = list(getattr(listing, "skipped", []) or [])
+    if skipped:
+        warnings.append("%d entr%s of the repository not followed or not ours (symlinks, odd files, foreign "
+                        "directories), left alone: %s" % (len(skipped), "y" if len(skipped) == 1 else "ies",
+                                                         ", ".join("%s (%s)" % (s["path"], s["reason"]) for s in skipped[:5])
+                                                         + (" ..." if len(skipped) > 5 else "")))
+    return warnings
+
+
+def verify_one(ctx, backup) -> str | None:
+    """Why ``backup`` fails verification (None: its XVA is valid and describes the VM its manifest names)."""
+    if backup.status == repo.STATUS_UNTRUSTED:
+        return "untrusted: %s" % backup.problem
+    try:
+        result = ctx.runner.run("verify", ["--in", backup.stored_path])
+    except HelperError as exc:
+        return exc.message
+    expected = set(u for u in (backup.owner, ((backup.manifest or {}).get("snapshot") or {}).get("uuid")) if u)
+    seen = [vm.get("uuid") for vm in ((result.get("xva") or {}).get("vms") or [])]
+    if not expected.intersection(seen):
+        return "its ova.xml describes VM %s, not %s" % (", ".join(str(u) for u in seen) or "none", backup.owner)
+    return None
 
 
 def backup_info(ctx) -> dict:
@@ -51,19 +83,20 @@ def backup_info(ctx) -> dict:
     now = repo.utcnow()
     repo.require_repository(ctx.storage, p["repository"])
     backups = repo.list_backups(ctx.storage, p["repository"], pool=p.get("pool_uuid"), vm=p.get("vm_uuid"),
-                                check_hash=p.get("checksums", True))
+                                check_hash=p.get("checksums", True), key=p.get("repository_key"), now=now)
     entries = dict((b.id, b.as_dict(now)) for b in backups)
     failed = []
     for backup in verify_targets(backups, p.get("verify", "none")):
-        try:
-            result = ctx.runner.run("verify", ["--in", backup.stored_path])
-            entries[backup.id]["verified"] = True
-            entries[backup.id]["verify_result"] = repo.strip_secrets(result)
-        except HelperError as exc:
-            entries[backup.id]["verified"] = False
-            entries[backup.id]["verify_error"] = exc.message
+        problem = verify_one(ctx, backup)
+        entries[backup.id]["verified"] = problem is None
+        if problem is not None:
+            entries[backup.id]["verify_error"] = problem
             failed.append(backup.id)
-    out = {"changed": False, "backups": [entries[b.id] for b in backups], "summary": summarize(backups, now)}
+    out = {"changed": False, "backups": [entries[b.id] for b in backups], "summary": summarize(backups, now),
+           "skipped": list(backups.skipped), "marker": backups.marker}
+    warnings = trust_warnings(p, backups)
+    if warnings:
+        out["warnings"] = warnings
     if failed:
         out.update(failed=True, msg="verification failed for %d backup(s): %s" % (len(failed), ", ".join(failed)))
     return out
@@ -93,20 +126,50 @@ def backup_prune(ctx) -> dict:
     now = repo.utcnow()
     policy = repo.RetentionPolicy(keep_last=p.get("keep_last"), keep_daily=p.get("keep_daily"),
                                   keep_weekly=p.get("keep_weekly"), keep_monthly=p.get("keep_monthly"))
-    repo.require_repository(ctx.storage, p["repository"])
     backups = repo.list_backups(ctx.storage, p["repository"], pool=p.get("pool_uuid"), vm=p.get("vm_uuid"),
-                                check_hash=p.get("checksums", True))
+                                check_hash=p.get("checksums", True), key=p.get("repository_key"), now=now)
+    warnings = trust_warnings(p, backups)
+    if not backups.repo_exists:
+        if ctx.check_mode:  # a first run's --check: the backup would create it
+            return {"changed": False, "msg": "nothing to remove: the repository %s does not exist yet" % p["repository"],
+                    "removed": [], "kept": [], "freed_bytes": 0, "warnings": warnings}
+        raise repo.RepositoryError("repository %s does not exist on the task's host" % p["repository"], "NO_REPOSITORY")
+    if not backups.marker:
+        if ctx.check_mode and not backups:
+            warnings.append("the repository has no %s yet (the first backup writes it)" % repo.MARKER_NAME)
+            return {"changed": False, "msg": "nothing to remove", "removed": [], "kept": [], "freed_bytes": 0,
+                    "warnings": warnings}
+        raise repo.RepositoryError("refusing to prune %s: it has no %s (not a repository made by xapi.backup, "
+                                   "or made before 0.2.0: run one backup to mark it); nothing removed"
+                                   % (p["repository"], repo.MARKER_NAME), "NO_MARKER")
     plan = repo.plan_prune(backups, policy, now, float(p.get("incomplete_grace", 86400)))
     spare_running_exports(ctx, plan)
-    if not ctx.check_mode:
-        for backup, _reason in plan.remove:
-            ctx.storage.remove_backup(p["repository"], backup.path)
-    removed = [{"id": b.id, "path": b.path, "reason": reason, "complete": b.complete, "size": b.size}
-               for b, reason in plan.remove]
-    kept = [{"id": b.id, "reasons": reasons, "complete": b.complete} for b, reasons in plan.keep]
+    errors = []
+    removed_plan = []
+    for backup, reason in plan.remove:
+        if not ctx.check_mode:
+            try:
+                ctx.storage.remove_backup(p["repository"], backup.id, if_incomplete=backup.manifest is None)
+            except (HelperError, repo.RepositoryError) as exc:  # one refusal never stops the others
+                errors.append("%s: %s" % (backup.id, exc.message))
+                plan.keep.append((backup, ["removal failed: %s" % exc.message]))
+                continue
+        removed_plan.append((backup, reason))
+    plan.remove = removed_plan
+    removed = [{"id": b.id, "path": b.path, "reason": reason, "complete": b.complete, "size": b.size,
+                "sequence": b.sequence} for b, reason in plan.remove]
+    kept = [{"id": b.id, "reasons": reasons, "complete": b.complete, "status": b.status, "sequence": b.sequence}
+            for b, reasons in plan.keep]
     if plan.remove:
         msg = "%s %d backup(s)" % ("would remove" if ctx.check_mode else "removed", len(plan.remove))
     else:
         msg = "nothing to remove"
-    return {"changed": bool(plan.remove), "msg": msg, "removed": removed, "kept": kept,
-            "freed_bytes": sum(r["size"] for r in removed), "diff": prune_diff(backups, plan)}
+    out = {"changed": bool(plan.remove), "msg": msg, "removed": removed, "kept": kept,
+           "freed_bytes": sum(r["size"] for r in removed), "diff": prune_diff(backups, plan),
+           "skipped": list(backups.skipped)}
+    if warnings:
+        out["warnings"] = warnings
+    if errors:
+        out.update(failed=True, errors=errors, msg="%s; could not remove %d backup(s): %s"
+                   % (msg, len(errors), "; ".join(errors)))
+    return out

@@ -43,7 +43,8 @@ def pool_dump(ctx, clock=repo.utcnow) -> dict:
     with ctx.xapi() as xapi:
         pool = pool_facts(xapi)
         vms = sorted(find_vm(xapi, name)[1]["uuid"] for name in (p.get("vms") or []))
-        backups = repo.list_backups(ctx.storage, p["repository"], pool=pool["uuid"], vm=repo.POOL_DIR)
+        backups = repo.list_backups(ctx.storage, p["repository"], pool=pool["uuid"], vm=repo.POOL_DIR,
+                                    key=p.get("repository_key"))
         reason = repo.export_reason(backups, repo.POOL_DIR, run_id, p.get("force", False))
         base = {"pool_uuid": pool["uuid"], "run_id": run_id, "vms": vms}
         if reason is None:
@@ -51,14 +52,20 @@ def pool_dump(ctx, clock=repo.utcnow) -> dict:
             return dict(base, changed=False, backup_id=existing.id, path=existing.path,
                         msg="a complete pool dump for run %s exists: %s" % (run_id, existing.id))
         stamp = repo.timestamp_name(now)
-        directory = os.path.join(p["repository"], pool["uuid"], repo.POOL_DIR, stamp)
-        plan = fetch_plan(directory, vms)
-        out = dict(base, changed=True, msg=reason, backup_id=repo.backup_id(pool["uuid"], repo.POOL_DIR, stamp),
-                   path=directory, files=[os.path.basename(o) for _h, _q, o in plan])
+        planned_id = repo.backup_id(pool["uuid"], repo.POOL_DIR, stamp)
         if ctx.check_mode:
+            directory = os.path.join(p["repository"], planned_id)
+            plan = fetch_plan(directory, vms)
             for handler, _query, target in plan:
                 ctx.runner.calls.append({"subcommand": "fetch", "args": ["--path", handler, "--out", target], "planned": True})
-            return out
+            return dict(base, changed=True, msg=reason, backup_id=planned_id, path=directory,
+                        files=[os.path.basename(o) for _h, _q, o in plan])
+        # created exclusively with a fresh sequence number: a failure removes only this directory
+        created = ctx.storage.make_backup_dir(p["repository"], pool["uuid"], repo.POOL_DIR, stamp)
+        directory = os.path.join(p["repository"], created["id"])
+        plan = fetch_plan(directory, vms)
+        out = dict(base, changed=True, msg=reason, backup_id=created["id"], path=directory,
+                   files=[os.path.basename(o) for _h, _q, o in plan])
         files = {}
         try:
             for handler, query, target in plan:
@@ -66,18 +73,22 @@ def pool_dump(ctx, clock=repo.utcnow) -> dict:
                 for item in query:
                     args += ["--query", item]
                 result = ctx.runner.run("fetch", args, session=xapi.session_ref)
-                files[os.path.basename(target)] = {"size": int(result["size"]), "sha256": str(result["sha256"])}
+                digest = result.get("digest") or "sha256:%s" % result["sha256"]
+                files[os.path.basename(target)] = {"size": int(result["size"]), "digest": str(digest)}
             manifest = repo.build_manifest(
-                repo.KIND_POOL, tool_version=TOOL_VERSION, pool={"uuid": pool["uuid"], "name": pool["name"]},
+                repo.MANIFEST_KIND_POOL_DB, tool_version=TOOL_VERSION, pool={"uuid": pool["uuid"], "name": pool["name"]},
                 xapi_version=pool.get("xapi_version"), run_id=run_id, files=files, stored_file=repo.POOL_DB_NAME,
-                started=now, ended=clock(), vm=None,
+                started=now, ended=clock(), vm=None, ident=created["id"], sequence=created["sequence"],
+                repository_id=created.get("repository_id"),
             )
-            ctx.storage.write_json(os.path.join(directory, repo.MANIFEST_NAME), manifest)
+            manifest = repo.seal_manifest(manifest, p.get("repository_key"))
+            ctx.storage.write_json(p["repository"], os.path.join(directory, repo.MANIFEST_NAME), manifest, exclusive=True)
         except Exception:
             try:
-                ctx.storage.remove_backup(p["repository"], directory)
+                ctx.storage.remove_backup(p["repository"], created["id"], if_incomplete=True)
             except Exception:  # pylint: disable=broad-except  # the fetch error is the one to report
                 pass
             raise
         out["sizes"] = dict((name, info["size"]) for name, info in files.items())
+        out["sequence"] = created["sequence"]
         return out

@@ -94,35 +94,23 @@ class VmDeltaExport:
     # ------------------------------------------------------------ what the repository holds
 
     def _backups(self, pool_uuid, vm_uuid) -> dict:
-        """``{id: {"manifest", "problem", "path", "files"}}`` of this VM's vm-delta backups."""
+        """``{id: {"id", "manifest", "problem"}}`` of this VM's vm-delta backups (the repository's status
+        rules: a signature, identity or digest problem makes a link unusable)."""
         out = {}
-        repository = self.p["repository"]
-        if not self.ctx.storage.exists(repository):
-            return out
-        for entry in self.ctx.storage.scan(repository, pool=pool_uuid, vm=vm_uuid):
-            ident = repo.relative_id(repository, entry["path"])
-            document = entry.get("manifest")
-            if ident is None or not isinstance(document, dict) or document.get("kind") != _delta.KIND_DELTA:
+        listing = repo.list_backups(self.ctx.storage, self.p["repository"], pool=pool_uuid, vm=vm_uuid,
+                                    check_hash=self.p.get("verify_existing", True), key=self.p.get("repository_key"))
+        for backup in listing:
+            document = backup.manifest
+            if not isinstance(document, dict) or document.get("kind") != _delta.KIND_DELTA:
                 continue
-            record = {"id": ident, "path": entry["path"], "files": entry.get("files") or {}, "manifest": None,
-                      "problem": None}
+            record = {"id": backup.id, "manifest": None,
+                      "problem": None if backup.complete else "%s: %s" % (backup.status, backup.problem)}
             try:
-                record["manifest"] = _delta.parse_delta_manifest(document, ident)
-                record["problem"] = _delta.files_problem(record["manifest"], record["files"], self._digests(record))
+                record["manifest"] = _delta.parse_delta_manifest(document, backup.id)
             except _delta.ChainError as exc:
                 record["problem"] = str(exc)
-            out[ident] = record
+            out[backup.id] = record
         return out
-
-    def _digests(self, record):
-        if not self.p.get("verify_existing", True):
-            return None
-        digests = {}
-        for name in record["manifest"]["files"]:
-            if name in record["files"]:
-                _size, sha = self.ctx.storage.hash_file(os.path.join(record["path"], name))
-                digests[name] = "sha256:" + sha
-        return digests
 
     @staticmethod
     def _run_backup(backups, run_id):
@@ -186,23 +174,27 @@ class VmDeltaExport:
 
     # ------------------------------------------------------------ a new backup
 
-    def _paths(self, pool_uuid, vm_uuid):
-        stamp = repo.timestamp_name(self.clock())
-        directory = os.path.join(self.p["repository"], pool_uuid, vm_uuid, stamp)
-        return {"id": repo.backup_id(pool_uuid, vm_uuid, stamp), "dir": directory,
-                "status": os.path.join(directory, STATUS_NAME),
-                "manifest": os.path.join(directory, repo.MANIFEST_NAME)}
+    def _paths(self, pool_uuid, vm_uuid, created=None):
+        """Paths of a backup; ``created``: repo-mkbackup's answer (directory made exclusively, its sequence)."""
+        ident = created["id"] if created else repo.backup_id(pool_uuid, vm_uuid, repo.timestamp_name(self.clock()))
+        directory = os.path.join(self.p["repository"], ident)
+        return {"id": ident, "dir": directory, "status": os.path.join(directory, STATUS_NAME),
+                "manifest": os.path.join(directory, repo.MANIFEST_NAME),
+                "sequence": (created or {}).get("sequence"), "repository_id": (created or {}).get("repository_id")}
+
+    def _new_dir(self, pool_uuid, vm_uuid):
+        created = self.ctx.storage.make_backup_dir(self.p["repository"], pool_uuid, vm_uuid,
+                                                   repo.timestamp_name(self.clock()))
+        return self._paths(pool_uuid, vm_uuid, created)
 
     def _export(self, xapi, vm_ref, vm_rec, pool, run_id, plan, kept, base_snapshot, backups):
         started = self.clock()
-        paths = self._paths(pool["uuid"], vm_rec["uuid"])
-        if paths["id"] in backups:
-            raise repo.RepositoryError("backup directory %s exists already (two runs in one second?)" % paths["id"],
-                                       "EXISTS")
         summary = describe_vm(xapi, vm_ref, vm_rec)
         stale = self._cleanup_stale(xapi, run_id, vm_rec["uuid"], keep=[ref for ref, _rec in kept])
         snap_ref = None
+        paths = None
         try:
+            paths = self._new_dir(pool["uuid"], vm_rec["uuid"])
             snap_ref = self.snapshots.create_tagged_snapshot(xapi, vm_ref, run_id, started, vm_record=vm_rec)
             snap_rec = xapi.call("VM.get_record", snap_ref)
             snap_disks = self._snapshot_disks(xapi, snap_rec)
@@ -213,15 +205,16 @@ class VmDeltaExport:
                     if plan["kind"] != "delta" or exc.code not in DELTA_REFUSED:
                         raise
                     self._remove_dir(paths)
+                    paths = self._new_dir(pool["uuid"], vm_rec["uuid"])
                     plan = {"kind": "full", "reason": "xapi refused the delta (%s): full instead" % exc,
                             "base_backup": None, "depth": 0}
                     disks = self._export_disks(xapi, paths, snap_disks, plan, None)
                 metadata = self._export_metadata(xapi, paths, vm_rec["uuid"])
-            manifest = self._manifest(paths, pool, summary, snap_rec, run_id, plan, disks, metadata, backups,
-                                      started)
-            self.ctx.storage.write_json(paths["manifest"], manifest)
+            manifest = self._manifest(paths, pool, summary, snap_rec, run_id, plan, disks, metadata, started)
+            self.ctx.storage.write_json(self.p["repository"], paths["manifest"], manifest, exclusive=True)
         except BaseException as exc:
-            self._remove_dir(paths, exc)
+            if paths is not None:
+                self._remove_dir(paths, exc)
             if snap_ref is not None:
                 self._destroy(xapi, snap_ref)
             raise
@@ -278,7 +271,7 @@ class VmDeltaExport:
                                         "--out", os.path.join(paths["dir"], _delta.METADATA_FILE)])
         return self.ctx.runner.run("fetch", args, session=xapi.session_ref)
 
-    def _manifest(self, paths, pool, summary, snap_rec, run_id, plan, disks, metadata, backups, started):
+    def _manifest(self, paths, pool, summary, snap_rec, run_id, plan, disks, metadata, started):
         ended = self.clock()
         files = {d["file"]: {"size": d["stored_size"], "digest": "sha256:" + d["sha256"]} for d in disks}
         files[_delta.METADATA_FILE] = {"size": int(metadata["size"]), "digest": "sha256:" + metadata["sha256"]}
@@ -286,10 +279,10 @@ class VmDeltaExport:
         vm.pop("ref", None)
         duration = max((ended - started).total_seconds(), 0.0)
         raw = sum(d["raw_size"] for d in disks)
-        return repo.strip_secrets({
+        return repo.seal_manifest(repo.strip_secrets({
             "format": _delta.DELTA_FORMAT, "kind": _delta.KIND_DELTA, "id": paths["id"],
-            "pool": {"uuid": pool["uuid"], "name": pool["name"]}, "vm": vm,
-            "sequence": _delta.next_sequence(backups), "created": repo.iso_time(started), "run_id": run_id,
+            "pool": {"uuid": pool["uuid"], "name": pool["name"]}, "vm": vm, "repository_id": paths["repository_id"],
+            "sequence": paths["sequence"], "created": repo.iso_time(started), "run_id": run_id,
             "files": files, "stored_file": _delta.METADATA_FILE,
             "tool": {"name": "xapi.backup", "version": TOOL_VERSION}, "xapi_version": pool.get("xapi_version"),
             "started": repo.iso_time(started), "ended": repo.iso_time(ended), "duration": round(duration, 3),
@@ -300,7 +293,7 @@ class VmDeltaExport:
                       "snapshot": {"uuid": snap_rec["uuid"],
                                    "time": (snap_rec.get("other_config") or {}).get(_snapshots.TIME_KEY)},
                       "disks": disks},
-        })
+        }), self.p.get("repository_key"))
 
     # ------------------------------------------------------------ snapshots
 
@@ -331,7 +324,7 @@ class VmDeltaExport:
         if isinstance(exc, HelperError) and exc.code == "HELPER_TIMEOUT":
             return  # its helper may still be writing
         try:
-            self.ctx.storage.remove_backup(self.p["repository"], paths["dir"])
+            self.ctx.storage.remove_backup(self.p["repository"], paths["id"], if_incomplete=True)
         except Exception as cleanup_exc:  # pylint: disable=broad-except
             if getattr(cleanup_exc, "code", None) != "NOT_FOUND":
                 self.warnings.append("could not remove the incomplete backup %s: %s" % (paths["dir"], cleanup_exc))

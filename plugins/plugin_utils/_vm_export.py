@@ -42,9 +42,9 @@ def ratio(raw_size, stored_size):
 
 
 def running_candidates(backups: list) -> list:
-    """Incomplete backups that carry a helper status file, newest first."""
-    found = [b for b in backups if not b.complete and repo.STATUS_NAME in b.files]
-    return sorted(found, key=lambda b: b.timestamp, reverse=True)
+    """Incomplete backups (no manifest) that carry a helper status file, newest first (claimed order)."""
+    found = [b for b in backups if b.status == repo.STATUS_INCOMPLETE and b.manifest is None and repo.STATUS_NAME in b.files]
+    return sorted(found, key=lambda b: (b.claim or 0, b.timestamp), reverse=True)
 
 
 def adoption_action(status: dict, has_manifest: bool) -> str:
@@ -61,6 +61,11 @@ def adoption_action(status: dict, has_manifest: bool) -> str:
     if status.get("alive") is True:
         return "wait"
     return "remove"
+
+
+def _sha256_of(manifest):
+    digest = ((manifest.get("files") or {}).get(manifest.get("stored_file")) or {}).get("digest") or ""
+    return digest.split(":", 1)[1] if digest.startswith("sha256:") else None
 
 
 class VmExport:
@@ -130,19 +135,22 @@ class VmExport:
 
     def _backups(self, pool_uuid, vm_uuid):
         return repo.list_backups(self.ctx.storage, self.p["repository"], pool=pool_uuid, vm=vm_uuid,
-                                 check_hash=self.p.get("verify_existing", True))
+                                 check_hash=self.p.get("verify_existing", True), key=self.p.get("repository_key"))
 
     # ------------------------------------------------------------ paths and plan
 
-    def _paths(self, pool_uuid, vm_uuid, now):
-        stamp = repo.timestamp_name(now)
-        directory = os.path.join(self.p["repository"], pool_uuid, vm_uuid, stamp)
+    def _paths(self, pool_uuid, vm_uuid, now, created=None):
+        """Paths of a new backup; ``created`` is repo-mkbackup's answer (the directory really made, its sequence)."""
+        ident = created["id"] if created else repo.backup_id(pool_uuid, vm_uuid, repo.timestamp_name(now))
+        directory = os.path.join(self.p["repository"], ident)
         return {
-            "id": repo.backup_id(pool_uuid, vm_uuid, stamp),
+            "id": ident,
             "dir": directory,
             "out": os.path.join(directory, repo.stored_name(self.p["codec"])),
             "status": os.path.join(directory, repo.STATUS_NAME),
             "manifest": os.path.join(directory, repo.MANIFEST_NAME),
+            "sequence": (created or {}).get("sequence"),
+            "repository_id": (created or {}).get("repository_id"),
         }
 
     def _plan(self, xapi, vm_ref, vm_rec, base, pool, run_id, now, reason):
@@ -173,11 +181,14 @@ class VmExport:
         return args
 
     def _export(self, xapi, vm_ref, vm_rec, pool, run_id, now):
-        paths = self._paths(pool["uuid"], vm_rec["uuid"], now)
         summary = describe_vm(xapi, vm_ref, vm_rec)
         snap_ref = snap_rec = None
         failure = None
+        paths = None
         try:
+            # created exclusively, with a fresh sequence number: a failed export removes only this directory
+            created = self.ctx.storage.make_backup_dir(self.p["repository"], pool["uuid"], vm_rec["uuid"], repo.timestamp_name(now))
+            paths = self._paths(pool["uuid"], vm_rec["uuid"], now, created)
             self.removed_snapshots = self.snapshots.cleanup_stale(xapi, run_id, vm_uuid=vm_rec["uuid"])
             if needs_snapshot(vm_rec.get("power_state")):
                 snap_ref = self.snapshots.create_tagged_snapshot(xapi, vm_ref, run_id, now, vm_record=vm_rec)
@@ -192,11 +203,13 @@ class VmExport:
                     "export of %s" % vm_rec.get("name_label"), session=xapi.session_ref,
                     poll_interval=self.p.get("poll_interval", 2.0), timeout=self.p.get("export_timeout"),
                 )
-            manifest = self._manifest(pool, summary, snap_rec, run_id, result, started, self.clock())
-            self.ctx.storage.write_json(paths["manifest"], manifest)
+            manifest = self._manifest(pool, summary, snap_rec, run_id, result, started, self.clock(),
+                                      paths["id"], paths["sequence"], paths["repository_id"])
+            self.ctx.storage.write_json(self.p["repository"], paths["manifest"], manifest, exclusive=True)
         except BaseException as exc:
             failure = exc
-            self._discard(paths, exc)
+            if paths is not None:
+                self._discard(paths, exc)
             raise
         finally:
             if snap_ref is not None:
@@ -212,7 +225,7 @@ class VmExport:
         if isinstance(exc, HelperError) and exc.code == "HELPER_TIMEOUT":
             return
         try:
-            self.ctx.storage.remove_backup(self.p["repository"], paths["dir"])
+            self.ctx.storage.remove_backup(self.p["repository"], paths["id"], if_incomplete=True)
         except (HelperError, repo.RepositoryError) as cleanup_exc:
             if cleanup_exc.code != "NOT_FOUND":  # nothing was written: nothing to remove
                 self.warnings.append("could not remove the incomplete backup %s: %s" % (paths["dir"], cleanup_exc))
@@ -268,30 +281,37 @@ class VmExport:
 
     # ------------------------------------------------------------ manifest and result
 
-    def _manifest(self, pool, summary, snap_rec, run_id, result, started, ended):
+    def _manifest(self, pool, summary, snap_rec, run_id, result, started, ended, ident, sequence, repository_id):
         name = os.path.basename(result.get("path") or result.get("out") or "") or repo.stored_name(result.get("codec") or self.p["codec"])
-        files = {name: {"size": int(result["stored_size"]), "sha256": str(result["sha256"])}}
+        # the helper's in-stream hash of the stored bytes (a "digest" field, e.g. blake2b, when it sends one)
+        digest = result.get("digest") or "sha256:%s" % result["sha256"]
+        files = {name: {"size": int(result["stored_size"]), "digest": str(digest)}}
         vm = dict(summary)
         vm.pop("ref", None)
         snapshot = None
         if snap_rec is not None:
             snapshot = {"uuid": snap_rec.get("uuid"), "name": snap_rec.get("name_label"),
                         "time": (snap_rec.get("other_config") or {}).get(_snapshots.TIME_KEY)}
-        return repo.build_manifest(
-            repo.KIND_VM, tool_version=TOOL_VERSION, pool={"uuid": pool["uuid"], "name": pool["name"]},
+        manifest = repo.build_manifest(
+            repo.MANIFEST_KIND_VM_XVA, tool_version=TOOL_VERSION, pool={"uuid": pool["uuid"], "name": pool["name"]},
             xapi_version=pool.get("xapi_version"), run_id=run_id, files=files, stored_file=name,
             started=started, ended=ended, vm=vm, snapshot=snapshot,
             codec={"codec": result.get("codec"), "level": result.get("level"), "threads": result.get("threads"),
                    "compressor": result.get("compressor")},
             raw_size=result.get("raw_size"), raw_hash=result.get("raw_hash"), helper_result=result,
+            ident=ident, sequence=sequence, repository_id=repository_id,
         )
+        return repo.seal_manifest(manifest, self.p.get("repository_key"))
 
     @staticmethod
     def _result_fields(result, manifest):
         return {
             "raw_size": manifest.get("raw_size"),
             "stored_size": manifest.get("stored_size"),
-            "sha256": manifest.get("sha256"),
+            "sha256": manifest.get("sha256") or _sha256_of(manifest),
+            "digest": ((manifest.get("files") or {}).get(manifest.get("stored_file")) or {}).get("digest"),
+            "sequence": manifest.get("sequence"),
+            "signed": isinstance(manifest.get("signature"), dict),
             "ratio": ratio(manifest.get("raw_size"), manifest.get("stored_size")),
             "duration": manifest.get("duration"),
             "rate": manifest.get("rate"),
@@ -326,15 +346,22 @@ class VmExport:
             if action == "finalize":
                 adopted = self._finalize(xapi, pool, vm_rec, run_id, backup, status["result"]) or adopted
             elif action == "remove":
-                self.ctx.storage.remove_backup(self.p["repository"], backup.path)
+                self._remove_dead(backup)
         return adopted
+
+    def _remove_dead(self, backup):
+        """Remove the directory of an export that died (only while it still has no manifest)."""
+        try:
+            self.ctx.storage.remove_backup(self.p["repository"], backup.id, if_incomplete=True)
+        except (HelperError, repo.RepositoryError) as exc:
+            self.warnings.append("left the incomplete backup %s: %s" % (backup.id, exc))
 
     def _recorded_by_owner(self, backup):
         """Give the run that started an export a moment to record it (write its manifest) itself."""
         deadline = self.monotonic() + 3 * float(self.p.get("poll_interval", 2.0)) + 5.0
         while True:
-            for entry in self.ctx.storage.scan(self.p["repository"], pool=backup.pool_uuid, vm=backup.owner):
-                if repo.relative_id(self.p["repository"], entry["path"]) == backup.id and entry.get("manifest") is not None:
+            for entry in self.ctx.storage.scan(self.p["repository"], pool=backup.pool_uuid, vm=backup.owner)["entries"]:
+                if entry.get("id") == backup.id and entry.get("manifest") is not None:
                     return True
             if self.monotonic() >= deadline:
                 return False
@@ -348,13 +375,19 @@ class VmExport:
             run_id = (snap_rec.get("other_config") or {}).get(_snapshots.RUN_KEY, run_id)
         try:
             summary = describe_vm(xapi, xapi.call("VM.get_by_uuid", vm_rec["uuid"]), None)
-            started = backup.time or self.clock()
-            manifest = self._manifest(pool, summary, snap_rec, run_id, result, started, self.clock())
-            size, digest = self.ctx.storage.hash_file(os.path.join(backup.path, manifest["stored_file"]))
-            if size != manifest["stored_size"] or digest != manifest["sha256"]:
-                self.ctx.storage.remove_backup(self.p["repository"], backup.path)
+            if backup.claim is None:
+                self._remove_dead(backup)  # not created by repo-mkbackup: no sequence to record it under
                 return None
-            self.ctx.storage.write_json(os.path.join(backup.path, repo.MANIFEST_NAME), manifest)
+            started = backup.time or self.clock()
+            manifest = self._manifest(pool, summary, snap_rec, run_id, result, started, self.clock(),
+                                      backup.id, backup.claim, None)
+            stored = manifest["files"][manifest["stored_file"]]
+            size, digest = self.ctx.storage.hash_file(self.p["repository"], backup.stored_path or os.path.join(backup.path, manifest["stored_file"]),
+                                                      repo.digest_algorithm(stored["digest"]))
+            if size != stored["size"] or digest != stored["digest"]:
+                self._remove_dead(backup)
+                return None
+            self.ctx.storage.write_json(self.p["repository"], os.path.join(backup.path, repo.MANIFEST_NAME), manifest, exclusive=True)
             return backup
         finally:
             for ref, rec in owned:

@@ -25,7 +25,7 @@ from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import fin
 RESTORED_FROM = "xapi_backup:restored_from"
 RESTORED_TAG = "xapi-backup-restored"
 SNAPSHOT_TAG_KEYS = frozenset(TAG_KEYS)
-STATUS_DIR = ".xapi-backup"
+STATUS_DIR = repo.IMPORT_STATUS_DIR
 
 
 def restored_vms(records: dict, ident: str) -> list:
@@ -87,39 +87,50 @@ class VmImport:
         vm_filter = None
         if not p.get("backup"):
             vm_filter = p["vm_uuid"]
-        # checksums are checked below for the one backup used: listing reads sizes only
-        return repo.list_backups(self.ctx.storage, p["repository"], vm=vm_filter, check_hash=False)
+        # digests are checked below for the one backup used: listing reads sizes only
+        return repo.list_backups(self.ctx.storage, p["repository"], vm=vm_filter, check_hash=False,
+                                 key=p.get("repository_key"))
 
     def _verify(self, backup):
-        """Refuse a backup whose stored file does not match its manifest (before any byte is sent)."""
-        size, digest = self.ctx.storage.hash_file(backup.stored_path)
-        manifest = backup.manifest
-        if size != manifest["stored_size"] or digest != manifest["sha256"]:
+        """Refuse a backup whose files do not match its (authenticated) manifest, or whose XVA describes
+        another VM than the manifest names -- before any byte is sent to xapi."""
+        root = self.p["repository"]
+        for name, info in sorted(repo.manifest_files(backup.manifest).items()):
+            size, digest = self.ctx.storage.hash_file(root, backup.id + "/" + name, repo.digest_algorithm(info["digest"]))
+            if size != info["size"] or digest != info["digest"]:
+                raise repo.RepositoryError(
+                    "backup %s is corrupt: %s does not match the manifest's size and digest; nothing was sent to xapi"
+                    % (backup.id, name), "CHECKSUM_MISMATCH")
+        expected = set(u for u in (backup.owner, ((backup.manifest.get("snapshot") or {}).get("uuid"))) if u)
+        seen = [vm.get("uuid") for vm in self.ctx.storage.ova_vms(root, backup.id + "/" + backup.stored_file)]
+        if not expected.intersection(seen):
             raise repo.RepositoryError(
-                "backup %s is corrupt: %s does not match the manifest's size and sha256; nothing was sent to xapi"
-                % (backup.id, backup.stored_file), "CHECKSUM_MISMATCH")
+                "backup %s is not what its manifest says: its ova.xml describes VM %s, not %s; nothing was sent to xapi"
+                % (backup.id, ", ".join(str(u) for u in seen) or "none", backup.owner), "VM_MISMATCH")
 
     def _newest_verified(self, backups, owner):
-        """The newest backup of ``owner`` whose stored file matches its manifest; damaged ones are skipped."""
-        candidates = sorted((b for b in backups if b.owner == owner and b.complete and b.time is not None),
-                            key=lambda b: b.time, reverse=True)
+        """The newest backup of ``owner`` (by sequence) whose files match its manifest; damaged ones are skipped."""
+        candidates = sorted((b for b in backups if b.owner == owner and b.complete and not b.future_dated),
+                            key=repo.order_key, reverse=True)
         damaged = []
         for backup in candidates:
             refuse_delta(backup)
             try:
                 self._verify(backup)
             except repo.RepositoryError as exc:
-                if exc.code != "CHECKSUM_MISMATCH":
+                if exc.code not in ("CHECKSUM_MISMATCH", "VM_MISMATCH"):
                     raise
                 damaged.append(backup.id)
                 continue
-            self.warnings += ["skipped damaged backup %s (sha256 does not match its manifest)" % i for i in damaged]
+            self.warnings += ["skipped damaged backup %s (does not match its manifest)" % i for i in damaged]
             return backup
-        raise repo.RepositoryError("every backup of %s is corrupt (sha256 does not match the manifest: %s); nothing was sent to xapi"
+        raise repo.RepositoryError("every backup of %s is corrupt (does not match the manifest: %s); nothing was sent to xapi"
                                    % (owner, ", ".join(damaged) or "none"), "CHECKSUM_MISMATCH")
 
     def run(self) -> dict:
         out = self._run()
+        if not self.p.get("repository_key"):
+            self.warnings.append(repo.NO_KEY_WARNING)
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
@@ -177,7 +188,7 @@ class VmImport:
             args.append("--restore")
         status_file = os.path.join(p["repository"], STATUS_DIR, "import-%s.status.json" % backup.id.replace("/", "_"))
         # the helper does not create the status file's directory: create it (and a placeholder) first
-        self.ctx.storage.write_json(status_file, {"phase": "queued", "backup": backup.id})
+        self.ctx.storage.write_json(p["repository"], status_file, {"phase": "queued", "backup": backup.id})
         return self.ctx.runner.run_long("import", args, status_file, "import of %s" % backup.id,
                                         session=xapi.session_ref, poll_interval=p.get("poll_interval", 2.0),
                                         timeout=p.get("import_timeout"))

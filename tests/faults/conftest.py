@@ -308,32 +308,47 @@ def drop():
 
 
 def complete_backups_on_disk(repo: Path):
-    """Ids of backups that are complete by the contract (docs/dev/contracts.md section 4)."""
+    """Ids of backups that are complete by the contract (docs/dev/contracts.md section 4), read independently.
+
+    Format 1: ``stored_file`` with its sha256. Format 2: every file of ``files`` with its size and digest
+    (``blake2b:`` = BLAKE2b-256, ``sha256:``), and ``id`` naming the directory. No signature check (no key).
+    """
     if not repo.exists():
         return []
     out = []
     for manifest in repo.glob("*/*/*/manifest.json"):
         directory = manifest.parent
-        if directory.parent.name == "runs":
+        if directory.parent.name == "runs" or manifest.is_symlink() or directory.is_symlink():
             continue
         try:
             doc = json.loads(manifest.read_text())
         except ValueError:
             continue
-        if doc.get("format") != 1:
+        ident = "/".join(directory.parts[-3:])
+        if doc.get("format") == 1:
+            name = doc.get("stored_file")
+            expect = (doc.get("files") or {}).get(name) if name else None
+            if not name or not expect:
+                continue
+            wanted = {name: (int(expect["size"]), "sha256:" + expect["sha256"])}
+        elif doc.get("format") == 2 and doc.get("id") == ident and isinstance(doc.get("files"), dict):
+            wanted = dict((n, (int(i["size"]), i["digest"])) for n, i in doc["files"].items())
+        else:
             continue
-        name = doc.get("stored_file")
-        files = doc.get("files") or {}
-        expect = files.get(name) if name else None
-        if not name or not expect:
-            continue
-        stored = directory / name
-        if not stored.is_file() or stored.stat().st_size != int(expect["size"]):
-            continue
-        if sha256_of(stored) != expect["sha256"]:
-            continue
-        out.append("/".join(directory.parts[-3:]))
+        if all(_file_matches(directory / name, size, digest) for name, (size, digest) in wanted.items()):
+            out.append(ident)
     return out
+
+
+def _file_matches(path: Path, size: int, digest: str) -> bool:
+    if path.is_symlink() or not path.is_file() or path.stat().st_size != size:
+        return False
+    algorithm, _, expected = digest.partition(":")
+    hasher = hashlib.blake2b(digest_size=32) if algorithm == "blake2b" else hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest() == expected
 
 
 def sha256_of(path: Path) -> str:

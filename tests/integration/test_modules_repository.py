@@ -197,12 +197,15 @@ def test_corrupted_backup_is_refused_before_any_import(run_task, xapi, work):
     good = [e for e in backups_of(run_task, source["uuid"]) if e["complete"]][-1]
     copy_dir = Path(good["path"]).parent / "20200101T000000Z"
     shutil.copytree(good["path"], str(copy_dir))
+    ident = "/".join(good["id"].split("/")[:2] + ["20200101T000000Z"])
+    manifest = json.loads((copy_dir / "manifest.json").read_text())   # a faithful copy as its own backup
+    manifest.update(id=ident, sequence=manifest["sequence"] + 100)
+    (copy_dir / "manifest.json").write_text(json.dumps(manifest))
     stored = copy_dir / good["stored_file"]
     data = bytearray(stored.read_bytes())
     data[len(data) // 2] ^= 0x01
     stored.write_bytes(bytes(data))
     vms_before = len(xapi.VM.get_all())
-    ident = "/".join(good["id"].split("/")[:2] + ["20200101T000000Z"])
     result = run_task("vm_import", {"backup": ident})
     assert result.get("failed") is True
     assert "corrupt" in result["msg"] and "nothing was sent" in result["msg"] and "\n" not in result["msg"]
@@ -210,7 +213,7 @@ def test_corrupted_backup_is_refused_before_any_import(run_task, xapi, work):
     assert [c for c in result["helper_calls"] if c["subcommand"] == "import"] == []
     assert len(xapi.VM.get_all()) == vms_before
     listed = dict((e["id"], e) for e in backups_of(run_task, source["uuid"]))
-    assert listed[ident]["complete"] is False and "sha256" in listed[ident]["problem"]
+    assert listed[ident]["complete"] is False and "digest" in listed[ident]["problem"]
     shutil.rmtree(str(copy_dir))
 
 
@@ -251,6 +254,10 @@ def test_rerun_adopts_export_still_running_instead_of_starting_another(run_task,
     directory = work / "repo" / sim.pool_uuid / vm["uuid"] / stamp
     helper = REPO_ROOT / "roles" / "helper" / "files" / "xapi-backup-helper"
     session = sim.session()
+    made = subprocess.run([sys.executable, str(helper), "repo-mkbackup", "--repo", str(work / "repo"), "--pool",
+                           sim.pool_uuid, "--owner", vm["uuid"], "--stamp", stamp],
+                          capture_output=True, text=True, timeout=60, check=True)   # as vm_export does first
+    assert json.loads(made.stdout)["id"].endswith("/" + stamp)
     sim.faults.set(bandwidth_bytes_per_s=100000, path="/export", count=1)
     try:
         started = subprocess.run(

@@ -236,10 +236,13 @@ def test_a_failed_vm_fails_the_play_by_name_and_the_rerun_redoes_only_it(pool):
 
 
 def read_manifest_run(path: Path):
+    if path.name != "manifest.json":
+        return None
     try:
-        return json.loads(path.read_text()).get("run_id")
+        doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return doc.get("run_id") if isinstance(doc, dict) else None
 
 
 def test_check_mode_writes_nothing(pool):

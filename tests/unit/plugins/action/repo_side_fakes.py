@@ -65,6 +65,7 @@ class FakeRunner:
         self.status_answer = status or {"ok": False, "error": {"code": "NO_STATUS", "message": "none"}}
         self.calls = []
         self.sessions = []
+        self.ova_vm = VM  # the VM uuid the (fake) XVA's ova.xml describes
 
     def _write(self, out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -94,11 +95,24 @@ class FakeRunner:
         if subcommand == "verify":
             if self.fail:
                 raise self.fail
-            return {"ok": True}
+            return {"ok": True, "xva": {"vms": [{"uuid": self.ova_vm}]}}
         raise AssertionError("unexpected subcommand %s" % subcommand)
 
     def wait(self, status_file, label, poll_interval=2.0, timeout=None):
         return self.status_answer.get("final") or {"ok": True}
+
+
+class FakeStorage(LocalStorage):
+    """The real repository code (the bundled helper in process); only ova.xml is answered, since the fake
+    payloads are not XVAs."""
+
+    def __init__(self, ova_vm=VM):
+        super().__init__()
+        self.ova_vm = ova_vm
+
+    def ova_vms(self, repo, path):
+        self.ova_calls = getattr(self, "ova_calls", []) + [path]
+        return [{"uuid": self.ova_vm}]
 
 
 class FakeCtx:
@@ -106,7 +120,7 @@ class FakeCtx:
         self.params = params
         self._xapi = xapi
         self.runner = runner
-        self.storage = storage or LocalStorage()
+        self.storage = storage or FakeStorage()
         self.check_mode = check_mode
         self.diff = True
         self.recorder = xapi.recorder

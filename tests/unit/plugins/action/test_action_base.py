@@ -60,7 +60,7 @@ def test_errors_become_one_failed_result(tmp_path, monkeypatch):
     result = action.run(task_vars={})
     assert result["failed"] is True and result["msg"] == "cannot read the repository"
     assert result["error"]["code"] == "IO_ERROR" and result["xapi_calls"] == [] and result["helper_calls"] == []
-    assert "exception" not in result and isinstance(seen["storage"], LocalStorage)
+    assert "exception" not in result and isinstance(seen["storage"], HelperStorage)
 
 
 def test_remote_connection_uses_helper_storage(tmp_path, monkeypatch):
@@ -78,7 +78,20 @@ def test_relative_repository_and_bad_options_fail_cleanly(tmp_path):
     assert result["failed"] is True and "keep_last" in result["msg"]
 
 
-def test_real_prune_through_the_action(tmp_path):
-    (tmp_path / POOL).mkdir()
-    result = make_action({"repository": str(tmp_path), "keep_last": 1}).run(task_vars={})
-    assert result.get("failed") is not True and result["changed"] is False and "diff" not in result
+def test_real_prune_through_the_action(tmp_path, monkeypatch):
+    """A local connection runs the bundled helper's repo-* commands (the one implementation)."""
+    import subprocess
+
+    def shell(cmd, in_data=None, sudoable=True):
+        proc = subprocess.run(["/bin/sh", "-c", cmd], input=in_data, capture_output=True, timeout=60, check=False)
+        return {"rc": proc.returncode, "stdout": proc.stdout.decode(), "stderr": proc.stderr.decode()}
+
+    from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
+
+    LocalStorage().make_backup_dir(str(tmp_path), POOL, "pool", repo.timestamp_name(repo.utcnow()))
+    action = make_action({"repository": str(tmp_path), "keep_last": 1})
+    monkeypatch.setattr(action, "_low_level_execute_command", shell)
+    result = action.run(task_vars={})
+    assert result.get("failed") is not True, result.get("msg")
+    assert result["changed"] is False and "diff" not in result
+    assert [c["subcommand"] for c in result["helper_calls"]] == ["repo-scan"]

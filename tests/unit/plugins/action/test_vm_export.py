@@ -15,9 +15,9 @@ import os
 import pytest
 
 try:  # the collection is on sys.path (tests/unit/conftest.py); the fakes are a sibling module
-    from .repo_side_fakes import POOL, SESSION, SNAP, VM, FakeCtx, FakeRunner, FakeXapi, helper_failure
+    from .repo_side_fakes import POOL, SESSION, SNAP, VM, FakeCtx, FakeRunner, FakeStorage, FakeXapi, helper_failure
 except ImportError:  # plain pytest: this directory is on sys.path, not a package
-    from repo_side_fakes import POOL, SESSION, SNAP, VM, FakeCtx, FakeRunner, FakeXapi, helper_failure
+    from repo_side_fakes import POOL, SESSION, SNAP, VM, FakeCtx, FakeRunner, FakeStorage, FakeXapi, helper_failure
 
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils import _snapshots
@@ -64,18 +64,21 @@ class FakeSnapshots:
             xapi.change("VM.set_blocked_operations", vm_ref, {})
 
 
-class OrderedStorage(LocalStorage):
-    """Local storage that checks the manifest is written only once the stored file is complete."""
+class OrderedStorage(FakeStorage):
+    """The real storage, checking that the manifest is written only once the stored file is complete."""
 
     def __init__(self):
+        super().__init__()
         self.writes = []
 
-    def write_json(self, path, document):
+    def write_json(self, root, path, document, exclusive=False):
         if os.path.basename(path) == repo.MANIFEST_NAME:
             stored = os.path.join(os.path.dirname(path), document["stored_file"])
-            assert self.hash_file(stored) == (document["stored_size"], document["sha256"])
+            info = document["files"][document["stored_file"]]
+            assert exclusive is True
+            assert self.hash_file(root, stored, repo.digest_algorithm(info["digest"])) == (info["size"], info["digest"])
         self.writes.append(path)
-        super().write_json(path, document)
+        return super().write_json(root, path, document, exclusive=exclusive)
 
 
 @pytest.fixture
@@ -100,10 +103,10 @@ def setup(tmp_path, monkeypatch):
     return make
 
 
-def earlier_export(tmp_path, payload):
+def earlier_export(tmp_path, payload, stamp="20261121T220000Z"):
     """The directory of an export an earlier run started (stored file and status file, no manifest), and its result."""
-    stamp_dir = tmp_path / POOL / VM / "20261121T220000Z"
-    stamp_dir.mkdir(parents=True)
+    created = LocalStorage().make_backup_dir(str(tmp_path), POOL, VM, stamp)
+    stamp_dir = tmp_path / created["id"]
     (stamp_dir / "vm.xva.zst").write_bytes(payload)
     (stamp_dir / repo.STATUS_NAME).write_text("{}")
     result = {"ok": True, "stored_size": len(payload), "sha256": hashlib.sha256(payload).hexdigest(), "codec": "zstd"}
@@ -204,9 +207,7 @@ def test_adopts_finished_export_instead_of_starting_another(setup, tmp_path):
 
 
 def test_dead_earlier_export_is_removed_then_exported_anew(setup, tmp_path):
-    stale = tmp_path / POOL / VM / "20261121T220000Z"
-    stale.mkdir(parents=True)
-    (stale / repo.STATUS_NAME).write_text("{}")
+    stale, _result = earlier_export(tmp_path, b"half")
     runner = FakeRunner(status={"ok": True, "alive": False, "phase": "export"})
     export, ctx, _xapi, _snaps = setup(runner=runner)
     out = export.run()
@@ -276,8 +277,8 @@ def test_live_owner_records_its_own_export_and_the_rerun_does_not_interfere(setu
             manifest = repo.build_manifest(
                 repo.KIND_VM, tool_version="0", pool={"uuid": POOL}, xapi_version=None, run_id="2026-11-21",
                 files={"vm.xva.zst": {"size": result["stored_size"], "sha256": result["sha256"]}}, stored_file="vm.xva.zst",
-                started=NOW, ended=NOW, vm={"uuid": VM})
-            LocalStorage().write_json(str(stamp_dir / repo.MANIFEST_NAME), manifest)
+                started=NOW, ended=NOW, vm={"uuid": VM}, ident="%s/%s/%s" % (POOL, VM, stamp_dir.name), sequence=1)
+            LocalStorage().write_json(str(tmp_path), str(stamp_dir / repo.MANIFEST_NAME), manifest, exclusive=True)
             return result
 
     runner = OwnerAlive(status={"ok": True, "alive": True, "phase": "export"})
@@ -286,3 +287,37 @@ def test_live_owner_records_its_own_export_and_the_rerun_does_not_interfere(setu
     assert out["changed"] is False and out["backup_id"].endswith("20261121T220000Z")
     assert not any(isinstance(e, tuple) for e in snaps.events)  # the owner's snapshot is left to the owner
     assert [c["subcommand"] for c in ctx.runner.calls] == ["status"]
+
+
+def test_two_exports_started_in_the_same_second_both_complete(setup, tmp_path):
+    first = setup(run_id="a")[0].run()
+    second = setup(run_id="b", force=True)[0].run()
+    assert second["backup_id"] == first["backup_id"] + "-2"
+    backups = repo.list_backups(LocalStorage(), str(tmp_path))
+    assert [(b.id, b.sequence, b.status) for b in backups] == [(first["backup_id"], 1, "complete"),
+                                                              (second["backup_id"], 2, "complete")]
+
+
+def test_a_failed_export_removes_only_what_it_created(setup, tmp_path):
+    """A failure in the same second as a complete backup never touches that backup."""
+    good = setup(run_id="a")[0].run()
+    before = open(os.path.join(str(tmp_path), good["backup_id"], repo.MANIFEST_NAME)).read()
+    export, ctx, _xapi, _snaps = setup(run_id="b", runner=FakeRunner(fail=helper_failure()))
+    with pytest.raises(Exception, match="STREAM_TRUNCATED"):
+        export.run()
+    out_arg = ctx.runner.calls[0]["args"][ctx.runner.calls[0]["args"].index("--out") + 1]
+    assert out_arg.startswith(os.path.join(str(tmp_path), good["backup_id"] + "-2"))
+    backups = repo.list_backups(LocalStorage(), str(tmp_path))
+    assert [(b.id, b.status) for b in backups] == [(good["backup_id"], "complete")]
+    assert open(os.path.join(str(tmp_path), good["backup_id"], repo.MANIFEST_NAME)).read() == before
+
+
+def test_manifest_is_signed_on_the_controller_and_the_key_goes_nowhere(setup, tmp_path):
+    export, ctx, _xapi, _snaps = setup()
+    ctx.params["repository_key"] = "s3cret-key"
+    out = export.run()
+    text = open(os.path.join(str(tmp_path), out["backup_id"], repo.MANIFEST_NAME)).read()
+    manifest = json.loads(text)
+    assert repo.signature_problem(manifest, "s3cret-key") is None and manifest["format"] == 2
+    assert "s3cret-key" not in text and "s3cret-key" not in json.dumps(ctx.runner.calls) and "s3cret-key" not in json.dumps(out)
+    assert out["signed"] is True and out["sequence"] == 1

@@ -6,15 +6,16 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
+import json
 import os
+import shutil
 
 import pytest
 
 try:  # the collection is on sys.path (tests/unit/conftest.py); the fakes are a sibling module
-    from .repo_side_fakes import POOL, SESSION, VM, FakeCtx, FakeRunner, FakeXapi
+    from .repo_side_fakes import POOL, SESSION, VM, FakeCtx, FakeRunner, FakeStorage, FakeXapi
 except ImportError:  # plain pytest: this directory is on sys.path, not a package
-    from repo_side_fakes import POOL, SESSION, VM, FakeCtx, FakeRunner, FakeXapi
+    from repo_side_fakes import POOL, SESSION, VM, FakeCtx, FakeRunner, FakeStorage, FakeXapi
 
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage, RepositoryError
@@ -30,18 +31,21 @@ IDENT = "%s/%s/%s" % (POOL, VM, STAMP)
 NEW_VM = "dddddddd-0000-0000-0000-000000000004"
 
 
-def write_backup(root, payload=b"stored-xva", stamp=STAMP):
+def write_backup(root, payload=b"stored-xva", stamp=STAMP, vifs=None, key=None, owner=VM):
+    """A backup made the way vm_export makes one: repo-mkbackup, the data, the (signed) manifest last."""
     when = repo.parse_timestamp(stamp)
-    directory = os.path.join(str(root), POOL, VM, stamp)
-    os.makedirs(directory)
+    storage = LocalStorage()
+    created = storage.make_backup_dir(str(root), POOL, owner, stamp)
+    directory = os.path.join(str(root), created["id"])
     with open(os.path.join(directory, "vm.xva.zst"), "wb") as handle:
         handle.write(payload)
     manifest = repo.build_manifest(
         repo.KIND_VM, tool_version="0.1.0", pool={"uuid": POOL, "name": "p"}, xapi_version="25", run_id="r",
-        files={"vm.xva.zst": {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}},
+        files={"vm.xva.zst": {"size": len(payload), "digest": repo.digest_of(payload)}},
         stored_file="vm.xva.zst", started=when, ended=when + datetime.timedelta(seconds=1),
-        vm={"uuid": VM, "name_label": "web"})
-    LocalStorage().write_json(os.path.join(directory, repo.MANIFEST_NAME), manifest)
+        vm={"uuid": owner, "name_label": "web", "vifs": vifs or []}, ident=created["id"], sequence=created["sequence"])
+    storage.write_json(str(root), os.path.join(directory, repo.MANIFEST_NAME), repo.seal_manifest(manifest, key),
+                       exclusive=True)
     return directory
 
 
@@ -164,12 +168,8 @@ def test_remove_vifs_destroys_every_vif(tmp_path):
 
 
 def test_network_map_recreates_mapped_vif_only(tmp_path):
-    directory = write_backup(tmp_path)
-    manifest_path = os.path.join(directory, repo.MANIFEST_NAME)
-    manifest = repo.parse_manifest(open(manifest_path).read())
-    manifest["vm"]["vifs"] = [{"device": "0", "network_uuid": "n-0", "network_name": "prod"},
-                              {"device": "1", "network_uuid": "n-1", "network_name": "backup"}]
-    LocalStorage().write_json(manifest_path, manifest)
+    write_backup(tmp_path, vifs=[{"device": "0", "network_uuid": "n-0", "network_name": "prod"},
+                                 {"device": "1", "network_uuid": "n-1", "network_name": "backup"}])
     xapi = xapi_with({})
     VmImport(FakeCtx(params(tmp_path, network_map={"prod": "dr-net"}, preserve_identity=True), xapi, FakeRunner())).run()
     creates = [c["args"][0] for c in xapi.calls if c["method"] == "VIF.create"]
@@ -222,3 +222,73 @@ def test_explicit_damaged_timestamp_is_refused_not_replaced(tmp_path):
     with pytest.raises(RepositoryError, match="corrupt"):
         VmImport(ctx).run()
     assert ctx.runner.calls == []
+
+
+OTHER_VM = "eeeeeeee-0000-0000-0000-000000000005"
+
+
+def forge_in_place(directory):
+    """An attacker with write access to the share: new data, size and digest recomputed, manifest rewritten."""
+    payload = b"attacker's xva"
+    path = os.path.join(directory, repo.MANIFEST_NAME)
+    manifest = json.load(open(path))
+    stored = os.path.join(directory, manifest["stored_file"])
+    os.chmod(stored, 0o600)
+    with open(stored, "wb") as handle:
+        handle.write(payload)
+    manifest["files"][manifest["stored_file"]] = {"size": len(payload), "digest": repo.digest_of(payload)}
+    manifest["stored_size"] = len(payload)
+    os.chmod(path, 0o600)
+    with open(path, "w") as handle:
+        json.dump(manifest, handle)
+
+
+def edit_manifest(directory):
+    path = os.path.join(directory, repo.MANIFEST_NAME)
+    manifest = json.load(open(path))
+    manifest["vm"]["name_label"] = "renamed"
+    os.chmod(path, 0o600)
+    with open(path, "w") as handle:
+        json.dump(manifest, handle)
+
+
+@pytest.mark.parametrize("attack", ["forged_data", "edited_manifest", "moved_from_other_vm", "unsigned"])
+def test_with_a_key_a_forged_or_moved_backup_is_never_restored(tmp_path, attack):
+    """Key set: a forged XVA with recomputed digest, an edited manifest, a backup of another VM moved into this
+    VM's directory, an unsigned backup -- each refused before any byte reaches xapi; the good one stays usable."""
+    good = write_backup(tmp_path, key="k", stamp="20261120T010000Z")
+    if attack == "moved_from_other_vm":
+        source = write_backup(tmp_path, key="k", owner=OTHER_VM, stamp="20261121T010000Z")
+        target = os.path.join(str(tmp_path), POOL, VM, "20261121T010000Z")
+        shutil.copytree(source, target)
+    else:
+        target = write_backup(tmp_path, key=None if attack == "unsigned" else "k", stamp="20261121T010000Z")
+        {"forged_data": forge_in_place, "edited_manifest": edit_manifest, "unsigned": lambda d: None}[attack](target)
+    ident = "%s/%s/20261121T010000Z" % (POOL, VM)
+    xapi = xapi_with({})
+    ctx = FakeCtx(params(tmp_path, vm_uuid=None, backup=ident, repository_key="k"), xapi, FakeRunner())
+    with pytest.raises(RepositoryError) as info:
+        VmImport(ctx).run()
+    assert info.value.code == "UNTRUSTED_BACKUP" and "\n" not in info.value.message
+    assert ctx.runner.calls == [] and xapi.calls == []
+    latest = FakeCtx(params(tmp_path, repository_key="k"), xapi_with({}), FakeRunner())
+    out = VmImport(latest).run()
+    assert out["backup_id"] == good[len(str(tmp_path)) + 1:] and "warnings" not in out
+
+
+def test_xva_describing_another_vm_is_refused_before_import(tmp_path):
+    """Without a key an attacker can rewrite a manifest; the XVA's own ova.xml must still name the VM."""
+    write_backup(tmp_path)
+    xapi = xapi_with({})
+    storage = FakeStorage(ova_vm=OTHER_VM)
+    ctx = FakeCtx(params(tmp_path, backup=IDENT, vm_uuid=None), xapi, FakeRunner(), storage=storage)
+    with pytest.raises(RepositoryError) as info:
+        VmImport(ctx).run()
+    assert info.value.code == "VM_MISMATCH" and OTHER_VM in info.value.message
+    assert ctx.runner.calls == [] and xapi.calls == []
+
+
+def test_without_a_key_the_restore_warns(tmp_path):
+    write_backup(tmp_path)
+    out = VmImport(FakeCtx(params(tmp_path), xapi_with({}), FakeRunner())).run()
+    assert any("no repository key" in w for w in out["warnings"])

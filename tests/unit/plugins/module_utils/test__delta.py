@@ -165,11 +165,11 @@ def test_files_problem_sizes_and_digests():
 def test_prune_never_removes_a_link_a_kept_delta_needs(tmp_path):
     """keep_last=2 over a full + 4 deltas: the two newest stay, and so must every link below them."""
     backups, _top = chain(5)
+    now = datetime.datetime(2026, 12, 10, tzinfo=datetime.timezone.utc)
     listed = []
     for ident, entry in sorted(backups.items()):
         path = str(tmp_path / ident)
-        listed.append(repo.Backup(ident, path, {}, entry["manifest"], True, None))
-    now = datetime.datetime(2026, 12, 10, tzinfo=datetime.timezone.utc)
+        listed.append(repo.Backup(ident, path, {}, entry["manifest"], repo.STATUS_COMPLETE, None, now=now))
     result = repo.plan_prune(listed, repo.RetentionPolicy(keep_last=2), now, 86400)
     assert result.remove_ids == []
     reasons = {b.id: r for b, r in result.keep}
@@ -177,7 +177,7 @@ def test_prune_never_removes_a_link_a_kept_delta_needs(tmp_path):
     # a separate older chain nobody needs any more goes
     old_full = manifest(0)
     old_full["id"] = "%s/%s/20261130T000000Z" % (POOL, VM)
-    listed.insert(0, repo.Backup(old_full["id"], str(tmp_path / "old"), {}, old_full, True, None))
+    listed.insert(0, repo.Backup(old_full["id"], str(tmp_path / "old"), {}, old_full, repo.STATUS_COMPLETE, None, now=now))
     result = repo.plan_prune(listed, repo.RetentionPolicy(keep_last=2), now, 86400)
     assert result.remove_ids == [old_full["id"]]
 

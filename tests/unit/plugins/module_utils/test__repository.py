@@ -9,6 +9,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import stat
 
 import pytest
@@ -31,29 +32,33 @@ def ts(text):
     return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
 
 
-def make_backup(root, owner, when, run_id="run", payload=b"xva-bytes", complete=True, corrupt=False):
-    """Write one backup into a local repository the way vm_export does (data first, manifest last)."""
-    stamp = repo_mod.timestamp_name(when)
-    path = os.path.join(str(root), POOL, owner, stamp)
-    os.makedirs(path)
+def make_backup(root, owner, when, run_id="run", payload=b"xva-bytes", complete=True, corrupt=False, key=None,
+                algorithm="blake2b"):
+    """Write one backup the way vm_export does: repo-mkbackup (exclusive dir + sequence), data, manifest last."""
+    storage = LocalStorage()
+    created = storage.make_backup_dir(str(root), POOL, owner, repo_mod.timestamp_name(when))
+    path = os.path.join(str(root), created["id"])
     name = repo_mod.stored_name("zstd")
     with open(os.path.join(path, name), "wb") as handle:
         handle.write(payload)
     if complete:
-        files = {name: {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}}
+        files = {name: {"size": len(payload), "digest": repo_mod.digest_of(payload, algorithm)}}
+        kind = repo_mod.MANIFEST_KIND_POOL_DB if owner == repo_mod.POOL_DIR else repo_mod.MANIFEST_KIND_VM_XVA
         manifest = repo_mod.build_manifest(
-            repo_mod.KIND_VM, tool_version="0.1.0", pool={"uuid": POOL, "name": "pool"}, xapi_version="25.1",
+            kind, tool_version="0.1.0", pool={"uuid": POOL, "name": "pool"}, xapi_version="25.1",
             run_id=run_id, files=files, stored_file=name, started=when, ended=when + datetime.timedelta(seconds=10),
-            vm={"uuid": owner, "name_label": "vm", "disks": [{"sr_uuid": "s", "virtual_size": 4}], "vifs": []},
+            vm=None if owner == repo_mod.POOL_DIR else {"uuid": owner, "name_label": "vm", "disks": [{"sr_uuid": "s", "virtual_size": 4}], "vifs": []},
             codec={"codec": "zstd", "level": 3, "threads": 0}, raw_size=100,
+            ident=created["id"], sequence=created["sequence"], repository_id=created["repository_id"],
         )
-        LocalStorage().write_json(os.path.join(path, repo_mod.MANIFEST_NAME), manifest)
+        storage.write_json(str(root), os.path.join(path, repo_mod.MANIFEST_NAME), repo_mod.seal_manifest(manifest, key),
+                           exclusive=True)
     if corrupt:
         with open(os.path.join(path, name), "r+b") as handle:
             first = handle.read(1)
             handle.seek(0)
             handle.write(bytes([first[0] ^ 0xFF]))
-    return repo_mod.backup_id(POOL, owner, stamp)
+    return created["id"]
 
 
 # ---------------------------------------------------------------- names
@@ -96,25 +101,40 @@ def test_manifest_has_no_secrets_and_round_trips():
     now = ts("2026-11-21 10:00")
     helper_result = {"ok": True, "session_id": "OpaqueRef:secret", "url": "http://h/export?session_id=OpaqueRef:secret&uuid=x",
                      "nested": {"password": "pw", "sha256": "ab"}}
+    digest = repo_mod.digest_of(b"0123456789")
     manifest = repo_mod.build_manifest(
         repo_mod.KIND_VM, tool_version="0.1.0", pool={"uuid": POOL, "name": "p"}, xapi_version="25.1", run_id="r1",
-        files={"vm.xva.zst": {"size": 10, "sha256": "ab"}}, stored_file="vm.xva.zst", started=now,
+        files={"vm.xva.zst": {"size": 10, "digest": digest}}, stored_file="vm.xva.zst", started=now,
         ended=now + datetime.timedelta(seconds=4), helper_result=helper_result, raw_size=40,
+        ident="%s/%s/20261121T100000Z" % (POOL, VM_A), sequence=3,
     )
     text = repo_mod.dump_manifest(manifest)
     assert "OpaqueRef:secret" not in text and '"pw"' not in text
     parsed = repo_mod.parse_manifest(text)
-    assert parsed["stored_size"] == 10 and parsed["sha256"] == "ab"
+    assert parsed["stored_size"] == 10 and parsed["files"]["vm.xva.zst"]["digest"] == digest
+    assert digest.startswith("blake2b:") and len(digest) == len("blake2b:") + 64
     assert parsed["duration"] == 4.0 and parsed["rate"] == 10
-    assert parsed["format"] == 1 and parsed["run_id"] == "r1"
+    assert parsed["format"] == 2 and parsed["kind"] == "vm-xva" and parsed["run_id"] == "r1" and parsed["sequence"] == 3
 
 
-@pytest.mark.parametrize("text", ["{", "[]", '{"format": 2, "stored_file": "a", "stored_size": 1, "sha256": "x", "run_id": "r"}',
-                                  '{"format": 1, "stored_file": "../a", "stored_size": 1, "sha256": "x", "run_id": "r"}',
-                                  '{"format": 1, "stored_file": "a", "sha256": "x", "run_id": "r"}'])
-def test_parse_manifest_rejects(text):
-    with pytest.raises(RepositoryError):
+GOOD_DIGEST = "blake2b:" + "0" * 64
+
+
+@pytest.mark.parametrize("text,code", [
+    ("{", "BAD_MANIFEST"), ("[]", "BAD_MANIFEST"),
+    ('{"format": 3, "kind": "vm-xva", "run_id": "r"}', "UNKNOWN_MANIFEST"),
+    ('{"format": true, "run_id": "r"}', "UNKNOWN_MANIFEST"),
+    ('{"format": 2, "kind": "vm-hologram", "run_id": "r"}', "UNKNOWN_MANIFEST"),
+    ('{"format": 2, "kind": "vm-xva", "run_id": "r", "id": "x", "sequence": 1, "files": {"../a": {"size": 1, "digest": "%s"}}}' % GOOD_DIGEST, "BAD_MANIFEST"),
+    ('{"format": 2, "kind": "vm-xva", "run_id": "r", "id": "x", "sequence": 1, "files": {"a": {"size": 1, "digest": "md5:00"}}}', "BAD_MANIFEST"),
+    ('{"format": 2, "kind": "vm-xva", "run_id": "r", "id": "x", "sequence": 0, "files": {"a": {"size": 1, "digest": "%s"}}}' % GOOD_DIGEST, "BAD_MANIFEST"),
+    ('{"format": 1, "stored_file": "../a", "stored_size": 1, "sha256": "x", "run_id": "r"}', "BAD_MANIFEST"),
+    ('{"format": 1, "stored_file": "a", "sha256": "x", "run_id": "r"}', "BAD_MANIFEST"),
+])
+def test_parse_manifest_rejects(text, code):
+    with pytest.raises(RepositoryError) as info:
         repo_mod.parse_manifest(text)
+    assert info.value.code == code
 
 
 def test_build_manifest_requires_stored_file_among_files():
@@ -124,30 +144,51 @@ def test_build_manifest_requires_stored_file_among_files():
                                 files={}, stored_file="vm.xva", started=now, ended=now)
 
 
+def test_signature_covers_every_field_and_names_its_key():
+    manifest = {"format": 2, "kind": "vm-xva", "files": {"a": {"size": 1, "digest": GOOD_DIGEST}}, "sequence": 1}
+    signed = repo_mod.sign_manifest(manifest, "k1")
+    assert repo_mod.signature_problem(signed, "k1") is None
+    assert "k1" not in json.dumps(signed)
+    assert "another key" in repo_mod.signature_problem(signed, "k2")
+    for field, value in (("sequence", 2), ("kind", "pool-db"), ("files", {"a": {"size": 2, "digest": GOOD_DIGEST}})):
+        edited = dict(signed, **{field: value})
+        assert "wrong" in repo_mod.signature_problem(edited, "k1"), field
+    assert "not signed" in repo_mod.signature_problem(manifest, "k1")
+
+
 # ---------------------------------------------------------------- storage and completeness
 
 
-def test_atomic_write_mode_and_no_leftovers(tmp_path):
+def test_write_is_atomic_private_exclusive_and_strips_secrets(tmp_path):
+    storage = LocalStorage()
     target = tmp_path / "a" / "b" / "manifest.json"
-    LocalStorage().write_json(str(target), {"x": 1, "password": "pw"})
+    storage.write_json(str(tmp_path), str(target), {"x": 1, "password": "pw"}, exclusive=True)
     assert json.loads(target.read_text()) == {"x": 1}
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
     assert os.listdir(str(target.parent)) == ["manifest.json"]
+    with pytest.raises(RepositoryError) as info:
+        storage.write_json(str(tmp_path), str(target), {"x": 2}, exclusive=True)
+    assert info.value.code == "EXISTS" and json.loads(target.read_text()) == {"x": 1}
+    with pytest.raises(RepositoryError):
+        storage.write_json(str(tmp_path), "/etc/xapi-backup-test.json", {"x": 1})
 
 
-def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
-    target = tmp_path / "m.json"
-    target.write_text("old")
-
-    def boom(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(repo_mod.os, "rename", boom)
-    with pytest.raises(RepositoryError, match="No space left"):
-        LocalStorage().write_json(str(target), {"x": 1})
-    assert target.read_text() == "old"
-    assert os.listdir(str(tmp_path)) == ["m.json"]
+def test_write_never_follows_a_planted_link(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "shadow"
+    victim.write_text("precious")
+    repo = tmp_path / "repo"
+    (repo / POOL / "runs").mkdir(parents=True)
+    os.symlink(str(outside), str(repo / POOL / "runs" / "2026-11-21"))
+    with pytest.raises(RepositoryError) as info:
+        LocalStorage().write_text(str(repo), "%s/runs/2026-11-21/shadow" % POOL, "overwritten")
+    assert info.value.code == "NOT_FOLLOWED"
+    os.symlink(str(victim), str(repo / POOL / "runs" / "report.json"))
+    LocalStorage().write_text(str(repo), "%s/runs/report.json" % POOL, "report")  # replaces the link itself
+    assert victim.read_text() == "precious" and sorted(os.listdir(str(outside))) == ["shadow"]
+    assert not os.path.islink(str(repo / POOL / "runs" / "report.json"))
 
 
 def test_listing_classifies_complete_and_incomplete(tmp_path):
@@ -161,7 +202,7 @@ def test_listing_classifies_complete_and_incomplete(tmp_path):
     backups = {b.id: b for b in repo_mod.list_backups(LocalStorage(), str(tmp_path))}
     assert backups[good].complete and backups[good].problem is None
     assert not backups[no_manifest].complete and "no manifest" in backups[no_manifest].problem
-    assert not backups[corrupt].complete and "sha256" in backups[corrupt].problem
+    assert not backups[corrupt].complete and "digest" in backups[corrupt].problem
     assert not backups[truncated].complete and "bytes" in backups[truncated].problem
     # without the hash check, a same-size corruption goes unnoticed: the flag really controls hashing
     shallow = {b.id: b for b in repo_mod.list_backups(LocalStorage(), str(tmp_path), check_hash=False)}
@@ -179,10 +220,13 @@ def test_listing_filters_by_vm_and_reports_sizes_and_ages(tmp_path):
     assert info["vm_name"] == "vm" and info["disks"] == [{"sr_uuid": "s", "virtual_size": 4}]
 
 
-def test_local_remove_refuses_outside_repo(tmp_path):
+def test_remove_refuses_anything_but_a_backup_directory(tmp_path):
     ident = make_backup(tmp_path, VM_A, ts("2026-11-20 01:00"))
     with pytest.raises(RepositoryError):
         LocalStorage().remove_backup(str(tmp_path), os.path.join(str(tmp_path), POOL))
+    with pytest.raises(RepositoryError) as info:
+        LocalStorage().remove_backup(str(tmp_path), ident, if_incomplete=True)
+    assert info.value.code == "REFUSED" and os.path.exists(os.path.join(str(tmp_path), ident, "manifest.json"))
     LocalStorage().remove_backup(str(tmp_path), os.path.join(str(tmp_path), ident))
     assert not os.path.exists(os.path.join(str(tmp_path), ident))
 
@@ -193,23 +237,99 @@ def test_helper_storage_drives_the_contract_subcommands():
     def run(sub, args, stdin):
         calls.append((sub, args, stdin))
         if sub == "repo-scan":
-            return {"ok": True, "entries": [{"path": "/r/%s/%s/20261120T010000Z" % (POOL, VM_A), "files": {}, "manifest": None, "manifest_error": None}]}
+            return {"ok": True, "entries": [{"id": "%s/%s/20261120T010000Z" % (POOL, VM_A), "files": {}, "manifest": None,
+                                             "manifest_error": None}], "marker": None, "skipped": []}
         if sub == "repo-hash":
-            return {"ok": True, "size": 3, "sha256": "ab"}
+            return {"ok": True, "size": 3, "digest": "blake2b:ab"}
         return {"ok": True}
 
     storage = HelperStorage(run)
     backups = repo_mod.list_backups(storage, "/r", pool=POOL, vm=VM_A)
     assert len(backups) == 1 and not backups[0].complete
-    assert storage.hash_file("/r/x") == (3, "ab")
-    storage.write_json("/r/p/m.json", {"a": 1, "session_id": "OpaqueRef:s"})
+    assert storage.hash_file("/r", "/r/x") == (3, "blake2b:ab")
+    storage.write_json("/r", "/r/p/m.json", {"a": 1, "session_id": "OpaqueRef:s"}, exclusive=True)
     storage.remove_backup("/r", "/r/%s/%s/20261120T010000Z" % (POOL, VM_A))
     with pytest.raises(RepositoryError):
         storage.remove_backup("/r", "/etc")
+    with pytest.raises(RepositoryError):
+        storage.hash_file("/r", "/etc/shadow")
     assert calls[0] == ("repo-scan", ["--repo", "/r", "--pool", POOL, "--vm", VM_A], None)
-    assert calls[2][0] == "repo-write" and "OpaqueRef:s" not in calls[2][2] and json.loads(calls[2][2]) == {"a": 1}
-    assert calls[3] == ("repo-remove", ["--repo", "/r", "--path", "/r/%s/%s/20261120T010000Z" % (POOL, VM_A)], None)
+    assert calls[1] == ("repo-hash", ["--repo", "/r", "--path", "x", "--digest", "blake2b"], None)
+    assert calls[2][:2] == ("repo-write", ["--repo", "/r", "--path", "p/m.json", "--json", "--exclusive"])
+    assert "OpaqueRef:s" not in calls[2][2] and json.loads(calls[2][2]) == {"a": 1}
+    assert calls[3] == ("repo-remove", ["--repo", "/r", "--path", "%s/%s/20261120T010000Z" % (POOL, VM_A)], None)
     assert len(calls) == 4
+
+
+# ---------------------------------------------------------------- trust: status of hostile entries
+
+
+def test_untrusted_and_unknown_backups_are_listed_never_complete(tmp_path):
+    good = make_backup(tmp_path, VM_A, ts("2026-11-20 01:00"), key="k")
+    unsigned = make_backup(tmp_path, VM_A, ts("2026-11-20 02:00"))
+    other_key = make_backup(tmp_path, VM_A, ts("2026-11-20 03:00"), key="k2")
+    # a manifest moved into another VM's directory (data and manifest copied as they are)
+    moved_src = make_backup(tmp_path, VM_B, ts("2026-11-20 04:00"), key="k")
+    moved = "%s/%s/20261120T040000Z" % (POOL, VM_A)
+    shutil.copytree(os.path.join(str(tmp_path), moved_src), os.path.join(str(tmp_path), moved))
+    # a newer format: kept and listed unknown
+    newer = make_backup(tmp_path, VM_A, ts("2026-11-20 05:00"), key="k")
+    manifest_path = os.path.join(str(tmp_path), newer, "manifest.json")
+    document = json.loads(open(manifest_path).read())
+    document["format"] = 3
+    os.chmod(manifest_path, 0o600)
+    with open(manifest_path, "w") as handle:
+        json.dump(document, handle)
+    keyed = {b.id: b for b in repo_mod.list_backups(LocalStorage(), str(tmp_path), key="k")}
+    assert keyed[good].status == "complete"
+    assert keyed[unsigned].status == "untrusted" and "not signed" in keyed[unsigned].problem
+    assert keyed[other_key].status == "untrusted" and "another key" in keyed[other_key].problem
+    assert keyed[moved].status == "untrusted" and VM_B in keyed[moved].problem
+    assert keyed[newer].status == "unknown" and "format 3" in keyed[newer].problem
+    unkeyed = {b.id: b for b in repo_mod.list_backups(LocalStorage(), str(tmp_path))}
+    assert unkeyed[unsigned].status == "complete" and unkeyed[moved].status == "untrusted"
+    plan = repo_mod.plan_prune(list(keyed.values()), RetentionPolicy(keep_last=1), ts("2026-11-30 00:00"), incomplete_grace=0)
+    assert {unsigned, other_key, moved, newer} <= {b.id for b, _r in plan.keep}
+    assert set(plan.remove_ids) <= {good}
+
+
+def test_format_1_backups_stay_readable_and_sort_before_format_2(tmp_path):
+    payload = b"old-bytes"
+    old_dir = tmp_path / POOL / VM_A / "20261201T000000Z"   # a format-1 backup dated LATER than the format-2 one
+    old_dir.mkdir(parents=True)
+    (old_dir / "vm.xva.zst").write_bytes(payload)
+    (old_dir / "manifest.json").write_text(json.dumps({
+        "format": 1, "run_id": "r0", "stored_file": "vm.xva.zst", "stored_size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(), "pool": {"uuid": POOL}, "vm": {"uuid": VM_A}}))
+    new = make_backup(tmp_path, VM_A, ts("2026-11-20 01:00"))
+    backups = repo_mod.list_backups(LocalStorage(), str(tmp_path))
+    assert [b.status for b in backups] == ["complete", "complete"]
+    assert [b.id for b in backups][-1] == new and repo_mod.newest_complete(backups).id == new
+    assert backups[0].sequence is None and backups[1].sequence == 1
+
+
+def test_sequence_orders_backups_not_names_nor_clocks(tmp_path):
+    """A month of backups made with a fast clock, then the real clock: order and 'latest' follow the sequence."""
+    now = ts("2026-11-21 12:00")
+    future = [make_backup(tmp_path, VM_A, ts("2026-12-2%d 01:00" % i)) for i in (1, 2)]
+    real = [make_backup(tmp_path, VM_A, ts("2026-11-21 0%d:00" % i)) for i in (1, 2)]
+    backups = repo_mod.list_backups(LocalStorage(), str(tmp_path), now=now)
+    assert [b.id for b in backups] == future + real
+    assert [b.sequence for b in backups] == [1, 2, 3, 4]
+    assert [b.future_dated for b in backups] == [True, True, False, False]
+    assert repo_mod.newest_complete(backups).id == real[1]
+    plan = repo_mod.plan_prune(backups, RetentionPolicy(keep_last=2), now, incomplete_grace=86400)
+    assert sorted(plan.remove_ids) == sorted(future)
+    assert sorted(b.id for b, _r in plan.keep) == sorted(real)
+
+
+def test_same_second_backups_get_their_own_directories_and_sequences(tmp_path):
+    when = ts("2026-11-21 01:00")
+    first = make_backup(tmp_path, VM_A, when)
+    second = make_backup(tmp_path, VM_A, when)
+    assert second == first + "-2"
+    backups = repo_mod.list_backups(LocalStorage(), str(tmp_path))
+    assert [(b.id, b.sequence, b.status) for b in backups] == [(first, 1, "complete"), (second, 2, "complete")]
 
 
 # ---------------------------------------------------------------- run ids and selection

@@ -41,23 +41,26 @@ def helper_storage():
 
 
 def make(root, stamp, payload, storage):
-    directory = os.path.join(str(root), POOL, VM, stamp)
-    os.makedirs(directory)
+    created = storage.make_backup_dir(str(root), POOL, VM, stamp)
+    directory = os.path.join(str(root), created["id"])
     with open(os.path.join(directory, "vm.xva.gz"), "wb") as handle:
         handle.write(payload)
     when = repo.parse_timestamp(stamp)
     manifest = repo.build_manifest(
-        repo.KIND_VM, tool_version="0", pool={"uuid": POOL}, xapi_version=None, run_id="r-" + stamp,
-        files={"vm.xva.gz": {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}},
-        stored_file="vm.xva.gz", started=when, ended=when + datetime.timedelta(seconds=1))
-    storage.write_json(os.path.join(directory, repo.MANIFEST_NAME), manifest)
+        repo.MANIFEST_KIND_VM_XVA, tool_version="0", pool={"uuid": POOL}, xapi_version=None, run_id="r-" + stamp,
+        files={"vm.xva.gz": {"size": len(payload), "digest": repo.digest_of(payload)}}, vm={"uuid": VM},
+        stored_file="vm.xva.gz", started=when, ended=when + datetime.timedelta(seconds=1),
+        ident=created["id"], sequence=created["sequence"])
+    storage.write_json(str(root), os.path.join(directory, repo.MANIFEST_NAME), manifest, exclusive=True)
     return directory
 
 
-def test_helper_and_local_storage_agree(tmp_path, helper_storage):
+def test_helper_over_a_shell_and_local_storage_agree(tmp_path, helper_storage):
+    """The runner's shell path (as over SSH) and LocalStorage (in process and as a subprocess) give the same answers."""
     storage, runner = helper_storage
     good = make(tmp_path, "20261120T010000Z", b"good", storage)
     bad = make(tmp_path, "20261121T010000Z", b"bad!", storage)
+    os.chmod(os.path.join(bad, "vm.xva.gz"), 0o600)
     with open(os.path.join(bad, "vm.xva.gz"), "wb") as handle:
         handle.write(b"BAD!")
     os.makedirs(os.path.join(str(tmp_path), POOL, VM, "20261122T010000Z"))
@@ -65,10 +68,15 @@ def test_helper_and_local_storage_agree(tmp_path, helper_storage):
     assert stat.S_IMODE(os.stat(manifest).st_mode) == 0o600
     remote = repo.list_backups(storage, str(tmp_path))
     local = repo.list_backups(repo.LocalStorage(), str(tmp_path))
-    assert [(b.id, b.complete, b.problem, b.files) for b in remote] == [(b.id, b.complete, b.problem, b.files) for b in local]
-    assert [b.complete for b in remote] == [True, False, False]
+    spawned = repo.list_backups(repo.LocalStorage(in_process=False), str(tmp_path))
+    view = [(b.id, b.status, b.problem, b.files, b.sequence) for b in remote]
+    assert view == [(b.id, b.status, b.problem, b.files, b.sequence) for b in local]
+    assert view == [(b.id, b.status, b.problem, b.files, b.sequence) for b in spawned]
+    assert dict((b.id.rsplit("/", 1)[1], b.complete) for b in remote) == {
+        "20261120T010000Z": True, "20261121T010000Z": False, "20261122T010000Z": False}
     subcommands = [c["subcommand"] for c in runner.calls]
     assert subcommands.count("repo-write") == 2 and "repo-scan" in subcommands and "repo-hash" in subcommands
+    assert subcommands.count("repo-mkbackup") == 2
 
 
 def test_helper_remove_only_backup_directories(tmp_path, helper_storage):

@@ -36,6 +36,9 @@ class B:
         self.owner, self.timestamp, self.complete, self.kind = owner, stamp, complete, kind
         self.pool_uuid = "p"
         self.time = stamp
+        self.sequence = stamp
+        self.status = "complete" if complete else "incomplete"
+        self.future_dated = False
 
     @property
     def id(self):
