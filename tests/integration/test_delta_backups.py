@@ -265,3 +265,25 @@ def test_backup_info_lists_delta_backups_complete_and_vm_import_refuses_them(run
     assert info["backups"] and all(b["complete"] for b in info["backups"]), info["backups"]
     restore = run_task("vm_import", {"vm_uuid": record["uuid"]})
     assert restore.get("failed") and "delta" in restore["msg"], restore
+
+
+def test_signed_repository_chain_and_a_forged_link(run_task, session, work):
+    """With a repository key every delta manifest is signed; an unsigned (forged) newest link is
+    untrusted: the next run does not build on it (full), and prune never removes it."""
+    key = {"repository_key": "k" * 32}
+    # the chain so far is unsigned: untrusted under a key, so the first signed run is a full
+    first = export(run_task, "tiny-running", "s1", **key)
+    second = export(run_task, "tiny-running", "s2", **key)
+    assert first["kind"] == "full" and second["kind"] == "delta", second
+    manifest = manifest_of(second)
+    assert manifest["signature"]["alg"] == "hmac-sha256"
+    # forge: the newest manifest re-written without its signature
+    path = os.path.join(second["path"], "manifest.json")
+    os.chmod(path, 0o600)
+    forged = dict(manifest)
+    forged.pop("signature")
+    with open(path, "w") as handle:
+        json.dump(forged, handle)
+    third = export(run_task, "tiny-running", "s3", **key)
+    assert third["kind"] == "full", third
+    assert os.path.exists(path)
