@@ -165,3 +165,9 @@ POOL ?= sample
 .PHONY: xapisim
 xapisim: venv images
 	$(PY) -m tests.xapisim serve --pool tests/xapisim/pools/$(POOL).yml --state-dir $(TMP)/xapisim-$(POOL)
+
+# ---------------------------------------------------------------- delta backups (issue 12)
+# Full then deltas of the bench image through vm_export mode=delta, restore of the newest point.
+.PHONY: bench-delta
+bench-delta: setup $(IMAGES)/bench.img
+	$(PY) bench/bench_delta.py --image $(IMAGES)/bench.img

@@ -32,6 +32,8 @@ import re
 import subprocess
 import sys
 
+from ansible_collections.xapi.backup.plugins.module_utils import _delta
+
 MANIFEST_FORMAT = 2
 READABLE_FORMATS = (1, 2)
 MANIFEST_NAME = "manifest.json"
@@ -50,7 +52,8 @@ KIND_POOL = "pool"
 # manifest kinds -> the owner directory they live in (vm uuid or "pool"); issue 12 adds "vm-delta": KIND_VM
 MANIFEST_KIND_VM_XVA = "vm-xva"
 MANIFEST_KIND_POOL_DB = "pool-db"
-MANIFEST_KINDS = {MANIFEST_KIND_VM_XVA: KIND_VM, MANIFEST_KIND_POOL_DB: KIND_POOL}
+MANIFEST_KIND_VM_DELTA = _delta.KIND_DELTA  # VHD chains (issue 12), checked further by _delta
+MANIFEST_KINDS = {MANIFEST_KIND_VM_XVA: KIND_VM, MANIFEST_KIND_POOL_DB: KIND_POOL, MANIFEST_KIND_VM_DELTA: KIND_VM}
 DIGEST_ALGORITHMS = ("blake2b", "sha256")
 SIGNATURE_ALG = "hmac-sha256"
 FUTURE_TOLERANCE = 300.0  # seconds: a backup dated further ahead than this is future_dated
@@ -355,7 +358,17 @@ def parse_manifest(data) -> dict:
         raise RepositoryError("manifest has no valid sequence", "BAD_MANIFEST")
     if not isinstance(data.get("id"), str):
         raise RepositoryError("manifest has no id", "BAD_MANIFEST")
+    if data["kind"] == MANIFEST_KIND_VM_DELTA:
+        try:
+            _delta.parse_delta_manifest(data, data["id"])
+        except _delta.ChainError as exc:
+            raise RepositoryError(str(exc), "BAD_MANIFEST")
     return data
+
+
+def is_delta(backup) -> bool:
+    """A vm-delta backup (a link of a VHD chain, issue 12)."""
+    return (backup.manifest or {}).get("kind") == MANIFEST_KIND_VM_DELTA
 
 
 def identity_problem(manifest: dict, ident: str) -> str | None:
@@ -860,4 +873,15 @@ def plan_prune(backups: list, policy: RetentionPolicy, now: datetime.datetime, i
                 plan.remove.append((backup, "incomplete (%s) and older than the grace period" % backup.problem))
             else:
                 plan.keep.append((backup, ["incomplete, within the grace period" if age is not None else "incomplete, age unknown"]))
+    _keep_chain_links(backups, plan)
     return plan
+
+
+def _keep_chain_links(backups: list, plan: PrunePlan) -> None:
+    """Never remove a backup a kept vm-delta backup needs (its base, the base's base...)."""
+    links = {b.id: {"manifest": b.manifest} for b in backups if is_delta(b)}
+    needed = _delta.needed_by(links, {b.id for b, _reasons in plan.keep if b.id in links})
+    for backup, reason in list(plan.remove):
+        if backup.id in needed:
+            plan.remove.remove((backup, reason))
+            plan.keep.append((backup, ["needed by a kept delta backup"]))

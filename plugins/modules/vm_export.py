@@ -72,6 +72,31 @@ options:
   stall_timeout:
     description: Seconds without data from xapi after which the helper gives up (helper default when not set).
     type: int
+  mode:
+    description:
+      - V(full) stores one XVA export per run (C(vm.xva.<ext>)).
+      - V(delta) stores VHD chains (issue 12), one file per disk C(<source-vdi-uuid>.vhd.<ext>) plus the VM's
+        configuration C(metadata.xva) (C(/export_metadata)), in a backup of kind C(vm-delta): a run exports each
+        disk of a new snapshot with C(/export_raw_vdi?format=vhd&base=) the previous backup's snapshot, so only the
+        2 MiB blocks changed since are read and stored. The previous snapshot stays on the pool as the base, found by
+        its C(other_config) tags (C(xapi_backup:delta_base) = its backup id, never by name), and is destroyed only
+        once the new backup is stored.
+      - A delta run makes a full VHD backup instead, and says why in RV(msg), when there is no base snapshot, the
+        base's backup is missing, damaged or not the newest stored one, the stored chain does not end in the base,
+        the VM's disks changed or were resized, O(full_interval) is reached, or xapi refuses the delta. A disk
+        larger than 2040 GiB (the VHD limit) makes it an XVA export.
+      - The kept base snapshot costs space on the SR - on a thick-provisioned (LVM) SR as much as the disks' size.
+      - Restoring a V(delta) backup with M(xapi.backup.vm_import) is not implemented yet (refused before anything
+        is sent); C(xapi-backup-helper import-vdi) imports the chain's disk files, oldest first.
+    type: str
+    choices: [full, delta]
+    default: full
+  full_interval:
+    description:
+      - With O(mode=delta), a full backup at least every O(full_interval) runs (the full plus
+        O(full_interval) - 1 deltas).
+    type: int
+    default: 7
 extends_documentation_fragment:
   - xapi.backup.connection
   - xapi.backup.helper
@@ -148,8 +173,18 @@ run_id:
   description: The run id used.
   returned: when the VM was found, on failure too
   type: str
+kind:
+  description: With O(mode=delta), what was stored - V(full), V(delta) (VHD chain links) or V(xva).
+  returned: with O(mode=delta), on success
+  type: str
+base_backup:
+  description: With O(mode=delta), the backup id a delta is relative to (null for a full).
+  returned: with O(mode=delta), when a backup ran
+  type: str
 snapshot_uuid:
-  description: UUID of the (now destroyed) snapshot that was exported; null for a halted VM.
+  description:
+    - UUID of the snapshot that was exported; null for a halted VM in O(mode=full).
+    - Destroyed afterwards in O(mode=full); kept on the pool as the next base in O(mode=delta).
   returned: success
   type: str
 stale_snapshots_removed:
@@ -226,6 +261,8 @@ def argument_spec():
             verify_existing=dict(type="bool", default=True),
             export_timeout=dict(type="int"),
             stall_timeout=dict(type="int"),
+            mode=dict(type="str", default="full", choices=["full", "delta"]),
+            full_interval=dict(type="int", default=7),
         ),
     )
 

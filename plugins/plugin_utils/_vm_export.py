@@ -86,6 +86,12 @@ class VmExport:
 
     def run(self) -> dict:
         """The task's result; on failure the exception carries ``partial_result`` (VM, run id, pool)."""
+        if self.p.get("mode", "full") == "delta":  # VHD chains: _vm_delta.py (issue 12)
+            from ansible_collections.xapi.backup.plugins.plugin_utils._vm_delta import VmDeltaExport
+            return VmDeltaExport(self.ctx, xva_export=self._run_xva, snapshots=self.snapshots, clock=self.clock).run()
+        return self._run_xva()
+
+    def _run_xva(self) -> dict:
         self.partial = {"vm": self.p["vm"]}
         try:
             return self._run()

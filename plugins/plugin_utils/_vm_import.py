@@ -66,6 +66,14 @@ def resolve_backup(params: dict, backups: list) -> repo.Backup:
     return repo.select_backup(backups, params["vm_uuid"], params.get("timestamp") or "latest")
 
 
+def refuse_delta(backup) -> None:
+    """vm-delta backups (VHD chains, issue 12) are not restored by vm_import yet: say so before any byte."""
+    if repo.is_delta(backup):
+        raise repo.RepositoryError(
+            "backup %s is a delta (VHD chain) backup: vm_import cannot restore it yet; its disks can be imported "
+            "oldest link first with the helper's import-vdi; nothing was sent to xapi" % backup.id, "DELTA_RESTORE_UNSUPPORTED")
+
+
 class VmImport:
     """One vm_import task.  ``ctx`` is a ``_action.ActionContext``."""
 
@@ -106,6 +114,7 @@ class VmImport:
                             key=repo.order_key, reverse=True)
         damaged = []
         for backup in candidates:
+            refuse_delta(backup)
             try:
                 self._verify(backup)
             except repo.RepositoryError as exc:
@@ -132,6 +141,7 @@ class VmImport:
         backup = resolve_backup(p, backups)
         if p.get("state") == "absent":
             return self._absent(backup)
+        refuse_delta(backup)
         if not p.get("backup") and (p.get("timestamp") or "latest") == "latest":
             backup = self._newest_verified(backups, backup.owner)
         else:

@@ -138,6 +138,13 @@ class SimulatorProcess:
         return self.request("POST", "/_sim/vdi_write",
                             {"vdi": vdi_uuid, "offset": offset, "hex": bytes(data).hex()})
 
+    def vm_write_blocks(self, vm_uuid, blocks, seed=0, userdevice=None):
+        """The guest rewrites whole 2 MiB blocks of its disk (vhd.write_vm_blocks)."""
+        body = {"vm": vm_uuid, "blocks": list(blocks), "seed": seed}
+        if userdevice is not None:
+            body["userdevice"] = str(userdevice)
+        return self.request("POST", "/_sim/vm_write_blocks", body)
+
     def vdi_read(self, vdi_uuid, offset=None, length=None):
         """The VDI's bytes (offset/length given) or {size, extents, sha256} of the whole disk."""
         import base64

@@ -359,6 +359,9 @@ class SimRequestHandler(BaseHTTPRequestHandler):
                 return self._send_json(200, sim_state(sim))
             if path == "/_sim/vdi_write" and self.command == "POST":
                 return self._send_json(200, vdi_write(sim, json.loads(self._read_body())))
+            if path == "/_sim/vm_write_blocks" and self.command == "POST":
+                from tests.xapisim.vhd import write_vm_blocks
+                return self._send_json(200, write_vm_blocks(sim, json.loads(self._read_body())))
             if path == "/_sim/vdi_read" and self.command == "GET":
                 query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
                 return self._send_json(200, vdi_read(sim, query))
