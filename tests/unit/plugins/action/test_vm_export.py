@@ -286,3 +286,12 @@ def test_live_owner_records_its_own_export_and_the_rerun_does_not_interfere(setu
     assert out["changed"] is False and out["backup_id"].endswith("20261121T220000Z")
     assert not any(isinstance(e, tuple) for e in snaps.events)  # the owner's snapshot is left to the owner
     assert [c["subcommand"] for c in ctx.runner.calls] == ["status"]
+
+
+def test_helper_may_follow_redirects_only_to_pool_hosts(setup):
+    export, ctx, xapi, _snaps = setup(power_state="Halted")
+    xapi.answers["host.get_all_records"] = {"OpaqueRef:m": {"address": "192.0.2.1"}, "OpaqueRef:s": {"address": "192.0.2.2"}}
+    export.run()
+    args = ctx.runner.calls[0]["args"]
+    allowed = [args[i + 1] for i, a in enumerate(args) if a == "--allow-redirect-host"]
+    assert allowed == ["192.0.2.1", "192.0.2.2"]
