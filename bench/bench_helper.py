@@ -152,7 +152,9 @@ def run_measured(argv, stdin_path=None, stdin_proc_argv=None, out_path=os.devnul
 
 
 def helper_argv(python, *args):
-    return [python, HELPER, "compress"] + list(args)
+    # compared with `zstd -T0` / `pigz` at normal priority: every core, no nice/ionice (the helper's
+    # defaults since issue 14 are half the cores at nice 19 / idle I/O, gentle on dom0)
+    return [python, HELPER, "compress", "--threads", "0", "--nice", "0", "--ionice", "none"] + list(args)
 
 
 def tools(python):

@@ -20,7 +20,7 @@ from ansible_collections.xapi.backup.plugins.module_utils import _repository as 
 from ansible_collections.xapi.backup.plugins.module_utils._selection import find_vm
 from ansible_collections.xapi.backup.plugins.module_utils._snapshots import validate_run_id
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import HANDLER_EXPORT_METADATA, HANDLER_POOL_XMLDBDUMP
-from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts
+from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts, redirect_host_args
 
 
 def metadata_name(vm_uuid: str) -> str:
@@ -68,8 +68,9 @@ def pool_dump(ctx, clock=repo.utcnow) -> dict:
                    files=[os.path.basename(o) for _h, _q, o in plan])
         files = {}
         try:
+            xapi_args = helper_xapi_args(p, xapi.url, ctx.connection_is_local) + redirect_host_args(xapi)
             for handler, query, target in plan:
-                args = helper_xapi_args(p, xapi.url, ctx.connection_is_local) + ["--path", handler, "--out", target]
+                args = xapi_args + ["--path", handler, "--out", target]
                 for item in query:
                     args += ["--query", item]
                 result = ctx.runner.run("fetch", args, session=xapi.session_ref)

@@ -23,7 +23,7 @@ from ansible_collections.xapi.backup.plugins.module_utils import _snapshots
 from ansible_collections.xapi.backup.plugins.module_utils._selection import describe_vm, find_vm
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
-from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts
+from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts, redirect_host_args
 
 BLOCKED_OPERATIONS = ("migrate_send", "pool_migrate")
 BLOCK_REASON = "xapi.backup: export in progress"
@@ -170,7 +170,7 @@ class VmExport:
 
     def _helper_args(self, xapi, vm_uuid, out):
         p = self.p
-        args = helper_xapi_args(p, xapi.url, self.ctx.connection_is_local)
+        args = helper_xapi_args(p, xapi.url, self.ctx.connection_is_local) + redirect_host_args(xapi)
         args += ["--vm", vm_uuid, "--out", out, "--codec", p["codec"]]
         if p.get("level") is not None:
             args += ["--level", str(p["level"])]

@@ -20,7 +20,7 @@ from ansible_collections.xapi.backup.plugins.module_utils import _repository as 
 from ansible_collections.xapi.backup.plugins.module_utils._selection import data_disk_vdis, is_data_disk
 from ansible_collections.xapi.backup.plugins.module_utils._snapshots import TAG_KEYS
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiUsageError
-from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import find_sr, helper_xapi_args, refs_by_uuid_or_name
+from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import find_sr, helper_xapi_args, redirect_host_args, refs_by_uuid_or_name
 
 RESTORED_FROM = "xapi_backup:restored_from"
 RESTORED_TAG = "xapi-backup-restored"
@@ -181,7 +181,8 @@ class VmImport:
 
     def _import(self, xapi, backup, sr_rec):
         p = self.p
-        args = helper_xapi_args(p, xapi.url, self.ctx.connection_is_local) + ["--in", backup.stored_path]
+        args = helper_xapi_args(p, xapi.url, self.ctx.connection_is_local) + redirect_host_args(xapi)
+        args += ["--in", backup.stored_path]
         if sr_rec is not None:
             args += ["--sr", sr_rec["uuid"]]
         if p["preserve_identity"]:

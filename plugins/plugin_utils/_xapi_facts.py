@@ -55,6 +55,18 @@ def helper_xapi_args(params: dict, xapi_url: str, connection_is_local: bool) -> 
     return args
 
 
+def redirect_host_args(xapi) -> list:
+    """``--allow-redirect-host ADDRESS`` for every host of the pool: xapi answers an export or an
+    import with a 302 to the host that sees the SR, and the helper follows a redirect (which
+    carries the session) only to these hosts."""
+    records = xapi.call("host.get_all_records") or {}
+    addresses = sorted(set(str(r.get("address")) for r in records.values() if isinstance(r, dict) and r.get("address")))
+    args = []
+    for address in addresses:
+        args += ["--allow-redirect-host", address]
+    return args
+
+
 def refs_by_uuid_or_name(xapi, cls, text):
     """Refs of the ``cls`` objects ``text`` names: ``[ref]`` when it is the uuid of one, else those
     whose ``name_label`` is exactly ``text`` (none, one or several)."""

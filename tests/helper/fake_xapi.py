@@ -38,6 +38,7 @@ class FakeXapi:
         self.export_task_error = None  # fail the export task after a complete stream
         self.export_http_error = None  # answer 500 and fail the task with this error
         self.redirect_once = False     # first /export or /import gets a 302 to the same server
+        self.redirects = []            # base URLs ("http://localhost:PORT") for the next 302s, in order
         self.import_task_error = None
         self.import_early_answer = True
         self.chunk = 64 * 1024
@@ -144,10 +145,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _redirect(self):
         fake = self.owner
-        if fake.redirect_once:
+        if fake.redirect_once or fake.redirects:
+            # another "host": by default the same server under its other loopback name, same query
+            base = fake.redirects.pop(0) if fake.redirects else "http://localhost:%d" % fake.server.server_address[1]
             fake.redirect_once = False
-            # another "host": the same server under its other loopback name, same query
-            location = "http://localhost:%d%s" % (fake.server.server_address[1], self.path)
+            location = base + self.path
             self.send_response(302)
             self.send_header("Location", location)
             self.send_header("Connection", "close")

@@ -87,7 +87,7 @@ def test_export_writes_a_valid_backup(python, xapi, tmp_path, codec, suffix):
 
 def test_export_follows_redirect_to_another_host(xapi, tmp_path):
     xapi.redirect_once = True
-    result = export(one_python(), xapi, tmp_path / "vm.xva.gz", "--codec", "gzip")
+    result = export(one_python(), xapi, tmp_path / "vm.xva.gz", "--codec", "gzip", "--allow-redirect-host", "localhost")
     assert result.ok, result
     assert len([r for r in xapi.requests if r[0] == "GET"]) == 2
 
@@ -191,7 +191,7 @@ def test_signal_removes_partial_and_cancels_task(python, xapi, tmp_path, sig):
     xapi.stall_seconds = 30
     out = tmp_path / "vm.xva.zst"
     proc = _start_export(python, xapi, out)
-    assert _wait_for(lambda: os.path.exists(str(out) + ".partial"))
+    assert _wait_for(lambda: any(n.startswith(".vm.xva.zst.") and n.endswith(".partial") for n in os.listdir(str(tmp_path))))
     # the session is not visible to other dom0 users through argv
     cmdline = open("/proc/%d/cmdline" % proc.pid, "rb").read()
     assert xapi.session.encode() not in cmdline
@@ -362,7 +362,7 @@ def test_import_server_answering_after_the_body(xapi, stored):
 
 def test_import_redirect(xapi, stored):
     xapi.redirect_once = True
-    result = run_import(one_python(), xapi, stored["zstd"])
+    result = run_import(one_python(), xapi, stored["zstd"], "--allow-redirect-host", "localhost")
     assert result.ok, result
     assert len([r for r in xapi.requests if r[0] == "PUT"]) == 2
 

@@ -321,3 +321,12 @@ def test_manifest_is_signed_on_the_controller_and_the_key_goes_nowhere(setup, tm
     assert repo.signature_problem(manifest, "s3cret-key") is None and manifest["format"] == 2
     assert "s3cret-key" not in text and "s3cret-key" not in json.dumps(ctx.runner.calls) and "s3cret-key" not in json.dumps(out)
     assert out["signed"] is True and out["sequence"] == 1
+
+
+def test_helper_may_follow_redirects_only_to_pool_hosts(setup):
+    export, ctx, xapi, _snaps = setup(power_state="Halted")
+    xapi.answers["host.get_all_records"] = {"OpaqueRef:m": {"address": "192.0.2.1"}, "OpaqueRef:s": {"address": "192.0.2.2"}}
+    export.run()
+    args = ctx.runner.calls[0]["args"]
+    allowed = [args[i + 1] for i, a in enumerate(args) if a == "--allow-redirect-host"]
+    assert allowed == ["192.0.2.1", "192.0.2.2"]

@@ -49,3 +49,22 @@ class B:
 def test_verify_targets(which, expected):
     backups = [B("a", 1), B("a", 2), B("a", 3, complete=False), B("b", 1), B("pool", 1, kind="pool")]
     assert sorted(b.id for b in verify_targets(backups, which)) == expected
+
+
+class _HostsXapi:
+    def __init__(self, records):
+        self.records = records
+        self.calls = []
+
+    def call(self, method, *args):
+        self.calls.append(method)
+        return self.records
+
+
+def test_redirect_host_args_lists_every_pool_host_address_once():
+    from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import redirect_host_args
+    xapi = _HostsXapi({"OpaqueRef:m": {"address": "10.0.0.1"}, "OpaqueRef:s": {"address": "10.0.0.2"},
+                       "OpaqueRef:d": {"address": "10.0.0.1"}, "OpaqueRef:x": {"address": ""}})
+    assert redirect_host_args(xapi) == ["--allow-redirect-host", "10.0.0.1", "--allow-redirect-host", "10.0.0.2"]
+    assert xapi.calls == ["host.get_all_records"]
+    assert redirect_host_args(_HostsXapi(None)) == []
