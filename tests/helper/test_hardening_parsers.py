@@ -215,3 +215,17 @@ def test_heartbeat_keeps_beating_while_progress_is_reported(helper_module, tmp_p
         stop.set()
         reporter.join()
         status.finish({"ok": True})
+
+
+@pytest.mark.parametrize("command", ["verify", "import"])
+def test_a_stored_file_that_is_a_link_is_not_followed(tmp_path, command):
+    """Issue 11 item 9: a link planted as the stored file points outside the repository."""
+    outside = tmp_path / "outside.xva"
+    outside.write_bytes(tar_bytes(sample_xva()[0]))
+    link = tmp_path / "vm.xva"
+    link.symlink_to(outside)
+    args = [command, "--in", str(link)]
+    if command == "import":
+        args += ["--url", "http://127.0.0.1:9"]
+    result = run_measured(one_python(), args, timeout=30, env={"XAPI_SESSION": "OpaqueRef:x"})
+    assert result.code == "NOT_FOLLOWED", result
