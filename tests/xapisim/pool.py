@@ -112,6 +112,8 @@ class PoolBuilder:
         self.add_internal_network()
         for net_cfg in self.config.get("networks") or []:
             self.add_network(net_cfg)
+        for host_cfg in hosts_cfg:
+            self.add_pifs(self.hosts[str(host_cfg["name"])], host_cfg)
         default_sr = None
         for sr_cfg in self.config.get("srs") or []:
             ref = self.add_sr(sr_cfg)
@@ -167,6 +169,22 @@ class PoolBuilder:
             self.sim.meta.setdefault("ports", {})[self.db.get_field("host", ref, "uuid")] = {
                 "port": int(cfg.get("port") or 0), "tls_port": int(cfg.get("tls_port") or 0)}
         return ref
+
+    def add_pifs(self, host_ref, cfg):
+        """Physical NICs (``nics: [eth0, eth1]``, default eth0), the first (or ``management``)
+        carrying management; ethN sits on the network with bridge xenbrN when there is one."""
+        nics = [str(n) for n in (cfg.get("nics") or ["eth0"])]
+        management = str(cfg.get("management", nics[0]))
+        host_uuid = self.db.get_field("host", host_ref, "uuid")
+        for device in nics:
+            bridge = "xenbr" + device[3:] if device.startswith("eth") else ""
+            networks = self.db.find("network", bridge=bridge) if bridge else []
+            self.db.create("PIF", {
+                "device": device, "host": host_ref, "physical": True,
+                "network": networks[0] if networks else NULL_REF,
+                "MAC": mac_from_seed(host_uuid, device), "management": device == management,
+                "currently_attached": True,
+                "ip_configuration_mode": "DHCP" if device == management else "None"})
 
     def add_control_domain(self, host_ref):
         host = self.db.get("host", host_ref)

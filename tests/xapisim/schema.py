@@ -63,6 +63,12 @@ _SPECS = {
     "PBD": """
         uuid s; host r:host; SR r:SR; device_config m; currently_attached b; other_config m rw
     """,
+    "PIF": """
+        uuid s; device s; network r:network; host r:host; MAC s; MTU i; VLAN i; physical b;
+        currently_attached b; ip_configuration_mode e; IP s; netmask s; gateway s; DNS s;
+        management b; other_config m rw; disallow_unplug b; managed b; properties m;
+        capabilities S
+    """,
     "VDI": """
         uuid s; name_label s rw; name_description s rw; allowed_operations S; current_operations m;
         SR r:SR; VBDs R:VBD; crash_dumps R:crashdump; virtual_size i; physical_utilisation i;
@@ -193,6 +199,7 @@ ENUM_DEFAULTS = {
     "pool": {"telemetry_frequency": "weekly", "update_sync_frequency": "weekly"},
     "SR": {"content_type": "user"},
     "PBD": {"currently_attached": True},
+    "PIF": {"ip_configuration_mode": "None", "MTU": 1500, "VLAN": -1, "managed": True},
 }
 
 # One-to-many relations xapi keeps in step: setting the left side (CLS.field = ref) maintains
@@ -205,6 +212,8 @@ RELATIONS = [
     ("VDI", "SR", "SR", "VDIs"),
     ("PBD", "SR", "SR", "PBDs"),
     ("PBD", "host", "host", "PBDs"),
+    ("PIF", "host", "host", "PIFs"),
+    ("PIF", "network", "network", "PIFs"),
     ("VM", "snapshot_of", "VM", "snapshots"),
     ("VDI", "snapshot_of", "VDI", "snapshots"),
     ("VM", "resident_on", "host", "resident_VMs"),

@@ -46,7 +46,13 @@ def load_handlers():
     except ImportError:
         traceback.print_exc()
         return {}
-    return HANDLERS
+    handlers = dict(HANDLERS)
+    try:  # disaster-recovery handlers (database restore, metadata import)
+        from tests.xapisim.http_dr import HANDLERS as DR_HANDLERS
+        handlers.update(DR_HANDLERS)
+    except ImportError:
+        traceback.print_exc()
+    return handlers
 
 
 class HostView:
