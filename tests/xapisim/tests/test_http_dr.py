@@ -192,3 +192,105 @@ def test_real_restore_restarts_on_the_restored_database(source, tmp_path):
         assert not os.path.exists(os.path.join(sim.state_dir, "restore_db.json"))
     finally:
         sim.stop()
+
+
+# ----------------------------------------------------------------------------- /import_metadata
+
+
+@pytest.fixture
+def lost_vm(tmp_path):
+    """Pool A whose VM tiny-halted was exported as metadata, then destroyed (its disks stay)."""
+    sim = start_simulator("tiny", str(tmp_path / "pool"))
+    session = sim.session()
+    x, sid = session.xenapi, session._session
+    vm = x.VM.get_by_name_label("tiny-halted")[0]
+    record = x.VM.get_record(vm)
+    vdis = [x.VBD.get_VDI(v) for v in record["VBDs"] if x.VBD.get_type(v) == "Disk"]
+    macs = sorted(x.VIF.get_MAC(v) for v in record["VIFs"])
+    status, metadata = _request(sim.url, "GET", "/export_metadata",
+                                {"session_id": sid, "uuid": record["uuid"],
+                                 "export_snapshots": "false"})
+    assert status == 200
+    x.VM.destroy(vm)
+    sim.lost = {"uuid": record["uuid"], "vdis": sorted(x.VDI.get_uuid(v) for v in vdis),
+                "vdi_refs": vdis, "macs": macs, "metadata": metadata, "record": record}
+    yield sim, x, sid
+    session.xenapi.session.logout()
+    sim.stop()
+
+
+def _vm_disks(x, vm):
+    return sorted(x.VDI.get_uuid(x.VBD.get_VDI(v)) for v in x.VM.get_VBDs(vm)
+                  if x.VBD.get_type(v) == "Disk")
+
+
+def test_metadata_dry_run_creates_nothing(lost_vm):
+    sim, x, sid = lost_vm
+    before = _db_tables(sim)
+    _status, task = _put(sim, x, sid, "/import_metadata", sim.lost["metadata"],
+                         restore="true", dry_run="true")
+    assert task["status"] == "success", task["error_info"]
+    assert "OpaqueRef" not in task["result"]
+    assert _db_tables(sim) == before
+
+
+def test_metadata_import_brings_the_vm_back_on_its_own_disks(lost_vm):
+    sim, x, sid = lost_vm
+    vdis_before = _db_tables(sim)["VDI"]
+    _status, task = _put(sim, x, sid, "/import_metadata", sim.lost["metadata"], restore="true")
+    assert task["status"] == "success", task["error_info"]
+    vm = x.VM.get_by_uuid(sim.lost["uuid"])
+    assert task["result"].count("OpaqueRef") == 1 and vm in task["result"]
+    assert _vm_disks(x, vm) == sim.lost["vdis"]
+    assert sorted(x.VIF.get_MAC(v) for v in x.VM.get_VIFs(vm)) == sim.lost["macs"]
+    record = x.VM.get_record(vm)
+    for field in ("name_label", "VCPUs_max", "memory_static_max"):
+        assert record[field] == sim.lost["record"][field]
+    assert _db_tables(sim)["VDI"].keys() == vdis_before.keys()  # no disk created
+
+
+def test_metadata_import_with_a_missing_disk_fails_and_creates_nothing(lost_vm):
+    sim, x, sid = lost_vm
+    gone = sim.lost["vdi_refs"][0]
+    sr, location = x.VDI.get_SR(gone), x.VDI.get_location(gone)
+    x.VDI.destroy(gone)
+    before = _db_tables(sim)
+    for dry_run in ("true", "false"):
+        _status, task = _put(sim, x, sid, "/import_metadata", sim.lost["metadata"],
+                             restore="true", dry_run=dry_run)
+        assert task["error_info"] == ["VDI_LOCATION_MISSING", sr, location]
+        assert _db_tables(sim) == before
+
+
+def test_metadata_import_force_skips_the_missing_disk(lost_vm):
+    sim, x, sid = lost_vm
+    x.VDI.destroy(sim.lost["vdi_refs"][0])
+    _status, task = _put(sim, x, sid, "/import_metadata", sim.lost["metadata"],
+                         restore="true", force="true")
+    assert task["status"] == "success", task["error_info"]
+    vm = x.VM.get_by_uuid(sim.lost["uuid"])
+    kept = x.VDI.get_uuid(sim.lost["vdi_refs"][1])
+    assert _vm_disks(x, vm) == [kept]
+
+
+def test_metadata_import_follows_the_vdi_map(lost_vm):
+    sim, x, sid = lost_vm
+    original = sim.lost["vdi_refs"][0]
+    copy = x.VDI.copy(original, x.VDI.get_SR(original))
+    original_uuid, copy_uuid = x.VDI.get_uuid(original), x.VDI.get_uuid(copy)
+    x.VDI.destroy(original)
+    query = {"restore": "true", "vdi:" + original_uuid: copy_uuid}
+    _status, task = _put(sim, x, sid, "/import_metadata", sim.lost["metadata"], **query)
+    assert task["status"] == "success", task["error_info"]
+    vm = x.VM.get_by_uuid(sim.lost["uuid"])
+    assert copy_uuid in _vm_disks(x, vm) and original_uuid not in _vm_disks(x, vm)
+
+
+def test_metadata_import_over_a_running_vm_is_refused(lost_vm):
+    sim, x, sid = lost_vm
+    _put(sim, x, sid, "/import_metadata", sim.lost["metadata"], restore="true")
+    vm = x.VM.get_by_uuid(sim.lost["uuid"])
+    x.VM.start(vm, False, False)
+    _status, task = _put(sim, x, sid, "/import_metadata", sim.lost["metadata"],
+                         restore="true", dry_run="true")
+    assert task["error_info"] == ["VM_BAD_POWER_STATE", vm, "halted", "running"]
