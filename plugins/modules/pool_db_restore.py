@@ -101,6 +101,16 @@ source_pool:
   description: C(uuid) and C(name) of the backed-up pool.
   returned: success
   type: dict
+hosts_to_forget:
+  description: Names of the member hosts in the dump; a restore forgets them (re-join them afterwards).
+  returned: success
+  type: list
+  elements: str
+srs_in_dump:
+  description: Names of the SRs the dump knows.
+  returned: success
+  type: list
+  elements: str
 dry_run:
   description: Result of xapi's dry run (C(ok), C(msg)).
   returned: success

@@ -34,6 +34,15 @@ def choose_dump(ctx) -> repo.Backup:
     return repo.select_backup(backups, repo.POOL_DIR, p.get("backup") or "latest")
 
 
+def dump_info(ctx, dump: repo.Backup) -> dict:
+    """Pool, hosts and SRs of the stored dump, read by the helper where the repository lives (the
+    file must still have the manifest's sha256)."""
+    args = ["--in", dump.stored_path]
+    if (dump.manifest or {}).get("sha256"):
+        args += ["--sha256", dump.manifest["sha256"]]
+    return ctx.runner.run("dump-info", args)
+
+
 def push_dump(ctx, xapi, path: str, dry_run: bool) -> dict:
     args = helper_xapi_args(ctx.params, xapi.url, ctx.connection_is_local)
     args += ["--path", HANDLER_POOL_XMLDBDUMP, "--in", path, "--query", "dry_run=%s" % ("true" if dry_run else "false")]
@@ -78,6 +87,9 @@ def pool_db_restore(ctx, clock=time.monotonic, sleep=time.sleep) -> dict:
     source = (dump.manifest or {}).get("pool") or {}
     out = {"backup_id": dump.id, "source_pool": {"uuid": dump.pool_uuid, "name": source.get("name")},
            "dump_sha256": (dump.manifest or {}).get("sha256"), "changed": False}
+    info = dump_info(ctx, dump)
+    out["hosts_to_forget"] = [h["name_label"] for h in info.get("hosts") or [] if not h.get("is_master")]
+    out["srs_in_dump"] = [s["name_label"] for s in info.get("srs") or []]
     with ctx.xapi() as xapi:  # the dry run writes nothing, so it runs in check mode too
         target = pool_facts(xapi)
         out["target_before"] = {"pool_uuid": target["uuid"], "pool_name": target["name"]}

@@ -105,6 +105,7 @@ def test_dry_run_changes_nothing_and_restore_needs_confirmation(lost_pool):
         out = _playbook(inventory, "xapi.backup.dr_pool_db_restore", *source.split(), env=env)
         assert "dry run passed" in out and "xapi accepted the dump" in out
         assert "nothing was changed" in out
+        assert "member hosts a restore forgets: tiny-member" in out
         out = _playbook(inventory, "xapi.backup.dr_pool_db_restore", *source.split(), "-e", "xapi_backup_dr_mode=restore",
                         env=env)
         assert "needs confirm=true" in out
