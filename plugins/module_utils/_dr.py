@@ -71,7 +71,7 @@ class DrRefused(XapiError):
     """A xapi refusal of a DR step, told in plain words (code and params kept for ``error``)."""
 
     def __str__(self):
-        sentence = plain_words(self.code, self.params)
+        sentence = plain_words(self.code, self.params) or "xapi refused the request"
         text = "%s [%s%s]" % (sentence, self.code, " " + " ".join(self.params) if self.params else "")
         if self.method:
             text = "%s refused: %s" % (self.method, text)
@@ -143,3 +143,130 @@ def restored_pool_report(pool: dict, hosts: dict, pbds: dict, srs: dict, vms: di
         "running_vms": running,
         "next_steps": steps,
     }
+
+
+# ---------------------------------------------------------------- metadata import
+
+_METADATA_RE = re.compile(r"^vm-([0-9a-fA-F-]{36})\.metadata\.xva$")
+
+
+def metadata_files(manifest: dict, directory: str) -> dict:
+    """``{vm uuid: {"file", "path", "sha256"}}`` of the VM metadata a pool dump's manifest lists."""
+    found = {}
+    for name, meta in sorted((manifest.get("files") or {}).items()):
+        match = _METADATA_RE.match(name)
+        if match and isinstance(meta, dict):
+            found[match.group(1).lower()] = {"file": name, "path": directory.rstrip("/") + "/" + name,
+                                             "sha256": meta.get("sha256")}
+    return found
+
+
+def _start_key(vm: dict):
+    """Start priority: VM.order ascending (xapi starts lower orders first), then name, then uuid."""
+    try:
+        order = int(vm.get("order") or 0)
+    except (TypeError, ValueError):
+        order = 0
+    return (order, vm.get("name") or "", vm["uuid"])
+
+
+def import_plan(files: dict, dump_vms: list, wanted: list) -> dict:
+    """Which VMs to import, in start order: ``items`` (with their metadata file) and ``missing``
+    (asked for, but the dump holds no metadata for them: reported as failed).
+
+    ``wanted`` names VMs by uuid or by exact name as the dump knows them; empty means every VM
+    whose metadata the dump holds.
+    """
+    by_uuid = {str(v.get("uuid") or "").lower(): v for v in dump_vms}
+    names = {}
+    for vm in dump_vms:
+        names.setdefault(vm.get("name_label"), []).append(str(vm.get("uuid") or "").lower())
+    chosen, missing = [], []
+    for text in wanted or sorted(files):
+        key = str(text).lower()
+        uuids = [key] if key in by_uuid or key in files else names.get(text, [])
+        if len(uuids) != 1:
+            missing.append({"uuid": None, "name": text, "file": None, "status": "failed",
+                            "reason": "%s VM(s) of the dump are named %r; give the uuid" % (len(uuids), text)
+                            if uuids else "no VM %r in the dump" % text})
+            continue
+        chosen.append(uuids[0])
+    items = []
+    for uuid in dict.fromkeys(chosen):
+        vm = by_uuid.get(uuid, {})
+        entry = {"uuid": uuid, "name": vm.get("name_label"), "order": vm.get("order"),
+                 "start_delay": vm.get("start_delay")}
+        if uuid not in files:
+            missing.append(dict(entry, file=None, status="failed", reason="the dump holds no metadata of this VM"))
+            continue
+        items.append(dict(entry, **files[uuid]))
+    items.sort(key=_start_key)
+    return {"items": items, "missing": missing}
+
+
+def summarise_imports(results: list) -> dict:
+    counts = {}
+    for item in results:
+        counts[item["status"]] = counts.get(item["status"], 0) + 1
+    failed = [r.get("name") or r.get("uuid") for r in results if r["status"] == "failed"]
+    line = "%d imported, %d would import, %d already present, %d failed" % (
+        counts.get("imported", 0), counts.get("would import", 0), counts.get("present", 0), len(failed))
+    if failed:
+        line += " (%s)" % ", ".join(str(f) for f in failed)
+    return {"imported": counts.get("imported", 0), "would_import": counts.get("would import", 0),
+            "present": counts.get("present", 0), "failed": len(failed), "failed_vms": failed, "line": line}
+
+
+# ---------------------------------------------------------------- SR re-attach
+
+
+def default_sr_selection(dump_srs: list) -> list:
+    """The SRs a pool-lost recovery re-attaches by default: shared, not ISO libraries."""
+    return [s for s in dump_srs if s.get("shared") and s.get("content_type") != "iso"]
+
+
+def select_srs(dump_srs: list, wanted: list) -> tuple[list, list]:
+    """(chosen SRs of the dump, problems) for ``wanted`` (uuids or exact names; empty = default)."""
+    if not wanted:
+        return default_sr_selection(dump_srs), []
+    chosen, problems = [], []
+    for text in wanted:
+        found = [s for s in dump_srs if str(s.get("uuid")).lower() == str(text).lower()] or \
+                [s for s in dump_srs if s.get("name_label") == text]
+        if len(found) != 1:
+            problems.append("%s SR(s) of the dump match %r" % (len(found), text))
+        elif found[0] not in chosen:
+            chosen.append(found[0])
+    return chosen, problems
+
+
+def sr_steps(dump_sr: dict, sr_ref: str | None, pbds: dict, hosts: dict, master: str, override: dict) -> dict:
+    """What re-attaching one SR takes: ``{"status", "reason", "steps": [(call, host ref or None)]}``.
+
+    ``sr_ref`` is the pool's SR with the dump SR's uuid (or None); ``pbds`` the pool's PBD
+    records; ``hosts`` its host records; a shared SR gets a PBD on every host, another one on the master.
+    Secrets are not in the dump: every ``secret_keys`` key must be given in ``override``.
+    """
+    missing = [k for k in dump_sr.get("secret_keys") or [] if not (override or {}).get(k)]
+    if missing:
+        return {"status": "failed", "steps": [],
+                "reason": "the device config needs %s, which the dump does not give out: pass it in device_config"
+                          % ", ".join(missing)}
+    targets = sorted(hosts) if dump_sr.get("shared") else [master]
+    steps = []
+    if sr_ref is None:
+        steps.append(("SR.introduce", None))
+    attached = {p.get("host"): p for p in pbds.values() if sr_ref is not None and p.get("SR") == sr_ref}
+    for host in targets:
+        pbd = attached.get(host)
+        if pbd is None:
+            steps += [("PBD.create", host), ("PBD.plug", host)]
+        elif not pbd.get("currently_attached"):
+            steps.append(("PBD.plug", host))
+    if steps:
+        steps.append(("SR.scan", None))
+    if not steps:
+        return {"status": "present", "steps": [], "reason": "already attached on every host"}
+    return {"status": "would attach" if sr_ref is None else "would repair", "steps": steps,
+            "reason": "introduce the SR, create and plug its PBDs, scan" if sr_ref is None
+            else "create or plug the missing PBDs, scan"}

@@ -43,9 +43,11 @@ def dump_info(ctx, dump: repo.Backup) -> dict:
     return ctx.runner.run("dump-info", args)
 
 
-def push_dump(ctx, xapi, path: str, dry_run: bool) -> dict:
+def push_dump(ctx, xapi, dump: repo.Backup, dry_run: bool) -> dict:
     args = helper_xapi_args(ctx.params, xapi.url, ctx.connection_is_local)
-    args += ["--path", HANDLER_POOL_XMLDBDUMP, "--in", path, "--query", "dry_run=%s" % ("true" if dry_run else "false")]
+    args += ["--path", HANDLER_POOL_XMLDBDUMP, "--in", dump.stored_path, "--query", "dry_run=%s" % ("true" if dry_run else "false")]
+    if (dump.manifest or {}).get("sha256"):
+        args += ["--sha256", dump.manifest["sha256"]]
     try:
         return ctx.runner.run("push", args, session=xapi.session_ref)
     except HelperError as exc:
@@ -93,7 +95,7 @@ def pool_db_restore(ctx, clock=time.monotonic, sleep=time.sleep) -> dict:
     with ctx.xapi() as xapi:  # the dry run writes nothing, so it runs in check mode too
         target = pool_facts(xapi)
         out["target_before"] = {"pool_uuid": target["uuid"], "pool_name": target["name"]}
-        push_dump(ctx, xapi, dump.stored_path, dry_run=True)
+        push_dump(ctx, xapi, dump, dry_run=True)
         out["dry_run"] = {"ok": True, "msg": "xapi accepted the dump (schema version and network devices match)"}
         do_restore, reason = restore_decision(p.get("mode", "dry_run"), bool(p.get("confirm")), ctx.check_mode)
         if not do_restore:
@@ -101,7 +103,7 @@ def pool_db_restore(ctx, clock=time.monotonic, sleep=time.sleep) -> dict:
             out["would_restore"] = p.get("mode") == "restore"
             return out
         started = clock()
-        push_dump(ctx, xapi, dump.stored_path, dry_run=False)
+        push_dump(ctx, xapi, dump, dry_run=False)
     out["changed"] = True
     out["waited_seconds"] = round(wait_for_restored_pool(ctx, dump.pool_uuid, clock, sleep), 1)
     out["restored"] = report_restored_pool(ctx)

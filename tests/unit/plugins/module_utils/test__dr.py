@@ -88,3 +88,81 @@ def test_restored_pool_report_names_forgotten_members_and_unplugged_srs():
     assert report["vm_count"] == 1 and report["running_vms"] == []
     assert any("pool-join master-address=10.0.0.1" in s for s in report["next_steps"])
     assert any("pbd-plug" in s for s in report["next_steps"])
+
+
+# ---------------------------------------------------------------- metadata import planning
+
+U1 = "11111111-1111-1111-1111-111111111111"
+U2 = "22222222-2222-2222-2222-222222222222"
+U3 = "33333333-3333-3333-3333-333333333333"
+
+
+def test_metadata_files_only_takes_vm_metadata_names():
+    manifest = {"files": {"pool-db.xml": {"sha256": "a"}, "vm-%s.metadata.xva" % U1: {"sha256": "b"},
+                          "vm-../../etc.metadata.xva": {"sha256": "c"}, "vm-%s.metadata.xva.partial" % U2: {}}}
+    files = _dr.metadata_files(manifest, "/repo/p/pool/T/")
+    assert list(files) == [U1]
+    assert files[U1] == {"file": "vm-%s.metadata.xva" % U1, "path": "/repo/p/pool/T/vm-%s.metadata.xva" % U1, "sha256": "b"}
+
+
+def test_import_plan_orders_by_vm_order_and_reports_what_is_missing():
+    files = {u: {"file": "f" + u, "path": "/p/" + u, "sha256": None} for u in (U1, U2)}
+    vms = [{"uuid": U1, "name_label": "web", "order": "2"}, {"uuid": U2, "name_label": "db", "order": "1"},
+           {"uuid": U3, "name_label": "web", "order": "0"}]
+    plan = _dr.import_plan(files, vms, [])
+    assert [i["name"] for i in plan["items"]] == ["db", "web"] and plan["missing"] == []
+    plan = _dr.import_plan(files, vms, ["web", "db", U3, "nope"])
+    assert [i["uuid"] for i in plan["items"]] == [U2]
+    reasons = sorted(m["reason"] for m in plan["missing"])
+    assert reasons == ["2 VM(s) of the dump are named 'web'; give the uuid", "no VM 'nope' in the dump",
+                       "the dump holds no metadata of this VM"]
+
+
+def test_summarise_imports():
+    summary = _dr.summarise_imports([{"status": "imported", "name": "a"}, {"status": "failed", "name": "b"},
+                                     {"status": "present", "name": "c"}])
+    assert summary["line"] == "1 imported, 0 would import, 1 already present, 1 failed (b)"
+    assert summary["failed_vms"] == ["b"]
+
+
+# ---------------------------------------------------------------- SR re-attach planning
+
+HOSTS = {"h1": {}, "h2": {}}
+
+
+def test_select_srs_default_is_shared_non_iso():
+    srs = [{"uuid": U1, "name_label": "nfs", "shared": True, "content_type": "user"},
+           {"uuid": U2, "name_label": "local", "shared": False, "content_type": "user"},
+           {"uuid": U3, "name_label": "isos", "shared": True, "content_type": "iso"}]
+    assert [s["name_label"] for s in _dr.select_srs(srs, [])[0]] == ["nfs"]
+    chosen, problems = _dr.select_srs(srs, ["local", U3.upper(), "gone"])
+    assert [s["name_label"] for s in chosen] == ["local", "isos"]
+    assert problems == ["0 SR(s) of the dump match 'gone'"]
+
+
+def test_sr_steps_for_a_new_shared_sr_attach_every_host():
+    plan = _dr.sr_steps({"shared": True}, None, {}, HOSTS, "h1", {})
+    assert plan["status"] == "would attach"
+    assert plan["steps"] == [("SR.introduce", None), ("PBD.create", "h1"), ("PBD.plug", "h1"),
+                             ("PBD.create", "h2"), ("PBD.plug", "h2"), ("SR.scan", None)]
+
+
+def test_sr_steps_local_sr_goes_to_the_master_only():
+    plan = _dr.sr_steps({"shared": False}, None, {}, HOSTS, "h2", {})
+    assert [s for s in plan["steps"] if s[1]] == [("PBD.create", "h2"), ("PBD.plug", "h2")]
+
+
+def test_sr_steps_present_and_repair():
+    pbds = {"p1": {"host": "h1", "SR": "sr", "currently_attached": True},
+            "p2": {"host": "h2", "SR": "sr", "currently_attached": True}}
+    assert _dr.sr_steps({"shared": True}, "sr", pbds, HOSTS, "h1", {})["status"] == "present"
+    pbds["p2"]["currently_attached"] = False
+    plan = _dr.sr_steps({"shared": True}, "sr", pbds, HOSTS, "h1", {})
+    assert plan["status"] == "would repair" and plan["steps"] == [("PBD.plug", "h2"), ("SR.scan", None)]
+
+
+def test_sr_steps_refuse_without_the_secret():
+    sr = {"shared": True, "secret_keys": ["chappassword"]}
+    plan = _dr.sr_steps(sr, None, {}, HOSTS, "h1", {})
+    assert plan["status"] == "failed" and "chappassword" in plan["reason"] and plan["steps"] == []
+    assert _dr.sr_steps(sr, None, {}, HOSTS, "h1", {"chappassword": "x"})["status"] == "would attach"
