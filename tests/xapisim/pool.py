@@ -207,25 +207,38 @@ class PoolBuilder:
         return ref
 
     def add_sr(self, cfg):
+        """An SR; with ``location: DIR`` its volumes live in DIR instead of the state dir, and
+        a DIR that already holds an SR (its ``sr.json``) is attached: same SR uuid, its VDIs
+        found by SR.scan with their uuids (an SR that outlived another simulated pool)."""
         name = str(cfg["name"])
         sr_type = str(cfg.get("type", "ext"))
         content_type = str(cfg.get("content_type", "iso" if sr_type == "iso" else "user"))
         shared = bool(cfg.get("shared", "host" not in cfg))
+        location = os.path.abspath(str(cfg["location"])) if cfg.get("location") else None
+        existing = self.sim.storage.read_sr_metadata(location) if location else None
+        sr_uuid = str(existing["sr_uuid"] if existing else cfg.get("uuid") or uuidlib.uuid4())
+        size = int(existing["physical_size"]) if existing and "size" not in cfg else \
+            parse_size(cfg.get("size", "100GiB"))
         ref = self.db.create("SR", {
-            "uuid": str(cfg.get("uuid") or uuidlib.uuid4()), "name_label": name,
+            "uuid": sr_uuid, "name_label": name,
             "name_description": str(cfg.get("description", "")), "type": sr_type,
             "content_type": content_type, "shared": shared,
-            "physical_size": parse_size(cfg.get("size", "100GiB")),
+            "physical_size": size,
             "other_config": dict(cfg.get("other_config") or {}),
             "sm_config": {"allocation": "thick" if sr_type in THICK else "thin"}
             if sr_type != "iso" else {},
             "tags": list(cfg.get("tags") or []),
             "allowed_operations": ["vdi_create", "vdi_destroy", "vdi_snapshot", "vdi_clone",
                                    "scan", "update"]})
+        directory = location or self.sim.storage.sr_dir(sr_uuid)
+        os.makedirs(directory, exist_ok=True)
+        self.sim.storage.attach_sr_dir(sr_uuid, directory)
         hosts = [self.hosts[str(cfg["host"])]] if "host" in cfg else list(self.hosts.values())
         for host_ref in hosts:
             self.db.create("PBD", {"host": host_ref, "SR": ref, "currently_attached": True,
-                                   "device_config": {"location": "/var/run/sr-mount/%s" % name}})
+                                   "device_config": {"location": directory}})
+        if existing:
+            self.sim.storage.scan_sr(ref)
         self.srs[name] = ref
         for iso in cfg.get("isos") or []:
             vdi = self.add_disk(ref, dict(iso, type="user"), "%s" % iso["name"])

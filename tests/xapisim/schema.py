@@ -104,6 +104,7 @@ class ClassInfo:
         self.gen_constructor_destructor = spec["gen_constructor_destructor"]
         self.in_db = spec["in_db"]
         self.published = spec["published"]
+        self.expose_get_all_records = spec.get("expose_get_all_records", True)
 
 
 def _build():
@@ -157,6 +158,7 @@ RELATIONS = [
     ("VM", "resident_on", "host", "resident_VMs"),
     ("VM", "parent", "VM", "children"),
     ("task", "subtask_of", "task", "subtasks"),
+    ("VM", "appliance", "VM_appliance", "VMs"),
 ]
 
 # xapi does not keep these tables across a toolstack restart (datamodel: persist=PersistNothing).
