@@ -110,8 +110,9 @@ class PoolBuilder:
             "cpu_info": {"cpu_count": str(4 * len(hosts_cfg)), "vendor": "GenuineIntel"},
         })
         self.add_internal_network()
-        for net_cfg in self.config.get("networks") or []:
+        for index, net_cfg in enumerate(self.config.get("networks") or []):
             self.add_network(net_cfg)
+            self.add_pifs(self.networks[str(net_cfg["name"])], index)
         default_sr = None
         for sr_cfg in self.config.get("srs") or []:
             ref = self.add_sr(sr_cfg)
@@ -205,6 +206,21 @@ class PoolBuilder:
             "other_config": dict(cfg.get("other_config") or {}), "purpose": []})
         self.networks[name] = ref
         return ref
+
+    def add_pifs(self, network_ref, index):
+        """Each host's physical NIC eth<index> on the network (eth0 is the management
+        interface, on the host's address), as a host installer leaves them."""
+        for host_ref in self.hosts.values():
+            address = self.db.get_field("host", host_ref, "address")
+            management = index == 0
+            self.db.create("PIF", {
+                "device": "eth%d" % index, "network": network_ref, "host": host_ref,
+                "MAC": mac_from_seed(host_ref, index), "MTU": 1500, "VLAN": -1,
+                "physical": True, "currently_attached": True, "management": management,
+                "ip_configuration_mode": "Static" if management else "None",
+                "IP": address if management else "", "netmask": "255.0.0.0" if management
+                else "", "managed": True, "primary_address_type": "IPv4",
+                "device_name": "eth%d" % index})
 
     def add_sr(self, cfg):
         """An SR; with ``location: DIR`` its volumes live in DIR instead of the state dir, and

@@ -159,6 +159,8 @@ RELATIONS = [
     ("VM", "parent", "VM", "children"),
     ("task", "subtask_of", "task", "subtasks"),
     ("VM", "appliance", "VM_appliance", "VMs"),
+    ("PIF", "host", "host", "PIFs"),
+    ("PIF", "network", "network", "PIFs"),
 ]
 
 # xapi does not keep these tables across a toolstack restart (datamodel: persist=PersistNothing).

@@ -22,6 +22,7 @@ import re
 import xml.etree.ElementTree as ElementTree
 
 from tests.xapisim.api import DESTROY_HOOKS, api_method, check_value, constructor_fields
+from tests.xapisim.db import now_datetime
 from tests.xapisim.errors import XapiError
 from tests.xapisim.ops import VmOperation
 from tests.xapisim.schema import CLASSES, NULL_REF
@@ -153,6 +154,15 @@ for _kind in ("static", "dynamic"):
     for _bound in ("min", "max"):
         api_method("VM.set_memory_%s_%s" % (_kind, _bound), 3, async_ok=True)(
             _one_bound(_kind, _bound))
+
+
+@api_method("VM.set_HVM_boot_policy", 3)
+def vm_set_hvm_boot_policy(call, vm, value):
+    """xapi_vm.ml: the domain type follows (derive_domain_type: "" is PV, anything else HVM)."""
+    vm_ref = call.ref("VM", vm)
+    value = check_value(CLASSES["VM"]["HVM_boot_policy"], value, "value")
+    call.db.update("VM", vm_ref, HVM_boot_policy=value, domain_type="pv" if value == "" else "hvm")
+    return ""
 
 
 # ------------------------------------------------------------------------------ start order
@@ -499,3 +509,19 @@ def _sub_call(call):
     from tests.xapisim.api import Call
     return Call(call.host, call.method, call.session)
 
+
+
+# ------------------------------------------------------------------------------ blob
+@api_method("blob.create", (2, 3))
+def blob_create(call, mime_type, public=False):
+    """xapi_blob.ml create: an empty blob (its content goes through HTTP /blob, not modelled)."""
+    mime_type = check_value(CLASSES["blob"]["mime_type"], mime_type, "mime_type")
+    public = check_value(CLASSES["blob"]["public"], public, "public")
+    return call.db.create("blob", {"mime_type": mime_type, "public": public, "size": 0,
+                                   "last_updated": now_datetime()})
+
+
+@api_method("blob.destroy", 2)
+def blob_destroy(call, blob):
+    call.db.delete("blob", call.ref("blob", blob))
+    return ""
