@@ -116,16 +116,16 @@ def test_dry_run_changes_nothing_and_restore_needs_confirmation(lost_pool):
 
 
 def test_a_refusal_is_told_in_plain_words_and_changes_nothing(lost_pool, tmp_path):
-    target = tmp_path / "mgmt-on-eth1.yml"
-    target.write_text((Path(__file__).resolve().parents[1] / "xapisim" / "pools" / "dr-target.yml").read_text()
-                      .replace("nics: [eth0, eth1]}", "nics: [eth0, eth1], management: eth1}"))
-    sim, env, inventory = _reinstalled(lost_pool, "b-mgmt", str(target))
+    target = tmp_path / "no-nic.yml"  # a host whose NICs are not the backed-up master's (here: none)
+    text = (Path(__file__).resolve().parents[1] / "xapisim" / "pools" / "dr-target.yml").read_text()
+    target.write_text(text.split("networks:")[0] + "srs:" + text.split("srs:")[1])
+    sim, env, inventory = _reinstalled(lost_pool, "b-nic", str(target))
     try:
         before = _tables(sim)
         out = _playbook(inventory, "xapi.backup.dr_pool_db_restore", "-e", "xapi_backup_dr_source_pool=%s" % lost_pool["pool_uuid"],
                         "-e", "xapi_backup_dr_mode=restore", "-e", "xapi_backup_dr_confirm=true", env=env, expect_rc=1)
-        assert "management interface is not one of the backed-up master's interfaces (eth0)" in out
-        assert "RESTORE_TARGET_MGMT_IF_NOT_IN_BACKUP" in out
+        assert "the backed-up master had a physical network interface eth0 that this host does not have" in out
+        assert "RESTORE_TARGET_MISSING_DEVICE eth0" in out
         assert _tables(sim) == before
     finally:
         sim.stop()

@@ -104,6 +104,7 @@ class ClassInfo:
         self.gen_constructor_destructor = spec["gen_constructor_destructor"]
         self.in_db = spec["in_db"]
         self.published = spec["published"]
+        self.expose_get_all_records = spec.get("expose_get_all_records", True)
 
 
 def _build():
@@ -140,7 +141,6 @@ ENUM_DEFAULTS = {
     "pool": {"telemetry_frequency": "weekly", "update_sync_frequency": "weekly"},
     "SR": {"content_type": "user"},
     "PBD": {"currently_attached": True},
-    "PIF": {"ip_configuration_mode": "None", "MTU": 1500, "VLAN": -1, "managed": True},
 }
 
 # One-to-many relations xapi keeps in step: setting the left side (CLS.field = ref) maintains
@@ -153,13 +153,14 @@ RELATIONS = [
     ("VDI", "SR", "SR", "VDIs"),
     ("PBD", "SR", "SR", "PBDs"),
     ("PBD", "host", "host", "PBDs"),
-    ("PIF", "host", "host", "PIFs"),
-    ("PIF", "network", "network", "PIFs"),
     ("VM", "snapshot_of", "VM", "snapshots"),
     ("VDI", "snapshot_of", "VDI", "snapshots"),
     ("VM", "resident_on", "host", "resident_VMs"),
     ("VM", "parent", "VM", "children"),
     ("task", "subtask_of", "task", "subtasks"),
+    ("VM", "appliance", "VM_appliance", "VMs"),
+    ("PIF", "host", "host", "PIFs"),
+    ("PIF", "network", "network", "PIFs"),
 ]
 
 # xapi does not keep these tables across a toolstack restart (datamodel: persist=PersistNothing).

@@ -191,7 +191,7 @@ class Source:
                 if j >= len(toks) or toks[j].text != "=":
                     continue
                 body_end = self._body_end(toks, j + 1)
-                self.lets.setdefault(name, []).append((fname, k, params, toks[j + 1:body_end]))
+                self.lets.setdefault(name, []).append((fname, tok.pos, params, toks[j + 1:body_end]))
 
     @staticmethod
     def _body_end(toks, i):
@@ -215,7 +215,8 @@ class Source:
         return len(toks)
 
     def lookup(self, name, fname=None, before=None):
-        """The binding of ``name``: the last one before ``before`` in the same file, else the
+        """The binding of ``name``: the last one before character offset ``before`` in the
+        same file, else the
         last one in datamodel_common.ml / datamodel_types.ml, else any."""
         found = self.lets.get(name.split(".")[-1], [])
         same = [b for b in found if b[0] == fname and (before is None or b[1] < before)]
@@ -521,7 +522,7 @@ class Extractor:
                 cname = string_value(value) if value.kind == "str" else \
                     self.class_names.get(value.text)
                 if cname == cls:
-                    return fname, k, labels
+                    return fname, tok.pos, labels
         return self.find_record_class(cls)
 
     def find_record_class(self, cls):
@@ -547,7 +548,7 @@ class Extractor:
                             j = vend
                         else:
                             j += 1
-                    return fname, k, labels
+                    return fname, tok.pos, labels
         raise ValueError("class %s not found" % cls)
 
     def message_names(self, labels, fname, pos):
@@ -610,6 +611,11 @@ def extract(gitdir, rev="HEAD"):
     texts, commit = read_sources(gitdir, rev)
     ex = Extractor(Source(texts))
     classes = {cls: ex.extract_class(cls) for cls in CLASSES}
+    # datamodel.ml expose_get_all_messages_for: classes with get_all_records(_where).
+    exposed = ex.src.lookup("expose_get_all_messages_for")[3]
+    exposed = {ex.class_names.get(t.text) for t in exposed if t.kind == "ident"}
+    for cls, spec in classes.items():
+        spec["expose_get_all_records"] = cls in exposed
     used = {f["type"].split("enum:")[-1].split(":")[0] for c in classes.values()
             for f in c["fields"] if "enum:" in f["type"]}
     return {
