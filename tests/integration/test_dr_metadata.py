@@ -141,7 +141,7 @@ def test_onto_a_new_pool_the_dry_run_changes_nothing(lost_pool):
     out = _playbook(lost_pool["inventory"], "xapi.backup.dr_metadata_recovery",
                     "-e", "xapi_backup_dr_source_pool=%s" % lost_pool["source"], env=lost_pool["env"])
     assert "0 SR(s) attached, 2 to attach, 0 already attached, 0 failed" in out
-    assert "would attach" in out and "SR.introduce" in out
+    assert "SR nfs: would attach: introduce the SR, create and plug its PBDs, scan: SR.introduce, PBD.create, PBD.plug, SR.scan" in out
     assert "note: the VMs on SRs not attached yet (nfs, small-lvm) cannot pass the dry run" in out
     assert _tables(sim) == before
 
