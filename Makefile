@@ -165,3 +165,8 @@ POOL ?= sample
 .PHONY: xapisim
 xapisim: venv images
 	$(PY) -m tests.xapisim serve --pool tests/xapisim/pools/$(POOL).yml --state-dir $(TMP)/xapisim-$(POOL)
+
+# DR runbook 3 on the simulator: 20 small VMs rebuilt with N=1 and N=4 (issue 13: N=4 <= 60 % of N=1).
+.PHONY: bench-dr
+bench-dr: setup
+	$(PY) bench/bench_dr_rebuild.py --count 20 --concurrency 4

@@ -121,7 +121,8 @@ def start_in_order(xapi, tiers: list, guest_timeout: float, require_network: boo
                    interval: float = 2.0, clock=time.monotonic, sleep=time.sleep) -> list:
     """Start tier after tier; per VM ``{uuid, name, tier, status, reason, start_s, running_s, ready_s}``.
 
-    ``status``: V(ready) (agent up), V(running) (not waited for), V(failed), V(would start) (check mode).
+    ``status``: V(ready) (agent up), V(running) (not waited for), V(failed), V(would start) (check mode);
+    ``started``: whether this run started it (a VM already running is only waited for).
     Seconds are from the start of the whole sequence (the RTO of each VM past its restore).
     """
     t0 = clock()
@@ -132,6 +133,7 @@ def start_in_order(xapi, tiers: list, guest_timeout: float, require_network: boo
             entry = {"uuid": vm["uuid"], "name": vm.get("name_label"), "tier": index, "order": _order(vm)}
             results.append(entry)
             entry["start_s"] = round(clock() - t0, 1)
+            entry["started"] = False
             if vm.get("power_state") == "Running":
                 entry["reason"] = "already running"
             else:
@@ -142,6 +144,7 @@ def start_in_order(xapi, tiers: list, guest_timeout: float, require_network: boo
                 except XapiError as exc:
                     entry.update(status="failed", reason="VM.start failed: %s" % exc)
                     continue
+                entry["started"] = True
             entry["running_s"] = round(clock() - t0, 1)
             started.append((vm, entry))
         if not wait_guest_metrics:

@@ -98,7 +98,8 @@ notes:
   elements: str
 vms:
   description:
-    - Per VM C(uuid), C(name), C(tier), C(status) (V(ready), V(running), V(failed), V(would start)), C(reason) and the
+    - Per VM C(uuid), C(name), C(tier), C(status) (V(ready), V(running), V(failed), V(would start)), C(reason),
+      C(started) (whether this run started it) and the
       seconds from the start of the sequence C(start_s), C(running_s), C(ready_s).
   returned: success
   type: list
@@ -133,7 +134,7 @@ def run(module, xapi):
     results = start_in_order(xapi, tiers, params["guest_timeout"], params["require_network"], params["wait_guest"],
                              params["guest_poll_interval"])
     failed = [r["name"] or r["uuid"] for r in results if r.get("status") == "failed"]
-    started = [r for r in results if r.get("reason") != "already running" and r.get("status") != "would start"]
+    started = [r for r in results if r.get("started")]
     line = "%d VM(s) in %d tier(s): %d ready, %d running, %d failed" % (
         len(results), len(tiers), sum(1 for r in results if r.get("status") == "ready"),
         sum(1 for r in results if r.get("status") == "running"), len(failed))

@@ -113,4 +113,5 @@ def test_already_running_vm_is_not_started_but_waited_for():
     xapi.started["r-db"] = 0.0
     results = so.start_in_order(xapi, [[vm("db", power="Running")]], 5, False, True, clock=clock, sleep=clock.sleep)
     assert results[0]["status"] == "ready" and results[0]["reason"] == "guest agent up with 1 address(es)"
+    assert results[0]["started"] is False
     assert xapi.calls == []
