@@ -13,7 +13,7 @@ version_added: 0.2.0
 description:
   - Sends a pool database dump saved by M(xapi.backup.pool_dump) to xapi's C(PUT /pool/xmldbdump) handler
     with C(xapi-backup-helper push).
-  - Always runs xapi's dry run first (C(dry_run=true)): xapi checks the schema version and that this host
+  - Always runs xapi's dry run first (C(dry_run=true)); xapi checks the schema version and that this host
     has the backed-up master's network interfaces, and writes nothing. Its refusals are reported in plain words.
   - With O(mode=restore) and O(confirm=true) the dump is then restored for real. xapi makes this host the
     master, forgets every member host, and restarts on the restored database after about 30 seconds;

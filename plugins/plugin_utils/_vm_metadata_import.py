@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 
-from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils._dr import (
     import_plan,
     metadata_files,

@@ -91,7 +91,6 @@ def test_recovery_brings_back_every_vm_whose_disks_survived(lost_records):
     assert all(h["changed"] == 0 for h in recap(out).values())
 
 
-
 # ---------------------------------------------------------------- pool A lost, pool B attaches A's SRs
 
 

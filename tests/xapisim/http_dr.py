@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import traceback
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 
 from tests.xapisim import ocaml_xmlrpc, ops, xva
 from tests.xapisim.errors import XapiError
@@ -487,7 +487,10 @@ def import_metadata_handler(ctx):
     if _authenticate_or_401(ctx, "VM.import_metadata") is None:
         return
     task = ctx.task_for_request("VM.metadata_import")
-    flag = lambda name: ctx.query.get(name) == "true"  # noqa: E731  find_query_flag
+
+    def flag(name):  # import.ml find_query_flag
+        return ctx.query.get(name) == "true"
+
     _write_head(ctx, ["HTTP/1.1 200 OK", "Connection: close", NO_CACHE, "task-id:" + task.ref,
                       CONTENT_TYPE])
     length = ctx.headers.get("Content-Length")

@@ -86,7 +86,7 @@ def test_guest_ready():
 def test_sequence_waits_for_agents_and_delays_and_names_a_silent_vm():
     clock = FakeClock()
     xapi = FakeXapi(clock, {"db": 4, "web": 3, "broken": None})
-    tiers, _ = so.start_tiers([vm("db", 1, delay=10), vm("web", 2), vm("broken", 2)])
+    tiers, _notes = so.start_tiers([vm("db", 1, delay=10), vm("web", 2), vm("broken", 2)])
     results = so.start_in_order(xapi, tiers, guest_timeout=20, require_network=True, wait_guest_metrics=True,
                                 interval=1, clock=clock, sleep=clock.sleep)
     by_name = {r["name"]: r for r in results}
@@ -101,7 +101,7 @@ def test_sequence_waits_for_agents_and_delays_and_names_a_silent_vm():
 def test_check_mode_starts_nothing():
     clock = FakeClock()
     xapi = FakeXapi(clock, {}, check_mode=True)
-    tiers, _ = so.start_tiers([vm("db", 1, delay=10), vm("web", 2)])
+    tiers, _notes = so.start_tiers([vm("db", 1, delay=10), vm("web", 2)])
     results = so.start_in_order(xapi, tiers, 5, False, True, clock=clock, sleep=clock.sleep)
     assert [r["status"] for r in results] == ["would start", "would start"]
     assert xapi.started == {} and clock.now == 0
