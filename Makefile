@@ -171,3 +171,8 @@ xapisim: venv images
 .PHONY: bench-delta
 bench-delta: setup $(IMAGES)/bench.img
 	$(PY) bench/bench_delta.py --image $(IMAGES)/bench.img
+
+# DR runbook 3 on the simulator: 20 small VMs rebuilt with N=1 and N=4 (issue 13: N=4 <= 60 % of N=1).
+.PHONY: bench-dr
+bench-dr: setup
+	$(PY) bench/bench_dr_rebuild.py --count 20 --concurrency 4

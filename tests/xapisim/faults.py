@@ -23,7 +23,8 @@ import threading
 
 STREAM_KEYS = ("cut_after_bytes", "stall_seconds", "bandwidth_bytes_per_s")
 KNOWN_KEYS = set(STREAM_KEYS) | {"stall_after_bytes", "task_failure", "sr_full_on_snapshot",
-                                 "expire_sessions", "path", "count"}
+                                 "expire_sessions", "path", "count", "guest_agent_broken",
+                                 "vm"}
 
 
 class FaultError(ValueError):
@@ -72,6 +73,14 @@ class Faults:
                             self.entries.remove(entry)
                     return dict(entry)
         return None
+
+    def guest_agent_broken(self, vm_uuid):
+        """{"guest_agent_broken": true[, "vm": uuid]}: the guest agent of that VM (of every
+        VM without "vm") never reports.  Not consumed by ``count``: a broken agent stays
+        broken until the fault is cleared."""
+        with self.lock:
+            return any(e.get("guest_agent_broken") and e.get("vm", vm_uuid) == vm_uuid
+                       for e in self.entries)
 
     def task_failure_for(self, method):
         entry = self._take(lambda e: isinstance(e.get("task_failure"), dict)

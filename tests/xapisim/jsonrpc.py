@@ -217,30 +217,11 @@ def _write(request, reply):
 # <Class>.get_all_records for every class it lists.  xapi lists the sync wire names of every
 # message (gen_server.ml); we list what the simulator answers.  Sessions have no get_all*
 # messages in xapi (datamodel.ml expose_get_all_messages_for).
-GENERIC_READERS = ("get_all", "get_all_records", "get_all_records_where", "get_record",
-                   "get_by_uuid")
-NO_GET_ALL = frozenset({"session"})
 
 
 def list_methods():
     from tests.xapisim import api
-    from tests.xapisim.schema import CLASSES, has_name_label
-    names = set(api.METHODS)
-    for cls, fields in CLASSES.items():
-        names.update("%s.%s" % (cls, op) for op in GENERIC_READERS
-                     if cls not in NO_GET_ALL or not op.startswith("get_all"))
-        if has_name_label(cls):
-            names.add(cls + ".get_by_name_label")
-        for field in fields.values():
-            names.add("%s.get_%s" % (cls, field.name))
-            if field.writable:
-                names.add("%s.set_%s" % (cls, field.name))
-                if field.is_map:
-                    names.update({"%s.add_to_%s" % (cls, field.name),
-                                  "%s.remove_from_%s" % (cls, field.name)})
-                elif field.is_set:
-                    names.update({"%s.add_%s" % (cls, field.name),
-                                  "%s.remove_%s" % (cls, field.name)})
+    names = set(api.METHODS) | api.generic_method_names()
     names.discard("system.listMethods")
     return sorted(names) + ["system.listMethods"]
 

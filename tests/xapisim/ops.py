@@ -352,6 +352,8 @@ def destroy_vm_records(db, vm_ref):
             db.delete("VIF", vif)
     if db.exists("VM_metrics", vm["metrics"]):
         db.delete("VM_metrics", vm["metrics"])
+    if db.exists("VM_guest_metrics", vm["guest_metrics"]):
+        db.delete("VM_guest_metrics", vm["guest_metrics"])
     for child in vm["children"]:
         if db.exists("VM", child):
             db.set_field("VM", child, "parent", vm["parent"])
@@ -431,18 +433,50 @@ def _destroy_suspend_vdi(call, vm_ref):
         call.sim.storage.destroy_vdi(vdi)
 
 
+def guest_agent_started(call, vm_ref):
+    from tests.xapisim import dr  # dr registers API calls that import this module
+    if call.db.get_field("VM", vm_ref, "power_state") == "Running":
+        dr.agents(call.sim).vm_started(vm_ref)
+
+
+def guest_agent_stopped(call, vm_ref):
+    from tests.xapisim import dr
+    dr.agents(call.sim).vm_stopped(vm_ref)
+
+
 @api_method("VM.start", 4, async_ok=True)
 def vm_start(call, vm, start_paused, force):
     with VmOperation(call, vm, "start") as vm_ref:
+        validate_basic_parameters(call.db, vm_ref)
         set_running(call.db, vm_ref, pick_host(call.db, vm_ref), bool(start_paused))
+    guest_agent_started(call, vm_ref)
     return ""
+
+
+def validate_basic_parameters(db, vm_ref):
+    """xapi_vm_helpers.ml validate_basic_parameters, checked before a start: VCPUs
+    (INVALID_VALUE / VALUE_NOT_SUPPORTED) and memory (MEMORY_CONSTRAINT_VIOLATION when the
+    limits cannot be coerced into static_min <= dynamic_min <= dynamic_max <= static_max)."""
+    vm = db.get("VM", vm_ref)
+    vcpus_max, at_startup = int(vm["VCPUs_max"]), int(vm["VCPUs_at_startup"])
+    if vcpus_max < 1:
+        raise XapiError("INVALID_VALUE", "VCPUs_max", str(vcpus_max))
+    if at_startup < 1:
+        raise XapiError("INVALID_VALUE", "VCPUs-at-startup", str(at_startup))
+    if at_startup > vcpus_max:
+        raise XapiError("VALUE_NOT_SUPPORTED", "VCPUs-at-startup", str(at_startup),
+                        "value greater than VCPUs-max")
+    if int(vm["memory_static_min"]) > int(vm["memory_static_max"]):
+        raise XapiError("MEMORY_CONSTRAINT_VIOLATION")
 
 
 @api_method("VM.start_on", 5, async_ok=True)
 def vm_start_on(call, vm, host, start_paused, force):
     host_ref = call.ref("host", host)
     with VmOperation(call, vm, "start_on") as vm_ref:
+        validate_basic_parameters(call.db, vm_ref)
         set_running(call.db, vm_ref, host_ref, bool(start_paused))
+    guest_agent_started(call, vm_ref)
     return ""
 
 
@@ -451,6 +485,7 @@ def _shutdown(call, vm, op):
         if call.db.get_field("VM", vm_ref, "power_state") == "Suspended":
             _destroy_suspend_vdi(call, vm_ref)
         set_halted(call.db, vm_ref)
+    guest_agent_stopped(call, vm_ref)
     return ""
 
 
@@ -473,6 +508,7 @@ def vm_shutdown(call, vm):
 def vm_clean_reboot(call, vm):
     with VmOperation(call, vm, "clean_reboot") as vm_ref:
         call.db.set_field("VM", vm_ref, "domid", next_domid(call.db))
+    guest_agent_started(call, vm_ref)
     return ""
 
 
@@ -480,6 +516,7 @@ def vm_clean_reboot(call, vm):
 def vm_hard_reboot(call, vm):
     with VmOperation(call, vm, "hard_reboot") as vm_ref:
         call.db.update("VM", vm_ref, domid=next_domid(call.db), power_state="Running")
+    guest_agent_started(call, vm_ref)
     return ""
 
 
@@ -492,6 +529,7 @@ def vm_suspend(call, vm):
         db.update("VM", vm_ref, power_state="Suspended", resident_on=NULL_REF, domid=-1,
                   suspend_VDI=suspend_vdi)
         attach_devices(db, record, False)
+    guest_agent_stopped(call, vm_ref)
     return ""
 
 
@@ -500,6 +538,7 @@ def vm_resume(call, vm, start_paused, force):
     with VmOperation(call, vm, "resume") as vm_ref:
         _destroy_suspend_vdi(call, vm_ref)
         set_running(call.db, vm_ref, pick_host(call.db, vm_ref), bool(start_paused))
+    guest_agent_started(call, vm_ref)
     return ""
 
 
@@ -514,6 +553,8 @@ def vm_pause(call, vm):
 def vm_unpause(call, vm):
     with VmOperation(call, vm, "unpause") as vm_ref:
         call.db.set_field("VM", vm_ref, "power_state", "Running")
+    if call.db.get_field("VM", vm_ref, "guest_metrics") == NULL_REF:
+        guest_agent_started(call, vm_ref)
     return ""
 
 
@@ -522,6 +563,7 @@ def vm_power_state_reset(call, vm):
     vm_ref = call.ref("VM", vm)
     set_halted(call.db, vm_ref)
     refresh_allowed_operations(call.db, vm_ref)
+    guest_agent_stopped(call, vm_ref)
     return ""
 
 
@@ -638,32 +680,7 @@ def vm_get_allowed_vif_devices(call, vm):
     return [str(i) for i in range(7) if str(i) not in used]
 
 
-@api_method("VDI.create", 2, async_ok=True)
-def vdi_create(call, record):
-    record = dict(record)
-    sr = call.ref("SR", record.get("SR", NULL_REF))
-    exclude = ("SR", "virtual_size", "VBDs", "physical_utilisation", "snapshots")
-    fields = creatable_fields("VDI", record, exclude=exclude)
-    return call.sim.storage.create_vdi(sr, int(record.get("virtual_size", 0)), **fields)
-
-
 # ------------------------------------------------------------------------------ VBD, VIF
-@api_method("VBD.create", 2, async_ok=True)
-def vbd_create(call, record):
-    record = dict(record)
-    vm_ref = call.ref("VM", record.get("VM", NULL_REF))
-    vdi_ref = str(record.get("VDI", NULL_REF))
-    if vdi_ref != NULL_REF:
-        call.ref("VDI", vdi_ref)
-    fields = creatable_fields("VBD", record)
-    if fields.get("userdevice", "autodetect") == "autodetect":
-        used = {call.db.get_field("VBD", v, "userdevice")
-                for v in call.db.get_field("VM", vm_ref, "VBDs")}
-        fields["userdevice"] = next(str(i) for i in range(64) if str(i) not in used)
-    fields["currently_attached"] = False
-    return call.db.create("VBD", fields)
-
-
 @api_method("VBD.destroy", 2, async_ok=True)
 def vbd_destroy(call, vbd):
     vbd_ref = call.ref("VBD", vbd)
@@ -671,19 +688,6 @@ def vbd_destroy(call, vbd):
         raise XapiError("OPERATION_NOT_ALLOWED", "VBD is currently attached")
     call.db.delete("VBD", vbd_ref)
     return ""
-
-
-@api_method("VIF.create", 2, async_ok=True)
-def vif_create(call, record):
-    record = dict(record)
-    call.ref("VM", record.get("VM", NULL_REF))
-    call.ref("network", record.get("network", NULL_REF))
-    fields = creatable_fields("VIF", record)
-    if not fields.get("MAC"):
-        fields["MAC"] = random_mac()
-        fields["MAC_autogenerated"] = True
-    fields["currently_attached"] = False
-    return call.db.create("VIF", fields)
 
 
 @api_method("VIF.destroy", 2, async_ok=True)

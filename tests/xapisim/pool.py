@@ -110,8 +110,9 @@ class PoolBuilder:
             "cpu_info": {"cpu_count": str(4 * len(hosts_cfg)), "vendor": "GenuineIntel"},
         })
         self.add_internal_network()
-        for net_cfg in self.config.get("networks") or []:
+        for index, net_cfg in enumerate(self.config.get("networks") or []):
             self.add_network(net_cfg)
+            self.add_pifs(self.networks[str(net_cfg["name"])], index)
         default_sr = None
         for sr_cfg in self.config.get("srs") or []:
             ref = self.add_sr(sr_cfg)
@@ -206,26 +207,54 @@ class PoolBuilder:
         self.networks[name] = ref
         return ref
 
+    def add_pifs(self, network_ref, index):
+        """Each host's physical NIC eth<index> on the network (eth0 is the management
+        interface, on the host's address), as a host installer leaves them."""
+        for host_ref in self.hosts.values():
+            address = self.db.get_field("host", host_ref, "address")
+            management = index == 0
+            self.db.create("PIF", {
+                "device": "eth%d" % index, "network": network_ref, "host": host_ref,
+                "MAC": mac_from_seed(host_ref, index), "MTU": 1500, "VLAN": -1,
+                "physical": True, "currently_attached": True, "management": management,
+                "ip_configuration_mode": "Static" if management else "None",
+                "IP": address if management else "", "netmask": "255.0.0.0" if management
+                else "", "managed": True, "primary_address_type": "IPv4",
+                "device_name": "eth%d" % index})
+
     def add_sr(self, cfg):
+        """An SR; with ``location: DIR`` its volumes live in DIR instead of the state dir, and
+        a DIR that already holds an SR (its ``sr.json``) is attached: same SR uuid, its VDIs
+        found by SR.scan with their uuids (an SR that outlived another simulated pool)."""
         name = str(cfg["name"])
         sr_type = str(cfg.get("type", "ext"))
         content_type = str(cfg.get("content_type", "iso" if sr_type == "iso" else "user"))
         shared = bool(cfg.get("shared", "host" not in cfg))
+        location = os.path.abspath(str(cfg["location"])) if cfg.get("location") else None
+        existing = self.sim.storage.read_sr_metadata(location) if location else None
+        sr_uuid = str(existing["sr_uuid"] if existing else cfg.get("uuid") or uuidlib.uuid4())
+        size = int(existing["physical_size"]) if existing and "size" not in cfg else \
+            parse_size(cfg.get("size", "100GiB"))
         ref = self.db.create("SR", {
-            "uuid": str(cfg.get("uuid") or uuidlib.uuid4()), "name_label": name,
+            "uuid": sr_uuid, "name_label": name,
             "name_description": str(cfg.get("description", "")), "type": sr_type,
             "content_type": content_type, "shared": shared,
-            "physical_size": parse_size(cfg.get("size", "100GiB")),
+            "physical_size": size,
             "other_config": dict(cfg.get("other_config") or {}),
             "sm_config": {"allocation": "thick" if sr_type in THICK else "thin"}
             if sr_type != "iso" else {},
             "tags": list(cfg.get("tags") or []),
             "allowed_operations": ["vdi_create", "vdi_destroy", "vdi_snapshot", "vdi_clone",
                                    "scan", "update"]})
+        directory = location or self.sim.storage.sr_dir(sr_uuid)
+        os.makedirs(directory, exist_ok=True)
+        self.sim.storage.attach_sr_dir(sr_uuid, directory)
         hosts = [self.hosts[str(cfg["host"])]] if "host" in cfg else list(self.hosts.values())
         for host_ref in hosts:
             self.db.create("PBD", {"host": host_ref, "SR": ref, "currently_attached": True,
-                                   "device_config": {"location": "/var/run/sr-mount/%s" % name}})
+                                   "device_config": {"location": directory}})
+        if existing:
+            self.sim.storage.scan_sr(ref)
         self.srs[name] = ref
         for iso in cfg.get("isos") or []:
             vdi = self.add_disk(ref, dict(iso, type="user"), "%s" % iso["name"])

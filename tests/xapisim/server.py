@@ -17,7 +17,7 @@ import traceback
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.xapisim import api, ops, wire  # noqa: F401 pylint: disable=unused-import
+from tests.xapisim import api, dr, ops, vmconfig, wire  # noqa: F401 pylint: disable=unused-import
 # (importing ops registers its API calls)
 
 from tests.xapisim.db import Database
@@ -46,7 +46,13 @@ def load_handlers():
     except ImportError:
         traceback.print_exc()
         return {}
-    return HANDLERS
+    handlers = dict(HANDLERS)
+    try:  # disaster-recovery handlers (database restore, metadata import)
+        from tests.xapisim.http_dr import HANDLERS as DR_HANDLERS
+        handlers.update(DR_HANDLERS)
+    except ImportError:
+        traceback.print_exc()
+    return handlers
 
 
 class HostView:
@@ -184,6 +190,7 @@ class Simulator:
             for server in servers.values():
                 threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                  daemon=True).start()
+        dr.agents(self).resume_all()
 
     def _listen(self, address, port, host_ref, tls_context):
         """Listen on (address, port); members try the master's port on their own address and

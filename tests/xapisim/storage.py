@@ -39,6 +39,16 @@ CLONED_FIELDS = ("name_label", "name_description", "type", "sharable", "other_co
                  "xenstore_data", "on_boot", "allow_caching", "virtual_size", "SR")
 
 
+SR_METADATA = "sr.json"
+
+
+def write_atomically(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 # ------------------------------------------------------------------------------ intervals
 def add_interval(intervals, start, end):
     """Merge [start, end) into a sorted list of disjoint [s, e) pairs (in place)."""
@@ -277,6 +287,7 @@ class Storage:
         self.lock = threading.RLock()
         self.layers = {}  # id -> {"id", "sr", "file", "owned", "parent", "readonly", ...}
         self.vdis = {}  # vdi uuid -> {"top": layer id, "sr": sr uuid}
+        self.sr_dirs = {}  # sr uuid -> directory, for SRs attached from outside the state dir
         self._deferred = None  # SR refs whose accounting waits for the end of a batch
         os.makedirs(self.root, exist_ok=True)
         self.load()
@@ -288,6 +299,7 @@ class Storage:
                 data = json.load(f)
             self.layers = data["layers"]
             self.vdis = data["vdis"]
+            self.sr_dirs = data.get("sr_dirs", {})
 
     def batch(self):
         """``with storage.batch():`` defers saving and SR accounting to the end (pool
@@ -310,24 +322,165 @@ class Storage:
         if self._deferred is not None:
             return
         with self.lock:
-            text = json.dumps({"format": 1, "layers": self.layers, "vdis": self.vdis})
-            tmp = self.meta_path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, self.meta_path)
+            text = json.dumps({"format": 1, "layers": self.layers, "vdis": self.vdis,
+                               "sr_dirs": self.sr_dirs})
+            write_atomically(self.meta_path, text)
+            self.save_sr_metadata()
+
+    # ------------------------------------------------------------------ SR directories
+    # Each SR directory holds its own metadata, ``sr.json`` (what a real SR keeps on disk: the
+    # volumes, their uuids, sizes and parents; LVM SRs also keep names in their MGT volume), so
+    # the directory survives the loss of the pool that made it: another simulated pool attaches
+    # it with SR.introduce + PBD.create(device_config:location=<dir>) + PBD.plug + SR.scan.
+    def sr_dir(self, sr_uuid):
+        return self.sr_dirs.get(sr_uuid) or os.path.join(self.root, sr_uuid)
+
+    def save_sr_metadata(self):
+        by_sr = {}
+        for vdi_uuid, entry in self.vdis.items():
+            by_sr.setdefault(entry["sr"], {})[vdi_uuid] = entry
+        srs = {layer["sr"] for layer in self.layers.values()} | set(by_sr)
+        for sr_uuid in srs:
+            directory = self.sr_dir(sr_uuid)
+            if not os.path.isdir(directory):
+                continue
+            meta = self.sr_metadata(sr_uuid, by_sr.get(sr_uuid, {}))
+            write_atomically(os.path.join(directory, SR_METADATA), json.dumps(meta))
+
+    def sr_metadata(self, sr_uuid, vdis):
+        layers = {i: l for i, l in self.layers.items() if l["sr"] == sr_uuid}
+        records = {}
+        with self.db.lock:
+            try:
+                sr_ref = self.db.by_uuid("SR", sr_uuid)
+                sr = self.db.get("SR", sr_ref)
+            except XapiError:
+                sr_ref, sr = None, {}
+            table = self.db.tables["VDI"]
+            for ref in sr.get("VDIs", []):
+                rec = table.get(ref)
+                if rec is None or rec["uuid"] not in vdis:
+                    continue
+                parent = table.get(rec["snapshot_of"], {}).get("uuid", "")
+                records[rec["uuid"]] = {
+                    "name_label": rec["name_label"], "name_description": rec["name_description"],
+                    "virtual_size": rec["virtual_size"], "type": rec["type"],
+                    "is_a_snapshot": rec["is_a_snapshot"], "snapshot_of": parent,
+                    "snapshot_time": rec["snapshot_time"], "read_only": rec["read_only"],
+                    "sharable": rec["sharable"], "location": rec["location"],
+                    "sm_config": rec["sm_config"]}
+        return {"format": 1, "sr_uuid": sr_uuid, "type": sr.get("type", ""),
+                "physical_size": sr.get("physical_size", 0),
+                "vdis": {u: dict(records.get(u, {}), top=e["top"]) for u, e in vdis.items()},
+                "layers": layers}
+
+    def read_sr_metadata(self, directory):
+        """The ``sr.json`` of an SR directory, or None (bounded: a metadata file over 64 MiB
+        is not ours)."""
+        path = os.path.join(directory, SR_METADATA)
+        try:
+            if os.path.islink(path) or os.path.getsize(path) > 64 * 1024 * 1024:
+                return None
+            with open(path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) and meta.get("format") == 1 else None
+
+    def attach_sr_dir(self, sr_uuid, directory):
+        """PBD.plug: the SR's directory must exist, and if it holds an SR, be this SR."""
+        directory = os.path.abspath(directory)
+        if not os.path.isdir(directory) or os.path.islink(directory):
+            raise XapiError("SR_BACKEND_FAILURE_47", "",
+                            "The SR is not available [opterr=no such directory %s]" % directory,
+                            "")
+        meta = self.read_sr_metadata(directory)
+        if meta is not None and meta.get("sr_uuid") != sr_uuid:
+            raise XapiError("SR_BACKEND_FAILURE_47", "",
+                            "The SR is not available [opterr=%s holds SR %s]"
+                            % (directory, meta.get("sr_uuid")), "")
+        with self.lock:
+            if directory != os.path.join(self.root, sr_uuid):
+                self.sr_dirs[sr_uuid] = directory
+            self.save()
+        return meta
+
+    def scan_sr(self, sr_ref):
+        """SR.scan: VDIs found in the SR directory's metadata and missing from the database are
+        introduced with their uuids; records whose volume is gone are removed (as SMAPIv1's
+        scan does).  Names come back only on LVM SRs (their MGT volume keeps them)."""
+        sr = self._sr_of(sr_ref)
+        sr_uuid = sr["uuid"]
+        meta = self.read_sr_metadata(self.sr_dir(sr_uuid)) or {"vdis": {}, "layers": {}}
+        with self.lock, self.db.lock:
+            for layer_id, layer in meta["layers"].items():
+                if layer_id not in self.layers and layer.get("sr") == sr_uuid:
+                    self.layers[layer_id] = layer
+            known = {rec["uuid"]: ref for ref, rec in self.db.records("VDI").items()
+                     if rec["SR"] == sr_ref}
+            created = {}
+            for vdi_uuid, entry in meta["vdis"].items():
+                if vdi_uuid in known or entry.get("top") not in self.layers:
+                    continue
+                self.vdis[vdi_uuid] = {"top": entry["top"], "sr": sr_uuid}
+                created[vdi_uuid] = self.db.create("VDI", self.scanned_fields(sr, vdi_uuid, entry,
+                                                                              sr_ref))
+            for vdi_uuid, ref in created.items():
+                parent = meta["vdis"][vdi_uuid].get("snapshot_of")
+                parent_ref = created.get(parent) or known.get(parent)
+                if parent_ref:
+                    self.db.set_field("VDI", ref, "snapshot_of", parent_ref)
+            for vdi_uuid, ref in known.items():
+                if vdi_uuid not in self.vdis and vdi_uuid not in meta["vdis"]:
+                    self.db.delete("VDI", ref)
+            if meta.get("physical_size") and int(sr["physical_size"]) <= 0:
+                self.db.set_field("SR", sr_ref, "physical_size", int(meta["physical_size"]))
+            self.save()
+        self.refresh_utilisation(sr_ref)
+        return list(created.values())
+
+    @staticmethod
+    def scanned_fields(sr, vdi_uuid, entry, sr_ref):
+        fields = {"uuid": vdi_uuid, "SR": sr_ref, "managed": True,
+                  "virtual_size": int(entry.get("virtual_size", 0)),
+                  "type": entry.get("type") or "user", "location": entry.get("location")
+                  or vdi_uuid, "is_a_snapshot": bool(entry.get("is_a_snapshot")),
+                  "read_only": bool(entry.get("read_only")),
+                  "sharable": bool(entry.get("sharable")),
+                  "sm_config": dict(entry.get("sm_config") or {})}
+        if entry.get("is_a_snapshot") and entry.get("snapshot_time"):
+            fields["snapshot_time"] = entry["snapshot_time"]
+        if sr["type"] in THICK_SR_TYPES:
+            fields["name_label"] = entry.get("name_label", "")
+            fields["name_description"] = entry.get("name_description", "")
+        return fields
+
+    def forget_sr(self, sr_uuid):
+        """SR.forget: drop the SR's VDIs and layers from this pool's storage map; the files and
+        the SR directory's metadata stay (another pool may attach them)."""
+        with self.lock:
+            self.save_sr_metadata()
+            for vdi_uuid in [u for u, e in self.vdis.items() if e["sr"] == sr_uuid]:
+                del self.vdis[vdi_uuid]
+            for layer_id in [i for i, l in self.layers.items() if l["sr"] == sr_uuid]:
+                del self.layers[layer_id]
+            self.sr_dirs.pop(sr_uuid, None)
+            text = json.dumps({"format": 1, "layers": self.layers, "vdis": self.vdis,
+                               "sr_dirs": self.sr_dirs})
+            write_atomically(self.meta_path, text)
 
     # ------------------------------------------------------------------ layers
     def layer_path(self, layer):
         if layer.get("image"):
             return layer["image"]
-        return os.path.join(self.root, layer["sr"], layer["file"])
+        return os.path.join(self.sr_dir(layer["sr"]), layer["file"])
 
     def _new_layer(self, sr_uuid, size, parent=None):
         layer_id = str(uuidlib.uuid4())
         layer = {"id": layer_id, "sr": sr_uuid, "file": layer_id + ".img", "parent": parent,
                  "owned": None if parent is None else [], "readonly": False,
                  "data_size": size}
-        os.makedirs(os.path.join(self.root, sr_uuid), exist_ok=True)
+        os.makedirs(self.sr_dir(sr_uuid), exist_ok=True)
         with open(self.layer_path(layer), "wb") as f:
             f.truncate(size)
         self.layers[layer_id] = layer

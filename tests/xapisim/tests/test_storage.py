@@ -103,7 +103,8 @@ def test_destroying_snapshot_keeps_original_content(store):
     assert read_all(storage, vdi) == payload
     storage.destroy_vdi(vdi)
     assert storage.layers == {}  # every layer file is gone
-    assert not os.listdir(storage.root + "/" + db.get_field("SR", thin, "uuid"))
+    # only the SR's own metadata (sr.json) is left in its directory
+    assert os.listdir(storage.root + "/" + db.get_field("SR", thin, "uuid")) == ["sr.json"]
 
 
 def test_repeated_snapshot_cycles_keep_the_chain_short(store):

@@ -284,12 +284,14 @@ def test_vdi_create_snapshot_and_vbd_vif_create(sim, x):
     assert sim.vdi_read(x.VDI.get_uuid(snap), 0, 3) == b"abc"
     vm = vm_named(x, "tiny-halted")
     vbd = x.VBD.create({"VM": vm, "VDI": vdi, "userdevice": "autodetect", "bootable": False,
-                        "mode": "RW", "type": "Disk", "empty": False, "other_config": {}})
+                        "mode": "RW", "type": "Disk", "empty": False, "other_config": {},
+                        "qos_algorithm_type": "", "qos_algorithm_params": {}})
     assert x.VBD.get_userdevice(vbd) not in ("", "autodetect")
     assert vbd in x.VM.get_VBDs(vm) and vbd in x.VDI.get_VBDs(vdi)
     net = x.network.get_by_name_label("Pool-wide network associated with eth0")[0]
     vif = x.VIF.create({"VM": vm, "network": net, "device": "5", "MAC": "", "MTU": "1500",
-                        "other_config": {}})
+                        "other_config": {}, "qos_algorithm_type": "",
+                        "qos_algorithm_params": {}})
     assert len(x.VIF.get_MAC(vif)) == 17
     x.VIF.destroy(vif)
     x.VBD.destroy(vbd)

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+# Copyright (c) 2026, xapi.backup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""DR runbook 3 on the simulator: rebuild COUNT small VMs of a lost pool A on a fresh pool B with
+N=1 and with N=CONCURRENCY import slots; prints the wall time of each, their ratio (issue 13 wants
+N=4 <= 60 % of N=1) and the RTO of each VM from the runbook's report.
+
+    python bench/bench_dr_rebuild.py [--count 20] [--concurrency 4] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.integration.test_playbooks import HELPER, VENV_BIN, ansible_env  # noqa: E402
+from tests.xapisim.fixture import start_simulator  # noqa: E402
+
+POOL = """
+pool: {name: dr bench pool}
+hosts: [{name: bench-master, master: true}]
+networks: [{name: Pool-wide network associated with eth0, bridge: xenbr0}]
+srs: [{name: nfs, type: nfs, shared: true, size: 2GiB, default: true}]
+generate: {count: %d, name: "vm-{i:03d}", sr: nfs, disk_size: 4MiB, network: Pool-wide network associated with eth0,
+           pattern: {size_mib: 1, density: 0.5}}
+templates: [{name: Other install media, default: true}]
+"""
+
+
+def inventory(workdir: Path, name: str, url: str, repo: Path) -> Path:
+    host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+            "xapi_backup_hostname": url, "xapi_backup_repository": str(repo),
+            "xapi_backup_helper_xapi_url": url, "xapi_backup_helper_path": str(HELPER)}
+    path = workdir / ("%s.json" % name)
+    path.write_text(json.dumps({"all": {"children": {"xapi_pools": {"hosts": {name: host}}}}}))
+    return path
+
+
+def playbook(inv: Path, name: str, env: dict, *extra: str) -> str:
+    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inv), name, *extra], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit("%s failed:\n%s" % (name, proc.stdout[-4000:]))
+    return proc.stdout
+
+
+def rebuild(workdir: Path, repo: Path, source: str, n: int) -> dict:
+    sim = start_simulator("dr-target", str(workdir / ("pool-b-n%d" % n)))
+    try:
+        env = ansible_env({"XAPI_USERNAME": "root", "XAPI_PASSWORD": sim.info["password"]}, workdir)
+        inv = inventory(workdir, "pool-b", sim.info["url"], repo)
+        started = time.monotonic()
+        out = playbook(inv, "xapi.backup.dr_pool_rebuild", env, "-e", "xapi_backup_dr_source_pool=%s" % source,
+                       "-e", "xapi_backup_dr_mode=rebuild", "-e", "xapi_backup_dr_concurrency=%d" % n,
+                       "-e", "xapi_backup_dr_guest_poll_interval=0.5", "-f", str(max(5, n + 1)))
+        wall = time.monotonic() - started
+    finally:
+        sim.stop()
+    rto = {m.group(1): int(m.group(2)) for m in re.finditer(r'"(vm-\d+): restored[^"]*RTO (\d+) s"', out)}
+    back = re.search(r"(\d+) VM\(s\) back, (\d+) failed to import, (\d+) failed to start", out)
+    return {"n": n, "wall_s": round(wall, 1), "vms_back": int(back.group(1)) if back else None, "rto_s": rto}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-dr-"))
+    try:
+        (workdir / "pool.yml").write_text(POOL % args.count)
+        repo = workdir / "repository"
+        sim = start_simulator(str(workdir / "pool.yml"), str(workdir / "pool-a"))
+        try:
+            env = ansible_env({"XAPI_USERNAME": "root", "XAPI_PASSWORD": sim.info["password"]}, workdir)
+            playbook(inventory(workdir, "pool-a", sim.info["url"], repo), "xapi.backup.backup", env,
+                     "-e", "xapi_backup_concurrency=4", "-f", "10")
+        finally:
+            sim.stop()  # pool A is gone
+        source = sim.info["pool_uuid"]
+        rows = [rebuild(workdir, repo, source, 1), rebuild(workdir, repo, source, args.concurrency)]
+        ratio = rows[1]["wall_s"] / rows[0]["wall_s"]
+        result = {"count": args.count, "rows": rows, "ratio": round(ratio, 2), "target_ratio": 0.6,
+                  "load_avg": os.getloadavg(), "cores": os.cpu_count()}
+        print("| runbook 3, %d VMs | N=1 %.1f s | N=%d %.1f s | %.0f %% of N=1 (target <= 60 %%) | load %.1f |"
+              % (args.count, rows[0]["wall_s"], args.concurrency, rows[1]["wall_s"], 100 * ratio, os.getloadavg()[0]))
+        for row in rows:
+            values = sorted(row["rto_s"].values())
+            if values:
+                print("  N=%d: %s VMs back, RTO per VM min %d s, median %d s, max %d s"
+                      % (row["n"], row["vms_back"], values[0], values[len(values) // 2], values[-1]))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        return 0
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

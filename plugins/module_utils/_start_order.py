@@ -1,0 +1,165 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) xapi.backup maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Start VMs in priority order and wait until each guest really runs (its agent reports).
+
+PRIVATE to the collection: not a public API.  No Ansible imports.
+
+xapi: ``VM.order`` (lower starts first), ``VM.start_delay`` (seconds to wait after starting the VM
+before the next one, as VM_appliance.start does), ``VM.guest_metrics`` (NULL until the guest agent
+reports; then ``VM_guest_metrics.networks`` lists the addresses it sees). A VM in state Running
+is only a domain that exists: the guest may still be stuck in its boot loader.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiError, XapiUsageError
+
+
+def _order(vm: dict) -> int:
+    try:
+        return int(vm.get("order") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def start_tiers(vms: list, explicit: list | None = None) -> tuple[list, list]:
+    """(tiers, notes): ``vms`` grouped in start order.
+
+    ``explicit`` is a list of tiers, each a list of VM names or uuids; VMs it does not name follow in
+    a last tier (noted). Without it, VMs group by ``order`` ascending (same order = same tier).
+    """
+    notes = []
+    if explicit:
+        remaining = list(vms)
+        tiers = []
+        for index, names in enumerate(explicit):
+            tier = []
+            for text in names or []:
+                match = [v for v in remaining if v["uuid"] == str(text).lower()] or \
+                        [v for v in remaining if v.get("name_label") == text]
+                if len(match) != 1:
+                    raise XapiUsageError("tier %d: %d VM(s) match %r; give the uuid" % (index + 1, len(match), text))
+                tier.append(match[0])
+                remaining.remove(match[0])
+            if tier:
+                tiers.append(tier)
+        if remaining:
+            notes.append("not in any tier, started last: %s" % ", ".join(sorted(v.get("name_label") or v["uuid"] for v in remaining)))
+            tiers.append(sorted(remaining, key=lambda v: (_order(v), v.get("name_label") or "", v["uuid"])))
+        return tiers, notes
+    by_order = {}
+    for vm in vms:
+        by_order.setdefault(_order(vm), []).append(vm)
+    return [sorted(by_order[o], key=lambda v: (v.get("name_label") or "", v["uuid"])) for o in sorted(by_order)], notes
+
+
+def tier_delay(tier: list) -> int:
+    """Seconds to wait after a tier before the next: the longest start_delay of its VMs."""
+    delays = []
+    for vm in tier:
+        try:
+            delays.append(max(0, int(vm.get("start_delay") or 0)))
+        except (TypeError, ValueError):
+            delays.append(0)
+    return max(delays or [0])
+
+
+def guest_ready(metrics: dict | None, require_network: bool) -> tuple[bool, str]:
+    """Whether the guest agent reported (and, if required, a network address)."""
+    if metrics is None:
+        return False, "no guest metrics yet (guest agent not running)"
+    if require_network and not (metrics.get("networks") or {}):
+        return False, "guest agent reports no network address yet"
+    return True, "guest agent up%s" % (" with %d address(es)" % len(metrics.get("networks") or {}) if metrics.get("networks") else "")
+
+
+def read_guest(xapi, vm_ref: str) -> tuple[str, dict | None]:
+    """(power state, guest metrics record or None)."""
+    record = xapi.call("VM.get_record", vm_ref)
+    ref = record.get("guest_metrics") or NULL_REF
+    metrics = None
+    if ref != NULL_REF:
+        try:
+            metrics = xapi.call("VM_guest_metrics.get_record", ref)
+        except XapiError as exc:
+            if exc.code != "HANDLE_INVALID":
+                raise
+    return record.get("power_state"), metrics
+
+
+def wait_tier(xapi, started: list, deadline: float, require_network: bool, interval: float,
+              clock=time.monotonic, sleep=time.sleep) -> dict:
+    """Poll every VM of a tier in rounds until each is ready or ``deadline`` (monotonic) passes.
+
+    Returns ``{vm ref: (ready, reason, seconds on the clock when seen ready or None)}``.
+    """
+    outcome = {}
+    pending = [vm["ref"] for vm in started]
+    while pending:
+        for ref in list(pending):
+            power, metrics = read_guest(xapi, ref)
+            if power != "Running":
+                outcome[ref] = (False, "VM is %s, not Running" % power, None)
+                pending.remove(ref)
+                continue
+            ready, reason = guest_ready(metrics, require_network)
+            outcome[ref] = (ready, reason, clock() if ready else None)
+            if ready:
+                pending.remove(ref)
+        if not pending or clock() >= deadline:
+            break
+        sleep(interval)
+    return outcome
+
+
+def start_in_order(xapi, tiers: list, guest_timeout: float, require_network: bool, wait_guest_metrics: bool,
+                   interval: float = 2.0, clock=time.monotonic, sleep=time.sleep) -> list:
+    """Start tier after tier; per VM ``{uuid, name, tier, status, reason, start_s, running_s, ready_s}``.
+
+    ``status``: V(ready) (agent up), V(running) (not waited for), V(failed), V(would start) (check mode);
+    ``started``: whether this run started it (a VM already running is only waited for).
+    Seconds are from the start of the whole sequence (the RTO of each VM past its restore).
+    """
+    t0 = clock()
+    results = []
+    for index, tier in enumerate(tiers, 1):
+        started = []
+        for vm in tier:
+            entry = {"uuid": vm["uuid"], "name": vm.get("name_label"), "tier": index, "order": _order(vm)}
+            results.append(entry)
+            entry["start_s"] = round(clock() - t0, 1)
+            entry["started"] = False
+            if vm.get("power_state") == "Running":
+                entry["reason"] = "already running"
+            else:
+                try:
+                    if xapi.change("VM.start", vm["ref"], False, False) is None and xapi.check_mode:
+                        entry.update(status="would start", reason="check mode")
+                        continue
+                except XapiError as exc:
+                    entry.update(status="failed", reason="VM.start failed: %s" % exc)
+                    continue
+                entry["started"] = True
+            entry["running_s"] = round(clock() - t0, 1)
+            started.append((vm, entry))
+        if not wait_guest_metrics:
+            for _vm, entry in started:
+                entry.update(status="running", reason=entry.get("reason") or "started (guest not waited for)")
+        else:
+            outcome = wait_tier(xapi, [vm for vm, _e in started], clock() + guest_timeout, require_network,
+                                interval, clock, sleep)
+            for vm, entry in started:
+                ready, reason, seen = outcome[vm["ref"]]
+                entry.update(status="ready" if ready else "failed",
+                             reason=reason if ready else "%s after %d s" % (reason, guest_timeout))
+                if ready:
+                    entry["ready_s"] = round(seen - t0, 1)
+        delay = tier_delay(tier)
+        if delay and index < len(tiers) and not xapi.check_mode:
+            sleep(delay)
+    return results

@@ -1,0 +1,117 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, xapi.backup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.xapi.backup.plugins.module_utils import _start_order as so
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiUsageError
+
+
+def vm(name, order=0, delay=0, power="Halted"):
+    return {"ref": "r-" + name, "uuid": "u-" + name, "name_label": name, "order": str(order),
+            "start_delay": str(delay), "power_state": power}
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+class FakeXapi:
+    """VMs start instantly; a VM's guest agent reports ``agent_after`` seconds after its start."""
+
+    def __init__(self, clock, agent_after, check_mode=False):
+        self.clock = clock
+        self.agent_after = agent_after  # name -> seconds, None = never
+        self.check_mode = check_mode
+        self.started = {}
+        self.calls = []
+
+    def change(self, method, *args):
+        self.calls.append((method,) + args)
+        if self.check_mode:
+            return None
+        self.started[args[0]] = self.clock.now
+        return ""
+
+    def call(self, method, *args):
+        if method == "VM.get_record":
+            name = args[0][2:]
+            if args[0] not in self.started:
+                return {"power_state": "Halted", "guest_metrics": NULL_REF}
+            after = self.agent_after.get(name)
+            ready = after is not None and self.clock.now - self.started[args[0]] >= after
+            return {"power_state": "Running", "guest_metrics": "gm-" + name if ready else NULL_REF}
+        if method == "VM_guest_metrics.get_record":
+            return {"networks": {"0/ip": "10.0.0.5"}}
+        raise AssertionError(method)
+
+
+def test_tiers_follow_vm_order_then_name():
+    tiers, notes = so.start_tiers([vm("web", 2), vm("db", 1), vm("app", 2), vm("misc", 0)])
+    assert [[v["name_label"] for v in t] for t in tiers] == [["misc"], ["db"], ["app", "web"]]
+    assert notes == []
+
+
+def test_explicit_tiers_and_leftovers():
+    vms = [vm("web", 2), vm("db", 1), vm("app", 2)]
+    tiers, notes = so.start_tiers(vms, [["web"], ["u-db"]])
+    assert [[v["name_label"] for v in t] for t in tiers] == [["web"], ["db"], ["app"]]
+    assert notes == ["not in any tier, started last: app"]
+    with pytest.raises(XapiUsageError, match="tier 1: 0 VM"):
+        so.start_tiers(vms, [["nope"]])
+
+
+def test_tier_delay_is_the_longest_start_delay():
+    assert so.tier_delay([vm("a", delay=5), vm("b", delay=30), vm("c", delay="x")]) == 30
+
+
+def test_guest_ready():
+    assert so.guest_ready(None, False)[0] is False
+    assert so.guest_ready({"networks": {}}, False)[0] is True
+    assert so.guest_ready({"networks": {}}, True) == (False, "guest agent reports no network address yet")
+    assert so.guest_ready({"networks": {"0/ip": "x"}}, True)[0] is True
+
+
+def test_sequence_waits_for_agents_and_delays_and_names_a_silent_vm():
+    clock = FakeClock()
+    xapi = FakeXapi(clock, {"db": 4, "web": 3, "broken": None})
+    tiers, _notes = so.start_tiers([vm("db", 1, delay=10), vm("web", 2), vm("broken", 2)])
+    results = so.start_in_order(xapi, tiers, guest_timeout=20, require_network=True, wait_guest_metrics=True,
+                                interval=1, clock=clock, sleep=clock.sleep)
+    by_name = {r["name"]: r for r in results}
+    assert by_name["db"]["status"] == "ready" and by_name["db"]["ready_s"] == 4
+    # the second tier starts after db is ready AND its 10 s start_delay
+    assert by_name["web"]["start_s"] == 14 and by_name["web"]["ready_s"] == 17
+    assert by_name["broken"]["status"] == "failed"
+    assert by_name["broken"]["reason"] == "no guest metrics yet (guest agent not running) after 20 s"
+    assert [c[0] for c in xapi.calls] == ["VM.start"] * 3
+
+
+def test_check_mode_starts_nothing():
+    clock = FakeClock()
+    xapi = FakeXapi(clock, {}, check_mode=True)
+    tiers, _notes = so.start_tiers([vm("db", 1, delay=10), vm("web", 2)])
+    results = so.start_in_order(xapi, tiers, 5, False, True, clock=clock, sleep=clock.sleep)
+    assert [r["status"] for r in results] == ["would start", "would start"]
+    assert xapi.started == {} and clock.now == 0
+
+
+def test_already_running_vm_is_not_started_but_waited_for():
+    clock = FakeClock()
+    xapi = FakeXapi(clock, {"db": 0})
+    xapi.started["r-db"] = 0.0
+    results = so.start_in_order(xapi, [[vm("db", power="Running")]], 5, False, True, clock=clock, sleep=clock.sleep)
+    assert results[0]["status"] == "ready" and results[0]["reason"] == "guest agent up with 1 address(es)"
+    assert results[0]["started"] is False
+    assert xapi.calls == []
