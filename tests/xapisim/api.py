@@ -305,7 +305,7 @@ def _setter(cls, field):
 
     def set_(call, ref, value):
         ref = call.ref(cls, ref)
-        call.db.set_field(cls, ref, field.name, check_value(field, value, "value"))
+        call.db.set_field(cls, ref, field.name, check_value(field, value))
         return ""
     return Method(set_, (3,), False)
 
@@ -316,7 +316,7 @@ def _map_add(cls, field):
 
     def add(call, ref, key, value):
         ref = call.ref(cls, ref)
-        checked = check_value(field, {_string(key, "key"): value}, "value")
+        checked = check_value(field, {_string(key, "key"): value})
         call.db.map_add(cls, ref, field.name, *next(iter(checked.items())))
         return ""
     return Method(add, (4,), False)
@@ -338,7 +338,7 @@ def _set_add(cls, field):
 
     def add(call, ref, value):
         ref = call.ref(cls, ref)
-        call.db.set_add(cls, ref, field.name, check_value(field, [value], "value")[0])
+        call.db.set_add(cls, ref, field.name, check_value(field, [value])[0])
         return ""
     return Method(add, (3,), False)
 
@@ -349,7 +349,7 @@ def _set_remove(cls, field):
 
     def remove(call, ref, value):
         ref = call.ref(cls, ref)
-        call.db.set_remove(cls, ref, field.name, check_value(field, [value], "value")[0])
+        call.db.set_remove(cls, ref, field.name, check_value(field, [value])[0])
         return ""
     return Method(remove, (3,), False)
 

@@ -570,8 +570,9 @@ def vm_power_state_reset(call, vm):
 @api_method("VM.set_is_a_template", 3)
 def vm_set_is_a_template(call, vm, value):
     db = call.db
-    value = bool(value) if not isinstance(value, str) else value.lower() == "true"
+    from tests.xapisim.api import check_value
     vm_ref = call.ref("VM", vm)
+    value = check_value(CLASSES["VM"]["is_a_template"], value)
     if value:
         with VmOperation(call, vm_ref, "make_into_template"):
             metrics = db.get_field("VM", vm_ref, "metrics")

@@ -32,14 +32,14 @@ VCPU_RULE = "VCPU values must satisfy: 0 < VCPUs_at_startup ≤ VCPUs_max"
 MAX_PROVISION_XML = 64 * 1024  # a template's disks XML is a few hundred bytes
 
 
-def _int(value, name="value"):
+def _int(value, name):
     return check_value(CLASSES["VM"]["VCPUs_max"], value, name)
 
 
 # ------------------------------------------------------------------------------ VCPUs
 @api_method("VM.set_VCPUs_max", 3, async_ok=True)
 def vm_set_vcpus_max(call, vm, value):
-    value = _int(value)
+    value = _int(value, "VCPUs_max")
     with VmOperation(call, vm, "changing_VCPUs") as vm_ref:
         at_startup = int(call.db.get_field("VM", vm_ref, "VCPUs_at_startup"))
         if value < 1 or value < at_startup:
@@ -51,7 +51,7 @@ def vm_set_vcpus_max(call, vm, value):
 @api_method("VM.set_VCPUs_at_startup", 3, async_ok=True)
 def vm_set_vcpus_at_startup(call, vm, value):
     """No operation lock (message_forwarding.ml calls it directly): any power state."""
-    value = _int(value)
+    value = _int(value, "VCPUs_at_startup")
     vm_ref = call.ref("VM", vm)
     if call.db.get_field("VM", vm_ref, "is_control_domain"):
         raise XapiError("OPERATION_NOT_ALLOWED", "set_VCPUs_at_startup is not allowed on dom0")
@@ -106,7 +106,7 @@ def set_memory_constraints(db, vm_ref, static_min, static_max, dynamic_min, dyna
 
 @api_method("VM.set_memory", 3, async_ok=True)
 def vm_set_memory(call, vm, value):
-    value = _int(value)
+    value = _int(value, "value")
     with VmOperation(call, vm, "changing_memory_limits") as vm_ref:
         static_min = int(call.db.get_field("VM", vm_ref, "memory_static_min"))
         set_memory_constraints(call.db, vm_ref, static_min, value, value, value)
@@ -140,7 +140,7 @@ def _one_bound(kind, bound):
     """set_memory_<kind>_<bound>(value): the range call with the other bound unchanged."""
     def set_one(call, vm, value):
         vm_ref = call.ref("VM", vm)
-        value = _int(value)
+        value = _int(value, "memory_%s_%s" % (kind, bound))
         other = "max" if bound == "min" else "min"
         other_value = call.db.get_field("VM", vm_ref, "memory_%s_%s" % (kind, other))
         pair = (value, other_value) if bound == "min" else (other_value, value)
@@ -169,7 +169,7 @@ def vm_set_hvm_boot_policy(call, vm, value):
 def _non_negative(field):
     def set_(call, vm, value):
         vm_ref = call.ref("VM", vm)
-        value = _int(value)
+        value = _int(value, field)
         if value < 0:
             raise XapiError("INVALID_VALUE", "%s must be non-negative" % field, str(value))
         call.db.set_field("VM", vm_ref, field, value)

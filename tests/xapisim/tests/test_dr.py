@@ -259,5 +259,5 @@ def test_order_and_start_delay(xapisim_factory):
         setter = getattr(x.VM, "set_" + field)
         assert failure(setter, vm, "-1") == \
             ["INVALID_VALUE", "%s must be non-negative" % field, "-1"]
-        assert failure(setter, vm, "soon") == ["FIELD_TYPE_ERROR", "value"]
+        assert failure(setter, vm, "soon") == ["FIELD_TYPE_ERROR", field]
     assert x.VM.get_order(vm) == "3"
