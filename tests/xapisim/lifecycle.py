@@ -42,8 +42,11 @@ _TEMPLATE_OPS = {"changing_dynamic_range", "changing_static_range", "changing_me
                  "metadata_export", "provision"}
 _SNAPSHOT_OPS = {"revert", "clone", "copy", "export", "destroy", "hard_shutdown",
                  "metadata_export"}
-_DOM0_OPS = {"data_source_op", "changing_memory_live", "awaiting_memory_live",
-             "metadata_export", "changing_dynamic_range", "start"}
+# check_operation_error: what a control domain may do; dom0 itself not changing_VCPUs/destroy.
+_CONTROL_DOMAIN_OPS = {"data_source_op", "changing_memory_live", "awaiting_memory_live",
+                       "metadata_export", "changing_dynamic_range", "changing_memory_limits",
+                       "changing_static_range", "start", "start_on", "changing_VCPUs",
+                       "destroy"}
 
 
 def allowed_power_states(vm, op):
@@ -91,8 +94,12 @@ def check_operation(ref, vm, op, task_ref=None):
         return XapiError("ONLY_REVERT_SNAPSHOT")
     if op == "snapshot_with_quiesce":
         return XapiError("MESSAGE_REMOVED")  # VSS support removed in Citrix Hypervisor 8.1
-    if vm["is_control_domain"] and op not in _DOM0_OPS:
-        return XapiError("OPERATION_NOT_ALLOWED", "Operations on domain 0 are not allowed")
+    if vm["is_control_domain"] and int(vm["domid"]) == 0 and op in ("changing_VCPUs",
+                                                                     "destroy"):
+        return XapiError("OPERATION_NOT_ALLOWED", "This operation is not allowed on dom0")
+    if vm["is_control_domain"] and op not in _CONTROL_DOMAIN_OPS:
+        return XapiError("OPERATION_NOT_ALLOWED",
+                         "This operation is not allowed on a control domain")
     return None
 
 

@@ -300,3 +300,14 @@ def test_list_methods_names_the_generated_surface(sim):
             "VM.set_VCPUs_max", "SR.introduce"} <= methods
     assert "VM.set_power_state" not in methods and "message.get_name" not in methods
     assert os.path.exists(coverage.README)
+
+
+def test_readme_coverage_table_is_current():
+    """The README table is generated (python -m tests.xapisim.coverage --update-readme)."""
+    with open(coverage.README, encoding="utf-8") as f:
+        readme = f.read()
+    assert coverage.markdown_table() in readme
+    counts = coverage.class_coverage("VM")
+    assert {"set_VCPUs_max", "provision", "clone", "copy", "set_order",
+            "set_start_delay"} <= set(counts["implemented"])
+    assert "add_to_other_config" in counts["partial"] and "migrate_send" in counts["absent"]
