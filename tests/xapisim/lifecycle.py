@@ -15,7 +15,8 @@ _ALLOWED_POWER_STATES = {
     "resume": ["Suspended"], "resume_on": ["Suspended"],
     "clean_reboot": ["Running"], "clean_shutdown": ["Running"], "pause": ["Running"],
     "suspend": ["Running"], "snapshot_with_quiesce": ["Running"], "pool_migrate": ["Running"],
-    "migrate_send": ["Running"], "changing_VCPUs_live": ["Running"],
+    "migrate_send": ["Halted", "Suspended", "Running"], "changing_VCPUs_live": ["Running"],
+    "sysprep": ["Running"], "changing_NVRAM": ["Halted"], "create_vtpm": ["Halted"],
     "changing_dynamic_range": ["Halted", "Running"],
     "clone": ["Halted"], "copy": ["Halted"],
     "destroy": ["Halted", "Suspended"], "export": ["Halted", "Suspended"],
@@ -53,6 +54,9 @@ def allowed_power_states(vm, op):
     states = list(_ALLOWED_POWER_STATES.get(op, ALL_STATES))
     if op in ("clone", "copy") and vm["is_a_snapshot"]:
         states.append("Suspended")
+    if op in ("changing_VCPUs", "changing_static_range", "changing_memory_limits") and \
+            vm["is_control_domain"]:
+        states.append("Running")
     return states
 
 

@@ -103,6 +103,11 @@ def test_set_vcpus(x, halted):
     dom0 = x.host.get_control_domain(x.host.get_all()[0])
     assert failure(x.VM.set_VCPUs_at_startup, dom0, "1") == \
         ["OPERATION_NOT_ALLOWED", "set_VCPUs_at_startup is not allowed on dom0"]
+    assert failure(x.VM.set_VCPUs_max, dom0, "8") == \
+        ["OPERATION_NOT_ALLOWED", "This operation is not allowed on dom0"]
+    # the power state is checked first (xapi_vm_lifecycle.ml check_operation_error)
+    assert failure(x.VM.destroy, dom0) == \
+        ["VM_BAD_POWER_STATE", dom0, "halted, suspended", "running"]
 
 
 # ------------------------------------------------------------------------------ memory
@@ -381,3 +386,68 @@ def test_vm_from_template_end_to_end(sim, x):
     assert failure(x.VM.get_record, vm) == ["HANDLE_INVALID", "VM", vm]
     assert failure(x.VBD.get_record, record["VBDs"][0])[0] == "HANDLE_INVALID"
     assert failure(x.VIF.get_record, vif)[0] == "HANDLE_INVALID"
+
+
+# ------------------------------------------------------------------------------ create / clone / copy
+def test_vm_create_takes_the_constructor_fields(x):
+    template = x.VM.get_record(vm_named(x, "Other install media"))
+    record = {k: template[k] for k in template}  # a whole get_record, as clients send it
+    record.update(name_label="created", is_a_template=False, power_state="Running",
+                  blocked_operations={"start": "ignored"}, order="4", domain_type="unspecified",
+                  HVM_boot_policy="BIOS order")
+    del record["other_config"]["mac_seed"]
+    token = token_now(x)
+    vm = x.VM.create(record)
+    created = x.VM.get_record(vm)
+    assert created["power_state"] == "Halted" and created["blocked_operations"] == {}
+    assert created["order"] == "4" and created["domain_type"] == "hvm"
+    assert created["other_config"]["mac_seed"] and created["metrics"] != NULL
+    assert created["VBDs"] == [] and created["domid"] == "-1"
+    assert ("vm", "add", vm) in [(e["class"], e["operation"], e["ref"])
+                                 for e in events_since(x, token)]
+    missing = dict(record)
+    del missing["memory_static_max"]
+    assert failure(x.VM.create, missing) == \
+        ["INTERNAL_ERROR", 'Server_helpers.Dispatcher_FieldNotFound("memory_static_max")']
+    assert failure(x.VM.create, dict(record, VCPUs_max="two")) == \
+        ["FIELD_TYPE_ERROR", "VCPUs_max"]
+    assert failure(x.VM.create, dict(record, actions_after_crash="explode")) == \
+        ["INVALID_VALUE", "actions_after_crash", "explode"]
+    suspended = failure(x.VM.create, dict(record, power_state="Suspended"))
+    assert suspended[0] == "VM_BAD_POWER_STATE" and suspended[2:] == ["halted", "suspended"]
+    # start validates VCPUs and memory (xapi_vm_helpers.ml validate_basic_parameters)
+    bad = x.VM.create(dict(record, VCPUs_max="1", VCPUs_at_startup="2"))
+    assert failure(x.VM.start, bad, False, False) == \
+        ["VALUE_NOT_SUPPORTED", "VCPUs-at-startup", "2", "value greater than VCPUs-max"]
+    bad = x.VM.create(dict(record, memory_static_min=str(2 * MiB),
+                           memory_static_max=str(MiB)))
+    assert failure(x.VM.start, bad, False, False) == ["MEMORY_CONSTRAINT_VIOLATION"]
+    assert x.VM.get_power_state(bad) == "Halted"
+
+
+def test_clone_and_copy(sim, x, halted):
+    sr = x.SR.get_by_name_label("nfs")[0]
+    token = token_now(x)
+    clone = x.VM.clone(halted, "the clone")
+    record = x.VM.get_record(clone)
+    assert record["is_a_template"] is False and record["power_state"] == "Halted"
+    assert len(record["VBDs"]) == 2 and len(record["VIFs"]) == 1
+    source_macs = {x.VIF.get_MAC(v) for v in x.VM.get_VIFs(halted)}
+    assert {x.VIF.get_MAC(v) for v in record["VIFs"]}.isdisjoint(source_macs)
+    assert ("vm", "add", clone) in [(e["class"], e["operation"], e["ref"])
+                                    for e in events_since(x, token)]
+    copied = x.VM.copy(halted, "the copy", sr)
+    src_disks = sorted(x.VDI.get_uuid(x.VBD.get_VDI(v)) for v in x.VM.get_VBDs(halted))
+    new_disks = sorted(x.VDI.get_uuid(x.VBD.get_VDI(v)) for v in x.VM.get_VBDs(copied))
+    assert set(src_disks).isdisjoint(new_disks)
+    assert sorted(sim.vdi_read(u)["sha256"] for u in src_disks) == \
+        sorted(sim.vdi_read(u)["sha256"] for u in new_disks)
+    running = vm_named(x, "tiny-running")
+    assert failure(x.VM.clone, running, "no") == \
+        ["VM_BAD_POWER_STATE", running, "halted", "running"]
+    assert failure(x.VM.copy, running, "no", sr) == \
+        ["VM_BAD_POWER_STATE", running, "halted", "running"]
+    assert failure(x.VM.copy, halted, "no", "OpaqueRef:nope") == \
+        ["HANDLE_INVALID", "SR", "OpaqueRef:nope"]
+    x.VM.add_to_blocked_operations(halted, "clone", "frozen")
+    assert failure(x.VM.clone, halted, "no") == ["OPERATION_BLOCKED", halted, "frozen"]
