@@ -55,11 +55,12 @@ def sr_introduce(call, uuid, name_label, name_description, sr_type, content_type
 def sr_forget(call, sr):
     db = call.db
     sr_ref = call.ref("SR", sr)
+    record = db.get("SR", sr_ref)
+    if any(db.get_field("PBD", p, "currently_attached") for p in record["PBDs"]):
+        raise XapiError("SR_HAS_PBD", sr_ref)
+    # storage first: its lock is always taken before the database's (no lock-order cycle)
+    call.sim.storage.forget_sr(record["uuid"])
     with db.lock:
-        record = db.get("SR", sr_ref)
-        if any(db.get_field("PBD", p, "currently_attached") for p in record["PBDs"]):
-            raise XapiError("SR_HAS_PBD", sr_ref)
-        call.sim.storage.forget_sr(record["uuid"])
         for pbd in record["PBDs"]:
             db.delete("PBD", pbd)
         for vdi in record["VDIs"]:

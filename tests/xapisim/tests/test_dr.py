@@ -261,3 +261,60 @@ def test_order_and_start_delay(xapisim_factory):
             ["INVALID_VALUE", "%s must be non-negative" % field, "-1"]
         assert failure(setter, vm, "soon") == ["FIELD_TYPE_ERROR", field]
     assert x.VM.get_order(vm) == "3"
+
+
+def test_scan_trusts_nothing_outside_the_sr_directory(xapisim_factory, tmp_path):
+    """An sr.json is untrusted: a volume whose file leaves the directory (a path, a link, an
+    image outside --image-dir) or whose uuid is not one is ignored; a symlinked SR directory
+    does not plug; an unreadable sr.json is an empty SR."""
+    import json
+    import uuid
+    sim = xapisim_factory("tiny")
+    x = sim.session().xenapi
+    host = x.host.get_all()[0]
+    sr_uuid = str(uuid.uuid4())
+    directory = tmp_path / "sr"
+    directory.mkdir()
+    outside = tmp_path / "outside.img"
+    outside.write_bytes(b"not the simulator's" + bytes(MiB))
+    (directory / "good.img").write_bytes(bytes(MiB))
+    (directory / "link.img").symlink_to(outside)
+    layer = {"sr": sr_uuid, "parent": None, "owned": None, "readonly": False,
+             "data_size": MiB}
+    layers = {"good": dict(layer, id="good", file="good.img"),
+              "escape": dict(layer, id="escape", file="../outside.img"),
+              "link": dict(layer, id="link", file="link.img"),
+              "image": dict(layer, id="image", image=str(outside), readonly=True),
+              "loop": dict(layer, id="loop", file="good.img", parent="loop", owned=[])}
+    good, others = str(uuid.uuid4()), [str(uuid.uuid4()) for _i in range(4)]
+    vdis = {good: {"top": "good", "virtual_size": MiB, "type": "user"},
+            "not-a-uuid": {"top": "good", "virtual_size": MiB}}
+    for vdi_uuid, top in zip(others, ("escape", "link", "image", "loop")):
+        vdis[vdi_uuid] = {"top": top, "virtual_size": MiB}
+    (directory / "sr.json").write_text(json.dumps({
+        "format": 1, "sr_uuid": sr_uuid, "type": "nfs", "physical_size": 64 * MiB,
+        "vdis": vdis, "layers": layers}))
+    sr = x.SR.introduce(sr_uuid, "found", "", "nfs", "user", True, {})
+    link = tmp_path / "sr-link"
+    link.symlink_to(directory)
+    via_link = x.PBD.create({"host": host, "SR": sr, "device_config": {"location": str(link)}})
+    assert failure(x.PBD.plug, via_link)[0] == "SR_BACKEND_FAILURE_47"
+    x.PBD.destroy(via_link)
+    pbd = x.PBD.create({"host": host, "SR": sr, "device_config": {"location": str(directory)}})
+    x.PBD.plug(pbd)
+    x.SR.scan(sr)
+    assert [x.VDI.get_uuid(v) for v in x.SR.get_VDIs(sr)] == [good]
+    assert sim.vdi_read(good, 0, 4) == bytes(4)
+    x.VDI.destroy(x.VDI.get_by_uuid(good))
+    assert not (directory / "good.img").exists()
+    assert outside.read_bytes().startswith(b"not the simulator's")
+    assert (directory / "link.img").is_symlink()
+    # garbage metadata: an empty SR, no crash
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "sr.json").write_text("{not json")
+    other = x.SR.introduce("", "garbage", "", "nfs", "user", True, {})
+    pbd2 = x.PBD.create({"host": host, "SR": other, "device_config": {"location": str(garbage)}})
+    x.PBD.plug(pbd2)
+    x.SR.scan(other)
+    assert x.SR.get_VDIs(other) == []
