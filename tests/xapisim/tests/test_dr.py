@@ -242,6 +242,17 @@ def test_guest_metrics_appear_after_start_and_never_for_a_broken_guest(xapisim_f
     assert x.VM.get_guest_metrics(vm) == "OpaqueRef:NULL"
 
 
+def test_guest_agent_survives_a_simulator_restart(xapisim_factory):
+    sim = xapisim_factory("tiny", options={"guest_metrics_delay_seconds": "1.5"})
+    x = sim.session().xenapi
+    vm = vm_named(x, "tiny-halted")
+    x.VM.start(vm, False, False)
+    sim.restart()  # the old process dies before the agent's first report
+    x = sim.session().xenapi
+    assert x.VM.get_power_state(vm) == "Running"
+    assert wait_for(lambda: x.VM.get_guest_metrics(vm) != "OpaqueRef:NULL", timeout=8)
+
+
 def test_order_and_start_delay(xapisim_factory):
     sim = xapisim_factory("tiny")
     x = sim.session().xenapi
