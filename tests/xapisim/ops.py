@@ -20,11 +20,16 @@ SUSPEND_IMAGE_DATA = 1024 * 1024  # bytes of fake memory image written into a su
 
 # ------------------------------------------------------------------------------ helpers
 def refresh_allowed_operations(db, vm_ref):
+    """The VM's allowed_operations, then its appliance's (xapi_vm_lifecycle.ml
+    update_allowed_operations)."""
     with db.lock:
         if db.exists("VM", vm_ref):
             vm = db.get("VM", vm_ref)
             db.set_field("VM", vm_ref, "allowed_operations",
                          lifecycle.allowed_operations(vm_ref, vm))
+            if vm["appliance"] != NULL_REF:
+                from tests.xapisim.vmconfig import refresh_appliance_operations
+                refresh_appliance_operations(db, vm["appliance"])
 
 
 class VmOperation:

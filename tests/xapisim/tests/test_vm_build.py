@@ -322,6 +322,12 @@ def test_appliance_starts_by_order_and_stops_in_reverse(x):
         x.VM.set_appliance(vm, app)
         vms.append(vm)
     assert sorted(x.VM_appliance.get_VMs(app)) == sorted(vms)
+    assert sorted(x.VM_appliance.get_allowed_operations(app)) == ["start"]
+    empty = x.VM_appliance.create({"name_label": "empty", "name_description": ""})
+    assert failure(x.VM_appliance.start, empty, False) == \
+        ["OPERATION_NOT_ALLOWED", "Appliance has no VMs."]
+    assert failure(x.VM_appliance.clean_shutdown, app) == \
+        ["OPERATION_NOT_ALLOWED", "There are no running VMs in this appliance."]
     assert failure(x.VM.set_appliance, template, app) == \
         ["OPERATION_NOT_ALLOWED", "Control domains, templates and snapshots cannot be added "
                                   "to appliances."]
@@ -330,6 +336,10 @@ def test_appliance_starts_by_order_and_stops_in_reverse(x):
     # is no timeline)
     by_domid = sorted(vms, key=lambda v: int(x.VM.get_domid(v)))
     assert [x.VM.get_name_label(v) for v in by_domid] == ["db", "app", "web"]
+    assert sorted(x.VM_appliance.get_allowed_operations(app)) == \
+        ["clean_shutdown", "hard_shutdown", "shutdown"]
+    assert failure(x.VM_appliance.start, app, False) == \
+        ["OPERATION_NOT_ALLOWED", "There are no halted VMs in this appliance."]
     token = token_now(x)
     x.VM_appliance.clean_shutdown(app)
     last = {e["ref"]: int(e["id"]) for e in events_since(x, token) if e["ref"] in vms}
