@@ -329,3 +329,32 @@ def test_scan_trusts_nothing_outside_the_sr_directory(xapisim_factory, tmp_path)
     x.PBD.plug(pbd2)
     x.SR.scan(other)
     assert x.SR.get_VDIs(other) == []
+
+
+def test_an_exported_vm_carries_its_guest_metrics_and_imports(xapisim_factory):
+    """export.ml walks VM.guest_metrics: a VM that has reported guest metrics exports them
+    (ova.xml VM_guest_metrics object), and the XVA still imports."""
+    from tests.xapisim.tests import xva_decoder
+    from tests.xapisim.tests.test_http_helpers import request
+    sim = xapisim_factory("tiny", options={"guest_metrics_delay_seconds": "0.05"})
+    session = sim.session()
+    x = session.xenapi
+    vm = vm_named(x, "tiny-halted")
+    x.VM.start(vm, False, False)
+    gm = wait_for(lambda: x.VM.get_guest_metrics(vm) != "OpaqueRef:NULL" and
+                  x.VM.get_guest_metrics(vm))
+    x.VM.hard_shutdown(vm)
+    response, data = request(sim.url, "GET", "/export",
+                             {"session_id": session._session, "ref": vm})
+    assert response.status == 200
+    exported = xva_decoder.decode(data)
+    metrics = exported.objects_of("VM_guest_metrics")
+    assert len(metrics) == 1 and metrics[0]["snapshot"]["uuid"] == \
+        x.VM_guest_metrics.get_uuid(gm)
+    assert exported.objects_of("VM")[0]["snapshot"]["guest_metrics"] == metrics[0]["id"]
+    sr = x.SR.get_by_name_label("nfs")[0]
+    response, body = request(sim.url, "PUT", "/import",
+                             {"session_id": session._session, "sr_id": sr}, body=data,
+                             headers={"Content-Length": str(len(data))})
+    assert response.status == 200, body[:200]
+    assert len(x.VM.get_by_name_label("tiny-halted")) == 2
