@@ -306,18 +306,26 @@ def clone_vm(call, vm_ref, new_name, clone_disk, disk_op="clone"):
                                                                       vm["power_state"]))
     fields["metrics"] = new_metrics(db, fields)
     new_vm = db.create("VM", fields)
+    new_vdis = []  # xapi_vm_clone.ml safe_clone_disks: the disks cloned so far go on failure
+
+    def cloned(vdi):
+        new_vdis.append(clone_disk(vdi))
+        return new_vdis[-1]
     try:
         for vbd_ref in vm["VBDs"]:
             vbd = db.get("VBD", vbd_ref)
             disk = dict(vm_disk_vbds(db, vm_ref)).get(vbd_ref)
-            vdi = clone_disk(vbd["VDI"]) if disk is not None else vbd["VDI"]
+            vdi = cloned(vbd["VDI"]) if disk is not None else vbd["VDI"]
             copy_vbd(db, vbd, new_vm, vdi)
         for vif_ref in vm["VIFs"]:
             copy_vif(db, db.get("VIF", vif_ref), new_vm, keep_mac=False)
         if db.exists("VDI", vm["suspend_VDI"]) and fields["power_state"] == "Suspended":
-            db.set_field("VM", new_vm, "suspend_VDI", clone_disk(vm["suspend_VDI"]))
+            db.set_field("VM", new_vm, "suspend_VDI", cloned(vm["suspend_VDI"]))
     except Exception:
         destroy_vm_records(db, new_vm)
+        for vdi in new_vdis:
+            if db.exists("VDI", vdi):
+                call.sim.storage.destroy_vdi(vdi)
         raise
     refresh_allowed_operations(db, new_vm)
     return new_vm

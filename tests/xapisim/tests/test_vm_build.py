@@ -460,6 +460,14 @@ def test_clone_and_copy(sim, x, halted):
     assert set(src_disks).isdisjoint(new_disks)
     assert sorted(sim.vdi_read(u)["sha256"] for u in src_disks) == \
         sorted(sim.vdi_read(u)["sha256"] for u in new_disks)
+    # a copy that does not fit leaves nothing behind (safe_clone_disks)
+    lvm = x.SR.get_by_name_label("small-lvm")[0]
+    two_disks = x.VM.clone(halted, "two disks")  # 4 MiB + 2 MiB; the SR has 4 MiB free
+    before = {r: set(x.SR.get_VDIs(r)) for r in x.SR.get_all()}
+    vms_before = set(x.VM.get_all())
+    assert failure(x.VM.copy, two_disks, "too big", lvm)[0] == "SR_FULL"
+    assert {r: set(x.SR.get_VDIs(r)) for r in x.SR.get_all()} == before
+    assert set(x.VM.get_all()) == vms_before
     running = vm_named(x, "tiny-running")
     assert failure(x.VM.clone, running, "no") == \
         ["VM_BAD_POWER_STATE", running, "halted", "running"]
