@@ -219,6 +219,12 @@ def test_every_accessor_answers_like_xapi(client, objects):
         assert client.call(cls + ".get_by_uuid", record["uuid"]) == ref
         if cls != "session":
             assert ref in client.call(cls + ".get_all")
+            where = 'field "uuid" = "%s"' % record["uuid"]
+            assert client.call(cls + ".get_all_where", where) == [ref]
+            assert list(client.call(cls + ".get_all_records_where", where)) == [ref]
+        else:  # session is not in expose_get_all_messages_for; its get_all is database-only
+            assert expect_failure(client, "session.get_all") == \
+                ["MESSAGE_METHOD_UNKNOWN", "session.get_all"]
         if "name_label" in record:
             assert ref in client.call(cls + ".get_by_name_label", record["name_label"])
         for field in api_fields(cls):
