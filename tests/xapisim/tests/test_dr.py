@@ -329,6 +329,10 @@ def test_scan_trusts_nothing_outside_the_sr_directory(xapisim_factory, tmp_path)
     x.PBD.plug(pbd2)
     x.SR.scan(other)
     assert x.SR.get_VDIs(other) == []
+    assert int(x.SR.get_physical_size(other)) > 0  # the filesystem's size, as a file SR
+    vdi = x.VDI.create({"SR": other, "virtual_size": str(MiB), "type": "user",
+                        "sharable": False, "read_only": False, "other_config": {}})
+    assert x.VDI.get_SR(vdi) == other
 
 
 def test_an_exported_vm_carries_its_guest_metrics_and_imports(xapisim_factory):
