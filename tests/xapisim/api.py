@@ -141,13 +141,18 @@ def generic_method(cls, op):
     if not info.in_db and op not in info.messages:
         return None
     readers = {
-        "get_all": (1, lambda call: call.db.refs(cls)),
         "get_record": (2, lambda call, ref: _record(call, cls, ref)),
         "get_by_uuid": (2, lambda call, uuid: call.db.by_uuid(cls, _string(uuid, "uuid"))),
     }
+    # get_all itself is database-only; clients get the public get_all, get_all_where and
+    # get_all_records(_where) for the classes in datamodel.ml expose_get_all_messages_for.
+    if info.expose_get_all_records or "get_all" in info.messages:
+        readers["get_all"] = (1, lambda call: call.db.refs(cls))
     if info.expose_get_all_records or "get_all_records" in info.messages:
         readers["get_all_records"] = (1, lambda call: _all_records(call, cls))
         readers["get_all_records_where"] = (2, lambda call, expr: _records_where(call, cls, expr))
+    if info.expose_get_all_records:
+        readers["get_all_where"] = (2, lambda call, expr: list(_records_where(call, cls, expr)))
     if op in readers:
         arity, fn = readers[op]
         return Method(fn, (arity,), False)
@@ -196,7 +201,7 @@ def generic_method_names():
     """Every Class.call the generic surface answers (for system.listMethods)."""
     names = set()
     ops = ["get_all", "get_record", "get_by_uuid", "get_all_records", "get_all_records_where",
-           "get_by_name_label", "create", "destroy"]
+           "get_all_where", "get_by_name_label", "create", "destroy"]
     for cls, fields in CLASSES.items():
         for name in fields:
             ops_for_field = ["get_", "set_", "add_to_", "remove_from_", "add_", "remove_"]
@@ -305,7 +310,7 @@ def _setter(cls, field):
 
     def set_(call, ref, value):
         ref = call.ref(cls, ref)
-        call.db.set_field(cls, ref, field.name, check_value(field, value, "value"))
+        call.db.set_field(cls, ref, field.name, check_value(field, value))
         return ""
     return Method(set_, (3,), False)
 
@@ -316,7 +321,7 @@ def _map_add(cls, field):
 
     def add(call, ref, key, value):
         ref = call.ref(cls, ref)
-        checked = check_value(field, {_string(key, "key"): value}, "value")
+        checked = check_value(field, {_string(key, "key"): value})
         call.db.map_add(cls, ref, field.name, *next(iter(checked.items())))
         return ""
     return Method(add, (4,), False)
@@ -338,7 +343,7 @@ def _set_add(cls, field):
 
     def add(call, ref, value):
         ref = call.ref(cls, ref)
-        call.db.set_add(cls, ref, field.name, check_value(field, [value], "value")[0])
+        call.db.set_add(cls, ref, field.name, check_value(field, [value])[0])
         return ""
     return Method(add, (3,), False)
 
@@ -349,7 +354,7 @@ def _set_remove(cls, field):
 
     def remove(call, ref, value):
         ref = call.ref(cls, ref)
-        call.db.set_remove(cls, ref, field.name, check_value(field, [value], "value")[0])
+        call.db.set_remove(cls, ref, field.name, check_value(field, [value])[0])
         return ""
     return Method(remove, (3,), False)
 

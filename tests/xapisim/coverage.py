@@ -31,9 +31,9 @@ def client_messages(cls):
     names = list(spec["messages"])
     if not spec["in_db"]:
         return sorted(set(names))
-    names += ["get_all", "get_record", "get_by_uuid"]
+    names += ["get_record", "get_by_uuid"]
     if spec.get("expose_get_all_records"):
-        names += ["get_all_records", "get_all_records_where"]
+        names += ["get_all", "get_all_where", "get_all_records", "get_all_records_where"]
     if spec["gen_constructor_destructor"]:
         names += ["create", "destroy"]
     if any(f["name"] == "name_label" for f in spec["fields"]):

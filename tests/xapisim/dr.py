@@ -15,6 +15,7 @@ directory, so a pool database dump carries what a second pool needs to re-attach
 """
 
 import random
+import shutil
 import threading
 import uuid as uuidlib
 
@@ -55,11 +56,12 @@ def sr_introduce(call, uuid, name_label, name_description, sr_type, content_type
 def sr_forget(call, sr):
     db = call.db
     sr_ref = call.ref("SR", sr)
+    record = db.get("SR", sr_ref)
+    if any(db.get_field("PBD", p, "currently_attached") for p in record["PBDs"]):
+        raise XapiError("SR_HAS_PBD", sr_ref)
+    # storage first: its lock is always taken before the database's (no lock-order cycle)
+    call.sim.storage.forget_sr(record["uuid"])
     with db.lock:
-        record = db.get("SR", sr_ref)
-        if any(db.get_field("PBD", p, "currently_attached") for p in record["PBDs"]):
-            raise XapiError("SR_HAS_PBD", sr_ref)
-        call.sim.storage.forget_sr(record["uuid"])
         for pbd in record["PBDs"]:
             db.delete("PBD", pbd)
         for vdi in record["VDIs"]:
@@ -141,9 +143,12 @@ def pbd_plug(call, pbd):
     location = record["device_config"].get("location") or call.sim.storage.sr_dir(sr["uuid"])
     meta = call.sim.storage.attach_sr_dir(sr["uuid"], location)
     db.set_field("PBD", pbd_ref, "currently_attached", True)
-    if meta and int(sr["physical_size"]) <= 0:
-        db.update("SR", record["SR"], physical_size=int(meta.get("physical_size") or 0),
-                  physical_utilisation=0)
+    if int(sr["physical_size"]) <= 0:
+        # the size the SR recorded, else what a file SR reports: its filesystem's size
+        size = (meta or {}).get("physical_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            size = shutil.disk_usage(call.sim.storage.sr_dir(sr["uuid"])).total
+        db.update("SR", record["SR"], physical_size=size, physical_utilisation=0)
     return ""
 
 

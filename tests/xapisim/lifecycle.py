@@ -15,7 +15,8 @@ _ALLOWED_POWER_STATES = {
     "resume": ["Suspended"], "resume_on": ["Suspended"],
     "clean_reboot": ["Running"], "clean_shutdown": ["Running"], "pause": ["Running"],
     "suspend": ["Running"], "snapshot_with_quiesce": ["Running"], "pool_migrate": ["Running"],
-    "migrate_send": ["Running"], "changing_VCPUs_live": ["Running"],
+    "migrate_send": ["Halted", "Suspended", "Running"], "changing_VCPUs_live": ["Running"],
+    "sysprep": ["Running"], "changing_NVRAM": ["Halted"], "create_vtpm": ["Halted"],
     "changing_dynamic_range": ["Halted", "Running"],
     "clone": ["Halted"], "copy": ["Halted"],
     "destroy": ["Halted", "Suspended"], "export": ["Halted", "Suspended"],
@@ -42,14 +43,20 @@ _TEMPLATE_OPS = {"changing_dynamic_range", "changing_static_range", "changing_me
                  "metadata_export", "provision"}
 _SNAPSHOT_OPS = {"revert", "clone", "copy", "export", "destroy", "hard_shutdown",
                  "metadata_export"}
-_DOM0_OPS = {"data_source_op", "changing_memory_live", "awaiting_memory_live",
-             "metadata_export", "changing_dynamic_range", "start"}
+# check_operation_error: what a control domain may do; dom0 itself not changing_VCPUs/destroy.
+_CONTROL_DOMAIN_OPS = {"data_source_op", "changing_memory_live", "awaiting_memory_live",
+                       "metadata_export", "changing_dynamic_range", "changing_memory_limits",
+                       "changing_static_range", "start", "start_on", "changing_VCPUs",
+                       "destroy"}
 
 
 def allowed_power_states(vm, op):
     states = list(_ALLOWED_POWER_STATES.get(op, ALL_STATES))
     if op in ("clone", "copy") and vm["is_a_snapshot"]:
         states.append("Suspended")
+    if op in ("changing_VCPUs", "changing_static_range", "changing_memory_limits") and \
+            vm["is_control_domain"]:
+        states.append("Running")
     return states
 
 
@@ -91,8 +98,12 @@ def check_operation(ref, vm, op, task_ref=None):
         return XapiError("ONLY_REVERT_SNAPSHOT")
     if op == "snapshot_with_quiesce":
         return XapiError("MESSAGE_REMOVED")  # VSS support removed in Citrix Hypervisor 8.1
-    if vm["is_control_domain"] and op not in _DOM0_OPS:
-        return XapiError("OPERATION_NOT_ALLOWED", "Operations on domain 0 are not allowed")
+    if vm["is_control_domain"] and int(vm["domid"]) == 0 and op in ("changing_VCPUs",
+                                                                     "destroy"):
+        return XapiError("OPERATION_NOT_ALLOWED", "This operation is not allowed on dom0")
+    if vm["is_control_domain"] and op not in _CONTROL_DOMAIN_OPS:
+        return XapiError("OPERATION_NOT_ALLOWED",
+                         "This operation is not allowed on a control domain")
     return None
 
 

@@ -20,11 +20,16 @@ SUSPEND_IMAGE_DATA = 1024 * 1024  # bytes of fake memory image written into a su
 
 # ------------------------------------------------------------------------------ helpers
 def refresh_allowed_operations(db, vm_ref):
+    """The VM's allowed_operations, then its appliance's (xapi_vm_lifecycle.ml
+    update_allowed_operations)."""
     with db.lock:
         if db.exists("VM", vm_ref):
             vm = db.get("VM", vm_ref)
             db.set_field("VM", vm_ref, "allowed_operations",
                          lifecycle.allowed_operations(vm_ref, vm))
+            if vm["appliance"] != NULL_REF:
+                from tests.xapisim.vmconfig import refresh_appliance_operations
+                refresh_appliance_operations(db, vm["appliance"])
 
 
 class VmOperation:
@@ -301,18 +306,26 @@ def clone_vm(call, vm_ref, new_name, clone_disk, disk_op="clone"):
                                                                       vm["power_state"]))
     fields["metrics"] = new_metrics(db, fields)
     new_vm = db.create("VM", fields)
+    new_vdis = []  # xapi_vm_clone.ml safe_clone_disks: the disks cloned so far go on failure
+
+    def cloned(vdi):
+        new_vdis.append(clone_disk(vdi))
+        return new_vdis[-1]
     try:
         for vbd_ref in vm["VBDs"]:
             vbd = db.get("VBD", vbd_ref)
             disk = dict(vm_disk_vbds(db, vm_ref)).get(vbd_ref)
-            vdi = clone_disk(vbd["VDI"]) if disk is not None else vbd["VDI"]
+            vdi = cloned(vbd["VDI"]) if disk is not None else vbd["VDI"]
             copy_vbd(db, vbd, new_vm, vdi)
         for vif_ref in vm["VIFs"]:
             copy_vif(db, db.get("VIF", vif_ref), new_vm, keep_mac=False)
         if db.exists("VDI", vm["suspend_VDI"]) and fields["power_state"] == "Suspended":
-            db.set_field("VM", new_vm, "suspend_VDI", clone_disk(vm["suspend_VDI"]))
+            db.set_field("VM", new_vm, "suspend_VDI", cloned(vm["suspend_VDI"]))
     except Exception:
         destroy_vm_records(db, new_vm)
+        for vdi in new_vdis:
+            if db.exists("VDI", vdi):
+                call.sim.storage.destroy_vdi(vdi)
         raise
     refresh_allowed_operations(db, new_vm)
     return new_vm
@@ -570,8 +583,9 @@ def vm_power_state_reset(call, vm):
 @api_method("VM.set_is_a_template", 3)
 def vm_set_is_a_template(call, vm, value):
     db = call.db
-    value = bool(value) if not isinstance(value, str) else value.lower() == "true"
+    from tests.xapisim.api import check_value
     vm_ref = call.ref("VM", vm)
+    value = check_value(CLASSES["VM"]["is_a_template"], value)
     if value:
         with VmOperation(call, vm_ref, "make_into_template"):
             metrics = db.get_field("VM", vm_ref, "metrics")
@@ -587,22 +601,41 @@ def vm_set_is_a_template(call, vm, value):
     return ""
 
 
-@api_method("VM.create", 2)
+@api_method("VM.create", 2, async_ok=True)
 def vm_create(call, record):
-    fields = creatable_fields("VM", record, exclude=("VBDs", "VIFs", "power_state"))
-    fields.setdefault("other_config", {}).setdefault("mac_seed", str(uuidlib.uuid4()))
+    """xapi_vm.ml create: the constructor's fields (gen_server.ml: a missing one without a
+    default is an INTERNAL_ERROR); blocked_operations, protection_policy, snapshot_schedule,
+    is_vmss_snapshot and is_snapshot_from_vmpp are ignored; a Suspended VM needs
+    last_boot_CPU_flags, last_booted_record and suspend_VDI (else VM_BAD_POWER_STATE), any
+    other power state becomes Halted; domain_type "unspecified" follows HVM_boot_policy; a
+    mac_seed is added when missing."""
+    from tests.xapisim.api import constructor_fields
+    fields = constructor_fields("VM", record)
+    for ignored in ("blocked_operations", "protection_policy", "snapshot_schedule",
+                    "is_vmss_snapshot", "is_snapshot_from_vmpp"):
+        fields.pop(ignored, None)
+    for name in ("affinity", "suspend_VDI", "appliance", "suspend_SR"):
+        target = CLASSES["VM"][name].target
+        if fields[name] != NULL_REF and not call.db.exists(target, fields[name]):
+            raise XapiError("HANDLE_INVALID", target, fields[name])
+    suspended = fields["power_state"] == "Suspended"
+    vm_ref = new_ref()
+    if suspended and (not fields["last_boot_CPU_flags"] or not fields["last_booted_record"]
+                      or fields["suspend_VDI"] == NULL_REF):
+        raise XapiError("VM_BAD_POWER_STATE", vm_ref, "halted", "suspended")
+    if not suspended:
+        fields.update(power_state="Halted", last_booted_record="", last_boot_CPU_flags={},
+                      suspend_VDI=NULL_REF)
+    if fields["domain_type"] == "unspecified":
+        fields["domain_type"] = "pv" if fields["HVM_boot_policy"] == "" else "hvm"
+    fields["other_config"] = dict(fields["other_config"])
+    fields["other_config"].setdefault("mac_seed", str(uuidlib.uuid4()))
+    fields.update(domid=-1, is_control_domain=False)
     vm = dict(fields)
-    vm_ref = call.db.create("VM", fields)
+    vm_ref = call.db.create("VM", fields, ref=vm_ref)
     call.db.set_field("VM", vm_ref, "metrics", new_metrics(call.db, vm))
     refresh_allowed_operations(call.db, vm_ref)
     return vm_ref
-
-
-def creatable_fields(cls, record, exclude=()):
-    """The fields of a client-supplied record that name real fields of the class."""
-    known = CLASSES[cls]
-    return {k: v for k, v in dict(record).items() if k in known and k not in exclude
-            and k != "uuid"}
 
 
 # ------------------------------------------------------------------------------ VDI
@@ -718,8 +751,12 @@ def message_get_since(call, since):
 
 @api_method("network.create", 2, async_ok=True)
 def network_create(call, record):
-    fields = creatable_fields("network", record, exclude=("VIFs", "PIFs"))
-    fields.setdefault("bridge", "xapi%d" % len(call.db.refs("network")))
+    """xapi_network.ml create: the constructor's fields; an empty bridge gets a xapi<N>
+    name."""
+    from tests.xapisim.api import constructor_fields
+    fields = constructor_fields("network", record)
+    if not fields["bridge"]:
+        fields["bridge"] = "xapi%d" % len(call.db.refs("network"))
     return call.db.create("network", fields)
 
 

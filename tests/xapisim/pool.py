@@ -219,8 +219,7 @@ class PoolBuilder:
                 "physical": True, "currently_attached": True, "management": management,
                 "ip_configuration_mode": "Static" if management else "None",
                 "IP": address if management else "", "netmask": "255.0.0.0" if management
-                else "", "managed": True, "primary_address_type": "IPv4",
-                "device_name": "eth%d" % index})
+                else "", "managed": True, "primary_address_type": "IPv4"})
 
     def add_sr(self, cfg):
         """An SR; with ``location: DIR`` its volumes live in DIR instead of the state dir, and

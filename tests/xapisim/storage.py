@@ -25,6 +25,7 @@ import errno
 import json
 import os
 import random
+import re
 import threading
 import uuid as uuidlib
 
@@ -40,6 +41,8 @@ CLONED_FIELDS = ("name_label", "name_description", "type", "sharable", "other_co
 
 
 SR_METADATA = "sr.json"
+UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                       r"[0-9a-fA-F]{12}")
 
 
 def write_atomically(path, text):
@@ -413,31 +416,98 @@ class Storage:
         sr_uuid = sr["uuid"]
         meta = self.read_sr_metadata(self.sr_dir(sr_uuid)) or {"vdis": {}, "layers": {}}
         with self.lock, self.db.lock:
-            for layer_id, layer in meta["layers"].items():
-                if layer_id not in self.layers and layer.get("sr") == sr_uuid:
-                    self.layers[layer_id] = layer
+            trusted = self.trusted_layers(sr_uuid, meta.get("layers"))
             known = {rec["uuid"]: ref for ref, rec in self.db.records("VDI").items()
                      if rec["SR"] == sr_ref}
             created = {}
-            for vdi_uuid, entry in meta["vdis"].items():
-                if vdi_uuid in known or entry.get("top") not in self.layers:
+            vdis = meta.get("vdis") if isinstance(meta.get("vdis"), dict) else {}
+            for vdi_uuid, entry in vdis.items():
+                if vdi_uuid in known or not isinstance(entry, dict) or \
+                        not UUID_TEXT.fullmatch(str(vdi_uuid)) or \
+                        not self.chain_is_trusted(entry.get("top"), trusted):
+                    continue  # not ours, or a volume whose chain leaves the SR: ignored
+                try:
+                    fields = self.scanned_fields(sr, vdi_uuid, entry, sr_ref)
+                except (TypeError, ValueError):
                     continue
+                layer_id = entry["top"]
+                while layer_id is not None and layer_id not in self.layers:
+                    self.layers[layer_id] = trusted[layer_id]
+                    layer_id = trusted[layer_id]["parent"]
                 self.vdis[vdi_uuid] = {"top": entry["top"], "sr": sr_uuid}
-                created[vdi_uuid] = self.db.create("VDI", self.scanned_fields(sr, vdi_uuid, entry,
-                                                                              sr_ref))
+                created[vdi_uuid] = self.db.create("VDI", fields)
             for vdi_uuid, ref in created.items():
-                parent = meta["vdis"][vdi_uuid].get("snapshot_of")
+                parent = vdis[vdi_uuid].get("snapshot_of")
                 parent_ref = created.get(parent) or known.get(parent)
                 if parent_ref:
                     self.db.set_field("VDI", ref, "snapshot_of", parent_ref)
             for vdi_uuid, ref in known.items():
-                if vdi_uuid not in self.vdis and vdi_uuid not in meta["vdis"]:
+                if vdi_uuid not in self.vdis and vdi_uuid not in vdis:
                     self.db.delete("VDI", ref)
-            if meta.get("physical_size") and int(sr["physical_size"]) <= 0:
-                self.db.set_field("SR", sr_ref, "physical_size", int(meta["physical_size"]))
+            size = meta.get("physical_size")
+            if isinstance(size, int) and size > 0 and int(sr["physical_size"]) <= 0:
+                self.db.set_field("SR", sr_ref, "physical_size", size)
             self.save()
         self.refresh_utilisation(sr_ref)
         return list(created.values())
+
+    def trusted_layers(self, sr_uuid, layers):
+        """The layers of an SR directory's metadata that stay inside it: a plain file name in
+        the directory (no path, no link) or a read-only image inside --image-dir; the rest
+        of an untrusted sr.json is ignored."""
+        trusted = {}
+        if not isinstance(layers, dict):
+            return trusted
+        directory = os.path.realpath(self.sr_dir(sr_uuid))
+        images = os.path.realpath(self.image_dir) if self.image_dir else None
+        for layer_id, layer in layers.items():
+            if not isinstance(layer, dict) or layer.get("id") != layer_id or \
+                    layer.get("sr") != sr_uuid:
+                continue
+            if layer.get("image"):
+                path = os.path.realpath(str(layer["image"]))
+                if not images or os.path.dirname(path) != images or not layer.get("readonly"):
+                    continue
+            else:
+                name = layer.get("file")
+                if not isinstance(name, str) or os.path.basename(name) != name or \
+                        name in ("", ".", "..", SR_METADATA):
+                    continue
+                path = os.path.join(directory, name)
+                if os.path.islink(path) or not os.path.isfile(path):
+                    continue
+            if not self.layer_shape_ok(layer):
+                continue
+            trusted[layer_id] = layer
+        return trusted
+
+    @staticmethod
+    def layer_shape_ok(layer):
+        """The fields a reader relies on have the types it expects."""
+        owned = layer.get("owned")
+        parent = layer.get("parent")
+        size = layer.get("data_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            return False
+        if parent is not None and not isinstance(parent, str):
+            return False
+        if owned is None:
+            return parent is None or layer.get("image") is not None
+        return isinstance(owned, list) and all(
+            isinstance(pair, list) and len(pair) == 2 and
+            all(isinstance(v, int) and v >= 0 for v in pair) and pair[0] <= pair[1]
+            for pair in owned)
+
+    @staticmethod
+    def chain_is_trusted(top, trusted):
+        seen = set()
+        layer_id = top
+        while layer_id is not None:
+            if layer_id not in trusted or layer_id in seen:
+                return False
+            seen.add(layer_id)
+            layer_id = trusted[layer_id].get("parent")
+        return top is not None
 
     @staticmethod
     def scanned_fields(sr, vdi_uuid, entry, sr_ref):

@@ -22,7 +22,7 @@ import re
 import xml.etree.ElementTree as ElementTree
 
 from tests.xapisim.api import DESTROY_HOOKS, api_method, check_value, constructor_fields
-from tests.xapisim.db import now_datetime
+from tests.xapisim.db import new_ref, now_datetime
 from tests.xapisim.errors import XapiError
 from tests.xapisim.ops import VmOperation
 from tests.xapisim.schema import CLASSES, NULL_REF
@@ -32,14 +32,14 @@ VCPU_RULE = "VCPU values must satisfy: 0 < VCPUs_at_startup ≤ VCPUs_max"
 MAX_PROVISION_XML = 64 * 1024  # a template's disks XML is a few hundred bytes
 
 
-def _int(value, name="value"):
+def _int(value, name):
     return check_value(CLASSES["VM"]["VCPUs_max"], value, name)
 
 
 # ------------------------------------------------------------------------------ VCPUs
 @api_method("VM.set_VCPUs_max", 3, async_ok=True)
 def vm_set_vcpus_max(call, vm, value):
-    value = _int(value)
+    value = _int(value, "VCPUs_max")
     with VmOperation(call, vm, "changing_VCPUs") as vm_ref:
         at_startup = int(call.db.get_field("VM", vm_ref, "VCPUs_at_startup"))
         if value < 1 or value < at_startup:
@@ -51,7 +51,7 @@ def vm_set_vcpus_max(call, vm, value):
 @api_method("VM.set_VCPUs_at_startup", 3, async_ok=True)
 def vm_set_vcpus_at_startup(call, vm, value):
     """No operation lock (message_forwarding.ml calls it directly): any power state."""
-    value = _int(value)
+    value = _int(value, "VCPUs_at_startup")
     vm_ref = call.ref("VM", vm)
     if call.db.get_field("VM", vm_ref, "is_control_domain"):
         raise XapiError("OPERATION_NOT_ALLOWED", "set_VCPUs_at_startup is not allowed on dom0")
@@ -106,7 +106,7 @@ def set_memory_constraints(db, vm_ref, static_min, static_max, dynamic_min, dyna
 
 @api_method("VM.set_memory", 3, async_ok=True)
 def vm_set_memory(call, vm, value):
-    value = _int(value)
+    value = _int(value, "value")
     with VmOperation(call, vm, "changing_memory_limits") as vm_ref:
         static_min = int(call.db.get_field("VM", vm_ref, "memory_static_min"))
         set_memory_constraints(call.db, vm_ref, static_min, value, value, value)
@@ -140,7 +140,7 @@ def _one_bound(kind, bound):
     """set_memory_<kind>_<bound>(value): the range call with the other bound unchanged."""
     def set_one(call, vm, value):
         vm_ref = call.ref("VM", vm)
-        value = _int(value)
+        value = _int(value, "memory_%s_%s" % (kind, bound))
         other = "max" if bound == "min" else "min"
         other_value = call.db.get_field("VM", vm_ref, "memory_%s_%s" % (kind, other))
         pair = (value, other_value) if bound == "min" else (other_value, value)
@@ -169,7 +169,7 @@ def vm_set_hvm_boot_policy(call, vm, value):
 def _non_negative(field):
     def set_(call, vm, value):
         vm_ref = call.ref("VM", vm)
-        value = _int(value)
+        value = _int(value, field)
         if value < 0:
             raise XapiError("INVALID_VALUE", "%s must be non-negative" % field, str(value))
         call.db.set_field("VM", vm_ref, field, value)
@@ -450,7 +450,10 @@ def vm_set_appliance(call, vm, value):
         raise XapiError("OPERATION_NOT_ALLOWED",
                         "Control domains, templates and snapshots cannot be added to "
                         "appliances.")
+    previous = record["appliance"]
     call.db.set_field("VM", vm_ref, "appliance", value)
+    for appliance_ref in (previous, value):
+        refresh_appliance_operations(call.db, appliance_ref)
     return ""
 
 
@@ -464,17 +467,60 @@ def appliance_groups(db, appliance_ref, required_state, ascending):
         [vm for group in groups.values() for vm in group]
 
 
+APPLIANCE_OPERATIONS = {
+    # xapi_vm_appliance_lifecycle.ml: allowed when any VM is in a state where it makes sense
+    "start": (lambda state: state == "Halted", "There are no halted VMs in this appliance."),
+    "clean_shutdown": (lambda state: state == "Running",
+                       "There are no running VMs in this appliance."),
+    "hard_shutdown": (lambda state: state != "Halted", "All VMs in this appliance are halted."),
+    "shutdown": (lambda state: state != "Halted", "All VMs in this appliance are halted."),
+}
+
+
+def appliance_operation_error(db, appliance_ref, op):
+    record = db.get("VM_appliance", appliance_ref)
+    if record["current_operations"]:
+        task, running = next(iter(record["current_operations"].items()))
+        return XapiError("OTHER_OPERATION_IN_PROGRESS", "VM_appliance", appliance_ref, running,
+                         task)
+    vms = [vm for vm in record["VMs"] if db.exists("VM", vm)]
+    if not vms:
+        return XapiError("OPERATION_NOT_ALLOWED", "Appliance has no VMs.")
+    predicate, message = APPLIANCE_OPERATIONS[op]
+    if not any(predicate(db.get_field("VM", vm, "power_state")) for vm in vms):
+        return XapiError("OPERATION_NOT_ALLOWED", message)
+    return None
+
+
+def refresh_appliance_operations(db, appliance_ref):
+    if appliance_ref != NULL_REF and db.exists("VM_appliance", appliance_ref):
+        allowed = [op for op in APPLIANCE_OPERATIONS
+                   if appliance_operation_error(db, appliance_ref, op) is None]
+        db.set_field("VM_appliance", appliance_ref, "allowed_operations", allowed)
+
+
 def run_appliance_operation(call, appliance, name, required_state, ascending, operation):
+    db = call.db
     appliance_ref = call.ref("VM_appliance", appliance)
-    groups, targets = appliance_groups(call.db, appliance_ref, required_state, ascending)
-    for group in groups:
-        for vm in group:
-            try:
-                operation(vm)
-            except XapiError:
-                pass  # counted below, as xapi counts VMs not in the required state
-    failed = [vm for vm in targets
-              if call.db.get_field("VM", vm, "power_state") != required_state]
+    op = name.split(".", 1)[1]
+    task = call.task or new_ref()
+    with db.lock:
+        error = appliance_operation_error(db, appliance_ref, op)
+        if error is not None:
+            raise error
+        db.map_add("VM_appliance", appliance_ref, "current_operations", task, op)
+    try:
+        groups, targets = appliance_groups(db, appliance_ref, required_state, ascending)
+        for group in groups:
+            for vm in group:
+                try:
+                    operation(vm)
+                except XapiError:
+                    pass  # counted below, as xapi counts VMs not in the required state
+    finally:
+        db.map_remove("VM_appliance", appliance_ref, "current_operations", task)
+        refresh_appliance_operations(db, appliance_ref)
+    failed = [vm for vm in targets if db.get_field("VM", vm, "power_state") != required_state]
     if failed:
         raise XapiError("OPERATION_PARTIALLY_FAILED", name, *failed)
     return ""

@@ -242,6 +242,17 @@ def test_guest_metrics_appear_after_start_and_never_for_a_broken_guest(xapisim_f
     assert x.VM.get_guest_metrics(vm) == "OpaqueRef:NULL"
 
 
+def test_guest_agent_survives_a_simulator_restart(xapisim_factory):
+    sim = xapisim_factory("tiny", options={"guest_metrics_delay_seconds": "1.5"})
+    x = sim.session().xenapi
+    vm = vm_named(x, "tiny-halted")
+    x.VM.start(vm, False, False)
+    sim.restart()  # the old process dies before the agent's first report
+    x = sim.session().xenapi
+    assert x.VM.get_power_state(vm) == "Running"
+    assert wait_for(lambda: x.VM.get_guest_metrics(vm) != "OpaqueRef:NULL", timeout=8)
+
+
 def test_order_and_start_delay(xapisim_factory):
     sim = xapisim_factory("tiny")
     x = sim.session().xenapi
@@ -259,5 +270,95 @@ def test_order_and_start_delay(xapisim_factory):
         setter = getattr(x.VM, "set_" + field)
         assert failure(setter, vm, "-1") == \
             ["INVALID_VALUE", "%s must be non-negative" % field, "-1"]
-        assert failure(setter, vm, "soon") == ["FIELD_TYPE_ERROR", "value"]
+        assert failure(setter, vm, "soon") == ["FIELD_TYPE_ERROR", field]
     assert x.VM.get_order(vm) == "3"
+
+
+def test_scan_trusts_nothing_outside_the_sr_directory(xapisim_factory, tmp_path):
+    """An sr.json is untrusted: a volume whose file leaves the directory (a path, a link, an
+    image outside --image-dir) or whose uuid is not one is ignored; a symlinked SR directory
+    does not plug; an unreadable sr.json is an empty SR."""
+    import json
+    import uuid
+    sim = xapisim_factory("tiny")
+    x = sim.session().xenapi
+    host = x.host.get_all()[0]
+    sr_uuid = str(uuid.uuid4())
+    directory = tmp_path / "sr"
+    directory.mkdir()
+    outside = tmp_path / "outside.img"
+    outside.write_bytes(b"not the simulator's" + bytes(MiB))
+    (directory / "good.img").write_bytes(bytes(MiB))
+    (directory / "link.img").symlink_to(outside)
+    layer = {"sr": sr_uuid, "parent": None, "owned": None, "readonly": False,
+             "data_size": MiB}
+    layers = {"good": dict(layer, id="good", file="good.img"),
+              "escape": dict(layer, id="escape", file="../outside.img"),
+              "link": dict(layer, id="link", file="link.img"),
+              "image": dict(layer, id="image", image=str(outside), readonly=True),
+              "loop": dict(layer, id="loop", file="good.img", parent="loop", owned=[])}
+    good, others = str(uuid.uuid4()), [str(uuid.uuid4()) for _i in range(4)]
+    vdis = {good: {"top": "good", "virtual_size": MiB, "type": "user"},
+            "not-a-uuid": {"top": "good", "virtual_size": MiB}}
+    for vdi_uuid, top in zip(others, ("escape", "link", "image", "loop")):
+        vdis[vdi_uuid] = {"top": top, "virtual_size": MiB}
+    (directory / "sr.json").write_text(json.dumps({
+        "format": 1, "sr_uuid": sr_uuid, "type": "nfs", "physical_size": 64 * MiB,
+        "vdis": vdis, "layers": layers}))
+    sr = x.SR.introduce(sr_uuid, "found", "", "nfs", "user", True, {})
+    link = tmp_path / "sr-link"
+    link.symlink_to(directory)
+    via_link = x.PBD.create({"host": host, "SR": sr, "device_config": {"location": str(link)}})
+    assert failure(x.PBD.plug, via_link)[0] == "SR_BACKEND_FAILURE_47"
+    x.PBD.destroy(via_link)
+    pbd = x.PBD.create({"host": host, "SR": sr, "device_config": {"location": str(directory)}})
+    x.PBD.plug(pbd)
+    x.SR.scan(sr)
+    assert [x.VDI.get_uuid(v) for v in x.SR.get_VDIs(sr)] == [good]
+    assert sim.vdi_read(good, 0, 4) == bytes(4)
+    x.VDI.destroy(x.VDI.get_by_uuid(good))
+    assert not (directory / "good.img").exists()
+    assert outside.read_bytes().startswith(b"not the simulator's")
+    assert (directory / "link.img").is_symlink()
+    # garbage metadata: an empty SR, no crash
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "sr.json").write_text("{not json")
+    other = x.SR.introduce("", "garbage", "", "nfs", "user", True, {})
+    pbd2 = x.PBD.create({"host": host, "SR": other, "device_config": {"location": str(garbage)}})
+    x.PBD.plug(pbd2)
+    x.SR.scan(other)
+    assert x.SR.get_VDIs(other) == []
+    assert int(x.SR.get_physical_size(other)) > 0  # the filesystem's size, as a file SR
+    vdi = x.VDI.create({"SR": other, "virtual_size": str(MiB), "type": "user",
+                        "sharable": False, "read_only": False, "other_config": {}})
+    assert x.VDI.get_SR(vdi) == other
+
+
+def test_an_exported_vm_carries_its_guest_metrics_and_imports(xapisim_factory):
+    """export.ml walks VM.guest_metrics: a VM that has reported guest metrics exports them
+    (ova.xml VM_guest_metrics object), and the XVA still imports."""
+    from tests.xapisim.tests import xva_decoder
+    from tests.xapisim.tests.test_http_helpers import request
+    sim = xapisim_factory("tiny", options={"guest_metrics_delay_seconds": "0.05"})
+    session = sim.session()
+    x = session.xenapi
+    vm = vm_named(x, "tiny-halted")
+    x.VM.start(vm, False, False)
+    gm = wait_for(lambda: x.VM.get_guest_metrics(vm) != "OpaqueRef:NULL" and
+                  x.VM.get_guest_metrics(vm))
+    x.VM.hard_shutdown(vm)
+    response, data = request(sim.url, "GET", "/export",
+                             {"session_id": session._session, "ref": vm})
+    assert response.status == 200
+    exported = xva_decoder.decode(data)
+    metrics = exported.objects_of("VM_guest_metrics")
+    assert len(metrics) == 1 and metrics[0]["snapshot"]["uuid"] == \
+        x.VM_guest_metrics.get_uuid(gm)
+    assert exported.objects_of("VM")[0]["snapshot"]["guest_metrics"] == metrics[0]["id"]
+    sr = x.SR.get_by_name_label("nfs")[0]
+    response, body = request(sim.url, "PUT", "/import",
+                             {"session_id": session._session, "sr_id": sr}, body=data,
+                             headers={"Content-Length": str(len(data))})
+    assert response.status == 200, body[:200]
+    assert len(x.VM.get_by_name_label("tiny-halted")) == 2

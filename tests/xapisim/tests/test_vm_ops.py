@@ -218,7 +218,7 @@ def test_destroy_rules(x):
     with pytest.raises(XenAPI.Failure) as err:
         x.VM.snapshot(dom0, "no")
     assert err.value.details == ["OPERATION_NOT_ALLOWED",
-                                 "Operations on domain 0 are not allowed"]
+                                 "This operation is not allowed on a control domain"]
 
 
 def test_snapshot_with_quiesce_was_removed(x):

@@ -191,7 +191,8 @@ class Source:
                 if j >= len(toks) or toks[j].text != "=":
                     continue
                 body_end = self._body_end(toks, j + 1)
-                self.lets.setdefault(name, []).append((fname, tok.pos, params, toks[j + 1:body_end]))
+                binding = (fname, tok.pos, params, toks[j + 1:body_end])
+                self.lets.setdefault(name, []).append(binding)
 
     @staticmethod
     def _body_end(toks, i):
@@ -322,7 +323,7 @@ class Extractor:
         for part in split_top(body, "@"):
             part = unparen(part)
             if part[0].text == "List.map":
-                for item in split_top(part[2][1:-1] if False else unparen(part[2:])[1:-1], ";"):
+                for item in split_top(unparen(part[2:])[1:-1], ";"):
                     binding = self.src.lookup(item[0].text, fname, pos)
                     names = [string_value(b[k + 1]) for b in [binding[3]]
                              for k, t in enumerate(b) if t.text == "~name:"]
