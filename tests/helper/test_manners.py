@@ -301,3 +301,15 @@ def test_cancel_detached_export_against_the_simulator(xapisim_tiny, tmp_path):
     again = run_helper(one_python(), ["export", "--url", sim.url, "--vm", record["uuid"],
                                       "--out", str(tmp_path / "again.xva.zst")], env=helper_env(session))
     assert again.ok, again
+
+
+# ---------------------------------------------------------------- speed: no hash nobody reads
+
+
+def test_compress_hashes_its_output_only_when_asked():
+    import hashlib
+    data = os.urandom(300000)
+    bare = run_helper(one_python(), ["compress", "--codec", "none"], data)
+    assert bare.ok and bare.json["sha256"] is None, bare
+    hashed = run_helper(one_python(), ["compress", "--codec", "none", "--sha256"], data)
+    assert hashed.json["sha256"] == hashlib.sha256(data).hexdigest(), hashed
