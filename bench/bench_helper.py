@@ -30,6 +30,7 @@ import xxhash
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(REPO, "roles", "helper", "files", "xapi-backup-helper")
 PY36 = os.path.join(REPO, ".venv36", "bin", "python")
+STANDIN = os.environ.get("ZSTD_STANDIN", "/work/shared/bench/zstd-standin.py")  # python-zstandard alone (issue 14)
 CHUNK = 1 << 20
 MB = 1e6
 
@@ -158,15 +159,20 @@ def helper_argv(python, *args):
 
 
 def tools(python):
+    # "--validate-xva --sha256": what export does with the stream (validation + stored-file digest)
     items = [
-        ("helper zstd -1", helper_argv(python, "--codec", "zstd", "--level", "1", "--validate-xva")),
-        ("helper zstd -3", helper_argv(python, "--codec", "zstd", "--level", "3", "--validate-xva")),
+        ("helper zstd -1", helper_argv(python, "--codec", "zstd", "--level", "1", "--validate-xva", "--sha256")),
+        ("helper zstd -3", helper_argv(python, "--codec", "zstd", "--level", "3", "--validate-xva", "--sha256")),
+        ("helper zstd -3 bare compress", helper_argv(python, "--codec", "zstd", "--level", "3")),
         ("helper gzip -6 (zlib threads)", helper_argv(python, "--codec", "gzip", "--level", "6",
-                                                      "--compressor", "zlib-threads", "--validate-xva")),
+                                                      "--compressor", "zlib-threads", "--validate-xva", "--sha256")),
     ]
     if os.path.exists(PY36):
         items.append(("helper zstd -3 on py3.6 + zstandard 0.20",
-                      helper_argv(PY36, "--codec", "zstd", "--level", "3", "--validate-xva")))
+                      helper_argv(PY36, "--codec", "zstd", "--level", "3", "--validate-xva", "--sha256")))
+        items.append(("helper zstd -3 bare compress on py3.6", helper_argv(PY36, "--codec", "zstd", "--level", "3")))
+        if os.path.exists(STANDIN):
+            items.append(("python-zstandard stand-in on py3.6", [PY36, STANDIN, "--level", "3"]))
     items += [
         ("zstd -T0 -3", ["zstd", "-T0", "-3", "-c", "-q"]),
         ("pigz -6", ["pigz", "-6", "-c"]),

@@ -12,7 +12,7 @@ short_description: Back up one XenServer / XCP-ng VM into the backup repository
 version_added: 0.1.0
 description:
   - Exports a VM into C(<repository>/<pool-uuid>/<vm-uuid>/<UTC timestamp>/vm.xva.<ext>) with
-    C(xapi-backup-helper), which validates the XVA chunk by chunk and compresses it on all cores.
+    C(xapi-backup-helper), which validates the XVA chunk by chunk and compresses it on several cores at low priority (nice 19, idle I/O class).
   - A VM that is not halted is exported through a snapshot tagged with C(other_config) keys
     C(xapi_backup:owner), C(xapi_backup:run), C(xapi_backup:vm) and C(xapi_backup:time) on the VM and its VDIs.
     The snapshot and its VDIs are destroyed in every outcome. A halted VM is exported as is.
@@ -49,7 +49,7 @@ options:
     description: Compression level (helper default when not set).
     type: int
   threads:
-    description: Compression threads (helper default, all cores, when not set).
+    description: Compression threads (helper default when not set - half of the host's cores, at least one, to leave dom0 headroom; 0 uses every core).
     type: int
   run_id:
     description:

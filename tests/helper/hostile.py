@@ -58,7 +58,7 @@ def run_measured(python, args, stdin=b"", env=None, timeout=60):
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            _pid, status, usage = os.wait4(proc.pid, 0)
         finally:
             killer.cancel()
         proc.returncode = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)

@@ -131,7 +131,7 @@ def test_atomic_write_never_uses_a_predictable_temporary(helper_module, tmp_path
 def test_temporaries_get_fresh_random_names(helper_module, tmp_path):
     with helper_module.DirHandle(str(tmp_path)) as directory:
         names = set()
-        for _ in range(20):
+        for _attempt in range(20):
             name, fd = directory.create_temp("vm.xva.zst", ".partial")
             os.close(fd)
             names.add(name)

@@ -108,7 +108,7 @@ def test_small_zstd_file_expanding_to_a_huge_pax_header(tmp_path):
     head = tar_bytes(sample_xva()[0])[:512 + len(ova) + (-len(ova) % 512)]
     data = cobj.compress(head + typed_header("././@PaxHeader", huge, b"x"))
     zeros = bytes(MIB)
-    for _ in range(huge // MIB):
+    for _mib in range(huge // MIB):
         data += cobj.compress(zeros)
     data += cobj.flush()
     path.write_bytes(data)

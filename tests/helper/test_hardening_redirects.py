@@ -12,7 +12,7 @@ import pytest
 
 from .conftest import run_helper
 from .fake_xapi import VM_UUID, FakeXapi
-from .test_export_import import XVA, assert_no_leftovers, assert_task_cancelled, one_python, stored  # noqa: F401
+from .test_export_import import XVA, assert_no_leftovers, assert_task_cancelled, one_python, stored  # noqa: F401  pylint: disable=unused-import
 from .test_simulator_e2e import assert_clean, helper_env, vm_by_name
 
 
@@ -41,7 +41,7 @@ class ForeignHost(object):
     def _serve(self):
         while not self._stop.is_set():
             try:
-                conn, _ = self.sock.accept()
+                conn, _peer = self.sock.accept()
             except socket.timeout:
                 continue
             self.connections += 1

@@ -58,10 +58,10 @@ def test_default_priority_is_xapis_nice_19_and_idle_io():
         assert _wait_for(lambda: len(_thread_nices(proc.pid)) >= 3), "the pipeline threads started"
         assert set(_thread_nices(proc.pid)) == {19}, "every thread inherits nice 19"
         if shutil.which("ionice"):
-            shown = subprocess.run(["ionice", "-p", str(proc.pid)], stdout=subprocess.PIPE).stdout.decode()
+            shown = subprocess.run(["ionice", "-p", str(proc.pid)], stdout=subprocess.PIPE, check=False).stdout.decode()
             assert shown.strip().startswith("idle"), shown
     finally:
-        _, stderr = proc.communicate(b"", timeout=30)
+        _stdout, stderr = proc.communicate(b"", timeout=30)
     result = json.loads(stderr.decode().strip().splitlines()[-1])
     assert result["ok"] and result["priority"]["nice"] == 19, result
     assert result["priority"]["ionice"] == {"class": 3, "level": 0, "via": "syscall"}, result
@@ -76,7 +76,7 @@ def test_priority_can_be_left_alone():
         assert _wait_for(lambda: len(_thread_nices(proc.pid)) >= 3)
         assert set(_thread_nices(proc.pid)) == {own}
     finally:
-        _, stderr = proc.communicate(b"", timeout=30)
+        _stdout, stderr = proc.communicate(b"", timeout=30)
     result = json.loads(stderr.decode().strip().splitlines()[-1])
     assert result["ok"] and "ionice" not in result["priority"], result
 
@@ -301,3 +301,15 @@ def test_cancel_detached_export_against_the_simulator(xapisim_tiny, tmp_path):
     again = run_helper(one_python(), ["export", "--url", sim.url, "--vm", record["uuid"],
                                       "--out", str(tmp_path / "again.xva.zst")], env=helper_env(session))
     assert again.ok, again
+
+
+# ---------------------------------------------------------------- speed: no hash nobody reads
+
+
+def test_compress_hashes_its_output_only_when_asked():
+    import hashlib
+    data = os.urandom(300000)
+    bare = run_helper(one_python(), ["compress", "--codec", "none"], data)
+    assert bare.ok and bare.json["sha256"] is None, bare
+    hashed = run_helper(one_python(), ["compress", "--codec", "none", "--sha256"], data)
+    assert hashed.json["sha256"] == hashlib.sha256(data).hexdigest(), hashed
