@@ -76,7 +76,7 @@ options:
     description:
       - V(full) stores one XVA export per run (C(vm.xva.<ext>)).
       - V(delta) stores VHD chains (issue 12), one file per disk C(<source-vdi-uuid>.vhd.<ext>) plus the VM's
-        configuration C(metadata.xva) (C(/export_metadata)), in a backup of kind C(vm-delta): a run exports each
+        configuration C(metadata.xva) (C(/export_metadata)), in a backup of kind C(vm-delta). A run exports each
         disk of a new snapshot with C(/export_raw_vdi?format=vhd&base=) the previous backup's snapshot, so only the
         2 MiB blocks changed since are read and stored. The previous snapshot stays on the pool as the base, found by
         its C(other_config) tags (C(xapi_backup:delta_base) = its backup id, never by name), and is destroyed only
