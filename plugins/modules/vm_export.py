@@ -86,8 +86,8 @@ options:
         the VM's disks changed or were resized, O(full_interval) is reached, or xapi refuses the delta. A disk
         larger than 2040 GiB (the VHD limit) makes it an XVA export.
       - The kept base snapshot costs space on the SR - on a thick-provisioned (LVM) SR as much as the disks' size.
-      - Restoring a V(delta) backup with M(xapi.backup.vm_import) is not implemented yet (refused before anything
-        is sent); C(xapi-backup-helper import-vdi) imports the chain's disk files, oldest first.
+      - M(xapi.backup.vm_import) restores any backup of a chain - it checks every link first, writes the full and
+        each delta oldest first into new disks and creates the VM from that point's stored configuration.
     type: str
     choices: [full, delta]
     default: full
