@@ -86,6 +86,7 @@ options:
         the VM's disks changed or were resized, O(full_interval) is reached, or xapi refuses the delta. A disk
         larger than 2040 GiB (the VHD limit) makes it an XVA export.
       - The kept base snapshot costs space on the SR - on a thick-provisioned (LVM) SR as much as the disks' size.
+        A run with O(mode=full) removes it with the other snapshots of earlier runs (the next delta run is then a full).
       - M(xapi.backup.vm_import) restores any backup of a chain - it checks every link first, writes the full and
         each delta oldest first into new disks and creates the VM from that point's stored configuration.
     type: str

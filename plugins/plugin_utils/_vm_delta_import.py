@@ -58,10 +58,13 @@ class VmDeltaImport:
         listing = repo.list_backups(self.ctx.storage, self.p["repository"], pool=backup.pool_uuid, vm=backup.owner,
                                     check_hash=True, key=self.p.get("repository_key"))
         try:
-            return _delta.chain_to(chain_links(listing), backup.id)
+            chain = _delta.chain_to(chain_links(listing), backup.id)
         except _delta.ChainError as exc:
             raise repo.RepositoryError("backup %s cannot be restored: %s; nothing was sent to xapi" % (backup.id, exc),
                                        "CHAIN_BROKEN")
+        # metadata.xva is bound to the manifest by its digest (checked above with every other file); the
+        # helper's repo-ova reads full XVAs only (a records-only export has no disk data), so it is not asked
+        return chain
 
     def restore(self, xapi, backup, chain, sr_rec):
         """Create the disks, write the chain into them, create the VM; returns (vm_ref, result)."""
