@@ -76,7 +76,7 @@ options:
     description:
       - V(full) stores one XVA export per run (C(vm.xva.<ext>)).
       - V(delta) stores VHD chains (issue 12), one file per disk C(<source-vdi-uuid>.vhd.<ext>) plus the VM's
-        configuration C(metadata.xva) (C(/export_metadata)), in a backup of kind C(vm-delta): a run exports each
+        configuration C(metadata.xva) (C(/export_metadata)), in a backup of kind C(vm-delta). A run exports each
         disk of a new snapshot with C(/export_raw_vdi?format=vhd&base=) the previous backup's snapshot, so only the
         2 MiB blocks changed since are read and stored. The previous snapshot stays on the pool as the base, found by
         its C(other_config) tags (C(xapi_backup:delta_base) = its backup id, never by name), and is destroyed only
@@ -86,8 +86,9 @@ options:
         the VM's disks changed or were resized, O(full_interval) is reached, or xapi refuses the delta. A disk
         larger than 2040 GiB (the VHD limit) makes it an XVA export.
       - The kept base snapshot costs space on the SR - on a thick-provisioned (LVM) SR as much as the disks' size.
-      - Restoring a V(delta) backup with M(xapi.backup.vm_import) is not implemented yet (refused before anything
-        is sent); C(xapi-backup-helper import-vdi) imports the chain's disk files, oldest first.
+        A run with O(mode=full) removes it with the other snapshots of earlier runs (the next delta run is then a full).
+      - M(xapi.backup.vm_import) restores any backup of a chain - it checks every link first, writes the full and
+        each delta oldest first into new disks and creates the VM from that point's stored configuration.
     type: str
     choices: [full, delta]
     default: full

@@ -19,6 +19,12 @@ description:
     XVA's own C(ova.xml) must describe the VM (or its recorded snapshot) the manifest names; a backup that does
     not match is refused (C(CHECKSUM_MISMATCH), C(UNTRUSTED_BACKUP), C(VM_MISMATCH)).
   - O(timestamp=latest) picks the newest trusted complete backup by creation sequence (never a future-dated one).
+  - A delta backup (kind C(vm-delta), M(xapi.backup.vm_export) O(xapi.backup.vm_export#module:mode=delta)) is one
+    point of a VHD chain. Every file of every link down to its full is checked first (C(CHAIN_BROKEN) otherwise,
+    before anything is sent); each disk is created at its recorded virtual size on O(sr) (default - the pool's
+    default SR) and written with the full and then each delta, oldest first (C(PUT /import_raw_vdi?format=vhd));
+    the VM is created from that point's stored configuration (C(metadata.xva), C(PUT /import_metadata) with a
+    C(vdi:) map naming only the new disks).
   - After the import the VM is made a normal VM (exports of snapshots import as templates), named,
     tagged C(xapi-backup-restored) plus O(tags), and marked with
     C(other_config["xapi_backup:restored_from"]) = the backup id. The C(xapi_backup:owner), C(xapi_backup:run),
@@ -151,6 +157,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+chain:
+  description: For a delta backup, the ids of the chain's backups written, oldest (the full) first.
+  returned: when a delta backup was restored or would be
+  type: list
+  elements: str
 msg:
   description: Why the import ran, or why nothing was done.
   returned: always

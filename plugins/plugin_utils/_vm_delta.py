@@ -267,7 +267,9 @@ class VmDeltaExport:
         return disks
 
     def _export_metadata(self, xapi, paths, vm_uuid):
+        # the VM alone: its snapshots' records would name disks a restore does not have
         args = self._helper_args(xapi, ["--path", "/export_metadata", "--query", "uuid=%s" % vm_uuid,
+                                        "--query", "export_snapshots=false",
                                         "--out", os.path.join(paths["dir"], _delta.METADATA_FILE)])
         return self.ctx.runner.run("fetch", args, session=xapi.session_ref)
 

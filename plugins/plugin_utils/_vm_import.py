@@ -66,14 +66,6 @@ def resolve_backup(params: dict, backups: list) -> repo.Backup:
     return repo.select_backup(backups, params["vm_uuid"], params.get("timestamp") or "latest")
 
 
-def refuse_delta(backup) -> None:
-    """vm-delta backups (VHD chains, issue 12) are not restored by vm_import yet: say so before any byte."""
-    if repo.is_delta(backup):
-        raise repo.RepositoryError(
-            "backup %s is a delta (VHD chain) backup: vm_import cannot restore it yet; its disks can be imported "
-            "oldest link first with the helper's import-vdi; nothing was sent to xapi" % backup.id, "DELTA_RESTORE_UNSUPPORTED")
-
-
 class VmImport:
     """One vm_import task.  ``ctx`` is a ``_action.ActionContext``."""
 
@@ -114,7 +106,8 @@ class VmImport:
                             key=repo.order_key, reverse=True)
         damaged = []
         for backup in candidates:
-            refuse_delta(backup)
+            if repo.is_delta(backup):
+                return backup  # its whole chain is verified by the delta restore itself
             try:
                 self._verify(backup)
             except repo.RepositoryError as exc:
@@ -141,11 +134,11 @@ class VmImport:
         backup = resolve_backup(p, backups)
         if p.get("state") == "absent":
             return self._absent(backup)
-        refuse_delta(backup)
         if not p.get("backup") and (p.get("timestamp") or "latest") == "latest":
             backup = self._newest_verified(backups, backup.owner)
-        else:
-            self._verify(backup)
+        if repo.is_delta(backup):  # a point of a VHD chain (issue 12)
+            return self._run_delta(backup)
+        self._verify(backup)
         source = (backup.manifest.get("vm") or {})
         base = {"backup_id": backup.id, "path": backup.stored_path, "source_vm_uuid": backup.owner,
                 "source_vm_name": source.get("name_label")}
@@ -175,6 +168,45 @@ class VmImport:
                         vm_uuids=list(result.get("vm_uuids") or []), power_state=record.get("power_state"),
                         sr_uuid=sr_rec.get("uuid") if sr_rec else None, helper_result=repo.strip_secrets(result),
                         duration=result.get("duration"))
+
+    def _run_delta(self, backup):
+        """Restore a vm-delta backup: chain verified first, disks created and written oldest link first,
+        the VM created from the point's stored configuration (_vm_delta_import.py)."""
+        from ansible_collections.xapi.backup.plugins.plugin_utils._vm_delta_import import VmDeltaImport
+        p = self.p
+        delta = VmDeltaImport(self)
+        chain = delta.chain(backup)  # raises before anything is sent
+        source = backup.manifest.get("vm") or {}
+        base = {"backup_id": backup.id, "path": backup.path, "source_vm_uuid": backup.owner,
+                "source_vm_name": source.get("name_label"), "kind": "vm-delta", "chain": [m["id"] for m in chain]}
+        with self.ctx.xapi() as xapi:
+            records = xapi.call("VM.get_all_records")
+            reason, existing = import_reason(records, backup.id, backup.owner, p["preserve_identity"], p["force"])
+            if reason is None:
+                return dict(base, changed=False, vm_uuid=existing.get("uuid"), vm_name=existing.get("name_label"),
+                            msg="VM %s was already restored from %s" % (existing.get("uuid"), backup.id))
+            sr_ref, sr_rec = find_sr(xapi, p.get("sr"))
+            if sr_ref is None:
+                pools = xapi.call("pool.get_all_records")
+                sr_ref = pools[sorted(pools)[0]]["default_SR"]
+                sr_rec = xapi.call("SR.get_record", sr_ref)
+            sr_rec = dict(sr_rec, ref=sr_ref)
+            targets = resolve_network_map(xapi, p.get("network_map") or {})
+            if self.ctx.check_mode:
+                self.ctx.runner.calls.extend({"subcommand": "import-vdi", "args": ["--in", m["id"]], "planned": True}
+                                             for m in chain)
+                return dict(base, changed=True, msg=reason, vm_uuid=None, vm_name=self._name(source),
+                            sr_uuid=sr_rec.get("uuid"))
+            vm_refs, result = delta.restore(xapi, backup, chain, sr_rec)
+            if not vm_refs:
+                raise XapiUsageError("the restore of %s created no VM" % backup.id)
+            vm_ref = vm_refs[0]
+            self._finish_vm(xapi, vm_ref, backup, source, targets)
+            record = xapi.call("VM.get_record", vm_ref)
+            return dict(base, changed=True, msg=reason, vm_uuid=record.get("uuid"), vm_name=record.get("name_label"),
+                        running=str(record.get("power_state", "")).lower() == "running",
+                        power_state=record.get("power_state"), sr_uuid=sr_rec.get("uuid"),
+                        helper_result=repo.strip_secrets(result), duration=result.get("duration"))
 
     def _name(self, source):
         return self.p.get("name") or source.get("name_label")

@@ -317,3 +317,37 @@ def test_import_vdi_refuses_a_differencing_file_when_a_full_is_expected(python, 
     assert not done.ok and done.code == "BAD_VHD", done
     x.VDI.destroy(top)
     x.VDI.destroy(base)
+
+
+def test_import_metadata_creates_the_vm_around_the_mapped_disks(python, pool, tmp_path):
+    sim, session = pool
+    x = session.xenapi
+    vm_uuid, _disk = first_disk(x, "tiny-halted")
+    out = tmp_path / "metadata.xva"
+    fetched = run_helper(python, ["fetch", "--url", sim.url, "--path", "/export_metadata", "--query", "uuid=" + vm_uuid,
+                                  "--query", "export_snapshots=false", "--out", str(out)], env=env(session))
+    assert fetched.ok, fetched
+    vm_ref = x.VM.get_by_uuid(vm_uuid)
+    mapping = []
+    for vbd in x.VM.get_VBDs(vm_ref):
+        if x.VBD.get_type(vbd) != "Disk":
+            continue
+        source = x.VBD.get_VDI(vbd)
+        new = x.VDI.create({"name_label": "m", "name_description": "", "SR": x.VDI.get_SR(source),
+                            "virtual_size": x.VDI.get_virtual_size(source), "type": "user", "sharable": False,
+                            "read_only": False, "other_config": {}, "xenstore_data": {}, "sm_config": {}, "tags": []})
+        mapping.append((x.VDI.get_uuid(source), x.VDI.get_uuid(new)))
+    args = ["import-metadata", "--url", sim.url, "--in", str(out)]
+    for source, target in mapping:
+        args += ["--vdi-map", "%s=%s" % (source, target)]
+    done = run_helper(python, args, env=env(session))
+    assert done.ok and len(done.json["vm_uuids"]) == 1, done
+    new_vm = x.VM.get_by_uuid(done.json["vm_uuids"][0])
+    disks = {x.VDI.get_uuid(x.VBD.get_VDI(v)) for v in x.VM.get_VBDs(new_vm) if x.VBD.get_type(v) == "Disk"}
+    assert disks == {target for _source, target in mapping}
+    x.VM.destroy(new_vm)
+    for _source, target in mapping:
+        x.VDI.destroy(x.VDI.get_by_uuid(target))
+    bad = run_helper(python, ["import-metadata", "--url", sim.url, "--in", str(out), "--vdi-map", "nonsense"],
+                     env=env(session))
+    assert not bad.ok and bad.code == "BAD_INPUT"

@@ -175,3 +175,64 @@ def _content_length(ctx):
     except ValueError:
         return None
     return length if length >= 0 else None
+
+
+# ----------------------------------------------------------------------------- PUT /import_metadata
+
+
+class _MetadataImporter(hh._Importer):
+    """import.ml metadata import: the archive holds records only; each VDI is found through the
+    ``vdi:<source uuid>=<target uuid>`` map (else by SR and location, as xapi does); no disk data."""
+
+    def __init__(self, ctx, task, sr_ref, restore, force, vdi_map):
+        hh._Importer.__init__(self, ctx, task, sr_ref, restore, force)
+        self.vdi_map = vdi_map
+
+    def _vdi(self, export_id, record):
+        target = self.vdi_map.get(record.get("uuid"))
+        if target is not None:
+            found = self.db.find("VDI", uuid=target)
+            if found:
+                self.table[export_id] = found[0]
+                return
+        original_sr = self._find_in_export(record.get("SR"))
+        by_location = [ref for ref, vdi in self.db.records("VDI").items()
+                       if vdi["location"] == record.get("location") and self.db.exists("SR", vdi["SR"])
+                       and self.db.get_field("SR", vdi["SR"], "uuid") == original_sr.get("uuid")]
+        if by_location:
+            self.table[export_id] = by_location[0]
+            return
+        if not self.force:
+            raise XapiError("IMPORT_ERROR", "Found no VDI with location = %s" % record.get("location"))
+
+    def _receive_disks(self, archive, header):
+        return None
+
+
+def import_metadata_handler(ctx):
+    """PUT /import_metadata?restore=&force=&dry_run=&vdi:<src>=<dst>... (reference-2 section 5)."""
+    if hh._authenticate_or_401(ctx, "VM.import") is None:
+        return
+    try:
+        sr_ref = hh._import_sr(ctx)
+        restore = hh._query_bool(ctx, "restore", False)
+        force = hh._query_bool(ctx, "force", False)
+    except XapiError as error:
+        return hh._fail_before_takeover(ctx, "put_import_metadata", error)
+    task = ctx.task_for_request("VM.import_metadata")
+    if ctx.headers.get("Transfer-Encoding") is not None:
+        hh._write_head(ctx, ["HTTP/1.1 403 Forbidden", "Connection: close", hh.NO_CACHE])
+        return task.fail(["IMPORT_ERROR_CANNOT_HANDLE_CHUNKED"])
+    vdi_map = {key[len("vdi:"):]: value for key, value in ctx.query.items() if key.startswith("vdi:")}
+    hh._write_head(ctx, ["HTTP/1.1 200 OK", "Connection: close", hh.NO_CACHE, "task-id:" + task.ref,
+                         hh.CONTENT_TYPE])
+    length = ctx.headers.get("Content-Length")
+    importer = _MetadataImporter(ctx, task, sr_ref, restore, force, vdi_map)
+    try:
+        vm_refs = importer.run(int(length) if length is not None else None)
+    except Exception as exc:
+        task.fail(hh._failure_info(exc, task.ref))
+        return
+    from tests.xapisim import ocaml_xmlrpc
+    task.complete(ocaml_xmlrpc.fragment_of_refs(vm_refs))
+

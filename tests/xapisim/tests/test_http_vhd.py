@@ -385,3 +385,45 @@ def test_vm_write_blocks_hook_changes_exactly_those_blocks(pool, sid, x):
     response, _unused = request(pool.url, "POST", "/_sim/vm_write_blocks", body=bad,
                                 headers={"Content-Type": "application/json"})
     assert response.status == 400
+
+
+# ----------------------------------------------------------------------------- PUT /import_metadata
+
+
+def test_import_metadata_builds_the_vm_around_mapped_disks(pool, sid, x):
+    vm = pool.refs["halted"]
+    response, body = request(pool.url, "GET", "/export_metadata",
+                             {"session_id": sid, "uuid": pool.db.get_field("VM", vm, "uuid"),
+                              "export_snapshots": "false"})
+    assert response.status == 200
+    sources = [pool.db.get_field("VBD", vbd, "VDI") for vbd in pool.db.get_field("VM", vm, "VBDs")
+               if pool.db.get_field("VBD", vbd, "type") == "Disk"]
+    mapping = {}
+    for source in sources:
+        new = new_disk(pool, int(pool.db.get_field("VDI", source, "virtual_size")))
+        mapping["vdi:" + pool.db.get_field("VDI", source, "uuid")] = pool.db.get_field("VDI", new, "uuid")
+    task = x.task.create("metadata", "")
+    query = dict({"session_id": sid, "task_id": task}, **mapping)
+    response, _unused = request(pool.url, "PUT", "/import_metadata", query, body=body,
+                                headers={"Content-Length": str(len(body))})
+    assert response.status == 200 and x.task.get_status(task) == "success", x.task.get_error_info(task)
+    new_vm = x.task.get_result(task).split("<value>")[-1].split("<")[0]
+    disks = {pool.db.get_field("VDI", pool.db.get_field("VBD", vbd, "VDI"), "uuid")
+             for vbd in pool.db.get_field("VM", new_vm, "VBDs") if pool.db.get_field("VBD", vbd, "type") == "Disk"}
+    assert disks == set(mapping.values())
+
+
+def test_import_metadata_without_a_map_for_a_missing_disk_fails_and_creates_nothing(pool, sid, x):
+    vm = pool.vm("meta-vm", "Halted")
+    gone = new_disk(pool, 2 * MIB)
+    pool.db.create("VBD", {"VM": vm, "VDI": gone, "type": "Disk", "userdevice": "0", "mode": "RW"})
+    response, body = request(pool.url, "GET", "/export_metadata",
+                             {"session_id": sid, "uuid": pool.db.get_field("VM", vm, "uuid")})
+    pool.storage.destroy_vdi(gone)
+    vms_before = set(pool.db.refs("VM"))
+    task = x.task.create("metadata", "")
+    request(pool.url, "PUT", "/import_metadata", {"session_id": sid, "task_id": task}, body=body,
+            headers={"Content-Length": str(len(body))})
+    assert x.task.get_status(task) == "failure"
+    assert x.task.get_error_info(task)[0] == "IMPORT_ERROR"
+    assert set(pool.db.refs("VM")) == vms_before
