@@ -237,11 +237,14 @@ def test_prune_keeps_newer_format_unreadable_and_untrusted_backups(tmp_path, mon
         return result
 
     monkeypatch.setattr(repo.HelperStorage, "scan", eio_scan)
+    odd = write_backup(tmp_path, 8, key="k")   # a directory where the manifest should be: not ours to judge
+    os.unlink(os.path.join(str(tmp_path), odd, repo.MANIFEST_NAME))
+    os.mkdir(os.path.join(str(tmp_path), odd, repo.MANIFEST_NAME))
     before = tree(tmp_path)
     out = _catalogue.backup_prune(ctx_for(tmp_path, keep_last=1, incomplete_grace=0, repository_key="k"))
     assert out["removed"] == [] and tree(tmp_path) == before
     status = dict((k["id"], k["status"]) for k in out["kept"])
-    assert status == {good: "complete", newer: "unknown", unsigned: "untrusted", unreadable: "unknown"}
+    assert status == {good: "complete", newer: "unknown", unsigned: "untrusted", unreadable: "unknown", odd: "unknown"}
     info = _catalogue.backup_info(ctx_for(tmp_path, repository_key="k"))
     assert "warnings" not in info or not any("no repository key" in w for w in info["warnings"])
     assert dict((b["id"], b["status"]) for b in info["backups"])[unsigned] == "untrusted"
