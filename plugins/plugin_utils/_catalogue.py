@@ -109,13 +109,17 @@ def prune_diff(backups: list, plan: repo.PrunePlan) -> dict:
 
 
 def spare_running_exports(ctx, plan: repo.PrunePlan) -> None:
-    """Keep incomplete backups whose helper is still writing them, however old they are."""
+    """Keep incomplete backups whose helper is still writing them, or that finished and wait for their
+    manifest (the run that started them, or a rerun adopting them, records them), however old they are."""
     remove = []
     for backup, reason in plan.remove:
         if not backup.complete and repo.STATUS_NAME in backup.files:
             status = ctx.runner.run("status", ["--status-file", os.path.join(backup.path, repo.STATUS_NAME)], check=False)
             if status.get("alive") is True:
                 plan.keep.append((backup, ["export still running"]))
+                continue
+            if backup.manifest is None and (status.get("result") or {}).get("ok") is True:
+                plan.keep.append((backup, ["export finished, its manifest is not written yet"]))
                 continue
         remove.append((backup, reason))
     plan.remove = remove
@@ -151,6 +155,10 @@ def backup_prune(ctx) -> dict:
             try:
                 ctx.storage.remove_backup(p["repository"], backup.id, if_incomplete=backup.manifest is None)
             except (HelperError, repo.RepositoryError) as exc:  # one refusal never stops the others
+                if exc.code == "REFUSED" and backup.manifest is None:
+                    # its manifest appeared after the listing: the export completed meanwhile
+                    plan.keep.append((backup, ["completed while pruning"]))
+                    continue
                 errors.append("%s: %s" % (backup.id, exc.message))
                 plan.keep.append((backup, ["removal failed: %s" % exc.message]))
                 continue

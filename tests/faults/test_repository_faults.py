@@ -447,6 +447,8 @@ def test_two_runs_with_different_run_ids_and_a_prune_at_once(fault_env_factory):
     foreign = env.repo / "postgres" / "dumps" / "20261120T010000Z" / "db.sql"
     foreign.parent.mkdir(parents=True)
     foreign.write_bytes(b"select 1;")
+    for path in (foreign, foreign.parent, foreign.parent.parent, foreign.parent.parent.parent):
+        os.chmod(path, 0o600 if path.is_file() else 0o700)   # private, so the repository's mode check holds
     env.sim.faults.set(bandwidth_bytes_per_s=SLOW, path="/export", count=1)
     first = env.start_playbook("backup.yml", "-e", "xapi_backup_run_id=run-a", "-e", "xapi_backup_concurrency=1")
     try:

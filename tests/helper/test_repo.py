@@ -154,6 +154,7 @@ def test_repo_scan_reports_links_odd_and_foreign_entries_and_follows_none(dom0_p
     assert POOL + "/" + VM + "/20261123T000000Z" not in ids and len(ids) == 3
     damaged = [e for e in result.json["entries"] if e["id"].endswith("20261122T010000Z")][0]
     assert damaged["manifest"] is None and "manifest.json" not in damaged["files"]
+    assert damaged["manifest_unreadable"] is True and "symlink" in damaged["manifest_error"]
 
 
 def test_repo_hash_blake2b_and_sha256_never_through_a_link(dom0_python, repo):

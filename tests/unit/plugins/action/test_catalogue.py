@@ -237,13 +237,41 @@ def test_prune_keeps_newer_format_unreadable_and_untrusted_backups(tmp_path, mon
         return result
 
     monkeypatch.setattr(repo.HelperStorage, "scan", eio_scan)
+    odd = write_backup(tmp_path, 8, key="k")   # a directory where the manifest should be: not ours to judge
+    os.unlink(os.path.join(str(tmp_path), odd, repo.MANIFEST_NAME))
+    os.mkdir(os.path.join(str(tmp_path), odd, repo.MANIFEST_NAME))
     before = tree(tmp_path)
     out = _catalogue.backup_prune(ctx_for(tmp_path, keep_last=1, incomplete_grace=0, repository_key="k"))
     assert out["removed"] == [] and tree(tmp_path) == before
     status = dict((k["id"], k["status"]) for k in out["kept"])
-    assert status == {good: "complete", newer: "unknown", unsigned: "untrusted", unreadable: "unknown"}
+    assert status == {good: "complete", newer: "unknown", unsigned: "untrusted", unreadable: "unknown", odd: "unknown"}
     info = _catalogue.backup_info(ctx_for(tmp_path, repository_key="k"))
     assert "warnings" not in info or not any("no repository key" in w for w in info["warnings"])
     assert dict((b["id"], b["status"]) for b in info["backups"])[unsigned] == "untrusted"
     unkeyed = _catalogue.backup_info(ctx_for(tmp_path))
     assert any("no repository key" in w for w in unkeyed["warnings"])
+
+
+def test_prune_spares_a_finished_export_waiting_for_its_manifest_and_a_race_is_no_failure(tmp_path, monkeypatch):
+    write_backup(tmp_path, 1)
+    finished = write_backup(tmp_path, 5, complete=False)
+    with open(os.path.join(str(tmp_path), finished, repo.STATUS_NAME), "w") as handle:
+        handle.write("{}")
+    done = FakeRunner(status={"ok": True, "alive": False, "phase": "done", "result": {"ok": True}})
+    out = _catalogue.backup_prune(ctx_for(tmp_path, runner=done, keep_last=1, incomplete_grace=0))
+    assert out["removed"] == [] and os.path.isdir(os.path.join(str(tmp_path), finished))
+    # the manifest lands between the listing and the removal: the helper refuses, prune keeps it, no failure
+    racing = write_backup(tmp_path, 4, complete=False)
+    real_remove = repo.HelperStorage.remove_backup
+
+    def manifest_appears(self, root, path, if_incomplete=False):
+        if path == racing:
+            with open(os.path.join(str(root), racing, repo.MANIFEST_NAME), "w") as handle:
+                handle.write("{}")
+        return real_remove(self, root, path, if_incomplete=if_incomplete)
+
+    monkeypatch.setattr(repo.HelperStorage, "remove_backup", manifest_appears)
+    out = _catalogue.backup_prune(ctx_for(tmp_path, runner=done, keep_last=1, incomplete_grace=0))
+    assert "failed" not in out and racing not in [r["id"] for r in out["removed"]]
+    assert ["completed while pruning"] in [k["reasons"] for k in out["kept"]]
+    assert os.path.isfile(os.path.join(str(tmp_path), racing, repo.MANIFEST_NAME))
