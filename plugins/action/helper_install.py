@@ -23,7 +23,9 @@ from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.module_utils.common.text.converters import to_native, to_text
 from ansible.plugins.action import ActionBase
 
-DEFAULT_DEST = "/opt/xapi-backup/bin/xapi-backup-helper"
+from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_HELPER_PATH
+
+DEFAULT_DEST = DEFAULT_HELPER_PATH
 MIN_PYTHON = (3, 6)
 WHEEL_MARKER = ".xapi-backup-wheel.sha256"
 BUNDLED_HELPER = os.path.join(

@@ -28,6 +28,8 @@ import re
 import shutil
 import tempfile
 
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
+
 MANIFEST_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 STATUS_NAME = "status.json"
@@ -48,13 +50,10 @@ _SECRET_QUERY_RE = re.compile(r"(session_id=)[^&\s\"']+")
 _HASH_BLOCK = 8 * 1024 * 1024
 
 
-class RepositoryError(Exception):
+class RepositoryError(BackupError):
     """A repository operation failed; ``code`` is a short machine-readable word."""
 
-    def __init__(self, message: str, code: str = "REPOSITORY_ERROR") -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    CODE = "REPOSITORY_ERROR"
 
 
 # ---------------------------------------------------------------- names and paths

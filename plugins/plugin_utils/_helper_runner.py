@@ -20,19 +20,25 @@ import shlex
 import sys
 import time
 
+from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_POLL_INTERVAL
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
+
 BUNDLED_HELPER = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     "roles", "helper", "files", "xapi-backup-helper",
 )
 
 
-class HelperError(Exception):
-    """A helper subcommand failed.  ``code`` comes from the helper's error object when it sent one."""
+class HelperError(BackupError):
+    """A helper subcommand failed.  ``code`` comes from the helper's error object when it sent one.
 
-    def __init__(self, message: str, code: str = "HELPER_FAILED", result: dict | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    ``result`` is the helper's own JSON answer (or last status): it may name the xapi task to cancel.
+    """
+
+    CODE = "HELPER_FAILED"
+
+    def __init__(self, message: str, code: str = "HELPER_FAILED", result: dict | None = None, partial=None) -> None:
+        super().__init__(message, code=code, partial=partial)
         self.result = result or {}
 
 
@@ -105,8 +111,10 @@ class HelperRunner:
     ``calls`` records every subcommand with its arguments (no secret is ever an argument).
     """
 
-    def __init__(self, execute, argv_prefix: list, display=None, sleep=time.sleep, clock=time.monotonic) -> None:
+    def __init__(self, execute, argv_prefix: list, display=None, sleep=time.sleep, clock=time.monotonic,
+                 check_mode: bool = False) -> None:
         self._execute = execute
+        self.check_mode = bool(check_mode)
         self._prefix = list(argv_prefix)
         self._display = display
         self._sleep = sleep
@@ -160,7 +168,7 @@ class HelperRunner:
             return {"done": True, "result": result}
         return {"done": False, "pid": result.get("pid"), "status_file": result.get("status_file") or status_file}
 
-    def wait(self, status_file: str, label: str, poll_interval: float = 2.0, timeout: float | None = None,
+    def wait(self, status_file: str, label: str, poll_interval: float = DEFAULT_POLL_INTERVAL, timeout: float | None = None,
              progress_every: float = 30.0) -> dict:
         """Poll ``status`` until the detached run finished; return its result or raise."""
         started = self._clock()
@@ -186,7 +194,7 @@ class HelperRunner:
             self._sleep(poll_interval)
 
     def run_long(self, subcommand: str, args: list, status_file: str, label: str, session: str | None = None,
-                 poll_interval: float = 2.0, timeout: float | None = None) -> dict:
+                 poll_interval: float = DEFAULT_POLL_INTERVAL, timeout: float | None = None) -> dict:
         """Start detached and wait for the result."""
         started = self.start_detached(subcommand, args, status_file, session=session)
         if started["done"]:

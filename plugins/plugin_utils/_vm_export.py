@@ -20,6 +20,8 @@ import time
 
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils import _snapshots
+from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_POLL_INTERVAL
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.xapi.backup.plugins.module_utils._selection import describe_vm, find_vm
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
@@ -80,12 +82,12 @@ class VmExport:
     # ------------------------------------------------------------ entry point
 
     def run(self) -> dict:
-        """The task's result; on failure the exception carries ``partial_result`` (VM, run id, pool)."""
+        """The task's result; on failure the error's ``partial`` carries what is known (VM, run id, pool)."""
         self.partial = {"vm": self.p["vm"]}
         try:
             return self._run()
-        except Exception as exc:
-            exc.partial_result = dict(self.partial, **({"warnings": list(self.warnings)} if self.warnings else {}))
+        except BackupError as exc:
+            exc.add_partial(**dict(self.partial, **({"warnings": list(self.warnings)} if self.warnings else {})))
             raise
 
     def _run(self) -> dict:
@@ -184,7 +186,7 @@ class VmExport:
                 result = self.ctx.runner.run_long(
                     "export", self._helper_args(xapi, source_uuid, paths["out"]), paths["status"],
                     "export of %s" % vm_rec.get("name_label"), session=xapi.session_ref,
-                    poll_interval=self.p.get("poll_interval", 2.0), timeout=self.p.get("export_timeout"),
+                    poll_interval=self.p.get("poll_interval", DEFAULT_POLL_INTERVAL), timeout=self.p.get("export_timeout"),
                 )
             manifest = self._manifest(pool, summary, snap_rec, run_id, result, started, self.clock())
             self.ctx.storage.write_json(paths["manifest"], manifest)
@@ -311,7 +313,7 @@ class VmExport:
             action = adoption_action(status, backup.manifest is not None)
             if action == "wait":
                 result = self.ctx.runner.wait(status_file, "earlier export of %s" % vm_rec.get("name_label"),
-                                              poll_interval=self.p.get("poll_interval", 2.0),
+                                              poll_interval=self.p.get("poll_interval", DEFAULT_POLL_INTERVAL),
                                               timeout=self.p.get("export_timeout"))
                 status = {"result": result}
                 action = "finalize"
@@ -325,7 +327,7 @@ class VmExport:
 
     def _recorded_by_owner(self, backup):
         """Give the run that started an export a moment to record it (write its manifest) itself."""
-        deadline = self.monotonic() + 3 * float(self.p.get("poll_interval", 2.0)) + 5.0
+        deadline = self.monotonic() + 3 * float(self.p.get("poll_interval", DEFAULT_POLL_INTERVAL)) + 5.0
         while True:
             for entry in self.ctx.storage.scan(self.p["repository"], pool=backup.pool_uuid, vm=backup.owner):
                 if repo.relative_id(self.p["repository"], entry["path"]) == backup.id and entry.get("manifest") is not None:

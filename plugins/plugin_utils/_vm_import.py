@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_POLL_INTERVAL
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils._selection import data_disk_vdis, is_data_disk
 from ansible_collections.xapi.backup.plugins.module_utils._snapshots import TAG_KEYS
@@ -169,7 +170,7 @@ class VmImport:
         # the helper does not create the status file's directory: create it (and a placeholder) first
         self.ctx.storage.write_json(status_file, {"phase": "queued", "backup": backup.id})
         return self.ctx.runner.run_long("import", args, status_file, "import of %s" % backup.id,
-                                        session=xapi.session_ref, poll_interval=p.get("poll_interval", 2.0),
+                                        session=xapi.session_ref, poll_interval=p.get("poll_interval", DEFAULT_POLL_INTERVAL),
                                         timeout=p.get("import_timeout"))
 
     def _finish_vm(self, xapi, vm_ref, backup, source, targets):

@@ -22,6 +22,7 @@ except ImportError:  # plain pytest: this directory is on sys.path, not a packag
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils import _snapshots
 from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils import _vm_export
 from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import VmExport, adoption_action, needs_snapshot
 
@@ -159,7 +160,7 @@ def test_failure_destroys_snapshot_unblocks_and_leaves_no_backup(setup, tmp_path
     export, ctx, _xapi, snaps = setup(runner=FakeRunner(fail=helper_failure()))
     with pytest.raises(Exception, match="STREAM_TRUNCATED") as info:
         export.run()
-    assert info.value.partial_result["vm_uuid"] == VM and info.value.partial_result["run_id"] == "2026-11-21"
+    assert info.value.partial["vm_uuid"] == VM and info.value.partial["run_id"] == "2026-11-21"
     assert snaps.events[-2:] == ["unblock", ("destroy", "OpaqueRef:snap")]
     assert ctx.storage.writes == []
     assert repo.list_backups(LocalStorage(), str(tmp_path)) == []
@@ -218,12 +219,12 @@ def test_snapshot_failure_reports_only_the_xapi_error(setup):
     export, _ctx, _xapi, snaps = setup()
 
     def sr_full(*args, **kwargs):
-        raise RuntimeError("SR_FULL")
+        raise XapiError("SR_FULL", [], "Async.VM.snapshot")
 
     snaps.create_tagged_snapshot = sr_full
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(XapiError) as info:
         export.run()
-    assert "warnings" not in info.value.partial_result
+    assert "warnings" not in info.value.partial
     assert not any(isinstance(e, tuple) for e in snaps.events)
 
 

@@ -115,6 +115,6 @@ def test_snapshot_failure_reports_code_and_calls(run_module, fake_pool):
     fake_pool.task_status = "failure"
     failed, out = run_module(vm_snapshot.main, {"vm": "web", "run_id": "r1"})
     assert failed
-    assert out["error"] == {"code": "SR_FULL", "params": ["10", "5"]}
+    assert out["error"] == {"code": "SR_FULL", "params": ["10", "5"], "message": "VM.snapshot failed: SR_FULL ['10', '5']"}
     assert out["msg"].startswith("XAPI error: VM.snapshot failed: SR_FULL")
     assert "task.destroy" in [c["method"] for c in out["xapi_calls"]]
