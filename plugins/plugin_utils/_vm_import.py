@@ -20,7 +20,8 @@ from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFA
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils._selection import data_disk_vdis, is_data_disk
 from ansible_collections.xapi.backup.plugins.module_utils._snapshots import TAG_KEYS
-from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiUsageError
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiUsageError
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import find_sr, helper_xapi_args, refs_by_uuid_or_name
 
 RESTORED_FROM = "xapi_backup:restored_from"
@@ -148,10 +149,17 @@ class VmImport:
             if not vm_refs:
                 raise XapiUsageError("the import of %s created no VM" % backup.id)
             vm_ref = vm_refs[0]
-            self._finish_vm(xapi, vm_ref, backup, source, targets)
-            record = xapi.call("VM.get_record", vm_ref)
+            try:
+                self._finish_vm(xapi, vm_ref, backup, source, targets)
+                record = xapi.call("VM.get_record", vm_ref)
+            except BackupError as exc:
+                # the VM exists: a failed task still names it, so the caller (the health check) can
+                # remove exactly this VM, by uuid, and nothing else
+                exc.add_partial(vm_uuid=_uuid_or_none(xapi, vm_ref), backup_id=backup.id)
+                raise
             return dict(base, changed=True, msg=reason, vm_uuid=record.get("uuid"), vm_name=record.get("name_label"),
                         running=str(record.get("power_state", "")).lower() == "running",
+                        guest_agent=record.get("guest_metrics") not in (None, "", NULL_REF),
                         vm_uuids=list(result.get("vm_uuids") or []), power_state=record.get("power_state"),
                         sr_uuid=sr_rec.get("uuid") if sr_rec else None, helper_result=repo.strip_secrets(result),
                         duration=result.get("duration"))
@@ -199,6 +207,9 @@ class VmImport:
     def _absent(self, backup):
         with self.ctx.xapi() as xapi:
             found = restored_vms(xapi.call("VM.get_all_records"), backup.id)
+            only = self.p.get("restored_vm_uuid")
+            if only:
+                found = only_this_vm(found, only, backup.id)
             for ref, record in found:
                 destroy_vm_with_disks(xapi, ref, record)
         uuids = [rec.get("uuid") for _ref, rec in found]
@@ -206,6 +217,25 @@ class VmImport:
                if uuids else "no VM restored from %s" % backup.id)
         return {"changed": bool(uuids), "msg": msg, "backup_id": backup.id, "removed": uuids,
                 "vm_uuid": uuids[0] if uuids else None}
+
+
+def only_this_vm(found: list, vm_uuid: str, ident: str) -> list:
+    """The one VM of ``found`` (restored from ``ident``) whose uuid is ``vm_uuid``; [] when it is gone.
+
+    The health check passes the uuid its own import returned: a VM restored earlier from the same
+    backup for real carries the same ``restored_from`` key and must never be touched.
+    """
+    wanted = (vm_uuid or "").strip().lower()
+    if not repo.is_uuid(wanted):
+        raise XapiUsageError("restored_vm_uuid %r is not a VM uuid" % (vm_uuid,))
+    return [(ref, rec) for ref, rec in found if str(rec.get("uuid", "")).lower() == wanted]
+
+
+def _uuid_or_none(xapi, vm_ref):
+    try:
+        return xapi.call("VM.get_uuid", vm_ref)
+    except BackupError:
+        return None
 
 
 def strip_snapshot_tags(xapi, vm_ref):
