@@ -36,6 +36,7 @@ RANGES = {
     "stall_timeout": (1, _DAY, "seconds without progress before the transfer is abandoned"),
     "task_timeout": (1, _DAY, "seconds"),
     "incomplete_grace": (0, _YEAR, "seconds an incomplete backup is left alone"),
+    "stale_after": (0, _YEAR, "seconds before an idle snapshot of another run counts as abandoned"),
     "keep_last": (0, _COUNT, "backups"),
     "keep_daily": (0, _COUNT, "days"),
     "keep_weekly": (0, _COUNT, "weeks"),

@@ -65,6 +65,11 @@ def adoption_action(status: dict, has_manifest: bool) -> str:
     return "remove"
 
 
+def exported_snapshot(ref, result) -> bool:
+    """Whether snapshot ``ref`` is the VM the helper exported (its result's ``vm_ref``)."""
+    return bool(ref) and isinstance(result, dict) and result.get("vm_ref") == ref
+
+
 class VmExport:
     """One vm_export task.  ``ctx`` is a ``_action.ActionContext``."""
 
@@ -337,8 +342,14 @@ class VmExport:
             self.sleep(1.0)
 
     def _finalize(self, xapi, pool, vm_rec, run_id, backup, result):
-        """Write the manifest of an export that finished without one; destroy its snapshot."""
-        owned = self.snapshots.find_our_snapshots(xapi, vm_uuid=vm_rec["uuid"])
+        """Write the manifest of an export that finished without one; destroy its snapshot.
+
+        The export's own snapshot is the one the helper exported (``vm_ref`` of its result): only its
+        run id is adopted and only it is destroyed. Other snapshots of ours of this VM may belong to a
+        concurrent run (another run id) and are left to ``cleanup_stale``'s age rule.
+        """
+        owned = [(ref, rec) for ref, rec in self.snapshots.find_our_snapshots(xapi, vm_uuid=vm_rec["uuid"])
+                 if exported_snapshot(ref, result)]
         snap_ref, snap_rec = (owned[0] if owned else (None, None))
         if snap_rec is not None:
             run_id = (snap_rec.get("other_config") or {}).get(_snapshots.RUN_KEY, run_id)

@@ -194,7 +194,7 @@ def test_check_mode_plans_without_side_effects(setup, tmp_path):
 
 def test_adopts_finished_export_instead_of_starting_another(setup, tmp_path):
     stamp_dir, result = earlier_export(tmp_path, b"finished-by-earlier-run")
-    result.update(out=str(stamp_dir / "vm.xva.zst"), raw_size=100)
+    result.update(out=str(stamp_dir / "vm.xva.zst"), raw_size=100, vm_ref="OpaqueRef:old-snap")
     runner = FakeRunner(status={"ok": True, "alive": False, "result": result})
     export, ctx, _xapi, snaps = setup(runner=runner, run_id="2026-11-20")
     out = export.run()
@@ -287,3 +287,23 @@ def test_live_owner_records_its_own_export_and_the_rerun_does_not_interfere(setu
     assert out["changed"] is False and out["backup_id"].endswith("20261121T220000Z")
     assert not any(isinstance(e, tuple) for e in snaps.events)  # the owner's snapshot is left to the owner
     assert [c["subcommand"] for c in ctx.runner.calls] == ["status"]
+
+
+@pytest.mark.parametrize("exported", ["OpaqueRef:old-snap", "OpaqueRef:gone", None])
+def test_finalize_adopts_only_the_exported_snapshot_never_a_concurrent_runs(setup, tmp_path, exported):
+    """Issue 11 item 9: another run's fresh snapshot of the same VM is neither destroyed nor its run id taken."""
+    stamp_dir, result = earlier_export(tmp_path, b"finished-by-earlier-run")
+    result.update(out=str(stamp_dir / "vm.xva.zst"), raw_size=100, vm_ref=exported)
+    runner = FakeRunner(status={"ok": True, "alive": False, "result": result})
+    export, _ctx, _xapi, snaps = setup(runner=runner, run_id="2026-11-21")
+    concurrent = ("OpaqueRef:concurrent", {"uuid": "c2", "other_config": {"xapi_backup:run": "other-controller"}})
+    exported_snap = ("OpaqueRef:old-snap", {"uuid": SNAP, "other_config": {"xapi_backup:run": "2026-11-20"}})
+    snaps.find_our_snapshots = lambda xapi, vm_uuid=None, run_id=None: [concurrent, exported_snap]
+    export.run()
+    destroyed = [e[1] for e in snaps.events if isinstance(e, tuple)]
+    assert "OpaqueRef:concurrent" not in destroyed
+    recorded = repo.list_backups(LocalStorage(), str(tmp_path))[0].run_id
+    if exported == "OpaqueRef:old-snap":
+        assert destroyed[0] == "OpaqueRef:old-snap" and recorded == "2026-11-20"
+    else:
+        assert "OpaqueRef:old-snap" not in destroyed[:1] and recorded == "2026-11-21"

@@ -88,6 +88,7 @@ def test_absent_accepts_uuid_of_deleted_vm(run_module, fake_pool, xapi):
 def test_present_with_cleanup_stale(run_module, fake_pool, xapi):
     vm = fake_pool.add_vm("web")
     stale = snaps.create_tagged_snapshot(xapi, vm, "r0", NOW)
+    fake_pool.clock += datetime.timedelta(seconds=snaps.STALE_AFTER + 1)  # run r0 is long gone
     failed, out = run_module(vm_snapshot.main, {"vm": "web", "run_id": "r1", "cleanup_stale": True, "_ansible_diff": True})
     assert not failed and out["changed"]
     assert [r["uuid"] for r in out["removed"]] == [out["diff"]["before"]["snapshots"][0]]
