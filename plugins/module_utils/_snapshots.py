@@ -257,20 +257,20 @@ def _set_tags(xapi, cls, ref, current, tags):
 def create_tagged_snapshot(xapi, vm_ref, run_id, now, vm_record=None, timeout=1800):
     """Snapshot ``vm_ref`` (``Async.VM.snapshot`` + wait) and tag the snapshot VM and each of its VDIs.
 
-    Returns the snapshot ref (None in check mode, where the calls are only planned). If tagging
-    fails the untagged snapshot is destroyed with its VDIs before the error is raised, so nothing
-    untraceable is left behind.
+    Returns the snapshot ref (:data:`PLANNED_SNAPSHOT` in check mode, where the calls are only
+    planned: the snapshot's VDIs are unknown, one planned ``VDI.set_other_config`` stands for them).
+    If tagging fails the untagged snapshot is destroyed with its VDIs before the error is raised,
+    so nothing untraceable is left behind.
     """
     validate_run_id(run_id)
     record = vm_record if vm_record is not None else xapi.call("VM.get_record", vm_ref)
     name = snapshot_name(record.get("name_label", ""), run_id)
     tags = snapshot_tags(run_id, record["uuid"], now)
-    if xapi.check_mode:
-        xapi.change("Async.VM.snapshot", vm_ref, name)
+    snap_ref = xapi.async_change("VM.snapshot", vm_ref, name, timeout=timeout, planned=PLANNED_SNAPSHOT)
+    if snap_ref == PLANNED_SNAPSHOT:
         xapi.change("VM.set_other_config", PLANNED_SNAPSHOT, tags)
         xapi.change("VDI.set_other_config", PLANNED_SNAPSHOT_VDIS, tags)
-        return None
-    snap_ref = xapi.async_call("VM.snapshot", vm_ref, name, timeout=timeout)
+        return snap_ref
     try:
         snap = xapi.call("VM.get_record", snap_ref)
         _set_tags(xapi, "VM", snap_ref, snap.get("other_config"), tags)
@@ -289,7 +289,12 @@ def destroy_snapshot_with_vdis(xapi, snap_ref, require_ours=True):
     Refuses (``XapiUsageError``) anything that is not a snapshot, and with ``require_ours`` anything
     without our owner tag. VDIs: of non-CD, non-empty VBDs plus ``suspend_VDI``, each only if
     :func:`vdi_destroy_reason` says so. Objects already gone (``HANDLE_INVALID``) are fine.
+    The check-mode placeholder :data:`PLANNED_SNAPSHOT` plans the same destroys and returns None.
     """
+    if snap_ref == PLANNED_SNAPSHOT:
+        xapi.change("VM.destroy", PLANNED_SNAPSHOT)
+        xapi.change("VDI.destroy", PLANNED_SNAPSHOT_VDIS)
+        return None
     try:
         record = xapi.call("VM.get_record", snap_ref)
     except XapiError as exc:

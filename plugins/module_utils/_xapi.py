@@ -274,8 +274,10 @@ def translate_exception(exc, method, url, timeout=None):
 class CallRecorder:
     """Lists the XAPI calls made (or planned, in check mode), scrubbing known secrets from arguments.
 
-    Each entry is ``{"method": "VM.snapshot", "args": [...], "planned": False}``; ``planned`` is
-    True for a side effect skipped in check mode. The session reference is never an argument
+    Each entry is ``{"method": "VM.snapshot", "args": [...], "planned": False, "side_effect": True}``;
+    ``planned`` is True for a side effect skipped in check mode, ``side_effect`` True for every call
+    made (or planned) through ``XapiSession.change`` / ``async_change``: the steps of a task, the same
+    list in check mode and in a real run. The session reference is never an argument
     (XenAPI prepends it on the wire); the password and the session reference are replaced by
     ``********`` wherever they would appear.
     """
@@ -301,8 +303,9 @@ class CallRecorder:
             return value
         return self.scrub(str(value))
 
-    def record(self, method, args=(), planned=False):
-        entry = {"method": method, "args": self.scrub(list(args)), "planned": bool(planned)}
+    def record(self, method, args=(), planned=False, side_effect=None):
+        entry = {"method": method, "args": self.scrub(list(args)), "planned": bool(planned),
+                 "side_effect": bool(planned if side_effect is None else side_effect)}
         self.calls.append(entry)
         return entry
 
@@ -382,7 +385,10 @@ class XapiSession:
 
         Use it for reads; use :meth:`change` for anything that modifies the pool.
         """
-        self.recorder.record(method, args)
+        return self._invoke(method, args, side_effect=False)
+
+    def _invoke(self, method, args, side_effect):
+        self.recorder.record(method, args, side_effect=side_effect)
         target = self._proxy.xenapi
         for part in method.split("."):
             target = getattr(target, part)
@@ -399,7 +405,7 @@ class XapiSession:
         if self.check_mode:
             self.recorder.record(method, args, planned=True)
             return None
-        return self.call(method, *args)
+        return self._invoke(method, args, side_effect=True)
 
     def wait_for_task(self, task, timeout, poll=1.0, label=None, destroy=False):
         """Wait until ``task`` leaves ``pending``; return its decoded result.
@@ -441,15 +447,27 @@ class XapiSession:
     def async_call(self, method, *args, **kwargs):
         """Run ``Async.<method>(*args)``, wait for it (``timeout`` s, ``poll`` s), destroy the task.
 
-        Not for side effects in check mode: callers guard with ``xapi.check_mode`` (see
-        ``_snapshots.create_tagged_snapshot``).
+        Every ``Async`` call of the collection changes the pool, so it is refused in check mode: use
+        :meth:`async_change`, which plans it instead.
         """
         timeout = kwargs.pop("timeout", 3600)
         poll = kwargs.pop("poll", 1.0)
         if kwargs:
             raise TypeError("unexpected arguments %s" % sorted(kwargs))
-        task = self.call("Async." + method, *args)
+        if self.check_mode:
+            raise XapiUsageError("Async.%s refused in check mode (a side effect: use async_change)" % method,
+                                 code="CHECK_MODE_VIOLATION")
+        task = self._invoke("Async." + method, args, side_effect=True)
         return self.wait_for_task(task, timeout, poll=poll, label=method, destroy=True)
+
+    def async_change(self, method, *args, **kwargs):
+        """:meth:`async_call` as a side effect: in check mode only recorded (planned) and ``planned``
+        (a placeholder for the object it would create, default None) returned."""
+        planned = kwargs.pop("planned", None)
+        if self.check_mode:
+            self.recorder.record("Async." + method, args, planned=True)
+            return planned
+        return self.async_call(method, *args, **kwargs)
 
     def create_task(self, label, description=""):
         """``task.create`` for an HTTP handler call; destroy it with :meth:`destroy_task`."""

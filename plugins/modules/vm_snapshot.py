@@ -248,7 +248,7 @@ def _present(xapi, vm_ref, vm, run_id, timeout, now):
         ref, record = existing[0]
         return None, describe_snapshot(xapi, ref, record)
     snap_ref = create_tagged_snapshot(xapi, vm_ref, run_id, now, vm_record=vm["record"], timeout=timeout)
-    if snap_ref is None:  # check mode: what it would look like
+    if snap_ref == PLANNED_SNAPSHOT:  # check mode: what it would look like
         planned = snapshot_summary(None, {"other_config": {}})
         planned.update(vm_uuid=vm["uuid"], run_id=run_id, name_label=None)
         return reason, planned

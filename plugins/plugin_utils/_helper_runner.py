@@ -105,10 +105,26 @@ def format_progress(status: dict) -> str:
     return text
 
 
+#: Subcommands that change something (xapi or files): planned, not run, in check mode. Every other
+#: subcommand only reads (status, repo-scan, repo-hash, verify, self-test) and runs in check mode too.
+SIDE_EFFECTS = frozenset(("export", "import", "fetch", "repo-write", "repo-remove"))
+
+#: What a planned subcommand returns in check mode.
+PLANNED_RESULT = {"ok": True, "planned": True}
+
+
+def is_planned(result) -> bool:
+    """Whether ``result`` is the placeholder of a subcommand only planned (check mode)."""
+    return isinstance(result, dict) and result.get("planned") is True
+
+
 class HelperRunner:
     """Runs the helper through ``execute(cmd, in_data) -> {rc, stdout, stderr}``.
 
-    ``calls`` records every subcommand with its arguments (no secret is ever an argument).
+    ``calls`` records every subcommand with its arguments (no secret is ever an argument), like
+    ``XapiSession.calls``: ``{"subcommand", "args", "planned", "side_effect"}``. With ``check_mode``
+    a subcommand of :data:`SIDE_EFFECTS` is only recorded (``planned``) and returns
+    :data:`PLANNED_RESULT`, so a verb runs ONE code path in both modes.
     """
 
     def __init__(self, execute, argv_prefix: list, display=None, sleep=time.sleep, clock=time.monotonic,
@@ -131,6 +147,11 @@ class HelperRunner:
         ``session`` is sent as the first line of stdin with ``--session-stdin``; ``stdin`` follows it.
         """
         args = list(args or [])
+        if self.check_mode and subcommand in SIDE_EFFECTS:
+            if session is not None:
+                args.append("--session-stdin")
+            self._record(subcommand, args, planned=True)
+            return dict(PLANNED_RESULT)
         data = None
         if session is not None:
             args.append("--session-stdin")
@@ -145,13 +166,14 @@ class HelperRunner:
             raise error_from(result, res.get("rc"), res.get("stderr", ""), subcommand)
         return result if result is not None else {}
 
-    def _record(self, subcommand: str, args: list) -> None:
+    def _record(self, subcommand: str, args: list, planned: bool = False) -> None:
         """Append to ``calls``; repeated polls of one status file become one entry with a ``count``."""
         last = self.calls[-1] if self.calls else None
         if subcommand == "status" and last and last["subcommand"] == "status" and last["args"] == args:
             last["count"] = last.get("count", 1) + 1
             return
-        self.calls.append({"subcommand": subcommand, "args": args})
+        self.calls.append({"subcommand": subcommand, "args": list(args), "planned": planned,
+                           "side_effect": subcommand in SIDE_EFFECTS})
 
     def storage_run(self, subcommand: str, args: list, stdin: str | None) -> dict:
         """Adapter for ``_repository.HelperStorage``."""
@@ -163,7 +185,7 @@ class HelperRunner:
     def start_detached(self, subcommand: str, args: list, status_file: str, session: str | None = None) -> dict:
         """Start a long subcommand in the background; it reports through ``status_file``."""
         result = self.run(subcommand, list(args) + ["--status-file", status_file, "--detach"], session=session)
-        if not result.get("detached"):
+        if not result.get("detached") or is_planned(result):
             # a helper that finished in the foreground already holds the final result
             return {"done": True, "result": result}
         return {"done": False, "pid": result.get("pid"), "status_file": result.get("status_file") or status_file}

@@ -136,7 +136,7 @@ def test_create_tags_snapshot_and_each_vdi(xapi, fake_pool):
 def test_create_in_check_mode_plans_only(xapi, fake_pool):
     vm = fake_pool.add_vm("web")
     xapi.check_mode = True
-    assert snaps.create_tagged_snapshot(xapi, vm, "r1", NOW) is None
+    assert snaps.create_tagged_snapshot(xapi, vm, "r1", NOW) == snaps.PLANNED_SNAPSHOT
     assert fake_pool.mutating() == []
     assert fake_pool.snapshots_of(vm) == []
     planned = [c["method"] for c in xapi.calls if c["planned"]]

@@ -137,7 +137,7 @@ def test_change_is_planned_not_called_in_check_mode(xapi, fake_pool):
     assert xapi.change("VM.set_name_label", vm, "b") is None
     assert fake_pool.vm(vm)["name_label"] == "a"
     assert fake_pool.methods() == []
-    assert xapi.calls[-1] == {"method": "VM.set_name_label", "args": [vm, "b"], "planned": True}
+    assert xapi.calls[-1] == {"method": "VM.set_name_label", "args": [vm, "b"], "planned": True, "side_effect": True}
 
 
 def test_change_calls_outside_check_mode(xapi, fake_pool):
@@ -234,3 +234,17 @@ def test_transport_choice_follows_scheme(fake_pool):
     conn = XapiConnection("h", "root", "pw", timeout=7, validate_certs=False)
     assert isinstance(conn._transport(conn.url), _xapi._TimeoutSafeTransport)
     assert conn._transport(conn.url)._timeout == 7
+
+
+def test_async_call_refuses_in_check_mode_and_async_change_plans(xapi, fake_pool):
+    vm = fake_pool.add_vm("web")
+    xapi.check_mode = True
+    with pytest.raises(XapiUsageError) as exc:
+        xapi.async_call("VM.snapshot", vm, "s")
+    assert exc.value.code == "CHECK_MODE_VIOLATION"
+    assert xapi.async_change("VM.snapshot", vm, "s", planned="(new)") == "(new)"
+    assert xapi.calls[-1]["planned"] and xapi.calls[-1]["side_effect"] and fake_pool.snapshots_of(vm) == []
+    xapi.check_mode = False
+    assert xapi.async_change("VM.snapshot", vm, "s") in fake_pool.snapshots_of(vm)
+    steps = [c["method"] for c in xapi.calls if c["side_effect"]]
+    assert steps == ["Async.VM.snapshot", "Async.VM.snapshot"]
