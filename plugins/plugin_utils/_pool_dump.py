@@ -20,6 +20,7 @@ from ansible_collections.xapi.backup.plugins.module_utils import _repository as 
 from ansible_collections.xapi.backup.plugins.module_utils._selection import find_vm
 from ansible_collections.xapi.backup.plugins.module_utils._snapshots import validate_run_id
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import HANDLER_EXPORT_METADATA, HANDLER_POOL_XMLDBDUMP
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import is_planned
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts
 
 
@@ -55,10 +56,7 @@ def pool_dump(ctx, clock=repo.utcnow) -> dict:
         plan = fetch_plan(directory, vms)
         out = dict(base, changed=True, msg=reason, backup_id=repo.backup_id(pool["uuid"], repo.POOL_DIR, stamp),
                    path=directory, files=[os.path.basename(o) for _h, _q, o in plan])
-        if ctx.check_mode:
-            for handler, _query, target in plan:
-                ctx.runner.calls.append({"subcommand": "fetch", "args": ["--path", handler, "--out", target], "planned": True})
-            return out
+        # one code path in check mode: the runner plans each fetch, nothing is recorded
         files = {}
         try:
             for handler, query, target in plan:
@@ -66,7 +64,10 @@ def pool_dump(ctx, clock=repo.utcnow) -> dict:
                 for item in query:
                     args += ["--query", item]
                 result = ctx.runner.run("fetch", args, session=xapi.session_ref)
-                files[os.path.basename(target)] = {"size": int(result["size"]), "sha256": str(result["sha256"])}
+                if not is_planned(result):
+                    files[os.path.basename(target)] = {"size": int(result["size"]), "sha256": str(result["sha256"])}
+            if ctx.check_mode:
+                return out
             manifest = repo.build_manifest(
                 repo.KIND_POOL, tool_version=TOOL_VERSION, pool={"uuid": pool["uuid"], "name": pool["name"]},
                 xapi_version=pool.get("xapi_version"), run_id=run_id, files=files, stored_file=repo.POOL_DB_NAME,
@@ -74,6 +75,8 @@ def pool_dump(ctx, clock=repo.utcnow) -> dict:
             )
             ctx.storage.write_json(os.path.join(directory, repo.MANIFEST_NAME), manifest)
         except Exception:
+            if ctx.check_mode:
+                raise  # nothing was created: a directory there is not ours to remove
             try:
                 ctx.storage.remove_backup(p["repository"], directory)
             except Exception:  # pylint: disable=broad-except  # the fetch error is the one to report

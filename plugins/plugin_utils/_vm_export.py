@@ -24,7 +24,7 @@ from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFA
 from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.xapi.backup.plugins.module_utils._selection import describe_vm, find_vm
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
-from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError, is_planned
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts
 
 BLOCKED_OPERATIONS = ("migrate_send", "pool_migrate")
@@ -117,8 +117,7 @@ class VmExport:
                 out["msg"] = ("finished the export that was already under way: %s" % existing.id if out["changed"]
                               else "a complete backup of this VM for run %s exists: %s" % (run_id, existing.id))
                 return self._finish(out)
-            if self.ctx.check_mode:
-                return self._finish(self._plan(xapi, vm_ref, vm_rec, base, pool, run_id, now, reason))
+            # one code path in check mode: xapi.change / async_change and the runner plan the side effects
             out = self._export(xapi, vm_ref, vm_rec, pool, run_id, self.clock())
             out.update(base)
             out["msg"] = reason
@@ -146,19 +145,6 @@ class VmExport:
             "manifest": os.path.join(directory, repo.MANIFEST_NAME),
         }
 
-    def _plan(self, xapi, vm_ref, vm_rec, base, pool, run_id, now, reason):
-        """Check mode: the same decisions, with every side effect only planned (xapi.change)."""
-        paths = self._paths(pool["uuid"], vm_rec["uuid"], now)
-        removed = self.snapshots.cleanup_stale(xapi, run_id, vm_uuid=vm_rec["uuid"])
-        if needs_snapshot(vm_rec.get("power_state")):
-            self.snapshots.create_tagged_snapshot(xapi, vm_ref, run_id, now, vm_record=vm_rec)
-        with self.snapshots.block_operations(xapi, vm_ref, BLOCKED_OPERATIONS, BLOCK_REASON):
-            self.ctx.runner.calls.append({"subcommand": "export", "args": ["--out", paths["out"]], "planned": True})
-        out = dict(base)
-        out.update(changed=True, msg=reason, backup_id=paths["id"], path=paths["out"], snapshot_uuid=None,
-                   stale_snapshots_removed=[r.get("uuid") for r in removed])
-        return out
-
     # ------------------------------------------------------------ a new export
 
     def _helper_args(self, xapi, vm_uuid, out):
@@ -182,8 +168,9 @@ class VmExport:
             self.removed_snapshots = self.snapshots.cleanup_stale(xapi, run_id, vm_uuid=vm_rec["uuid"])
             if needs_snapshot(vm_rec.get("power_state")):
                 snap_ref = self.snapshots.create_tagged_snapshot(xapi, vm_ref, run_id, now, vm_record=vm_rec)
-                snap_rec = xapi.call("VM.get_record", snap_ref)
-                source_uuid = snap_rec["uuid"]
+                if snap_ref != _snapshots.PLANNED_SNAPSHOT:  # check mode: there is no snapshot to read
+                    snap_rec = xapi.call("VM.get_record", snap_ref)
+                source_uuid = snap_rec["uuid"] if snap_rec else (snap_ref if snap_ref else vm_rec["uuid"])
             else:
                 source_uuid = vm_rec["uuid"]
             with self.snapshots.block_operations(xapi, vm_ref, BLOCKED_OPERATIONS, BLOCK_REASON):
@@ -193,8 +180,10 @@ class VmExport:
                     "export of %s" % vm_rec.get("name_label"), session=xapi.session_ref,
                     poll_interval=self.p.get("poll_interval", DEFAULT_POLL_INTERVAL), timeout=self.p.get("export_timeout"),
                 )
-            manifest = self._manifest(pool, summary, snap_rec, run_id, result, started, self.clock())
-            self.ctx.storage.write_json(paths["manifest"], manifest)
+            manifest = None
+            if not is_planned(result):  # check mode: no export ran, there is nothing to record
+                manifest = self._manifest(pool, summary, snap_rec, run_id, result, started, self.clock())
+                self.ctx.storage.write_json(paths["manifest"], manifest)
         except BaseException as exc:
             failure = exc
             self._discard(paths, exc)
@@ -202,16 +191,17 @@ class VmExport:
         finally:
             if snap_ref is not None:
                 self._destroy_snapshot(xapi, snap_ref, failing=failure is not None, failure=failure)
-        out = self._result_fields(result, manifest)
-        out.update(changed=True, backup_id=paths["id"], path=os.path.join(paths["dir"], manifest["stored_file"]),
+        out = self._result_fields(result, manifest) if manifest else {}
+        out.update(changed=True, backup_id=paths["id"],
+                   path=os.path.join(paths["dir"], manifest["stored_file"]) if manifest else paths["out"],
                    snapshot_uuid=snap_rec["uuid"] if snap_rec else None,
                    stale_snapshots_removed=[s.get("uuid") for s in self.removed_snapshots or []])
         return out
 
     def _discard(self, paths, exc):
         """Remove the directory of a failed export (never one whose helper may still be running)."""
-        if isinstance(exc, HelperError) and exc.code == "HELPER_TIMEOUT":
-            return
+        if self.ctx.check_mode or (isinstance(exc, HelperError) and exc.code == "HELPER_TIMEOUT"):
+            return  # check mode created nothing: a directory there belongs to someone else
         try:
             self.ctx.storage.remove_backup(self.p["repository"], paths["dir"])
         except (HelperError, repo.RepositoryError) as cleanup_exc:
@@ -247,6 +237,8 @@ class VmExport:
 
         Returns False when the snapshot is already gone.
         """
+        if snap_ref == _snapshots.PLANNED_SNAPSHOT:
+            return True  # check mode: no export task holds a planned snapshot
         result = getattr(failure, "result", None) or {}
         task = (result.get("task") or {}).get("ref") or (result.get("error") or {}).get("task")
         if task:

@@ -43,8 +43,8 @@ class FakeSnapshots:
 
     def create_tagged_snapshot(self, xapi, vm_ref, run_id, now, vm_record=None):
         if xapi.check_mode:
-            xapi.change("Async.VM.snapshot", vm_ref, "xapi-backup")
-            return None
+            xapi.async_change("VM.snapshot", vm_ref, "xapi-backup")
+            return _snapshots.PLANNED_SNAPSHOT
         self.events.append("snapshot")
         return "OpaqueRef:snap"
 
