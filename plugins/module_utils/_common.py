@@ -32,32 +32,24 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
-from ansible_collections.xapi.backup.plugins.module_utils._constants import (
-    DEFAULT_HELPER_PATH,
-    DEFAULT_HELPER_PYTHON,
-    DEFAULT_HELPER_XAPI_URL,
-    DEFAULT_POLL_INTERVAL,
-    DEFAULT_TIMEOUT,
-)
+from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_TIMEOUT
 from ansible_collections.xapi.backup.plugins.module_utils._errors import InvalidArguments, MissingLibraryError, failure_result
+from ansible_collections.xapi.backup.plugins.module_utils._option_specs import CONNECTION, HELPER, argument_spec, env_vars
 from ansible_collections.xapi.backup.plugins.module_utils._options import check_option_ranges
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import HAS_XENAPI, CallRecorder, XapiConnection
 
 #: Option names of the connection (also the keys action plugins must not forward to the helper).
-CONNECTION_OPTIONS = ("hostname", "username", "password", "validate_certs", "ca_path", "timeout")
+CONNECTION_OPTIONS = tuple(CONNECTION)
+
+def _with_env(spec, table):
+    for name, variables in env_vars(table).items():
+        spec[name]["fallback"] = (env_fallback, variables)
+    return spec
+
 
 def xapi_argument_spec():
-    """The connection options, documented by the ``xapi.backup.connection`` doc fragment."""
-    return dict(
-        hostname=dict(type="str", required=True, aliases=["host"], fallback=(env_fallback, ["XAPI_HOSTNAME"])),
-        username=dict(type="str", default="root", aliases=["user"], fallback=(env_fallback, ["XAPI_USERNAME"])),
-        password=dict(type="str", required=True, no_log=True, fallback=(env_fallback, ["XAPI_PASSWORD"])),
-        validate_certs=dict(type="bool", default=True, fallback=(env_fallback, ["XAPI_VALIDATE_CERTS"])),
-        ca_path=dict(type="path", fallback=(env_fallback, ["XAPI_CA_PATH"])),
-        timeout=dict(type="int", default=DEFAULT_TIMEOUT),
-    )
-
-
+    """The connection options (``_option_specs.CONNECTION``, documented by the ``xapi.backup.connection`` fragment)."""
+    return _with_env(argument_spec(CONNECTION), CONNECTION)
 
 
 def helper_argument_spec(options=None, uses_xapi=True):
@@ -72,16 +64,7 @@ def helper_argument_spec(options=None, uses_xapi=True):
     if not uses_xapi:
         for name in ("hostname", "password"):
             spec[name] = dict(spec[name], required=False)
-    spec.update(
-        repository=dict(type="str", required=True),
-        helper_path=dict(type="str", default=DEFAULT_HELPER_PATH),
-        helper_python=dict(type="str", default=DEFAULT_HELPER_PYTHON),
-        # how the helper reaches xapi for data transfers (docs/dev/contracts.md section 3b)
-        transfer=dict(type="str", default="local", choices=["local", "remote"]),
-        helper_xapi_url=dict(type="str", default=DEFAULT_HELPER_XAPI_URL),
-        helper_ca_file=dict(type="str"),
-        poll_interval=dict(type="float", default=DEFAULT_POLL_INTERVAL),
-    )
+    spec.update(_with_env(argument_spec(HELPER), HELPER))
     spec.update(options or {})
     return spec
 

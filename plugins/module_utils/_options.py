@@ -18,22 +18,21 @@ raises :class:`_errors.OptionError` naming the option.
 
 from __future__ import annotations
 
-from ansible_collections.xapi.backup.plugins.module_utils._constants import MAX_THREADS
 from ansible_collections.xapi.backup.plugins.module_utils._errors import OptionError
+from ansible_collections.xapi.backup.plugins.module_utils._option_specs import CONNECTION, EXPORT, HELPER, ranges
 
 _DAY = 86400
 _WEEK = 7 * _DAY
 _YEAR = 366 * _DAY
 _COUNT = 100000
 
-#: option -> (minimum, maximum, why the bounds); None values are "not set" and never checked.
-RANGES = {
-    "timeout": (1, _DAY, "seconds for one XML-RPC exchange"),
-    "poll_interval": (0.1, 600, "seconds between two status polls"),
-    "threads": (0, MAX_THREADS, "compression threads, 0 for the helper's core count"),
+#: option -> (minimum, maximum, unit); None values are "not set" and never checked. The shared options
+#: carry their range in _option_specs; the verbs' own options are listed here.
+RANGES = dict(ranges(CONNECTION), **ranges(HELPER))
+RANGES.update(ranges(EXPORT))
+RANGES.update({
     "export_timeout": (1, _WEEK, "seconds"),
     "import_timeout": (1, _WEEK, "seconds"),
-    "stall_timeout": (1, _DAY, "seconds without progress before the transfer is abandoned"),
     "task_timeout": (1, _DAY, "seconds"),
     "incomplete_grace": (0, _YEAR, "seconds an incomplete backup is left alone"),
     "stale_after": (0, _YEAR, "seconds before an idle snapshot of another run counts as abandoned"),
@@ -41,7 +40,7 @@ RANGES = {
     "keep_daily": (0, _COUNT, "days"),
     "keep_weekly": (0, _COUNT, "weeks"),
     "keep_monthly": (0, _COUNT, "months"),
-}
+})
 
 #: Compression levels each codec accepts (the helper's compressors: zstd 1-19 without --ultra, gzip 1-9).
 LEVELS = {"zstd": (1, 19), "gzip": (1, 9)}

@@ -22,6 +22,7 @@ from ansible_collections.xapi.backup.plugins.module_utils import _repository as 
 from ansible_collections.xapi.backup.plugins.module_utils import _snapshots
 from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_POLL_INTERVAL
 from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.xapi.backup.plugins.module_utils._option_specs import EXPORT, helper_flags
 from ansible_collections.xapi.backup.plugins.module_utils._selection import describe_vm, find_vm
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError, is_planned
@@ -151,13 +152,7 @@ class VmExport:
         p = self.p
         args = helper_xapi_args(p, xapi.url, self.ctx.connection_is_local)
         args += ["--vm", vm_uuid, "--out", out, "--codec", p["codec"]]
-        if p.get("level") is not None:
-            args += ["--level", str(p["level"])]
-        if p.get("threads") is not None:
-            args += ["--threads", str(p["threads"])]
-        if p.get("stall_timeout") is not None:
-            args += ["--stall-timeout", str(p["stall_timeout"])]
-        return args
+        return args + helper_flags(EXPORT, p)  # the tuning options, declared once in _option_specs
 
     def _export(self, xapi, vm_ref, vm_rec, pool, run_id, now):
         paths = self._paths(pool["uuid"], vm_rec["uuid"], now)
