@@ -10,9 +10,11 @@
 
 """The shared options, declared ONCE: argument spec, documentation, environment fallback and range.
 
-No Ansible imports. ``_common`` builds the argument specs from these tables, the doc fragments
-``xapi.backup.connection`` and ``xapi.backup.helper`` render their ``DOCUMENTATION`` from them, and
-``_options`` takes their ranges; so a shared option is added or changed in one entry here.
+No Ansible imports. ``_common`` builds the argument specs from these tables, ``_options`` takes their
+ranges, and the doc fragments ``xapi.backup.connection`` and ``xapi.backup.helper`` are generated from
+them by ``tests/tools/render_doc_fragments.py`` (ansible-test needs literal ``DOCUMENTATION`` strings;
+a unit test fails when a fragment and this table disagree). So a shared option is added or changed in
+one entry here, then the fragments are regenerated.
 
 Entry keys: ``spec`` (argument spec of the option), ``description`` (list of sentences),
 ``env`` (environment variables read when the task does not set it, first set wins), ``range``
@@ -197,7 +199,8 @@ def option_doc(entry):
 
 
 def documentation(table, overrides=None, **extra):
-    """``DOCUMENTATION`` text of a doc fragment for ``table`` (JSON, which is YAML).
+    """The data of a doc fragment's ``DOCUMENTATION`` for ``table`` (``tests/tools/render_doc_fragments.py``
+    writes it as YAML into ``plugins/doc_fragments/``; a unit test keeps the files equal to it).
 
     ``overrides``: ``{name: {key: value}}`` merged into single options (``required: false``...).
     """
@@ -206,4 +209,30 @@ def documentation(table, overrides=None, **extra):
         options[name] = dict(options[name], **changes)
     doc = {"options": options}
     doc.update(extra)
-    return json.dumps(doc, indent=2, sort_keys=False)
+    return doc
+
+
+_NOT_USED = "Accepted for C(module_defaults) of the action group; not used (this module does not talk to xapi)."
+
+
+def fragments():
+    """``{fragment file: {attribute: documentation data}}`` of the fragments rendered from these tables."""
+    no_xapi = dict((name, CONNECTION[name]) for name in ("hostname", "password"))
+    return {
+        "connection.py": {"DOCUMENTATION": documentation(CONNECTION, requirements=CONNECTION_REQUIREMENTS,
+                                                         notes=CONNECTION_NOTES)},
+        "helper.py": {
+            "DOCUMENTATION": documentation(HELPER),
+            "EXPORT": documentation(EXPORT),
+            "NO_XAPI": documentation(
+                no_xapi,
+                overrides=dict((name, {"required": False, "description": [_NOT_USED] + option_doc(entry)["description"][-1:]})
+                               for name, entry in no_xapi.items()),
+                notes=[
+                    "The connection options (O(hostname), O(password), ...) are accepted so that C(module_defaults) for the "
+                    "C(group/xapi.backup.xapi) action group apply; this module does not talk to xapi and ignores them, as it "
+                    "ignores O(transfer), O(helper_xapi_url), O(helper_ca_file) and O(poll_interval).",
+                ],
+            ),
+        },
+    }

@@ -62,3 +62,14 @@ def test_xenserver_environment_and_aliases_reach_the_pool(run_module, fake_pool,
 def test_helper_flags_follow_the_table():
     assert _option_specs.helper_flags(_option_specs.EXPORT, {"level": 3, "threads": None, "stall_timeout": 30}) == [
         "--level", "3", "--stall-timeout", "30"]
+
+
+def test_generated_doc_fragments_are_up_to_date():
+    import importlib.util
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[4] / "tests" / "tools" / "render_doc_fragments.py"
+    spec = importlib.util.spec_from_file_location("render_doc_fragments", str(tool))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0, "run tests/tools/render_doc_fragments.py"
