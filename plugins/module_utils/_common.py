@@ -41,6 +41,7 @@ from ansible_collections.xapi.backup.plugins.module_utils._xapi import HAS_XENAP
 #: Option names of the connection (also the keys action plugins must not forward to the helper).
 CONNECTION_OPTIONS = tuple(CONNECTION)
 
+
 def _with_env(spec, table):
     for name, variables in env_vars(table).items():
         spec[name]["fallback"] = (env_fallback, variables)

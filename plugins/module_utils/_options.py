@@ -18,6 +18,8 @@ raises :class:`_errors.OptionError` naming the option.
 
 from __future__ import annotations
 
+import math
+
 from ansible_collections.xapi.backup.plugins.module_utils._errors import OptionError
 from ansible_collections.xapi.backup.plugins.module_utils._option_specs import CONNECTION, EXPORT, HELPER, ranges
 
@@ -50,7 +52,7 @@ def _number(name, value):
     # bool is an int in Python; "threads: true" is a mistake, not 1 thread
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise OptionError(name, "must be a number, got %r" % (value,))
-    if value != value:  # NaN compares unequal to itself and would pass every range
+    if math.isnan(value):  # NaN compares false with everything and would pass every range
         raise OptionError(name, "must be a number, got NaN")
     return value
 

@@ -52,7 +52,7 @@ options:
   restored_vm_uuid:
     description:
       - With O(state=absent), destroy only the VM with this UUID, and only if it was restored from the backup.
-      - Give the RV(vm_uuid) an earlier vm_import task of the same play returned (the health check does): a VM
+      - Give the RV(vm_uuid) an earlier vm_import task of the same play returned (the health check does); a VM
         restored from the same backup for real, earlier, carries the same C(xapi_backup:restored_from) key and
         is then left alone.
     type: str

@@ -65,7 +65,7 @@ options:
       - Snapshots of O(run_id) are kept (with O(state=present)), and so is any snapshot with an operation in
         progress (an export reading it).
       - A snapshot of another run goes only when it is older than O(stale_after) seconds on the pool's clock
-        (xapi's C(snapshot_time)): a concurrent run with another run id may have just taken it.
+        (xapi's C(snapshot_time)); a concurrent run with another run id may have just taken it.
     type: bool
     default: false
   stale_after:

@@ -53,7 +53,7 @@ def run_id(value=None, now=None):
     try:
         return validate_run_id(text)
     except BackupError as exc:
-        raise RuleError("xapi_backup_run_id: %s" % exc.message) from None
+        raise RuleError("bad input: xapi_backup_run_id is not a valid run id: %s" % exc.message) from None
 
 
 # ---------------------------------------------------------------- export slots
@@ -76,9 +76,9 @@ def plan_slots(vms, concurrency):
     try:
         count = int(concurrency)
     except (TypeError, ValueError):
-        raise RuleError("xapi_backup_concurrency must be a whole number, got %r" % (concurrency,)) from None
+        raise RuleError("bad input: xapi_backup_concurrency must be a whole number, got %r" % (concurrency,)) from None
     if count < 1:
-        raise RuleError("xapi_backup_concurrency must be at least 1, got %d" % count)
+        raise RuleError("bad input: xapi_backup_concurrency must be at least 1, got %d" % count)
     planned = [{"uuid": vm.get("uuid"), "name_label": vm.get("name_label") or vm.get("name") or vm.get("uuid"),
                 "power_state": vm.get("power_state") or "", "size": vm_size(vm)} for vm in vms or []]
     planned.sort(key=lambda vm: (-vm["size"], str(vm["uuid"])))
@@ -170,8 +170,8 @@ def _vm_sr_targets(vm, srs, sr_map, default):
         try:
             found = find_one(srs, wanted, "SR")
         except RuleError as exc:
-            problems.append("VM %s disk %s: %s (source SR %s)" % (vm.get("vm_name"), device, exc.message,
-                                                                 disk.get("sr_name") or disk.get("sr_uuid") or "?"))
+            source = disk.get("sr_name") or disk.get("sr_uuid") or "?"
+            problems.append("VM %s disk %s: %s (source SR %s)" % (vm.get("vm_name"), device, exc.message, source))
             continue
         if (by_uuid.get(found) or {}).get("content_type") == "iso":
             problems.append('VM %s: SR "%s" is an ISO library, not a disk SR' % (vm.get("vm_name"), wanted))
@@ -195,8 +195,8 @@ def _vm_network_moves(vm, nets, net_map):
         try:
             found = find_one(nets, wanted, "network")
         except RuleError as exc:
-            problems.append("VM %s VIF %s: %s (source network %s)" % (vm.get("vm_name"), device, exc.message,
-                                                                     source_name or source_uuid or "?"))
+            source = source_name or source_uuid or "?"
+            problems.append("VM %s VIF %s: %s (source network %s)" % (vm.get("vm_name"), device, exc.message, source))
             continue
         if found != source_uuid:
             moves[source_uuid or source_name] = found
