@@ -24,6 +24,7 @@ from ansible.module_utils.common.text.converters import to_native, to_text
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_HELPER_PATH
+from ansible_collections.xapi.backup.plugins.modules.helper_install import argument_spec
 
 DEFAULT_DEST = DEFAULT_HELPER_PATH
 MIN_PYTHON = (3, 6)
@@ -33,13 +34,8 @@ BUNDLED_HELPER = os.path.join(
     "roles", "helper", "files", "xapi-backup-helper",
 )
 
-ARGUMENT_SPEC = {
-    "src": {"type": "path"},
-    "dest": {"type": "str", "default": DEFAULT_DEST},
-    "python": {"type": "str", "default": "python3"},
-    "zstandard_wheel": {"type": "path"},
-    "self_test": {"type": "bool", "default": True},
-}
+#: Declared once, in the doc stub plugins/modules/helper_install.py (validate-modules checks it against the docs).
+ARGUMENT_SPEC = argument_spec()
 
 # name-version(-build)?-python-abi-platform.whl (PEP 427)
 _WHEEL_RE = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<plat>[^-]+)\.whl$")
