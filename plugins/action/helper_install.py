@@ -23,7 +23,10 @@ from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.module_utils.common.text.converters import to_native, to_text
 from ansible.plugins.action import ActionBase
 
-DEFAULT_DEST = "/opt/xapi-backup/bin/xapi-backup-helper"
+from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_HELPER_PATH
+from ansible_collections.xapi.backup.plugins.modules.helper_install import argument_spec
+
+DEFAULT_DEST = DEFAULT_HELPER_PATH
 MIN_PYTHON = (3, 6)
 WHEEL_MARKER = ".xapi-backup-wheel.sha256"
 BUNDLED_HELPER = os.path.join(
@@ -31,13 +34,8 @@ BUNDLED_HELPER = os.path.join(
     "roles", "helper", "files", "xapi-backup-helper",
 )
 
-ARGUMENT_SPEC = {
-    "src": {"type": "path"},
-    "dest": {"type": "str", "default": DEFAULT_DEST},
-    "python": {"type": "str", "default": "python3"},
-    "zstandard_wheel": {"type": "path"},
-    "self_test": {"type": "bool", "default": True},
-}
+#: Declared once, in the doc stub plugins/modules/helper_install.py (validate-modules checks it against the docs).
+ARGUMENT_SPEC = argument_spec()
 
 # name-version(-build)?-python-abi-platform.whl (PEP 427)
 _WHEEL_RE = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<plat>[^-]+)\.whl$")

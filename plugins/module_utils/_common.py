@@ -8,7 +8,7 @@
 # without notice. Modules, action plugins and module_utils of this collection only.
 # ---------------------------------------------------------------------------------------------
 
-"""Ansible glue: the argument specs and the ONE place where errors become ``fail_json``.
+"""Ansible glue: the argument specs, and ``fail_json`` of any error through ``_errors.failure_result``.
 
 Modules::
 
@@ -22,60 +22,35 @@ Modules::
 
 Action plugins (documented by the stubs in ``plugins/modules``) build their argument spec with
 ``helper_argument_spec(options)``: the connection options, the repository and helper options, then their own.
-``connection_from_params(self._task.args)`` gives the ``XapiConnection``;
-``error_to_message(exc)`` gives the one-line message for any ``XapiBackupError``; ``error_details(exc)``
-the ``error`` dict (``code``, ``params``) the modules return on failure.
+``connection_from_params(self._task.args)`` gives the ``XapiConnection``. Errors become a failed result
+in ``_errors.failure_result`` only (called here for modules and in ``_action`` for action plugins).
 """
 
 from __future__ import annotations
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule, env_fallback
 
-from ansible_collections.xapi.backup.plugins.module_utils._xapi import (
-    HAS_XENAPI,
-    XENAPI_IMPORT_ERROR,
-    CallRecorder,
-    XapiBackupError,
-    XapiConnection,
-    XapiConnectionError,
-    XapiError,
-    XapiTimeout,
-    XapiUsageError,
-    one_line,
-)
+from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_TIMEOUT
+from ansible_collections.xapi.backup.plugins.module_utils._errors import InvalidArguments, MissingLibraryError, failure_result
+from ansible_collections.xapi.backup.plugins.module_utils._option_specs import CONNECTION, HELPER, argument_spec, env_vars
+from ansible_collections.xapi.backup.plugins.module_utils._options import check_option_ranges
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import HAS_XENAPI, CallRecorder, XapiConnection
 
 #: Option names of the connection (also the keys action plugins must not forward to the helper).
-CONNECTION_OPTIONS = ("hostname", "username", "password", "validate_certs", "ca_path", "timeout")
+CONNECTION_OPTIONS = tuple(CONNECTION)
 
-# Short hints for the error codes a user can act on.
-_HINTS = {
-    "SESSION_AUTHENTICATION_FAILED": "check username and password",
-    "HOST_IS_SLAVE": "point hostname at the pool master",
-    "RBAC_PERMISSION_DENIED": "the user lacks the XAPI role for this call",
-    "SR_FULL": "free space on the SR holding the VM's disks",
-    "OPERATION_BLOCKED": "the VM's blocked_operations forbid this",
-    "OTHER_OPERATION_IN_PROGRESS": "retry when the running operation has finished",
-}
+
+def _with_env(spec, table):
+    for name, variables in env_vars(table).items():
+        spec[name]["fallback"] = (env_fallback, variables)
+    return spec
 
 
 def xapi_argument_spec():
-    """The connection options, documented by the ``xapi.backup.connection`` doc fragment."""
-    return dict(
-        hostname=dict(type="str", required=True, aliases=["host"], fallback=(env_fallback, ["XAPI_HOSTNAME"])),
-        username=dict(type="str", default="root", aliases=["user"], fallback=(env_fallback, ["XAPI_USERNAME"])),
-        password=dict(type="str", required=True, no_log=True, fallback=(env_fallback, ["XAPI_PASSWORD"])),
-        validate_certs=dict(type="bool", default=True, fallback=(env_fallback, ["XAPI_VALIDATE_CERTS"])),
-        ca_path=dict(type="path", fallback=(env_fallback, ["XAPI_CA_PATH"])),
-        timeout=dict(type="int", default=60),
-    )
-
-
-#: Defaults of the helper options, also used when a task passes an empty value.
-DEFAULT_HELPER_PATH = "/opt/xapi-backup/bin/xapi-backup-helper"
-DEFAULT_HELPER_PYTHON = "python3"
-DEFAULT_HELPER_XAPI_URL = "http://localhost"
+    """The connection options (``_option_specs.CONNECTION``, documented by the ``xapi.backup.connection`` fragment)."""
+    return _with_env(argument_spec(CONNECTION), CONNECTION)
 
 
 def helper_argument_spec(options=None, uses_xapi=True):
@@ -90,18 +65,7 @@ def helper_argument_spec(options=None, uses_xapi=True):
     if not uses_xapi:
         for name in ("hostname", "password"):
             spec[name] = dict(spec[name], required=False)
-    spec.update(
-        repository=dict(type="str", required=True),
-        helper_path=dict(type="str", default=DEFAULT_HELPER_PATH),
-        helper_python=dict(type="str", default=DEFAULT_HELPER_PYTHON),
-        # how the helper reaches xapi for data transfers (docs/dev/contracts.md section 3b)
-        transfer=dict(type="str", default="local", choices=["local", "remote"]),
-        helper_xapi_url=dict(type="str", default=DEFAULT_HELPER_XAPI_URL),
-        helper_ca_file=dict(type="str"),
-        poll_interval=dict(type="float", default=2.0),
-        # signs/authenticates manifests on the controller (docs/dev/contracts.md section 4); never sent anywhere
-        repository_key=dict(type="str", no_log=True),
-    )
+    spec.update(_with_env(argument_spec(HELPER), HELPER))
     spec.update(options or {})
     return spec
 
@@ -121,33 +85,26 @@ def connection_from_params(params):
         password=params.get("password"),
         validate_certs=params.get("validate_certs", True),
         ca_path=params.get("ca_path"),
-        timeout=params.get("timeout") or 60,
+        timeout=params.get("timeout") or DEFAULT_TIMEOUT,
     )
 
 
-def error_to_message(exc):
-    """One-line, secret-free message for a collection error (any other exception: type and text)."""
-    if isinstance(exc, XapiError):
-        hint = _HINTS.get(exc.code)
-        return one_line("XAPI error: %s%s" % (exc, " (%s)" % hint if hint else ""))
-    if isinstance(exc, XapiTimeout):
-        return one_line("XAPI timeout: %s" % exc)
-    if isinstance(exc, XapiConnectionError):
-        return one_line("XAPI connection failed: %s" % exc)
-    if isinstance(exc, XapiUsageError):
-        return one_line(str(exc))
-    return one_line("%s: %s" % (type(exc).__name__, exc))
+class _ValidatingModule(AnsibleModule):
+    """``AnsibleModule`` whose own argument-spec failures (raised while it is constructed) carry the same
+    result shape as every other failure: ``error`` with code ``INVALID_OPTION`` and ``xapi_calls``."""
 
+    def __init__(self, *args, **kwargs):
+        self._constructing = True
+        super().__init__(*args, **kwargs)
+        self._constructing = False
 
-def error_details(exc):
-    """``{"code": ..., "params": [...]}`` for the ``error`` return key of a failed task."""
-    if isinstance(exc, XapiError):
-        return {"code": exc.code, "params": list(exc.params)}
-    codes = {XapiTimeout: "TIMEOUT", XapiConnectionError: "CONNECTION_FAILED", XapiUsageError: "INVALID_REQUEST"}
-    for cls, code in codes.items():
-        if isinstance(exc, cls):
-            return {"code": code, "params": []}
-    return {"code": "INTERNAL_ERROR", "params": []}
+    def fail_json(self, msg, **kwargs):
+        if getattr(self, "_constructing", False) and "error" not in kwargs:
+            kwargs = dict(failure_result(InvalidArguments(msg)), **kwargs)
+            kwargs.pop("msg", None)
+            kwargs.pop("failed", None)
+            kwargs.setdefault("xapi_calls", [])
+        super().fail_json(msg=msg, **kwargs)
 
 
 class AnsibleXapiModule:
@@ -160,7 +117,7 @@ class AnsibleXapiModule:
     def __init__(self, argument_spec=None, **kwargs):
         spec = xapi_argument_spec()
         spec.update(argument_spec or {})
-        self.module = AnsibleModule(argument_spec=spec, **kwargs)
+        self.module = _ValidatingModule(argument_spec=spec, **kwargs)
         self.params = self.module.params
         self.check_mode = self.module.check_mode
 
@@ -170,21 +127,16 @@ class AnsibleXapiModule:
         Adds ``xapi_calls`` (made or planned) to the result, on failure too, and drops ``diff``
         unless the task runs in diff mode. Every collection error becomes ONE ``fail_json`` here.
         """
-        if not HAS_XENAPI:
-            self.module.fail_json(msg=missing_required_lib("XenAPI"), exception=XENAPI_IMPORT_ERROR)
         recorder = CallRecorder()
         try:
+            check_option_ranges(self.params)  # before any side effect, like the action plugins
+            if not HAS_XENAPI:
+                raise MissingLibraryError("the XenAPI Python package is required on the controller")
             connection = connection_from_params(self.params)
             with connection.session(check_mode=self.check_mode, recorder=recorder) as xapi:
                 result = runner(self.module, xapi)
-        except XapiBackupError as exc:
-            self.module.fail_json(msg=error_to_message(exc), error=error_details(exc), xapi_calls=recorder.calls)
-        except Exception as exc:  # pylint: disable=broad-except  # the single last-resort catch, with traceback
-            self.module.fail_json(
-                msg="unexpected error: %s" % error_to_message(exc),
-                exception=traceback.format_exc(),
-                xapi_calls=recorder.calls,
-            )
+        except Exception as exc:  # pylint: disable=broad-except  # _errors.failure_result: the one conversion
+            self.module.fail_json(**failure_result(exc, traceback.format_exc(), xapi_calls=recorder.calls))
         result = dict(result)
         result.setdefault("changed", False)
         if not self.module._diff:

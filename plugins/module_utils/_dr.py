@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 
-from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError, one_line
+from ansible_collections.xapi.backup.plugins.module_utils._errors import one_line
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
 
 # code -> sentence; "{0}", "{1}"... are the error's parameters.
 PLAIN_WORDS = {

@@ -33,6 +33,7 @@ import subprocess
 import sys
 
 from ansible_collections.xapi.backup.plugins.module_utils import _delta
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
 
 MANIFEST_FORMAT = 2
 READABLE_FORMATS = (1, 2)
@@ -75,13 +76,10 @@ _SECRET_KEYS = frozenset(("session", "session_id", "session_ref", "password", "x
 _SECRET_QUERY_RE = re.compile(r"(session_id=)[^&\s\"']+")
 
 
-class RepositoryError(Exception):
+class RepositoryError(BackupError):
     """A repository operation failed; ``code`` is a short machine-readable word."""
 
-    def __init__(self, message: str, code: str = "REPOSITORY_ERROR") -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    CODE = "REPOSITORY_ERROR"
 
 
 # ---------------------------------------------------------------- names and paths
@@ -453,7 +451,12 @@ class HelperStorage:
 
     def make_backup_dir(self, repo, pool_uuid, owner, stamp) -> dict:
         """Create a new backup directory exclusively and claim its sequence: ``{id, path, sequence, repository_id}``."""
-        return self._run("repo-mkbackup", ["--repo", repo, "--pool", pool_uuid, "--owner", owner, "--stamp", stamp], None)
+        created = self._run("repo-mkbackup", ["--repo", repo, "--pool", pool_uuid, "--owner", owner, "--stamp", stamp], None)
+        if created.get("planned"):  # check mode: the runner only planned it; this is the id it would have
+            ident = backup_id(pool_uuid, owner, stamp)
+            return {"id": ident, "path": os.path.join(repo, ident), "sequence": None, "repository_id": None,
+                    "planned": True}
+        return created
 
     def lock(self, repo, pool_uuid, owner: dict, take_over: str | None = None) -> dict:
         args = ["--repo", repo, "--pool", pool_uuid] + (["--take-over", take_over] if take_over is not None else [])

@@ -24,6 +24,15 @@ VM restored from one of our backups inherits our keys with the *original* VM's u
 
 Decisions are pure functions returning a reason (a sentence) or None for "nothing to do":
 ``create_reason``, ``stale_reason``, ``vdi_destroy_reason``.
+
+When is a snapshot of ours *stale* (``stale_reason``)? Never because its run id is not ours alone:
+two runs with different run ids may back up one pool at once (two controllers, a manual run beside
+the nightly one), and the other run's snapshot is fresh and idle in the seconds between its
+``VM.snapshot`` and the start of its export. A snapshot of another run is stale only when it is
+idle (no ``current_operations``) AND older than ``STALE_AFTER`` seconds, its age measured on the
+pool's own clock (xapi's ``snapshot_time`` against ``host.get_servertime`` of the master), never
+the controller's clock or our time tag. An age that cannot be read, or that is negative (the pool
+clock went back), keeps the snapshot: only what is provably abandoned goes.
 """
 
 from __future__ import annotations
@@ -45,6 +54,10 @@ TAG_KEYS = (OWNER_KEY, RUN_KEY, VM_KEY, TIME_KEY)
 #: Placeholder used in planned (check mode) calls for objects that do not exist yet.
 PLANNED_SNAPSHOT = "(new snapshot)"
 PLANNED_SNAPSHOT_VDIS = "(each VDI of the new snapshot)"
+
+#: Seconds after which an idle snapshot of another run counts as abandoned (see the module docstring):
+#: far beyond the moments between a run's snapshot and its export, well within one daily window.
+STALE_AFTER = 6 * 3600
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+:-]{0,99}$")
 
@@ -114,11 +127,13 @@ def create_reason(existing, vm_uuid, run_id):
     return "no snapshot of VM %s for run %s yet" % (vm_uuid, run_id)
 
 
-def stale_reason(record, keep_run_id):
+def stale_reason(record, keep_run_id, age=None, stale_after=STALE_AFTER):
     """Why one of our snapshots is stale and goes (None: keep it).
 
-    Kept: snapshots of run ``keep_run_id`` (the current run) and snapshots with an operation in
-    progress (an export of another run is reading it). Every other snapshot of ours is stale.
+    ``age``: seconds since the snapshot was taken, on the pool's clock (:func:`snapshot_age`).
+    Kept: snapshots of run ``keep_run_id`` (the current run); snapshots with an operation in
+    progress (an export of another run is reading it); snapshots of another run younger than
+    ``stale_after`` seconds, or of unknown or negative age (a concurrent run may own them).
     """
     other = record.get("other_config") or {}
     run = other.get(RUN_KEY)
@@ -126,12 +141,41 @@ def stale_reason(record, keep_run_id):
         return None
     if record.get("current_operations"):
         return None
-    return "snapshot %s of VM %s is from run %s, not the current run %s" % (
+    if age is None or age < 0 or age < stale_after:
+        return None
+    return "snapshot %s of VM %s is from run %s, not the current run %s, idle and %d s old (more than %d s)" % (
         record.get("uuid"),
         other.get(VM_KEY),
         run,
         keep_run_id,
+        int(age),
+        int(stale_after),
     )
+
+
+def parse_xapi_time(value):
+    """An aware UTC datetime from an xapi DateTime (``20261121T23:59:01Z``, with or without ``Z`` or
+    colons, or an ``xmlrpc.client.DateTime``); None when it cannot be read."""
+    text = str(getattr(value, "value", value) or "").strip()
+    if text.endswith("Z"):
+        text = text[:-1]
+    for fmt in ("%Y%m%dT%H:%M:%S", "%Y%m%dT%H%M%S", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            parsed = datetime.datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+        if parsed.year <= 1970:  # xapi's "never" (19700101T00:00:00Z)
+            return None
+        return parsed.replace(tzinfo=datetime.timezone.utc)
+    return None
+
+
+def snapshot_age(record, pool_now):
+    """Seconds since xapi took the snapshot (``snapshot_time``), on the pool's clock; None if unknown."""
+    taken = parse_xapi_time(record.get("snapshot_time"))
+    if taken is None or pool_now is None:
+        return None
+    return (pool_now - taken).total_seconds()
 
 
 def vdi_destroy_reason(vdi_record, snapshot_vbds):
@@ -213,20 +257,20 @@ def _set_tags(xapi, cls, ref, current, tags):
 def create_tagged_snapshot(xapi, vm_ref, run_id, now, vm_record=None, timeout=1800):
     """Snapshot ``vm_ref`` (``Async.VM.snapshot`` + wait) and tag the snapshot VM and each of its VDIs.
 
-    Returns the snapshot ref (None in check mode, where the calls are only planned). If tagging
-    fails the untagged snapshot is destroyed with its VDIs before the error is raised, so nothing
-    untraceable is left behind.
+    Returns the snapshot ref (:data:`PLANNED_SNAPSHOT` in check mode, where the calls are only
+    planned: the snapshot's VDIs are unknown, one planned ``VDI.set_other_config`` stands for them).
+    If tagging fails the untagged snapshot is destroyed with its VDIs before the error is raised,
+    so nothing untraceable is left behind.
     """
     validate_run_id(run_id)
     record = vm_record if vm_record is not None else xapi.call("VM.get_record", vm_ref)
     name = snapshot_name(record.get("name_label", ""), run_id)
     tags = snapshot_tags(run_id, record["uuid"], now)
-    if xapi.check_mode:
-        xapi.change("Async.VM.snapshot", vm_ref, name)
+    snap_ref = xapi.async_change("VM.snapshot", vm_ref, name, timeout=timeout, planned=PLANNED_SNAPSHOT)
+    if snap_ref == PLANNED_SNAPSHOT:
         xapi.change("VM.set_other_config", PLANNED_SNAPSHOT, tags)
         xapi.change("VDI.set_other_config", PLANNED_SNAPSHOT_VDIS, tags)
-        return None
-    snap_ref = xapi.async_call("VM.snapshot", vm_ref, name, timeout=timeout)
+        return snap_ref
     try:
         snap = xapi.call("VM.get_record", snap_ref)
         _set_tags(xapi, "VM", snap_ref, snap.get("other_config"), tags)
@@ -245,7 +289,12 @@ def destroy_snapshot_with_vdis(xapi, snap_ref, require_ours=True):
     Refuses (``XapiUsageError``) anything that is not a snapshot, and with ``require_ours`` anything
     without our owner tag. VDIs: of non-CD, non-empty VBDs plus ``suspend_VDI``, each only if
     :func:`vdi_destroy_reason` says so. Objects already gone (``HANDLE_INVALID``) are fine.
+    The check-mode placeholder :data:`PLANNED_SNAPSHOT` plans the same destroys and returns None.
     """
+    if snap_ref == PLANNED_SNAPSHOT:
+        xapi.change("VM.destroy", PLANNED_SNAPSHOT)
+        xapi.change("VDI.destroy", PLANNED_SNAPSHOT_VDIS)
+        return None
     try:
         record = xapi.call("VM.get_record", snap_ref)
     except XapiError as exc:
@@ -275,16 +324,29 @@ def _ignore_gone(xapi, method, ref, *args):
             raise
 
 
-def cleanup_stale(xapi, keep_run_id, vm_uuid=None):
+def pool_now(xapi):
+    """The pool master's clock (``host.get_servertime``), the clock ``snapshot_time`` is written with."""
+    pools = xapi.call("pool.get_all_records") or {}
+    for _ref, pool in sorted(pools.items()):
+        master = pool.get("master")
+        if master and master != NULL_REF:
+            return parse_xapi_time(xapi.call("host.get_servertime", master))
+    return None
+
+
+def cleanup_stale(xapi, keep_run_id, vm_uuid=None, stale_after=STALE_AFTER):
     """Destroy our snapshots (with their VDIs) that :func:`stale_reason` calls stale.
 
     ``keep_run_id``: the current run; its snapshots stay. ``vm_uuid``: only snapshots of that VM
-    (default: the whole pool). Returns ``[summary + {"reason"}]`` of what was (or, in check mode,
-    would be) removed.
+    (default: the whole pool). Snapshots of other runs go only once idle and older than
+    ``stale_after`` seconds on the pool's clock. Returns ``[summary + {"reason"}]`` of what was (or,
+    in check mode, would be) removed.
     """
     removed = []
-    for ref, record in find_our_snapshots(xapi, vm_uuid=vm_uuid):
-        reason = stale_reason(record, keep_run_id)
+    found = find_our_snapshots(xapi, vm_uuid=vm_uuid)
+    now = pool_now(xapi) if any((rec.get("other_config") or {}).get(RUN_KEY) != keep_run_id for _r, rec in found) else None
+    for ref, record in found:
+        reason = stale_reason(record, keep_run_id, snapshot_age(record, now), stale_after)
         if reason is None:
             continue
         summary = destroy_snapshot_with_vdis(xapi, ref)

@@ -11,9 +11,8 @@
 """XAPI transport: connection settings, login on the pool master, typed errors, task waiting.
 
 Imports nothing from Ansible, so modules, action plugins and tests share it. Everything that goes
-wrong is raised as a subclass of :class:`XapiBackupError`; the caller decides what to do (modules
-turn it into ``fail_json`` in ``_common.AnsibleXapiModule``, action plugins call
-``_common.error_to_message``).
+wrong is raised as a subclass of :class:`XapiBackupError` (an ``_errors.BackupError``); the caller
+decides what to do, and ``_errors.failure_result`` turns it into a failed task result.
 
 Typical use::
 
@@ -43,6 +42,9 @@ import xmlrpc.client
 from urllib.parse import urlencode, urlsplit
 from xml.parsers.expat import ExpatError
 
+from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_TIMEOUT
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError, MissingLibraryError
+
 try:
     import XenAPI
 except ImportError:
@@ -65,7 +67,6 @@ NULL_REF = "OpaqueRef:NULL"
 REDACTED = "********"
 API_VERSION = "2.0"
 DEFAULT_ORIGINATOR = "xapi.backup"
-DEFAULT_TIMEOUT = 60
 
 TASK_PENDING = "pending"
 TASK_SUCCESS = "success"
@@ -77,8 +78,8 @@ TASK_CANCELLED = "cancelled"
 # --------------------------------------------------------------------------------- errors
 
 
-class XapiBackupError(Exception):
-    """Root of every error this collection raises on purpose (one line, no secrets)."""
+class XapiBackupError(BackupError):
+    """Root of the errors of the XAPI transport (a :class:`_errors.BackupError`: one line, no secrets)."""
 
 
 class XapiError(XapiBackupError):
@@ -87,11 +88,15 @@ class XapiError(XapiBackupError):
     ``method`` is the XAPI call that failed (``VM.snapshot``, ``Async.VM.snapshot``, a task label).
     """
 
-    def __init__(self, code, params=(), method=None):
-        self.code = str(code)
-        self.params = [str(p) for p in params]
+    PREFIX = "XAPI error: "
+
+    def __init__(self, code, params=(), method=None, partial=None):
         self.method = method
-        super().__init__(self.__str__())
+        params = [str(p) for p in params]
+        text = str(code) + (" " + str(params) if params else "")
+        if method:
+            text = "%s failed: %s" % (method, text)
+        super().__init__(text, code=str(code), params=params, partial=partial)
 
     @classmethod
     def from_details(cls, details, method=None):
@@ -101,42 +106,37 @@ class XapiError(XapiBackupError):
             return cls("UNKNOWN_ERROR", [], method)
         return cls(details[0], details[1:], method)
 
-    def __str__(self):
-        text = self.code
-        if self.params:
-            text += " " + str(self.params)
-        if self.method:
-            text = "%s failed: %s" % (self.method, text)
-        return one_line(text)
-
 
 class XapiConnectionError(XapiBackupError):
     """Could not talk to xapi at all: DNS, refused, TLS, HTTP error, garbage answer."""
 
+    CODE = "CONNECTION_FAILED"
+    PREFIX = "XAPI connection failed: "
+
     def __init__(self, message, url=None):
         self.url = url
-        super().__init__(one_line(message))
+        super().__init__(message)
 
 
 class XapiTimeout(XapiBackupError):
     """A socket read or a task did not finish in time (the task, if any, was cancelled)."""
 
+    CODE = "TIMEOUT"
+    PREFIX = "XAPI timeout: "
+
     def __init__(self, message, task=None, timeout=None):
         self.task = task
         self.timeout = timeout
-        super().__init__(one_line(message))
+        super().__init__(message)
 
 
 class XapiUsageError(XapiBackupError):
     """The request cannot be served as asked (unknown VM, ambiguous name, bad option value)."""
 
-    def __init__(self, message):
-        super().__init__(one_line(message))
+    CODE = "INVALID_REQUEST"
 
-
-def one_line(text):
-    """Collapse all whitespace (xapi error params can carry multi-line stderr) into single spaces."""
-    return re.sub(r"\s+", " ", str(text)).strip()
+    def __init__(self, message, code=None, params=(), partial=None):
+        super().__init__(message, code=code, params=params, partial=partial)
 
 
 # --------------------------------------------------------------------------------- URLs and TLS
@@ -274,8 +274,10 @@ def translate_exception(exc, method, url, timeout=None):
 class CallRecorder:
     """Lists the XAPI calls made (or planned, in check mode), scrubbing known secrets from arguments.
 
-    Each entry is ``{"method": "VM.snapshot", "args": [...], "planned": False}``; ``planned`` is
-    True for a side effect skipped in check mode. The session reference is never an argument
+    Each entry is ``{"method": "VM.snapshot", "args": [...], "planned": False, "side_effect": True}``;
+    ``planned`` is True for a side effect skipped in check mode, ``side_effect`` True for every call
+    made (or planned) through ``XapiSession.change`` / ``async_change``: the steps of a task, the same
+    list in check mode and in a real run. The session reference is never an argument
     (XenAPI prepends it on the wire); the password and the session reference are replaced by
     ``********`` wherever they would appear.
     """
@@ -301,8 +303,9 @@ class CallRecorder:
             return value
         return self.scrub(str(value))
 
-    def record(self, method, args=(), planned=False):
-        entry = {"method": method, "args": self.scrub(list(args)), "planned": bool(planned)}
+    def record(self, method, args=(), planned=False, side_effect=None):
+        entry = {"method": method, "args": self.scrub(list(args)), "planned": bool(planned),
+                 "side_effect": bool(planned if side_effect is None else side_effect)}
         self.calls.append(entry)
         return entry
 
@@ -382,7 +385,10 @@ class XapiSession:
 
         Use it for reads; use :meth:`change` for anything that modifies the pool.
         """
-        self.recorder.record(method, args)
+        return self._invoke(method, args, side_effect=False)
+
+    def _invoke(self, method, args, side_effect):
+        self.recorder.record(method, args, side_effect=side_effect)
         target = self._proxy.xenapi
         for part in method.split("."):
             target = getattr(target, part)
@@ -399,7 +405,7 @@ class XapiSession:
         if self.check_mode:
             self.recorder.record(method, args, planned=True)
             return None
-        return self.call(method, *args)
+        return self._invoke(method, args, side_effect=True)
 
     def wait_for_task(self, task, timeout, poll=1.0, label=None, destroy=False):
         """Wait until ``task`` leaves ``pending``; return its decoded result.
@@ -441,15 +447,27 @@ class XapiSession:
     def async_call(self, method, *args, **kwargs):
         """Run ``Async.<method>(*args)``, wait for it (``timeout`` s, ``poll`` s), destroy the task.
 
-        Not for side effects in check mode: callers guard with ``xapi.check_mode`` (see
-        ``_snapshots.create_tagged_snapshot``).
+        Every ``Async`` call of the collection changes the pool, so it is refused in check mode: use
+        :meth:`async_change`, which plans it instead.
         """
         timeout = kwargs.pop("timeout", 3600)
         poll = kwargs.pop("poll", 1.0)
         if kwargs:
             raise TypeError("unexpected arguments %s" % sorted(kwargs))
-        task = self.call("Async." + method, *args)
+        if self.check_mode:
+            raise XapiUsageError("Async.%s refused in check mode (a side effect: use async_change)" % method,
+                                 code="CHECK_MODE_VIOLATION")
+        task = self._invoke("Async." + method, args, side_effect=True)
         return self.wait_for_task(task, timeout, poll=poll, label=method, destroy=True)
+
+    def async_change(self, method, *args, **kwargs):
+        """:meth:`async_call` as a side effect: in check mode only recorded (planned) and ``planned``
+        (a placeholder for the object it would create, default None) returned."""
+        planned = kwargs.pop("planned", None)
+        if self.check_mode:
+            self.recorder.record("Async." + method, args, planned=True)
+            return planned
+        return self.async_call(method, *args, **kwargs)
 
     def create_task(self, label, description=""):
         """``task.create`` for an HTTP handler call; destroy it with :meth:`destroy_task`."""
@@ -515,7 +533,7 @@ class XapiConnection:
 
     def _login(self, url, recorder):
         if not HAS_XENAPI:
-            raise XapiUsageError("the XenAPI Python package is required (pip install XenAPI)")
+            raise MissingLibraryError("the XenAPI Python package is required on the controller")
         proxy = XenAPI.Session(url, transport=self._transport(url))
         method = "session.login_with_password"
         recorder.record(method, [self.username, self._password, API_VERSION, self.originator])

@@ -181,3 +181,25 @@ self_test:
     codecs: {zstandard: "0.20.0", zstd: null, pigz: "/usr/bin/pigz", zlib: "1.2.11"}
     cores: 8
 """
+
+from ansible_collections.xapi.backup.plugins.module_utils._common import documentation_stub_main
+from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_HELPER_PATH, DEFAULT_HELPER_PYTHON
+
+
+def argument_spec():
+    """The options of xapi.backup.helper_install, shared with the action plugin that implements it."""
+    return {
+        "src": {"type": "path"},
+        "dest": {"type": "str", "default": DEFAULT_HELPER_PATH},
+        "python": {"type": "str", "default": DEFAULT_HELPER_PYTHON},
+        "zstandard_wheel": {"type": "path"},
+        "self_test": {"type": "bool", "default": True},
+    }
+
+
+def main():
+    documentation_stub_main("helper_install", argument_spec(), {})
+
+
+if __name__ == "__main__":
+    main()

@@ -45,12 +45,6 @@ options:
     type: str
     choices: [zstd, gzip, none]
     default: zstd
-  level:
-    description: Compression level (helper default when not set).
-    type: int
-  threads:
-    description: Compression threads (helper default when not set - half of the host's cores, at least one, to leave dom0 headroom; 0 uses every core).
-    type: int
   run_id:
     description:
       - Names the backup window. When a complete backup of this VM with this run id exists, nothing is done.
@@ -68,9 +62,6 @@ options:
     default: true
   export_timeout:
     description: Give up waiting for the helper after this many seconds (the helper keeps running; a rerun adopts it).
-    type: int
-  stall_timeout:
-    description: Seconds without data from xapi after which the helper gives up (helper default when not set).
     type: int
   mode:
     description:
@@ -101,6 +92,7 @@ options:
 extends_documentation_fragment:
   - xapi.backup.connection
   - xapi.backup.helper
+  - xapi.backup.helper.export
   - xapi.backup.attributes
   - xapi.backup.attributes.actiongroup_xapi
 attributes:
@@ -246,6 +238,7 @@ error:
 """
 
 from ansible_collections.xapi.backup.plugins.module_utils._common import documentation_stub_main, helper_argument_spec
+from ansible_collections.xapi.backup.plugins.module_utils._option_specs import EXPORT, argument_spec as shared_spec
 
 VALIDATION = {}
 
@@ -255,15 +248,13 @@ def argument_spec():
         dict(
             vm=dict(type="str", required=True),
             codec=dict(type="str", default="zstd", choices=["zstd", "gzip", "none"]),
-            level=dict(type="int"),
-            threads=dict(type="int"),
             run_id=dict(type="str"),
             force=dict(type="bool", default=False),
             verify_existing=dict(type="bool", default=True),
             export_timeout=dict(type="int"),
-            stall_timeout=dict(type="int"),
             mode=dict(type="str", default="full", choices=["full", "delta"]),
             full_interval=dict(type="int", default=7),
+            **shared_spec(EXPORT)
         ),
     )
 

@@ -58,6 +58,13 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  restored_vm_uuid:
+    description:
+      - With O(state=absent), destroy only the VM with this UUID, and only if it was restored from the backup.
+      - Give the RV(vm_uuid) an earlier vm_import task of the same play returned (the health check does); a VM
+        restored from the same backup for real, earlier, carries the same C(xapi_backup:restored_from) key and
+        is then left alone.
+    type: str
   sr:
     description: SR to restore the disks into, by UUID or exact name. Defaults to the pool's default SR.
     type: str
@@ -183,8 +190,10 @@ source_vm_name:
   returned: success
   type: str
 vm_uuid:
-  description: UUID of the restored VM (null in check mode when it would be created).
-  returned: success
+  description:
+    - UUID of the restored VM (null in check mode when it would be created).
+    - Also returned by a failed task when the VM was created before the failure (starting it, for example).
+  returned: success, or failure after the VM was created
   type: str
 vm_name:
   description: Name of the restored VM.
@@ -197,6 +206,10 @@ vm_uuids:
   elements: str
 running:
   description: Whether the restored VM is running.
+  returned: when an import ran
+  type: bool
+guest_agent:
+  description: Whether xapi reports guest metrics for the restored VM (its guest agent has started).
   returned: when an import ran
   type: bool
 removed:
@@ -256,6 +269,7 @@ def argument_spec():
             network_map=dict(type="dict", default={}),
             force=dict(type="bool", default=False),
             import_timeout=dict(type="int"),
+            restored_vm_uuid=dict(type="str"),
         ),
     )
 

@@ -64,8 +64,18 @@ options:
         an interrupted run.
       - Snapshots of O(run_id) are kept (with O(state=present)), and so is any snapshot with an operation in
         progress (an export reading it).
+      - A snapshot of another run goes only when it is older than O(stale_after) seconds on the pool's clock
+        (xapi's C(snapshot_time)); a concurrent run with another run id may have just taken it.
     type: bool
     default: false
+  stale_after:
+    description:
+      - With O(cleanup_stale), seconds after which an idle snapshot of another run counts as abandoned.
+      - Measured on the pool master's clock (C(host.get_servertime) against the snapshot's C(snapshot_time)),
+        never on the controller's. V(0) removes every idle snapshot of other runs at once; use it only when
+        no other run can be under way.
+    type: int
+    default: 21600
   task_timeout:
     description:
       - Seconds to wait for the snapshot task; it is cancelled when this runs out.
@@ -205,6 +215,7 @@ from ansible_collections.xapi.backup.plugins.module_utils._common import Ansible
 from ansible_collections.xapi.backup.plugins.module_utils._selection import UUID_RE, find_vm
 from ansible_collections.xapi.backup.plugins.module_utils._snapshots import (
     PLANNED_SNAPSHOT,
+    STALE_AFTER,
     cleanup_stale,
     create_reason,
     create_tagged_snapshot,
@@ -237,7 +248,7 @@ def _present(xapi, vm_ref, vm, run_id, timeout, now):
         ref, record = existing[0]
         return None, describe_snapshot(xapi, ref, record)
     snap_ref = create_tagged_snapshot(xapi, vm_ref, run_id, now, vm_record=vm["record"], timeout=timeout)
-    if snap_ref is None:  # check mode: what it would look like
+    if snap_ref == PLANNED_SNAPSHOT:  # check mode: what it would look like
         planned = snapshot_summary(None, {"other_config": {}})
         planned.update(vm_uuid=vm["uuid"], run_id=run_id, name_label=None)
         return reason, planned
@@ -277,7 +288,7 @@ def run(module, xapi):
         if removed:
             reasons.append("removed %d snapshot(s) of run %s" % (len(removed), run_id))
     if params["cleanup_stale"]:
-        stale = cleanup_stale(xapi, run_id, vm_uuid=vm["uuid"])
+        stale = cleanup_stale(xapi, run_id, vm_uuid=vm["uuid"], stale_after=params["stale_after"])
         if stale:
             reasons.append("removed %d stale snapshot(s) of other runs" % len(stale))
         removed.extend(stale)
@@ -300,6 +311,7 @@ def main():
         run_id=dict(type="str"),
         cleanup_stale=dict(type="bool", default=False),
         task_timeout=dict(type="int", default=1800),
+        stale_after=dict(type="int", default=STALE_AFTER),
     )
     AnsibleXapiModule(argument_spec=argument_spec, supports_check_mode=True).run(run)
 

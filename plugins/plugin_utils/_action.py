@@ -3,8 +3,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""Base of the collection's action plugins: argument validation, helper, storage, XAPI session,
-and the ONE place where an error becomes a failed result.
+"""Base of the collection's action plugins: argument validation, helper, storage, XAPI session;
+any error becomes a failed result through ``_errors.failure_result`` (the one conversion).
 
 PRIVATE to the collection: not a public API.
 """
@@ -20,28 +20,19 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
-from ansible_collections.xapi.backup.plugins.module_utils._common import (
-    DEFAULT_HELPER_PATH,
-    DEFAULT_HELPER_PYTHON,
-    connection_from_params,
-    error_details,
-    error_to_message,
-)
-from ansible_collections.xapi.backup.plugins.module_utils._repository import (
-    HelperStorage,
-    RepositoryError,
-)
-from ansible_collections.xapi.backup.plugins.module_utils._xapi import (
-    HAS_XENAPI,
-    CallRecorder,
-    XapiBackupError,
+from ansible_collections.xapi.backup.plugins.module_utils._common import connection_from_params
+from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_HELPER_PATH, DEFAULT_HELPER_PYTHON
+from ansible_collections.xapi.backup.plugins.module_utils._errors import (
+    InvalidArguments,
+    MissingLibraryError,
+    OptionError,
+    failure_result,
     one_line,
 )
-from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import (
-    HelperError,
-    HelperRunner,
-    helper_command,
-)
+from ansible_collections.xapi.backup.plugins.module_utils._options import check_option_ranges
+from ansible_collections.xapi.backup.plugins.module_utils._repository import HelperStorage
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import HAS_XENAPI, CallRecorder
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperRunner, helper_command
 
 display = Display()
 
@@ -63,20 +54,11 @@ class ActionContext:
     def xapi(self, check_mode=None):
         """A logged-in XAPI session (calls recorded in ``recorder``); logs out in every outcome."""
         if not HAS_XENAPI:
-            raise RepositoryError("the XenAPI Python package is required on the controller (pip install XenAPI)", "MISSING_LIBRARY")
+            raise MissingLibraryError("the XenAPI Python package is required on the controller")
         connection = connection_from_params(self.params)
         mode = self.check_mode if check_mode is None else check_mode
         with connection.session(check_mode=mode, recorder=self.recorder) as session:
             yield session
-
-
-def failure_message(exc) -> tuple[str, dict]:
-    """(one-line message, error dict) for any exception a verb raises."""
-    if isinstance(exc, (RepositoryError, HelperError)):
-        return one_line(exc.message), {"code": exc.code, "params": []}
-    if isinstance(exc, XapiBackupError):
-        return error_to_message(exc), error_details(exc)
-    return "unexpected error: %s" % error_to_message(exc), {"code": "INTERNAL_ERROR", "params": []}
 
 
 def plain(params: dict) -> dict:
@@ -101,40 +83,42 @@ class XapiBackupAction(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp
+        runner = recorder = None
         try:
-            _validation, params = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC(), **self.VALIDATION)
-        except AnsibleActionFail as exc:
-            result.update(exc.result)
-            result.setdefault("failed", True)
-            result.setdefault("msg", str(exc))
-            return result
-        params = plain(params)
-        if params.get("repository") and not params["repository"].startswith("/"):
-            result.update(failed=True, msg="repository must be an absolute path on the task's host, got %r" % params["repository"])
-            return result
-        local = is_local_connection(self._connection)
-        runner = HelperRunner(self._execute_helper, self._helper_argv(params, local), display=display)
-        # ONE implementation of repository file operations: the helper's repo-* commands, also on a
-        # local connection (where the runner starts the collection's bundled helper)
-        storage = HelperStorage(runner.storage_run)
-        recorder = CallRecorder(secrets=[params.get("password")])
-        ctx = ActionContext(params, bool(self._task.check_mode), bool(self._task.diff), runner, storage, recorder, local, display)
-        try:
+            params = self._validated_params()
+            local = is_local_connection(self._connection)
+            runner = HelperRunner(self._execute_helper, self._helper_argv(params, local), display=display,
+                                  check_mode=bool(self._task.check_mode))
+            # ONE implementation of repository file operations: the helper's repo-* commands, also on a
+            # local connection (where the runner starts the collection's bundled helper)
+            storage = HelperStorage(runner.storage_run)
+            recorder = CallRecorder(secrets=[params.get("password")])
+            ctx = ActionContext(params, bool(self._task.check_mode), bool(self._task.diff), runner, storage, recorder,
+                                local, display)
             outcome = self.execute(ctx)
-        except Exception as exc:  # pylint: disable=broad-except  # the ONE place errors become a failed result
-            msg, error = failure_message(exc)
-            result.update(failed=True, changed=False, msg=msg, error=error)
-            result.update(getattr(exc, "partial_result", None) or {})
-            if not isinstance(exc, (RepositoryError, HelperError, XapiBackupError)):
-                result["exception"] = traceback.format_exc()
+        except Exception as exc:  # pylint: disable=broad-except  # _errors.failure_result: the one conversion
+            result.update(failure_result(exc, traceback.format_exc()))
         else:
             result.update(outcome)
             result.setdefault("changed", False)
             if not ctx.diff:
                 result.pop("diff", None)
-        result["xapi_calls"] = recorder.calls
-        result["helper_calls"] = runner.calls
+        result["xapi_calls"] = recorder.calls if recorder is not None else []
+        result["helper_calls"] = runner.calls if runner is not None else []
         return result
+
+    def _validated_params(self):
+        """The task's arguments, checked against the argument spec and the option ranges: an
+        :class:`_errors.OptionError` before anything is started (no helper, no XAPI session)."""
+        try:
+            _validation, params = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC(), **self.VALIDATION)
+        except AnsibleActionFail as exc:
+            raise InvalidArguments(one_line((exc.result or {}).get("msg") or str(exc))) from None
+        params = plain(params)
+        if params.get("repository") and not params["repository"].startswith("/"):
+            raise OptionError("repository", "must be an absolute path on the task's host, got %r" % params["repository"])
+        check_option_ranges(params)
+        return params
 
     def execute(self, ctx: ActionContext) -> dict:
         raise NotImplementedError

@@ -20,19 +20,25 @@ import shlex
 import sys
 import time
 
+from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_POLL_INTERVAL
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
+
 BUNDLED_HELPER = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     "roles", "helper", "files", "xapi-backup-helper",
 )
 
 
-class HelperError(Exception):
-    """A helper subcommand failed.  ``code`` comes from the helper's error object when it sent one."""
+class HelperError(BackupError):
+    """A helper subcommand failed.  ``code`` comes from the helper's error object when it sent one.
 
-    def __init__(self, message: str, code: str = "HELPER_FAILED", result: dict | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    ``result`` is the helper's own JSON answer (or last status): it may name the xapi task to cancel.
+    """
+
+    CODE = "HELPER_FAILED"
+
+    def __init__(self, message: str, code: str = "HELPER_FAILED", result: dict | None = None, partial=None) -> None:
+        super().__init__(message, code=code, partial=partial)
         self.result = result or {}
 
 
@@ -99,14 +105,33 @@ def format_progress(status: dict) -> str:
     return text
 
 
+#: Subcommands that change something (xapi or files): planned, not run, in check mode. Every other
+#: subcommand only reads (status, repo-scan, repo-hash, verify, self-test) and runs in check mode too.
+SIDE_EFFECTS = frozenset(("export", "import", "fetch", "push", "cancel", "export-vdi", "import-vdi", "import-metadata",
+                          "repo-write", "repo-remove", "repo-mkbackup", "repo-lock", "repo-unlock"))
+
+#: What a planned subcommand returns in check mode.
+PLANNED_RESULT = {"ok": True, "planned": True}
+
+
+def is_planned(result) -> bool:
+    """Whether ``result`` is the placeholder of a subcommand only planned (check mode)."""
+    return isinstance(result, dict) and result.get("planned") is True
+
+
 class HelperRunner:
     """Runs the helper through ``execute(cmd, in_data) -> {rc, stdout, stderr}``.
 
-    ``calls`` records every subcommand with its arguments (no secret is ever an argument).
+    ``calls`` records every subcommand with its arguments (no secret is ever an argument), like
+    ``XapiSession.calls``: ``{"subcommand", "args", "planned", "side_effect"}``. With ``check_mode``
+    a subcommand of :data:`SIDE_EFFECTS` is only recorded (``planned``) and returns
+    :data:`PLANNED_RESULT`, so a verb runs ONE code path in both modes.
     """
 
-    def __init__(self, execute, argv_prefix: list, display=None, sleep=time.sleep, clock=time.monotonic) -> None:
+    def __init__(self, execute, argv_prefix: list, display=None, sleep=time.sleep, clock=time.monotonic,
+                 check_mode: bool = False) -> None:
         self._execute = execute
+        self.check_mode = bool(check_mode)
         self._prefix = list(argv_prefix)
         self._display = display
         self._sleep = sleep
@@ -123,6 +148,11 @@ class HelperRunner:
         ``session`` is sent as the first line of stdin with ``--session-stdin``; ``stdin`` follows it.
         """
         args = list(args or [])
+        if self.check_mode and subcommand in SIDE_EFFECTS:
+            if session is not None:
+                args.append("--session-stdin")
+            self._record(subcommand, args, planned=True)
+            return dict(PLANNED_RESULT)
         data = None
         if session is not None:
             args.append("--session-stdin")
@@ -137,13 +167,14 @@ class HelperRunner:
             raise error_from(result, res.get("rc"), res.get("stderr", ""), subcommand)
         return result if result is not None else {}
 
-    def _record(self, subcommand: str, args: list) -> None:
+    def _record(self, subcommand: str, args: list, planned: bool = False) -> None:
         """Append to ``calls``; repeated polls of one status file become one entry with a ``count``."""
         last = self.calls[-1] if self.calls else None
         if subcommand == "status" and last and last["subcommand"] == "status" and last["args"] == args:
             last["count"] = last.get("count", 1) + 1
             return
-        self.calls.append({"subcommand": subcommand, "args": args})
+        self.calls.append({"subcommand": subcommand, "args": list(args), "planned": planned,
+                           "side_effect": subcommand in SIDE_EFFECTS})
 
     def storage_run(self, subcommand: str, args: list, stdin: str | None) -> dict:
         """Adapter for ``_repository.HelperStorage``."""
@@ -155,12 +186,12 @@ class HelperRunner:
     def start_detached(self, subcommand: str, args: list, status_file: str, session: str | None = None) -> dict:
         """Start a long subcommand in the background; it reports through ``status_file``."""
         result = self.run(subcommand, list(args) + ["--status-file", status_file, "--detach"], session=session)
-        if not result.get("detached"):
+        if not result.get("detached") or is_planned(result):
             # a helper that finished in the foreground already holds the final result
             return {"done": True, "result": result}
         return {"done": False, "pid": result.get("pid"), "status_file": result.get("status_file") or status_file}
 
-    def wait(self, status_file: str, label: str, poll_interval: float = 2.0, timeout: float | None = None,
+    def wait(self, status_file: str, label: str, poll_interval: float = DEFAULT_POLL_INTERVAL, timeout: float | None = None,
              progress_every: float = 30.0) -> dict:
         """Poll ``status`` until the detached run finished; return its result or raise."""
         started = self._clock()
@@ -186,7 +217,7 @@ class HelperRunner:
             self._sleep(poll_interval)
 
     def run_long(self, subcommand: str, args: list, status_file: str, label: str, session: str | None = None,
-                 poll_interval: float = 2.0, timeout: float | None = None) -> dict:
+                 poll_interval: float = DEFAULT_POLL_INTERVAL, timeout: float | None = None) -> dict:
         """Start detached and wait for the result."""
         started = self.start_detached(subcommand, args, status_file, session=session)
         if started["done"]:

@@ -20,6 +20,7 @@ from ansible_collections.xapi.backup.plugins.module_utils import _repository as 
 from ansible_collections.xapi.backup.plugins.module_utils._selection import find_vm
 from ansible_collections.xapi.backup.plugins.module_utils._snapshots import validate_run_id
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import HANDLER_EXPORT_METADATA, HANDLER_POOL_XMLDBDUMP
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import is_planned
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts, redirect_host_args
 
 
@@ -52,15 +53,8 @@ def pool_dump(ctx, clock=repo.utcnow) -> dict:
             return dict(base, changed=False, backup_id=existing.id, path=existing.path,
                         msg="a complete pool dump for run %s exists: %s" % (run_id, existing.id))
         stamp = repo.timestamp_name(now)
-        planned_id = repo.backup_id(pool["uuid"], repo.POOL_DIR, stamp)
-        if ctx.check_mode:
-            directory = os.path.join(p["repository"], planned_id)
-            plan = fetch_plan(directory, vms)
-            for handler, _query, target in plan:
-                ctx.runner.calls.append({"subcommand": "fetch", "args": ["--path", handler, "--out", target], "planned": True})
-            return dict(base, changed=True, msg=reason, backup_id=planned_id, path=directory,
-                        files=[os.path.basename(o) for _h, _q, o in plan])
         # created exclusively with a fresh sequence number: a failure removes only this directory
+        # (in check mode the runner only plans it and the id is the one it would have)
         created = ctx.storage.make_backup_dir(p["repository"], pool["uuid"], repo.POOL_DIR, stamp)
         directory = os.path.join(p["repository"], created["id"])
         plan = fetch_plan(directory, vms)
@@ -74,8 +68,11 @@ def pool_dump(ctx, clock=repo.utcnow) -> dict:
                 for item in query:
                     args += ["--query", item]
                 result = ctx.runner.run("fetch", args, session=xapi.session_ref)
-                digest = result.get("digest") or "sha256:%s" % result["sha256"]
-                files[os.path.basename(target)] = {"size": int(result["size"]), "digest": str(digest)}
+                if not is_planned(result):
+                    digest = result.get("digest") or "sha256:%s" % result["sha256"]
+                    files[os.path.basename(target)] = {"size": int(result["size"]), "digest": str(digest)}
+            if ctx.check_mode:
+                return out
             manifest = repo.build_manifest(
                 repo.MANIFEST_KIND_POOL_DB, tool_version=TOOL_VERSION, pool={"uuid": pool["uuid"], "name": pool["name"]},
                 xapi_version=pool.get("xapi_version"), run_id=run_id, files=files, stored_file=repo.POOL_DB_NAME,
@@ -85,6 +82,8 @@ def pool_dump(ctx, clock=repo.utcnow) -> dict:
             manifest = repo.seal_manifest(manifest, p.get("repository_key"))
             ctx.storage.write_json(p["repository"], os.path.join(directory, repo.MANIFEST_NAME), manifest, exclusive=True)
         except Exception:
+            if ctx.check_mode:
+                raise  # nothing was created: a directory there is not ours to remove
             try:
                 ctx.storage.remove_backup(p["repository"], created["id"], if_incomplete=True)
             except Exception:  # pylint: disable=broad-except  # the fetch error is the one to report

@@ -24,6 +24,7 @@ import os
 from ansible_collections.xapi.backup.plugins.module_utils import _delta
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils import _snapshots
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.xapi.backup.plugins.module_utils._selection import describe_vm, find_vm
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
@@ -51,8 +52,8 @@ class VmDeltaExport:
         self.partial = {"vm": self.p["vm"]}
         try:
             return self._run()
-        except Exception as exc:
-            exc.partial_result = dict(self.partial, **({"warnings": list(self.warnings)} if self.warnings else {}))
+        except BackupError as exc:
+            exc.add_partial(**dict(self.partial, **({"warnings": list(self.warnings)} if self.warnings else {})))
             raise
 
     def _run(self) -> dict:

@@ -20,9 +20,12 @@ import time
 
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils import _snapshots
+from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_POLL_INTERVAL
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.xapi.backup.plugins.module_utils._option_specs import EXPORT, helper_flags
 from ansible_collections.xapi.backup.plugins.module_utils._selection import describe_vm, find_vm
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
-from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError, is_planned
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts, redirect_host_args
 
 BLOCKED_OPERATIONS = ("migrate_send", "pool_migrate")
@@ -68,6 +71,11 @@ def _sha256_of(manifest):
     return digest.split(":", 1)[1] if digest.startswith("sha256:") else None
 
 
+def exported_snapshot(ref, result) -> bool:
+    """Whether snapshot ``ref`` is the VM the helper exported (its result's ``vm_ref``)."""
+    return bool(ref) and isinstance(result, dict) and result.get("vm_ref") == ref
+
+
 class VmExport:
     """One vm_export task.  ``ctx`` is a ``_action.ActionContext``."""
 
@@ -85,7 +93,7 @@ class VmExport:
     # ------------------------------------------------------------ entry point
 
     def run(self) -> dict:
-        """The task's result; on failure the exception carries ``partial_result`` (VM, run id, pool)."""
+        """The task's result; on failure the error's ``partial`` carries what is known (VM, run id, pool)."""
         if self.p.get("mode", "full") == "delta":  # VHD chains: _vm_delta.py (issue 12)
             from ansible_collections.xapi.backup.plugins.plugin_utils._vm_delta import VmDeltaExport
             return VmDeltaExport(self.ctx, xva_export=self._run_xva, snapshots=self.snapshots, clock=self.clock).run()
@@ -95,8 +103,8 @@ class VmExport:
         self.partial = {"vm": self.p["vm"]}
         try:
             return self._run()
-        except Exception as exc:
-            exc.partial_result = dict(self.partial, **({"warnings": list(self.warnings)} if self.warnings else {}))
+        except BackupError as exc:
+            exc.add_partial(**dict(self.partial, **({"warnings": list(self.warnings)} if self.warnings else {})))
             raise
 
     def _run(self) -> dict:
@@ -121,8 +129,7 @@ class VmExport:
                 out["msg"] = ("finished the export that was already under way: %s" % existing.id if out["changed"]
                               else "a complete backup of this VM for run %s exists: %s" % (run_id, existing.id))
                 return self._finish(out)
-            if self.ctx.check_mode:
-                return self._finish(self._plan(xapi, vm_ref, vm_rec, base, pool, run_id, now, reason))
+            # one code path in check mode: xapi.change / async_change and the runner plan the side effects
             out = self._export(xapi, vm_ref, vm_rec, pool, run_id, self.clock())
             out.update(base)
             out["msg"] = reason
@@ -153,32 +160,13 @@ class VmExport:
             "repository_id": (created or {}).get("repository_id"),
         }
 
-    def _plan(self, xapi, vm_ref, vm_rec, base, pool, run_id, now, reason):
-        """Check mode: the same decisions, with every side effect only planned (xapi.change)."""
-        paths = self._paths(pool["uuid"], vm_rec["uuid"], now)
-        removed = self.snapshots.cleanup_stale(xapi, run_id, vm_uuid=vm_rec["uuid"])
-        if needs_snapshot(vm_rec.get("power_state")):
-            self.snapshots.create_tagged_snapshot(xapi, vm_ref, run_id, now, vm_record=vm_rec)
-        with self.snapshots.block_operations(xapi, vm_ref, BLOCKED_OPERATIONS, BLOCK_REASON):
-            self.ctx.runner.calls.append({"subcommand": "export", "args": ["--out", paths["out"]], "planned": True})
-        out = dict(base)
-        out.update(changed=True, msg=reason, backup_id=paths["id"], path=paths["out"], snapshot_uuid=None,
-                   stale_snapshots_removed=[r.get("uuid") for r in removed])
-        return out
-
     # ------------------------------------------------------------ a new export
 
     def _helper_args(self, xapi, vm_uuid, out):
         p = self.p
         args = helper_xapi_args(p, xapi.url, self.ctx.connection_is_local) + redirect_host_args(xapi)
         args += ["--vm", vm_uuid, "--out", out, "--codec", p["codec"]]
-        if p.get("level") is not None:
-            args += ["--level", str(p["level"])]
-        if p.get("threads") is not None:
-            args += ["--threads", str(p["threads"])]
-        if p.get("stall_timeout") is not None:
-            args += ["--stall-timeout", str(p["stall_timeout"])]
-        return args
+        return args + helper_flags(EXPORT, p)  # the tuning options, declared once in _option_specs
 
     def _export(self, xapi, vm_ref, vm_rec, pool, run_id, now):
         summary = describe_vm(xapi, vm_ref, vm_rec)
@@ -192,8 +180,9 @@ class VmExport:
             self.removed_snapshots = self.snapshots.cleanup_stale(xapi, run_id, vm_uuid=vm_rec["uuid"])
             if needs_snapshot(vm_rec.get("power_state")):
                 snap_ref = self.snapshots.create_tagged_snapshot(xapi, vm_ref, run_id, now, vm_record=vm_rec)
-                snap_rec = xapi.call("VM.get_record", snap_ref)
-                source_uuid = snap_rec["uuid"]
+                if snap_ref != _snapshots.PLANNED_SNAPSHOT:  # check mode: there is no snapshot to read
+                    snap_rec = xapi.call("VM.get_record", snap_ref)
+                source_uuid = snap_rec["uuid"] if snap_rec else (snap_ref if snap_ref else vm_rec["uuid"])
             else:
                 source_uuid = vm_rec["uuid"]
             with self.snapshots.block_operations(xapi, vm_ref, BLOCKED_OPERATIONS, BLOCK_REASON):
@@ -201,11 +190,13 @@ class VmExport:
                 result = self.ctx.runner.run_long(
                     "export", self._helper_args(xapi, source_uuid, paths["out"]), paths["status"],
                     "export of %s" % vm_rec.get("name_label"), session=xapi.session_ref,
-                    poll_interval=self.p.get("poll_interval", 2.0), timeout=self.p.get("export_timeout"),
+                    poll_interval=self.p.get("poll_interval", DEFAULT_POLL_INTERVAL), timeout=self.p.get("export_timeout"),
                 )
-            manifest = self._manifest(pool, summary, snap_rec, run_id, result, started, self.clock(),
-                                      paths["id"], paths["sequence"], paths["repository_id"])
-            self.ctx.storage.write_json(self.p["repository"], paths["manifest"], manifest, exclusive=True)
+            manifest = None
+            if not is_planned(result):  # check mode: no export ran, there is nothing to record
+                manifest = self._manifest(pool, summary, snap_rec, run_id, result, started, self.clock(),
+                                          paths["id"], paths["sequence"], paths["repository_id"])
+                self.ctx.storage.write_json(self.p["repository"], paths["manifest"], manifest, exclusive=True)
         except BaseException as exc:
             failure = exc
             if paths is not None:
@@ -214,16 +205,17 @@ class VmExport:
         finally:
             if snap_ref is not None:
                 self._destroy_snapshot(xapi, snap_ref, failing=failure is not None, failure=failure)
-        out = self._result_fields(result, manifest)
-        out.update(changed=True, backup_id=paths["id"], path=os.path.join(paths["dir"], manifest["stored_file"]),
+        out = self._result_fields(result, manifest) if manifest else {}
+        out.update(changed=True, backup_id=paths["id"],
+                   path=os.path.join(paths["dir"], manifest["stored_file"]) if manifest else paths["out"],
                    snapshot_uuid=snap_rec["uuid"] if snap_rec else None,
                    stale_snapshots_removed=[s.get("uuid") for s in self.removed_snapshots or []])
         return out
 
     def _discard(self, paths, exc):
         """Remove the directory of a failed export (never one whose helper may still be running)."""
-        if isinstance(exc, HelperError) and exc.code == "HELPER_TIMEOUT":
-            return
+        if self.ctx.check_mode or (isinstance(exc, HelperError) and exc.code == "HELPER_TIMEOUT"):
+            return  # check mode created nothing: a directory there belongs to someone else
         try:
             self.ctx.storage.remove_backup(self.p["repository"], paths["id"], if_incomplete=True)
         except (HelperError, repo.RepositoryError) as cleanup_exc:
@@ -259,6 +251,8 @@ class VmExport:
 
         Returns False when the snapshot is already gone.
         """
+        if snap_ref == _snapshots.PLANNED_SNAPSHOT:
+            return True  # check mode: no export task holds a planned snapshot
         result = getattr(failure, "result", None) or {}
         task = (result.get("task") or {}).get("ref") or (result.get("error") or {}).get("task")
         if task:
@@ -337,7 +331,7 @@ class VmExport:
             action = adoption_action(status, backup.manifest is not None)
             if action == "wait":
                 result = self.ctx.runner.wait(status_file, "earlier export of %s" % vm_rec.get("name_label"),
-                                              poll_interval=self.p.get("poll_interval", 2.0),
+                                              poll_interval=self.p.get("poll_interval", DEFAULT_POLL_INTERVAL),
                                               timeout=self.p.get("export_timeout"))
                 status = {"result": result}
                 action = "finalize"
@@ -358,7 +352,7 @@ class VmExport:
 
     def _recorded_by_owner(self, backup):
         """Give the run that started an export a moment to record it (write its manifest) itself."""
-        deadline = self.monotonic() + 3 * float(self.p.get("poll_interval", 2.0)) + 5.0
+        deadline = self.monotonic() + 3 * float(self.p.get("poll_interval", DEFAULT_POLL_INTERVAL)) + 5.0
         while True:
             for entry in self.ctx.storage.scan(self.p["repository"], pool=backup.pool_uuid, vm=backup.owner)["entries"]:
                 if entry.get("id") == backup.id and entry.get("manifest") is not None:
@@ -368,8 +362,14 @@ class VmExport:
             self.sleep(1.0)
 
     def _finalize(self, xapi, pool, vm_rec, run_id, backup, result):
-        """Write the manifest of an export that finished without one; destroy its snapshot."""
-        owned = self.snapshots.find_our_snapshots(xapi, vm_uuid=vm_rec["uuid"])
+        """Write the manifest of an export that finished without one; destroy its snapshot.
+
+        The export's own snapshot is the one the helper exported (``vm_ref`` of its result): only its
+        run id is adopted and only it is destroyed. Other snapshots of ours of this VM may belong to a
+        concurrent run (another run id) and are left to ``cleanup_stale``'s age rule.
+        """
+        owned = [(ref, rec) for ref, rec in self.snapshots.find_our_snapshots(xapi, vm_uuid=vm_rec["uuid"])
+                 if exported_snapshot(ref, result)]
         snap_ref, snap_rec = (owned[0] if owned else (None, None))
         if snap_rec is not None:
             run_id = (snap_rec.get("other_config") or {}).get(_snapshots.RUN_KEY, run_id)

@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import os
 
+from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_POLL_INTERVAL
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils._selection import data_disk_vdis, is_data_disk
 from ansible_collections.xapi.backup.plugins.module_utils._snapshots import TAG_KEYS
-from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiUsageError
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiUsageError
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import is_planned
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import find_sr, helper_xapi_args, redirect_host_args, refs_by_uuid_or_name
 
 RESTORED_FROM = "xapi_backup:restored_from"
 RESTORED_TAG = "xapi-backup-restored"
 SNAPSHOT_TAG_KEYS = frozenset(TAG_KEYS)
 STATUS_DIR = repo.IMPORT_STATUS_DIR
+#: Placeholder of the VM an import would create (check mode).
+PLANNED_VM = "(imported VM)"
 
 
 def restored_vms(records: dict, ident: str) -> list:
@@ -151,20 +156,26 @@ class VmImport:
                 return out
             sr_ref, sr_rec = find_sr(xapi, p.get("sr"))
             targets = resolve_network_map(xapi, p.get("network_map") or {})
-            if self.ctx.check_mode:
-                self.ctx.recorder.record("VM.set_is_a_template", ["<imported VM>", False], planned=True)
-                self.ctx.runner.calls.append({"subcommand": "import", "args": ["--in", backup.stored_path], "planned": True})
-                return dict(base, changed=True, msg=reason, vm_uuid=None, vm_name=self._name(source),
-                            sr_uuid=sr_rec.get("uuid") if sr_rec else None)
+            # one code path in check mode: the runner and xapi.change plan the side effects
             result = self._import(xapi, backup, sr_rec)
-            vm_refs = list(result.get("vm_refs") or [])
+            vm_refs = [PLANNED_VM] if is_planned(result) else list(result.get("vm_refs") or [])
             if not vm_refs:
                 raise XapiUsageError("the import of %s created no VM" % backup.id)
             vm_ref = vm_refs[0]
-            self._finish_vm(xapi, vm_ref, backup, source, targets)
-            record = xapi.call("VM.get_record", vm_ref)
+            try:
+                self._finish_vm(xapi, vm_ref, backup, source, targets)
+                if vm_ref == PLANNED_VM:
+                    return dict(base, changed=True, msg=reason, vm_uuid=None, vm_name=self._name(source),
+                                sr_uuid=sr_rec.get("uuid") if sr_rec else None)
+                record = xapi.call("VM.get_record", vm_ref)
+            except BackupError as exc:
+                # the VM exists: a failed task still names it, so the caller (the health check) can
+                # remove exactly this VM, by uuid, and nothing else
+                exc.add_partial(vm_uuid=_uuid_or_none(xapi, vm_ref), backup_id=backup.id)
+                raise
             return dict(base, changed=True, msg=reason, vm_uuid=record.get("uuid"), vm_name=record.get("name_label"),
                         running=str(record.get("power_state", "")).lower() == "running",
+                        guest_agent=record.get("guest_metrics") not in (None, "", NULL_REF),
                         vm_uuids=list(result.get("vm_uuids") or []), power_state=record.get("power_state"),
                         sr_uuid=sr_rec.get("uuid") if sr_rec else None, helper_result=repo.strip_secrets(result),
                         duration=result.get("duration"))
@@ -221,9 +232,10 @@ class VmImport:
             args.append("--restore")
         status_file = os.path.join(p["repository"], STATUS_DIR, "import-%s.status.json" % backup.id.replace("/", "_"))
         # the helper does not create the status file's directory: create it (and a placeholder) first
+        # (in check mode the runner only plans this write)
         self.ctx.storage.write_json(p["repository"], status_file, {"phase": "queued", "backup": backup.id})
         return self.ctx.runner.run_long("import", args, status_file, "import of %s" % backup.id,
-                                        session=xapi.session_ref, poll_interval=p.get("poll_interval", 2.0),
+                                        session=xapi.session_ref, poll_interval=p.get("poll_interval", DEFAULT_POLL_INTERVAL),
                                         timeout=p.get("import_timeout"))
 
     def _finish_vm(self, xapi, vm_ref, backup, source, targets):
@@ -237,7 +249,7 @@ class VmImport:
         xapi.change("VM.add_to_other_config", vm_ref, RESTORED_FROM, backup.id)
         for tag in [RESTORED_TAG] + list(p.get("tags") or []):
             xapi.change("VM.add_tags", vm_ref, tag)
-        vifs = xapi.call("VM.get_VIFs", vm_ref) or []
+        vifs = planned_vifs(source) if vm_ref == PLANNED_VM else (xapi.call("VM.get_VIFs", vm_ref) or [])
         if p.get("remove_vifs"):
             for vif in vifs:
                 xapi.change("VIF.destroy", vif)
@@ -245,13 +257,16 @@ class VmImport:
             remap_vifs(xapi, vm_ref, vifs, source.get("vifs") or [], targets, p["preserve_identity"])
         if p.get("start"):
             # Async + task wait: a boot can outlast the XML-RPC socket timeout
-            xapi.async_call("VM.start", vm_ref, False, False, timeout=p.get("import_timeout") or 600)
+            xapi.async_change("VM.start", vm_ref, False, False, timeout=p.get("import_timeout") or 600)
 
     # ------------------------------------------------------------ state=absent
 
     def _absent(self, backup):
         with self.ctx.xapi() as xapi:
             found = restored_vms(xapi.call("VM.get_all_records"), backup.id)
+            only = self.p.get("restored_vm_uuid")
+            if only:
+                found = only_this_vm(found, only, backup.id)
             for ref, record in found:
                 destroy_vm_with_disks(xapi, ref, record)
         uuids = [rec.get("uuid") for _ref, rec in found]
@@ -261,8 +276,37 @@ class VmImport:
                 "vm_uuid": uuids[0] if uuids else None}
 
 
+def only_this_vm(found: list, vm_uuid: str, ident: str) -> list:
+    """The one VM of ``found`` (restored from ``ident``) whose uuid is ``vm_uuid``; [] when it is gone.
+
+    The health check passes the uuid its own import returned: a VM restored earlier from the same
+    backup for real carries the same ``restored_from`` key and must never be touched.
+    """
+    wanted = (vm_uuid or "").strip().lower()
+    if not repo.is_uuid(wanted):
+        raise XapiUsageError("restored_vm_uuid %r is not a VM uuid" % (vm_uuid,))
+    return [(ref, rec) for ref, rec in found if str(rec.get("uuid", "")).lower() == wanted]
+
+
+def _uuid_or_none(xapi, vm_ref):
+    try:
+        return xapi.call("VM.get_uuid", vm_ref)
+    except BackupError:
+        return None
+
+
+def planned_vifs(source: dict) -> list:
+    """Check mode: placeholders for the imported VM's VIFs, one per VIF the manifest recorded."""
+    return ["(VIF %s of the imported VM)" % vif.get("device") for vif in source.get("vifs") or []]
+
+
 def strip_snapshot_tags(xapi, vm_ref):
     """An export of our snapshot carries its ``xapi_backup:*`` tags into the restored VM and VDIs: drop them."""
+    if vm_ref == PLANNED_VM:
+        # check mode: the VM does not exist; a backup taken through our snapshot carries the VM's keys
+        xapi.change("VM.remove_from_other_config", vm_ref, "xapi_backup:* (when present)")
+        xapi.change("VDI.remove_from_other_config", "(each disk of the imported VM)", "xapi_backup:* (when present)")
+        return
     record = xapi.call("VM.get_record", vm_ref)
     for key in sorted(SNAPSHOT_TAG_KEYS & set(record.get("other_config") or {})):
         xapi.change("VM.remove_from_other_config", vm_ref, key)
@@ -318,8 +362,10 @@ VIF_FIELDS = ("device", "MTU", "other_config", "qos_algorithm_type", "qos_algori
 def remap_vifs(xapi, vm_ref, vif_refs, source_vifs, mapping, keep_mac):
     """Re-create each mapped VIF on its target network, same device and MTU (and MAC with keep_mac)."""
     moves = vif_moves(source_vifs, mapping)
+    planned = dict(zip(planned_vifs({"vifs": source_vifs}), source_vifs)) if vm_ref == PLANNED_VM else {}
     for vif_ref in vif_refs:
-        record = xapi.call("VIF.get_record", vif_ref)
+        # check mode: the imported VM's VIFs do not exist; the manifest's record stands for each
+        record = planned[vif_ref] if vif_ref in planned else xapi.call("VIF.get_record", vif_ref)
         target = moves.get(str(record.get("device")))
         if target is None or record.get("network") == target:
             continue

@@ -10,12 +10,13 @@ PRIVATE to the collection: not a public API.
 
 from __future__ import annotations
 
-from ansible_collections.xapi.backup.plugins.module_utils._common import DEFAULT_HELPER_XAPI_URL
+from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_HELPER_XAPI_URL, VERSION
 from ansible_collections.xapi.backup.plugins.module_utils._repository import is_uuid
 from ansible_collections.xapi.backup.plugins.module_utils._selection import summarise_pool
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError, XapiUsageError
 
-TOOL_VERSION = "0.1.0"
+#: Written into every manifest (``tool_version``): the collection version.
+TOOL_VERSION = VERSION
 
 
 def pool_facts(xapi) -> dict:

@@ -212,7 +212,13 @@ def test_cleanup_stale_removes_interrupted_run_only_by_tags(tmp_path, sim, pool)
     # A VM named exactly like our snapshots, and a snapshot by someone else with that name.
     namesake = pool.api.VM.clone(vm, "xapi-backup tiny-halted run-0")
     foreign = pool.api.VM.snapshot(vm, "xapi-backup tiny-halted run-0")
-    args = {"vm": "tiny-halted", "run_id": "run-1", "cleanup_stale": True}
+    # A concurrent run (another run id) moments after its snapshot: the default age rule keeps it.
+    fresh = {"vm": "tiny-halted", "run_id": "run-1", "cleanup_stale": True, "state": "absent"}
+    res, _out = play(tmp_path, sim, [task("vm_snapshot", fresh, "concurrent")])
+    assert res["concurrent"]["removed"] == [] and not res["concurrent"]["changed"]
+    assert old_uuid in {r["uuid"] for r in pool.ours().values()}
+    # The interrupted run is known to be gone: stale_after=0 removes its idle snapshot now.
+    args = {"vm": "tiny-halted", "run_id": "run-1", "cleanup_stale": True, "stale_after": 0}
 
     res, _out = play(tmp_path, sim, [task("vm_snapshot", args, "check", check=True)])
     assert res["check"]["changed"] and [r["uuid"] for r in res["check"]["removed"]] == [old_uuid]

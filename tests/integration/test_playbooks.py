@@ -263,14 +263,34 @@ def test_check_mode_on_a_repository_that_does_not_exist_yet_plans(pool):
     assert our_snapshots(pool["session"]) == []
 
 
+def latest_backup_id(pool, vm_name: str) -> str:
+    session = pool["session"]
+    vm_uuid = next(rec["uuid"] for rec in session.xenapi.VM.get_all_records().values()
+                   if rec["name_label"] == vm_name and not rec["is_a_snapshot"] and not rec["is_a_template"])
+    stamps = sorted(p.name for p in (pool["repo"] / pool["pool_uuid"] / vm_uuid).iterdir() if (p / "manifest.json").is_file())
+    return "%s/%s/%s" % (pool["pool_uuid"], vm_uuid, stamps[-1])
+
+
 def test_verify_restores_boots_and_destroys_each_latest_backup(pool):
+    # issue 11 item 2: a VM restored for real from the very backup the health check uses (same
+    # restored_from key) runs production; the health check must destroy only its own scratch VM
+    session = pool["session"]
+    latest = latest_backup_id(pool, "tiny-halted")
+    run_playbook(pool["inventory"], "restore.yml", "-e", json.dumps({"xapi_backup_restore_vms": ["tiny-halted"],
+                                                                     "xapi_backup_restore_name_suffix": " (production)"}),
+                 env=pool["env"])
+    production = sorted(session.xenapi.VM.get_uuid(ref) for ref in restored_vms(session, latest))
+    assert production, "no VM restored from %s" % latest
     out = run_playbook(pool["inventory"], "verify.yml", "-e", json.dumps({"xapi_backup_restore_vms": ["tiny-running", "tiny-halted"]}),
                        env=pool["env"])
     assert "health check of pool tiny: 2 VM(s), 2 ok, 0 failed" in out
     assert re.search(r"tiny-halted \(\d{8}T\d{6}Z\): restored and running in [\d.]+ s, then destroyed", out)
-    leftovers = [rec["name_label"] for rec in pool["session"].xenapi.VM.get_all_records().values()
+    records = session.xenapi.VM.get_all_records().values()
+    leftovers = [rec["name_label"] for rec in records
                  if "xapi-backup-health-check" in rec["tags"] or rec["name_label"].endswith("[health check]")]
     assert leftovers == []
+    survivors = sorted(rec["uuid"] for rec in records if rec["uuid"] in production)
+    assert survivors == production      # the production copy is still there (read from the simulator)
 
 
 def test_mapping_generate_validate_and_reject_unknown_targets(pool):

@@ -13,6 +13,7 @@ add VMs and disks, inject failures (``fail``), and read the calls that reached t
 from __future__ import annotations
 
 import copy
+import datetime
 import importlib.util
 import itertools
 import json
@@ -52,6 +53,7 @@ FIELDS_DEFAULTS = {
         current_operations={},
         VCPUs_max="1",
         memory_static_max="1073741824",
+        snapshot_time="19700101T00:00:00Z",
     ),
     "VBD": dict(VM=NULL, VDI=NULL, type="Disk", empty=False, userdevice="0", mode="RW", bootable=False),
     "VDI": dict(
@@ -85,6 +87,7 @@ class FakePool:
         self.urls = []  # url of every Session created
         self.task_status = "success"  # status Async tasks end in ("pending" keeps them running)
         self.sessions = 0
+        self.clock = datetime.datetime(2026, 11, 21, 23, 59, 1, tzinfo=datetime.timezone.utc)  # the pool's clock
         self._counter = itertools.count(1)
         pool_master = self.add("host", name_label="master")
         self.add("pool", name_label="pool", master=pool_master)
@@ -201,6 +204,13 @@ class FakePool:
     def _op_session_logout(self):
         return ""
 
+    def servertime(self):
+        return self.clock.strftime("%Y%m%dT%H:%M:%SZ")
+
+    def _op_host_get_servertime(self, ref):
+        self._record("host", ref)
+        return self.servertime()
+
     def _op_VM_destroy(self, ref):
         record = self._record("VM", ref)
         if "destroy" in record.get("blocked_operations", {}):
@@ -237,6 +247,7 @@ class FakePool:
             other_config=copy.deepcopy(source["other_config"]),
             tags=list(source["tags"]),
             blocked_operations={},  # xapi_vm_clone.ml copy_vm_record: a new snapshot blocks nothing
+            snapshot_time=self.servertime(),
         )
         source["snapshots"].append(snap)
         for vbd in source["VBDs"]:

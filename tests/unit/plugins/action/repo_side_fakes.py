@@ -13,7 +13,7 @@ import os
 
 from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import CallRecorder
-from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import PLANNED_RESULT, SIDE_EFFECTS, HelperError
 
 POOL = "11111111-2222-3333-4444-555555555555"
 VM = "aaaaaaaa-0000-0000-0000-000000000001"
@@ -46,11 +46,21 @@ class FakeXapi:
         if self.check_mode:
             self.recorder.record(method, args, planned=True)
             return None
-        return self.call(method, *args)
+        self.recorder.record(method, args, side_effect=True)
+        answer = self.answers.get(method)
+        return answer(*args) if callable(answer) else answer
 
     def async_call(self, method, *args, **kwargs):
-        self.recorder.record("Async." + method, args)
+        assert not self.check_mode, "Async.%s in check mode" % method  # XapiSession refuses it too
+        self.recorder.record("Async." + method, args, side_effect=True)
         return self.call(method, *args)
+
+    def async_change(self, method, *args, **kwargs):
+        planned = kwargs.pop("planned", None)
+        if self.check_mode:
+            self.recorder.record("Async." + method, args, planned=True)
+            return planned
+        return self.async_call(method, *args, **kwargs)
 
     def methods(self, planned=None):
         return [c["method"] for c in self.calls if planned is None or c["planned"] == planned]
@@ -75,8 +85,13 @@ class FakeRunner:
                 "sha256": hashlib.sha256(self.payload).hexdigest(), "raw_size": 4 * len(self.payload),
                 "raw_hash": "xxh64:1", "codec": "zstd", "level": 3, "threads": 2, "compressor": "zstandard"}
 
+    check_mode = False  # set by FakeCtx, like HelperRunner(check_mode=...)
+
     def run_long(self, subcommand, args, status_file, label, session=None, poll_interval=2.0, timeout=None):
-        self.calls.append({"subcommand": subcommand, "args": list(args)})
+        if self.check_mode:  # HelperRunner plans side-effect subcommands in check mode
+            self.calls.append({"subcommand": subcommand, "args": list(args), "planned": True, "side_effect": True})
+            return {"ok": True, "planned": True}
+        self.calls.append({"subcommand": subcommand, "args": list(args), "planned": False, "side_effect": True})
         self.sessions.append(session)
         if self.fail:
             raise self.fail
@@ -85,7 +100,11 @@ class FakeRunner:
         return {"ok": True, "vm_refs": ["OpaqueRef:new-vm"], "vm_uuids": ["dddddddd-0000-0000-0000-000000000004"]}
 
     def run(self, subcommand, args=None, stdin=None, session=None, check=True):
-        self.calls.append({"subcommand": subcommand, "args": list(args or [])})
+        side_effect = subcommand in ("export", "import", "fetch", "repo-write", "repo-remove")
+        if self.check_mode and side_effect:
+            self.calls.append({"subcommand": subcommand, "args": list(args or []), "planned": True, "side_effect": True})
+            return {"ok": True, "planned": True}
+        self.calls.append({"subcommand": subcommand, "args": list(args or []), "planned": False, "side_effect": side_effect})
         if subcommand == "status":
             return self.status_answer
         if subcommand == "fetch":
@@ -115,12 +134,27 @@ class FakeStorage(LocalStorage):
         return [{"uuid": self.ova_vm}]
 
 
+def plan_side_effects(storage):
+    """As in production, where the storage runs through the HelperRunner: in check mode a repository
+    subcommand that changes something is only planned."""
+    run = storage._run
+
+    def planned(subcommand, args, stdin):
+        if subcommand in SIDE_EFFECTS:
+            return dict(PLANNED_RESULT)
+        return run(subcommand, args, stdin)
+    storage._run = planned
+
+
 class FakeCtx:
     def __init__(self, params, xapi, runner, check_mode=False, storage=None):
         self.params = params
         self._xapi = xapi
         self.runner = runner
+        runner.check_mode = check_mode
         self.storage = storage or FakeStorage()
+        if check_mode:
+            plan_side_effects(self.storage)
         self.check_mode = check_mode
         self.diff = True
         self.recorder = xapi.recorder

@@ -19,7 +19,8 @@ except ImportError:  # plain pytest: this directory is on sys.path, not a packag
 from ansible_collections.xapi.backup.plugins.action.backup_prune import ActionModule as PruneAction
 from ansible_collections.xapi.backup.plugins.module_utils._repository import HelperStorage, LocalStorage, RepositoryError
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
-from ansible_collections.xapi.backup.plugins.plugin_utils._action import failure_message, is_local_connection
+from ansible_collections.xapi.backup.plugins.module_utils._errors import failure_result
+from ansible_collections.xapi.backup.plugins.plugin_utils._action import is_local_connection
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
 
 
@@ -38,8 +39,8 @@ def make_action(args, transport="local"):
     (ValueError("boom"), "INTERNAL_ERROR"),
 ])
 def test_failure_message_one_line_with_code(exc, code):
-    msg, error = failure_message(exc)
-    assert error["code"] == code and "\n" not in msg and msg
+    result = failure_result(exc)
+    assert result["error"]["code"] == code and "\n" not in result["msg"] and result["msg"]
 
 
 def test_is_local_connection():

@@ -22,6 +22,7 @@ except ImportError:  # plain pytest: this directory is on sys.path, not a packag
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils import _snapshots
 from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils import _vm_export
 from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import VmExport, adoption_action, needs_snapshot
 
@@ -42,8 +43,8 @@ class FakeSnapshots:
 
     def create_tagged_snapshot(self, xapi, vm_ref, run_id, now, vm_record=None):
         if xapi.check_mode:
-            xapi.change("Async.VM.snapshot", vm_ref, "xapi-backup")
-            return None
+            xapi.async_change("VM.snapshot", vm_ref, "xapi-backup")
+            return _snapshots.PLANNED_SNAPSHOT
         self.events.append("snapshot")
         return "OpaqueRef:snap"
 
@@ -162,7 +163,7 @@ def test_failure_destroys_snapshot_unblocks_and_leaves_no_backup(setup, tmp_path
     export, ctx, _xapi, snaps = setup(runner=FakeRunner(fail=helper_failure()))
     with pytest.raises(Exception, match="STREAM_TRUNCATED") as info:
         export.run()
-    assert info.value.partial_result["vm_uuid"] == VM and info.value.partial_result["run_id"] == "2026-11-21"
+    assert info.value.partial["vm_uuid"] == VM and info.value.partial["run_id"] == "2026-11-21"
     assert snaps.events[-2:] == ["unblock", ("destroy", "OpaqueRef:snap")]
     assert ctx.storage.writes == []
     assert repo.list_backups(LocalStorage(), str(tmp_path)) == []
@@ -196,7 +197,7 @@ def test_check_mode_plans_without_side_effects(setup, tmp_path):
 
 def test_adopts_finished_export_instead_of_starting_another(setup, tmp_path):
     stamp_dir, result = earlier_export(tmp_path, b"finished-by-earlier-run")
-    result.update(out=str(stamp_dir / "vm.xva.zst"), raw_size=100)
+    result.update(out=str(stamp_dir / "vm.xva.zst"), raw_size=100, vm_ref="OpaqueRef:old-snap")
     runner = FakeRunner(status={"ok": True, "alive": False, "result": result})
     export, ctx, _xapi, snaps = setup(runner=runner, run_id="2026-11-20")
     out = export.run()
@@ -219,12 +220,12 @@ def test_snapshot_failure_reports_only_the_xapi_error(setup):
     export, _ctx, _xapi, snaps = setup()
 
     def sr_full(*args, **kwargs):
-        raise RuntimeError("SR_FULL")
+        raise XapiError("SR_FULL", [], "Async.VM.snapshot")
 
     snaps.create_tagged_snapshot = sr_full
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(XapiError) as info:
         export.run()
-    assert "warnings" not in info.value.partial_result
+    assert "warnings" not in info.value.partial
     assert not any(isinstance(e, tuple) for e in snaps.events)
 
 
@@ -330,3 +331,23 @@ def test_helper_may_follow_redirects_only_to_pool_hosts(setup):
     args = ctx.runner.calls[0]["args"]
     allowed = [args[i + 1] for i, a in enumerate(args) if a == "--allow-redirect-host"]
     assert allowed == ["192.0.2.1", "192.0.2.2"]
+
+
+@pytest.mark.parametrize("exported", ["OpaqueRef:old-snap", "OpaqueRef:gone", None])
+def test_finalize_adopts_only_the_exported_snapshot_never_a_concurrent_runs(setup, tmp_path, exported):
+    """Issue 11 item 9: another run's fresh snapshot of the same VM is neither destroyed nor its run id taken."""
+    stamp_dir, result = earlier_export(tmp_path, b"finished-by-earlier-run")
+    result.update(out=str(stamp_dir / "vm.xva.zst"), raw_size=100, vm_ref=exported)
+    runner = FakeRunner(status={"ok": True, "alive": False, "result": result})
+    export, _ctx, _xapi, snaps = setup(runner=runner, run_id="2026-11-21")
+    concurrent = ("OpaqueRef:concurrent", {"uuid": "c2", "other_config": {"xapi_backup:run": "other-controller"}})
+    exported_snap = ("OpaqueRef:old-snap", {"uuid": SNAP, "other_config": {"xapi_backup:run": "2026-11-20"}})
+    snaps.find_our_snapshots = lambda xapi, vm_uuid=None, run_id=None: [concurrent, exported_snap]
+    export.run()
+    destroyed = [e[1] for e in snaps.events if isinstance(e, tuple)]
+    assert "OpaqueRef:concurrent" not in destroyed
+    recorded = repo.list_backups(LocalStorage(), str(tmp_path))[0].run_id
+    if exported == "OpaqueRef:old-snap":
+        assert destroyed[0] == "OpaqueRef:old-snap" and recorded == "2026-11-20"
+    else:
+        assert "OpaqueRef:old-snap" not in destroyed[:1] and recorded == "2026-11-21"

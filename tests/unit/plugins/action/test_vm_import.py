@@ -19,6 +19,7 @@ except ImportError:  # plain pytest: this directory is on sys.path, not a packag
 
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage, RepositoryError
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError, XapiUsageError
 from ansible_collections.xapi.backup.plugins.plugin_utils._vm_import import (
     RESTORED_FROM,
     VmImport,
@@ -292,3 +293,51 @@ def test_without_a_key_the_restore_warns(tmp_path):
     write_backup(tmp_path)
     out = VmImport(FakeCtx(params(tmp_path), xapi_with({}), FakeRunner())).run()
     assert any("no repository key" in w for w in out["warnings"])
+
+
+PRODUCTION = "eeeeeeee-0000-0000-0000-000000000005"
+
+
+def two_restores_of_one_backup():
+    """A production VM restored earlier from IDENT, and the health check's scratch VM from the same backup."""
+    return {"OpaqueRef:prod": {"uuid": PRODUCTION, "power_state": "Running", "VBDs": [], "other_config": {RESTORED_FROM: IDENT}},
+            "OpaqueRef:scratch": {"uuid": NEW_VM, "power_state": "Running", "VBDs": [], "other_config": {RESTORED_FROM: IDENT}}}
+
+
+def test_absent_with_restored_vm_uuid_destroys_only_that_vm(tmp_path):
+    write_backup(tmp_path)
+    xapi = xapi_with(two_restores_of_one_backup())
+    out = VmImport(FakeCtx(params(tmp_path, state="absent", restored_vm_uuid=NEW_VM.upper()), xapi, FakeRunner())).run()
+    assert out["removed"] == [NEW_VM]
+    touched = [c["args"][0] for c in xapi.calls if c["method"] in ("VM.hard_shutdown", "VM.destroy")]
+    assert touched == ["OpaqueRef:scratch", "OpaqueRef:scratch"]
+
+
+@pytest.mark.parametrize("uuid", [PRODUCTION.replace("e", "f"), "not-a-uuid"])
+def test_absent_with_a_foreign_or_bad_uuid_destroys_nothing(tmp_path, uuid):
+    write_backup(tmp_path)
+    vms = two_restores_of_one_backup()
+    vms["OpaqueRef:foreign"] = {"uuid": PRODUCTION.replace("e", "f"), "other_config": {}}  # not restored from IDENT
+    xapi = xapi_with(vms)
+    ctx = FakeCtx(params(tmp_path, state="absent", restored_vm_uuid=uuid), xapi, FakeRunner())
+    if uuid == "not-a-uuid":
+        with pytest.raises(XapiUsageError, match="restored_vm_uuid"):
+            VmImport(ctx).run()
+    else:
+        assert VmImport(ctx).run()["removed"] == []
+    assert not [c for c in xapi.calls if c["method"].endswith(("destroy", "shutdown"))]
+
+
+def test_failure_after_the_vm_exists_names_it_in_the_partial_result(tmp_path):
+    write_backup(tmp_path)
+    xapi = xapi_with({})
+    xapi.answers["VM.get_uuid"] = lambda ref: NEW_VM
+
+    def boot_fails(method, *args, **kwargs):
+        raise XapiError("VM_BOOT_FAILED", ["no bootable disk"], "VM.start")
+
+    xapi.async_call = boot_fails
+    ctx = FakeCtx(params(tmp_path, start=True), xapi, FakeRunner())
+    with pytest.raises(XapiError) as info:
+        VmImport(ctx).run()
+    assert info.value.partial == {"vm_uuid": NEW_VM, "backup_id": IDENT}

@@ -58,17 +58,27 @@ def test_create_reason(existing, vm, run, needed):
         assert vm in reason and run in reason
 
 
+OLD = snaps.STALE_AFTER + 1
 STALE = {
-    "current run kept": (ours(run="r1"), "r1", False),
-    "other run goes": (ours(run="r0"), "r1", True),
-    "other run in use kept": (ours(run="r0", current_operations={"t": "export"}), "r1", False),
-    "run key missing goes": (dict(ours(), other_config={snaps.OWNER_KEY: snaps.OWNER_VALUE}), "r1", True),
+    "current run kept": (ours(run="r1"), "r1", OLD, False),
+    "old idle other run goes": (ours(run="r0"), "r1", OLD, True),
+    "fresh other run kept (a concurrent run)": (ours(run="r0"), "r1", 5, False),
+    "other run of unknown age kept": (ours(run="r0"), "r1", None, False),
+    "future snapshot kept (pool clock went back)": (ours(run="r0"), "r1", -OLD, False),
+    "other run in use kept": (ours(run="r0", current_operations={"t": "export"}), "r1", OLD, False),
+    "old run key missing goes": (dict(ours(), other_config={snaps.OWNER_KEY: snaps.OWNER_VALUE}), "r1", OLD, True),
 }
 
 
-@pytest.mark.parametrize("record, keep, stale", list(STALE.values()), ids=list(STALE))
-def test_stale_reason(record, keep, stale):
-    assert (snaps.stale_reason(record, keep) is not None) is stale
+@pytest.mark.parametrize("record, keep, age, stale", list(STALE.values()), ids=list(STALE))
+def test_stale_reason(record, keep, age, stale):
+    assert (snaps.stale_reason(record, keep, age) is not None) is stale
+
+
+@pytest.mark.parametrize("text, seconds", [("20261121T23:59:01Z", 0), ("20261121T235901Z", 0), ("20261121T22:59:01", 3600),
+                                           ("19700101T00:00:00Z", None), ("garbage", None), ("", None), (None, None)])
+def test_snapshot_age_on_the_pool_clock(text, seconds):
+    assert snaps.snapshot_age({"snapshot_time": text}, NOW) == seconds
 
 
 VDI = {
@@ -126,7 +136,7 @@ def test_create_tags_snapshot_and_each_vdi(xapi, fake_pool):
 def test_create_in_check_mode_plans_only(xapi, fake_pool):
     vm = fake_pool.add_vm("web")
     xapi.check_mode = True
-    assert snaps.create_tagged_snapshot(xapi, vm, "r1", NOW) is None
+    assert snaps.create_tagged_snapshot(xapi, vm, "r1", NOW) == snaps.PLANNED_SNAPSHOT
     assert fake_pool.mutating() == []
     assert fake_pool.snapshots_of(vm) == []
     planned = [c["method"] for c in xapi.calls if c["planned"]]
@@ -226,6 +236,7 @@ def test_cleanup_stale_keeps_current_run_and_in_use(xapi, fake_pool):
     current = snaps.create_tagged_snapshot(xapi, vm, "r1", NOW)
     other_vm = fake_pool.add_vm("db")
     other_old = snaps.create_tagged_snapshot(xapi, other_vm, "r0", NOW)
+    fake_pool.clock += datetime.timedelta(seconds=snaps.STALE_AFTER + 1)
     removed = snaps.cleanup_stale(xapi, "r1", vm_uuid=fake_pool.vm(vm)["uuid"])
     assert [r["ref"] for r in removed] == [old]
     assert "r0" in removed[0]["reason"]
@@ -237,6 +248,7 @@ def test_cleanup_stale_keeps_current_run_and_in_use(xapi, fake_pool):
 def test_cleanup_stale_check_mode_changes_nothing(xapi, fake_pool):
     vm = fake_pool.add_vm("web")
     snaps.create_tagged_snapshot(xapi, vm, "r0", NOW)
+    fake_pool.clock += datetime.timedelta(seconds=snaps.STALE_AFTER + 1)
     xapi.check_mode = True
     fake_pool.log.clear()
     removed = snaps.cleanup_stale(xapi, "r1")
@@ -271,3 +283,22 @@ def _nullcontext():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def test_a_concurrent_run_keeps_its_fresh_snapshot(xapi, fake_pool):
+    """Issue 11 item 9: run r2 snapshots a VM; run r1 (another controller) cleans up moments later."""
+    vm = fake_pool.add_vm("web")
+    theirs = snaps.create_tagged_snapshot(xapi, vm, "r2", NOW)
+    fake_pool.clock += datetime.timedelta(seconds=30)   # their export has not started yet: idle
+    assert snaps.cleanup_stale(xapi, "r1") == []
+    assert theirs in fake_pool.objects["VM"]           # out of band: still in the pool
+    fake_pool.clock += datetime.timedelta(seconds=snaps.STALE_AFTER)
+    assert [r["ref"] for r in snaps.cleanup_stale(xapi, "r1")] == [theirs]
+
+
+def test_a_controller_clock_jump_does_not_make_a_snapshot_stale(xapi, fake_pool, monkeypatch):
+    """The age is read on the pool's clock: the controller's clock (and our time tag) do not count."""
+    vm = fake_pool.add_vm("web")
+    theirs = snaps.create_tagged_snapshot(xapi, vm, "r2", NOW - datetime.timedelta(days=30))  # tag says a month ago
+    monkeypatch.setattr(snaps, "utc_now", lambda: NOW + datetime.timedelta(days=365))
+    assert snaps.cleanup_stale(xapi, "r1") == [] and theirs in fake_pool.objects["VM"]

@@ -13,7 +13,7 @@ import xmlrpc.client
 import pytest
 
 from ansible_collections.xapi.backup.plugins.module_utils import _xapi
-from ansible_collections.xapi.backup.plugins.module_utils._common import error_details, error_to_message
+from ansible_collections.xapi.backup.plugins.module_utils._errors import error_dict, error_message
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import (
     XapiConnection,
     XapiConnectionError,
@@ -117,7 +117,7 @@ def test_wrong_password_is_one_line_error_without_password(fake_pool):
         with conn.session():
             pass
     assert exc.value.code == "SESSION_AUTHENTICATION_FAILED"
-    msg = error_to_message(exc.value)
+    msg = error_message(exc.value)
     assert "not-the-password" not in msg and "\n" not in msg
     assert "check username and password" in msg
 
@@ -127,7 +127,8 @@ def test_failure_becomes_typed_error_with_method(xapi, fake_pool):
     with pytest.raises(XapiError) as exc:
         xapi.api.VM.get_record("OpaqueRef:x")
     assert (exc.value.code, exc.value.params, exc.value.method) == ("HANDLE_INVALID", ["VM", "OpaqueRef:x"], "VM.get_record")
-    assert error_details(exc.value) == {"code": "HANDLE_INVALID", "params": ["VM", "OpaqueRef:x"]}
+    assert error_dict(exc.value) == {"code": "HANDLE_INVALID", "params": ["VM", "OpaqueRef:x"],
+                                     "message": "VM.get_record failed: HANDLE_INVALID ['VM', 'OpaqueRef:x']"}
 
 
 def test_change_is_planned_not_called_in_check_mode(xapi, fake_pool):
@@ -136,7 +137,7 @@ def test_change_is_planned_not_called_in_check_mode(xapi, fake_pool):
     assert xapi.change("VM.set_name_label", vm, "b") is None
     assert fake_pool.vm(vm)["name_label"] == "a"
     assert fake_pool.methods() == []
-    assert xapi.calls[-1] == {"method": "VM.set_name_label", "args": [vm, "b"], "planned": True}
+    assert xapi.calls[-1] == {"method": "VM.set_name_label", "args": [vm, "b"], "planned": True, "side_effect": True}
 
 
 def test_change_calls_outside_check_mode(xapi, fake_pool):
@@ -210,7 +211,7 @@ def test_transport_errors_are_typed(exc, cls, fragment):
 def test_cert_verification_error_names_the_fix():
     err = ssl.SSLCertVerificationError(1, "certificate verify failed")
     err.verify_message = "self-signed certificate"
-    msg = error_to_message(_xapi.translate_exception(err, "login", "https://h", 5))
+    msg = error_message(_xapi.translate_exception(err, "login", "https://h", 5))
     assert "ca_path" in msg and "self-signed certificate" in msg
 
 
@@ -233,3 +234,17 @@ def test_transport_choice_follows_scheme(fake_pool):
     conn = XapiConnection("h", "root", "pw", timeout=7, validate_certs=False)
     assert isinstance(conn._transport(conn.url), _xapi._TimeoutSafeTransport)
     assert conn._transport(conn.url)._timeout == 7
+
+
+def test_async_call_refuses_in_check_mode_and_async_change_plans(xapi, fake_pool):
+    vm = fake_pool.add_vm("web")
+    xapi.check_mode = True
+    with pytest.raises(XapiUsageError) as exc:
+        xapi.async_call("VM.snapshot", vm, "s")
+    assert exc.value.code == "CHECK_MODE_VIOLATION"
+    assert xapi.async_change("VM.snapshot", vm, "s", planned="(new)") == "(new)"
+    assert xapi.calls[-1]["planned"] and xapi.calls[-1]["side_effect"] and fake_pool.snapshots_of(vm) == []
+    xapi.check_mode = False
+    assert xapi.async_change("VM.snapshot", vm, "s") in fake_pool.snapshots_of(vm)
+    steps = [c["method"] for c in xapi.calls if c["side_effect"]]
+    assert steps == ["Async.VM.snapshot", "Async.VM.snapshot"]

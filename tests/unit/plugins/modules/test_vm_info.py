@@ -47,12 +47,13 @@ def test_vm_info_env_fallback_for_connection(run_module, fake_pool, monkeypatch)
     assert fake_pool.urls[-1] == "http://from-env:8080"
 
 
-def test_missing_xenapi_is_reported_with_missing_required_lib(run_module, monkeypatch):
+def test_missing_xenapi_is_reported_with_its_own_code(run_module, monkeypatch):
     from ansible_collections.xapi.backup.plugins.module_utils import _common
 
     monkeypatch.setattr(_common, "HAS_XENAPI", False)
     failed, out = run_module(vm_info.main, {})
-    assert failed and "XenAPI" in out["msg"] and "xapi_calls" not in out
+    assert failed and "XenAPI" in out["msg"] and out["xapi_calls"] == []
+    assert out["error"]["code"] == "MISSING_LIBRARY" and "exception" not in out
 
 
 def test_unexpected_exception_is_caught_once_with_traceback(run_module, fake_pool, monkeypatch):

@@ -88,6 +88,7 @@ def test_absent_accepts_uuid_of_deleted_vm(run_module, fake_pool, xapi):
 def test_present_with_cleanup_stale(run_module, fake_pool, xapi):
     vm = fake_pool.add_vm("web")
     stale = snaps.create_tagged_snapshot(xapi, vm, "r0", NOW)
+    fake_pool.clock += datetime.timedelta(seconds=snaps.STALE_AFTER + 1)  # run r0 is long gone
     failed, out = run_module(vm_snapshot.main, {"vm": "web", "run_id": "r1", "cleanup_stale": True, "_ansible_diff": True})
     assert not failed and out["changed"]
     assert [r["uuid"] for r in out["removed"]] == [out["diff"]["before"]["snapshots"][0]]
@@ -115,6 +116,6 @@ def test_snapshot_failure_reports_code_and_calls(run_module, fake_pool):
     fake_pool.task_status = "failure"
     failed, out = run_module(vm_snapshot.main, {"vm": "web", "run_id": "r1"})
     assert failed
-    assert out["error"] == {"code": "SR_FULL", "params": ["10", "5"]}
+    assert out["error"] == {"code": "SR_FULL", "params": ["10", "5"], "message": "VM.snapshot failed: SR_FULL ['10', '5']"}
     assert out["msg"].startswith("XAPI error: VM.snapshot failed: SR_FULL")
     assert "task.destroy" in [c["method"] for c in out["xapi_calls"]]

@@ -53,7 +53,8 @@ def test_session_goes_on_stdin_never_argv():
     assert shlex.split(cmd) == ["python3", "/opt/h", "fetch", "--url", "http://localhost", "--out", "/r/a b", "--session-stdin"]
     assert data == (SESSION + "\n").encode()
     assert SESSION not in json.dumps(runner.calls)
-    assert runner.calls == [{"subcommand": "fetch", "args": ["--url", "http://localhost", "--out", "/r/a b", "--session-stdin"]}]
+    assert runner.calls == [{"subcommand": "fetch", "args": ["--url", "http://localhost", "--out", "/r/a b", "--session-stdin"],
+                             "planned": False, "side_effect": True}]
 
 
 def test_error_object_becomes_one_line_helper_error():
@@ -125,3 +126,22 @@ def test_start_detached_accepts_foreground_result():
 def test_format_progress():
     assert format_progress({"phase": "export", "bytes": 3 * 1048576, "rate": 1048576, "eta": 9.5}) == \
         "export: 3.0 MiB at 1.0 MiB/s, ETA 9s"
+
+
+def test_check_mode_plans_side_effects_and_runs_reads():
+    seen = []
+
+    def execute(cmd, in_data):
+        seen.append(cmd)
+        return {"rc": 0, "stdout": '{"ok": true, "alive": false, "result": {"ok": true}}', "stderr": ""}
+
+    runner = HelperRunner(execute, ["python3", "/opt/h"], check_mode=True)
+    for sub in ("export", "import", "fetch", "repo-write", "repo-remove"):
+        assert runner.run(sub, ["--out", "/r/x"], session="OpaqueRef:secret") == {"ok": True, "planned": True}
+    assert runner.run_long("export", ["--out", "/r/y"], "/r/s.json", "export", session="s") == {"ok": True, "planned": True}
+    assert seen == []                                    # nothing started
+    assert runner.status("/r/s.json")["alive"] is False  # a read runs in check mode too
+    assert len(seen) == 1
+    assert all(c["planned"] and c["side_effect"] for c in runner.calls[:-1])
+    assert runner.calls[-1]["subcommand"] == "status" and not runner.calls[-1]["planned"]
+    assert "OpaqueRef:secret" not in json.dumps(runner.calls)

@@ -1,0 +1,203 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, xapi.backup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Business rules the roles apply, in Python with unit tests instead of Jinja templates.
+
+PRIVATE to the collection: not a public API. No Ansible imports: the filter plugin
+``plugins/filter/rules.py`` exposes these functions to the roles and turns a :class:`RuleError`
+into an ``AnsibleFilterError``.
+
+- :func:`run_id` — the run id rule (default: the UTC date), the same one ``vm_export`` and
+  ``vm_snapshot`` apply (``_snapshots.validate_run_id``).
+- :func:`plan_slots` — selected VMs, largest first, dealt round robin into export slots.
+- :func:`validate_restore_mapping` — a restore mapping checked against the target pool.
+- :func:`find_one` — an SR or network by uuid, else by a unique name; several of that name is an
+  error (:class:`AmbiguousName`), never a magic string.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.xapi.backup.plugins.module_utils._snapshots import default_run_id, utc_now, validate_run_id
+
+
+class RuleError(BackupError):
+    """A role's input breaks a rule (one line, names the input)."""
+
+    CODE = "INVALID_INPUT"
+
+
+class AmbiguousName(RuleError):
+    """Several objects of the target pool carry the name asked for: the uuid must be given."""
+
+    CODE = "AMBIGUOUS_NAME"
+
+
+class NotFound(RuleError):
+    """No object of the target pool has that uuid or name."""
+
+    CODE = "NOT_FOUND"
+
+
+# ---------------------------------------------------------------- run id
+
+
+def run_id(value=None, now=None):
+    """The run id of a backup run: ``value`` when set, else the UTC date of ``now``; validated the way the
+    modules validate it (``_snapshots.validate_run_id``), so a bad one fails before anything starts."""
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return default_run_id(now or utc_now())
+    try:
+        return validate_run_id(text)
+    except BackupError as exc:
+        raise RuleError("bad input: xapi_backup_run_id is not a valid run id: %s" % exc.message) from None
+
+
+# ---------------------------------------------------------------- export slots
+
+
+def vm_size(vm):
+    """Sum of the virtual sizes of a VM's disks (bytes; unreadable sizes count 0)."""
+    total = 0
+    for disk in vm.get("disks") or []:
+        try:
+            total += max(int(disk.get("virtual_size") or 0), 0)
+        except (TypeError, ValueError):
+            continue
+    return total
+
+
+def plan_slots(vms, concurrency):
+    """``{"vms": [...], "slots": [[...], ...]}``: the VMs largest first (ties by uuid, so the plan does not
+    depend on xapi's order), dealt round robin into at most ``concurrency`` non-empty slots."""
+    try:
+        count = int(concurrency)
+    except (TypeError, ValueError):
+        raise RuleError("bad input: xapi_backup_concurrency must be a whole number, got %r" % (concurrency,)) from None
+    if count < 1:
+        raise RuleError("bad input: xapi_backup_concurrency must be at least 1, got %d" % count)
+    planned = [{"uuid": vm.get("uuid"), "name_label": vm.get("name_label") or vm.get("name") or vm.get("uuid"),
+                "power_state": vm.get("power_state") or "", "size": vm_size(vm)} for vm in vms or []]
+    planned.sort(key=lambda vm: (-vm["size"], str(vm["uuid"])))
+    slots = [planned[i::count] for i in range(count)]
+    return {"vms": planned, "slots": [slot for slot in slots if slot]}
+
+
+# ---------------------------------------------------------------- restore mapping
+
+
+def find_one(items, key, what):
+    """The uuid of the item whose uuid is ``key``, else of the ONE item named ``key``.
+
+    Raises :class:`AmbiguousName` when several items carry that name and :class:`NotFound` when none
+    matches. ``what`` names the kind in the message (``SR``, ``network``).
+    """
+    for item in items:
+        if item.get("uuid") == key:
+            return item["uuid"]
+    named = [item for item in items if item.get("name_label") == key]
+    if len(named) > 1:
+        raise AmbiguousName('%d %ss of the target pool are named "%s"; use its uuid' % (len(named), what, key))
+    if not named:
+        raise NotFound('unknown %s "%s" on the target pool' % (what, key))
+    return named[0]["uuid"]
+
+
+def _source_map(entries):
+    """``{source uuid or name: target}`` of a mapping's ``srs`` or ``networks`` list (entries without target skipped)."""
+    mapping = {}
+    for entry in entries or []:
+        if not isinstance(entry, dict) or not entry.get("target"):
+            continue
+        for key in (entry.get("source_uuid"), entry.get("source_name")):
+            if key:
+                mapping[str(key)] = str(entry["target"])
+    return mapping
+
+
+def _lookup(mapping, uuid, name, default=""):
+    return mapping.get(uuid or "", mapping.get(name or "", default))
+
+
+def validate_restore_mapping(target, mapping, selected, network_map=None, default_sr=""):
+    """A restore mapping checked against the target pool; ``{"problems", "warnings", "vms", "default_sr"}``.
+
+    ``target``: ``{"srs": [...], "networks": [...]}`` of the target pool; ``mapping``: the mapping file
+    (``srs``, ``networks``, ``default_sr``); ``selected``: the backups to restore, each with the VM's
+    ``disks`` (``sr_uuid``/``sr_name``) and ``vifs`` (``network_uuid``/``network_name``);
+    ``network_map``: extra network mappings; ``default_sr``: the SR used when the mapping names none.
+
+    Each VM of ``vms`` gets ``sr`` (the one target SR uuid, or "") and ``network_map`` (source network ->
+    target uuid, only where it changes). Problems are collected for every VM, not stopped at the first.
+    """
+    srs = list((target or {}).get("srs") or [])
+    nets = list((target or {}).get("networks") or [])
+    mapping = mapping if isinstance(mapping, dict) else {}
+    sr_map = _source_map(mapping.get("srs"))
+    net_map = _source_map(mapping.get("networks"))
+    net_map.update(dict((str(k), str(v)) for k, v in (network_map or {}).items()))
+    default = str(mapping.get("default_sr") or default_sr or "")
+    problems, warnings, vms = [], [], []
+    if default:
+        try:
+            find_one(srs, default, "SR")
+        except RuleError as exc:
+            problems.append("default SR: %s" % exc.message)
+    for vm in selected or []:
+        targets, vm_problems = _vm_sr_targets(vm, srs, sr_map, default)
+        problems += vm_problems
+        if len(targets) > 1:
+            problems.append("VM %s: its disks map to %d different SRs; an XVA import places all disks of a VM on one SR"
+                            % (vm.get("vm_name"), len(targets)))
+        moves, vm_problems, vm_warnings = _vm_network_moves(vm, nets, net_map)
+        problems += vm_problems
+        warnings += vm_warnings
+        vms.append(dict(vm, sr=targets[0] if targets else "", network_map=moves))
+    return {"problems": problems, "warnings": warnings, "vms": vms, "default_sr": default}
+
+
+def _vm_sr_targets(vm, srs, sr_map, default):
+    targets, problems = [], []
+    by_uuid = dict((sr.get("uuid"), sr) for sr in srs)
+    for disk in vm.get("disks") or []:
+        wanted = _lookup(sr_map, disk.get("sr_uuid"), disk.get("sr_name"), default)
+        if not wanted:
+            continue
+        device = disk.get("userdevice", disk.get("device", "?"))
+        try:
+            found = find_one(srs, wanted, "SR")
+        except RuleError as exc:
+            source = disk.get("sr_name") or disk.get("sr_uuid") or "?"
+            problems.append("VM %s disk %s: %s (source SR %s)" % (vm.get("vm_name"), device, exc.message, source))
+            continue
+        if (by_uuid.get(found) or {}).get("content_type") == "iso":
+            problems.append('VM %s: SR "%s" is an ISO library, not a disk SR' % (vm.get("vm_name"), wanted))
+        elif found not in targets:
+            targets.append(found)
+    return targets, problems
+
+
+def _vm_network_moves(vm, nets, net_map):
+    moves, problems, warnings = {}, [], []
+    known = set(net.get("uuid") for net in nets)
+    for vif in vm.get("vifs") or []:
+        source_uuid, source_name = vif.get("network_uuid") or "", vif.get("network_name") or ""
+        device = vif.get("device", "?")
+        wanted = _lookup(net_map, source_uuid, source_name)
+        if not wanted:
+            if source_uuid not in known:
+                warnings.append('VM %s VIF %s: network "%s" is not mapped; xapi matches it by name or bridge, else creates '
+                                "an internal network" % (vm.get("vm_name"), device, source_name or source_uuid or "?"))
+            continue
+        try:
+            found = find_one(nets, wanted, "network")
+        except RuleError as exc:
+            source = source_name or source_uuid or "?"
+            problems.append("VM %s VIF %s: %s (source network %s)" % (vm.get("vm_name"), device, exc.message, source))
+            continue
+        if found != source_uuid:
+            moves[source_uuid or source_name] = found
+    return moves, problems, warnings

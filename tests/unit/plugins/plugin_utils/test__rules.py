@@ -1,0 +1,150 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, xapi.backup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Rules the roles apply, moved out of Jinja: run id, export slots, restore mapping."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from ansible_collections.xapi.backup.plugins.filter.rules import FilterModule
+from ansible_collections.xapi.backup.plugins.module_utils._snapshots import validate_run_id
+from ansible_collections.xapi.backup.plugins.plugin_utils._rules import (
+    AmbiguousName,
+    NotFound,
+    RuleError,
+    find_one,
+    plan_slots,
+    run_id,
+    validate_restore_mapping,
+)
+
+NOW = datetime.datetime(2026, 11, 21, 23, 59, 1, tzinfo=datetime.timezone.utc)
+
+
+# ---------------------------------------------------------------- run id
+
+@pytest.mark.parametrize("value", [None, "", "  "])
+def test_run_id_defaults_to_the_utc_date(value):
+    assert run_id(value, now=NOW) == "2026-11-21"
+    assert run_id(value, now=NOW.astimezone(datetime.timezone(datetime.timedelta(hours=5)))) == "2026-11-21"
+
+
+@pytest.mark.parametrize("value", ["-x", ".hidden", "..", "a/b", "../../etc", "x" * 101, "a b", "é"])
+def test_run_id_is_the_modules_rule(value):
+    """plan.yml accepted "-x" and ".hidden", which vm_export then refused after the lock was taken."""
+    with pytest.raises(RuleError, match="^bad input: xapi_backup_run_id is not a valid run id: "):
+        run_id(value)
+    with pytest.raises(Exception):
+        validate_run_id(value)
+
+
+@pytest.mark.parametrize("value", ["run-1", "2026-11-21", "weekly+48", "a.b:c_d"])
+def test_good_run_ids_pass_both(value):
+    assert run_id(value) == value == validate_run_id(value)
+
+
+# ---------------------------------------------------------------- slots
+
+def vm(uuid, *sizes):
+    return {"uuid": uuid, "name_label": "vm-" + uuid, "power_state": "Running",
+            "disks": [{"virtual_size": s} for s in sizes]}
+
+
+def test_slots_largest_first_round_robin():
+    vms = [vm("a", 1), vm("b", 10), vm("c", 5, 6), vm("d", 3)]
+    plan = plan_slots(vms, 2)
+    assert [v["uuid"] for v in plan["vms"]] == ["c", "b", "d", "a"]
+    assert [[v["uuid"] for v in slot] for slot in plan["slots"]] == [["c", "d"], ["b", "a"]]
+
+
+def test_slots_never_empty_and_ties_do_not_depend_on_order():
+    vms = [vm("b", 1), vm("a", 1)]
+    assert plan_slots(vms, 8)["slots"] == plan_slots(list(reversed(vms)), 8)["slots"]
+    assert len(plan_slots(vms, 8)["slots"]) == 2 and plan_slots([], 3) == {"vms": [], "slots": []}
+
+
+@pytest.mark.parametrize("sizes", [("garbage",), (None,), (-5,)])
+def test_bad_sizes_count_zero(sizes):
+    assert plan_slots([vm("a", *sizes)], 1)["vms"][0]["size"] == 0
+
+
+@pytest.mark.parametrize("concurrency", [0, -1, "two", None])
+def test_bad_concurrency_is_refused(concurrency):
+    with pytest.raises(RuleError, match="xapi_backup_concurrency"):
+        plan_slots([vm("a", 1)], concurrency)
+
+
+# ---------------------------------------------------------------- restore mapping
+
+SRS = [{"uuid": "sr-1", "name_label": "fast", "content_type": "user"},
+       {"uuid": "sr-2", "name_label": "twin", "content_type": "user"},
+       {"uuid": "sr-3", "name_label": "twin", "content_type": "user"},
+       {"uuid": "sr-iso", "name_label": "ISOs", "content_type": "iso"}]
+NETS = [{"uuid": "net-1", "name_label": "prod"}, {"uuid": "net-2", "name_label": "dup"}, {"uuid": "net-3", "name_label": "dup"}]
+TARGET = {"srs": SRS, "networks": NETS}
+
+
+def backup(name="web", disks=(("src-sr", "nfs"),), vifs=(("src-net", "eth0"),)):
+    return {"vm_name": name, "id": "p/v/t",
+            "disks": [{"sr_uuid": u, "sr_name": n, "userdevice": str(i)} for i, (u, n) in enumerate(disks)],
+            "vifs": [{"network_uuid": u, "network_name": n, "device": str(i)} for i, (u, n) in enumerate(vifs)]}
+
+
+def test_find_one_by_uuid_then_unique_name():
+    assert find_one(SRS, "sr-2", "SR") == "sr-2" and find_one(SRS, "fast", "SR") == "sr-1"
+    with pytest.raises(AmbiguousName, match='2 SRs of the target pool are named "twin"'):
+        find_one(SRS, "twin", "SR")
+    with pytest.raises(NotFound, match='unknown SR "nope"'):
+        find_one(SRS, "nope", "SR")
+
+
+def test_mapping_resolves_sr_and_network_moves():
+    mapping = {"srs": [{"source_name": "nfs", "target": "fast"}], "networks": [{"source_uuid": "src-net", "target": "prod"}]}
+    out = validate_restore_mapping(TARGET, mapping, [backup()])
+    assert out["problems"] == [] and out["warnings"] == []
+    assert out["vms"][0]["sr"] == "sr-1" and out["vms"][0]["network_map"] == {"src-net": "net-1"}
+
+
+def test_ambiguous_names_are_problems_not_a_magic_string():
+    mapping = {"srs": [{"source_name": "nfs", "target": "twin"}], "networks": [{"source_name": "eth0", "target": "dup"}],
+               "default_sr": "twin"}
+    out = validate_restore_mapping(TARGET, mapping, [backup()])
+    assert out["problems"] == [
+        'default SR: 2 SRs of the target pool are named "twin"; use its uuid',
+        'VM web disk 0: 2 SRs of the target pool are named "twin"; use its uuid (source SR nfs)',
+        'VM web VIF 0: 2 networks of the target pool are named "dup"; use its uuid (source network eth0)',
+    ]
+    assert "AMBIGUOUS" not in str(out)
+
+
+def test_every_problem_is_listed_iso_split_and_unknown():
+    mapping = {"srs": [{"source_uuid": "a", "target": "fast"}, {"source_uuid": "b", "target": "sr-2"},
+                       {"source_uuid": "c", "target": "ISOs"}, {"source_uuid": "d", "target": "ghost"}]}
+    out = validate_restore_mapping(TARGET, mapping, [backup("split", disks=(("a", ""), ("b", ""))),
+                                                     backup("iso", disks=(("c", ""),)),
+                                                     backup("lost", disks=(("d", ""),))])
+    assert len(out["problems"]) == 3
+    assert "map to 2 different SRs" in out["problems"][0] and "ISO library" in out["problems"][1]
+    assert 'unknown SR "ghost"' in out["problems"][2]
+    assert out["warnings"] and all("not mapped" in w for w in out["warnings"])
+
+
+def test_hostile_mapping_shapes_do_not_crash():
+    for mapping in (None, [], "text", {"srs": "nope", "networks": [None, 3, {"target": ""}]}):
+        out = validate_restore_mapping(TARGET, mapping, [backup()])
+        assert out["problems"] == [] and out["vms"][0]["sr"] == ""
+
+
+def test_filter_plugin_turns_rule_errors_into_filter_errors():
+    from ansible.errors import AnsibleFilterError
+
+    filters = FilterModule().filters()
+    assert filters["run_id"]("run-1") == "run-1"
+    with pytest.raises(AnsibleFilterError, match="xapi_backup_run_id"):
+        filters["run_id"]("../x")
+    assert filters["plan_slots"]([vm("a", 1)], "2")["slots"] == [[{"uuid": "a", "name_label": "vm-a", "power_state": "Running", "size": 1}]]
