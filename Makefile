@@ -131,6 +131,8 @@ lint: venv layout
 	@if ls roles/*/tasks/main.yml playbooks/*.yml >/dev/null 2>&1; then \
 	  $(VENV)/bin/ansible-lint --profile production roles playbooks; \
 	else echo "no roles or playbooks to lint yet"; fi
+	$(VENV)/bin/antsibull-changelog lint
+	cd $(COLL_LINK) && $(VENV)/bin/antsibull-docs lint-collection-docs --plugin-docs .
 
 # ---------------------------------------------------------------- demo and benchmarks
 .PHONY: demo
@@ -165,3 +167,13 @@ POOL ?= sample
 .PHONY: xapisim
 xapisim: venv images
 	$(PY) -m tests.xapisim serve --pool tests/xapisim/pools/$(POOL).yml --state-dir $(TMP)/xapisim-$(POOL)
+
+# ---------------------------------------------------------------- execution environment (no container engine)
+# The collection tarball of this checkout in dist/, then the ansible-builder build context in
+# .tmp/ee-context (`ansible-builder build` where podman/docker exists). tests/awx checks the same.
+.PHONY: ee-context
+ee-context: venv
+	rm -f dist/xapi-backup-*.tar.gz
+	$(VENV)/bin/ansible-galaxy collection build --force --output-path dist .
+	$(VENV)/bin/ansible-builder create -f execution-environment.yml --context $(TMP)/ee-context
+	@ls $(TMP)/ee-context/_build/collections/xapi-backup-*.tar.gz
