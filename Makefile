@@ -97,7 +97,7 @@ setup: venv sysdeps layout images $(VENV36)/.stamp $(VENV36_NOZSTD)/.stamp xo-pe
 
 # ---------------------------------------------------------------- tests
 .PHONY: test
-test: setup helper-compat sanity pytest molecule lint
+test: setup helper-compat sanity pytest molecule lint integration-targets
 	@echo "make test: all suites passed"
 
 .PHONY: helper-compat
@@ -177,3 +177,14 @@ ee-context: venv
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path dist .
 	$(VENV)/bin/ansible-builder create -f execution-environment.yml --context $(TMP)/ee-context
 	@ls $(TMP)/ee-context/_build/collections/xapi-backup-*.tar.gz
+
+# ---------------------------------------------------------------- ansible-test integration targets
+# tests/integration/targets/ (read-only modules against the simulator, started by setup_xapisim), run
+# with --local (no container engine here) on a copy laid out as ansible_collections/xapi/backup.
+.PHONY: integration-targets
+INTEGRATION_DIR ?= $(TMP)/ansible-test-integration
+integration-targets: venv layout
+	rm -rf $(INTEGRATION_DIR) && mkdir -p $(INTEGRATION_DIR)/ansible_collections/xapi/backup
+	git ls-files -co --exclude-standard -z -- . ':!bench' ':!.ci' | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(INTEGRATION_DIR)/ansible_collections/xapi/backup
+	cd $(INTEGRATION_DIR)/ansible_collections/xapi/backup && git init -q && git add -A && \
+	  $(VENV)/bin/ansible-test integration --local --python 3.11 --color no
