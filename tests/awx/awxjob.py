@@ -271,7 +271,7 @@ class Job:
 def run_job(doc: dict, title: str, *, workdir: Path, inventory: dict, credential: dict | None,
             answers: dict | None = None, artifacts: dict | None = None, collections_path: Path,
             extra_env: dict | None = None, sim=None, limit: str | None = None, check: bool = False,
-            project: Path = PROJECT, name: str | None = None) -> Job:
+            project: Path = PROJECT, name: str | None = None, machine: dict | None = None) -> Job:
     """Launch job template ``title`` of ``doc`` with these survey answers (and the artifacts of a
     previous workflow node), in a fresh private data directory under ``workdir``."""
     import ansible_runner
@@ -308,7 +308,12 @@ def run_job(doc: dict, title: str, *, workdir: Path, inventory: dict, credential
     inputs.update({pdd / "env" / "extravars", pdd / "env" / "envvars"})
     inputs.update(p for p in (pdd / "project").rglob("*") if p.is_file())
 
-    cmdline = "--check" if check else None
+    # Machine credential: AWX passes the user on the command line and the key through ssh-agent
+    # (ansible-runner's ssh_key: a FIFO in the artifacts, added to an agent, then removed)
+    args = ["-u", machine["username"]] if machine else []
+    if check:
+        args.append("--check")
+    cmdline = " ".join(args) or None
     recorder = SessionRecorder(sim) if sim is not None else None
     if recorder:
         recorder.__enter__()
@@ -316,7 +321,7 @@ def run_job(doc: dict, title: str, *, workdir: Path, inventory: dict, credential
         runner = ansible_runner.run(
             private_data_dir=str(pdd), playbook=template["playbook"], quiet=True, forks=10,
             limit=limit, cmdline=cmdline, suppress_env_files=True, timeout=300,
-            envvars=env)
+            envvars=env, ssh_key=machine["ssh_key_data"] if machine else None)
     finally:
         if recorder:
             recorder.__exit__(None, None, None)
