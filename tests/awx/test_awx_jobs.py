@@ -269,3 +269,20 @@ def test_renaming_a_survey_variable_in_the_doc_breaks_the_rehearsal(tmp_path, do
     edited = edited_doc(tmp_path, '{"variable": "survey_vms"', '{"variable": "survey_vm_list"')   # Restore's survey
     with pytest.raises(AssertionError):
         rehearse_generate_for_one_vm(edited, pool, name="drift-survey")
+
+
+def test_the_old_relative_mapping_path_is_refused_and_writes_nothing(tmp_path, pool):
+    """The doc used to pass the survey's project-relative path as is: generate then wrote the mapping
+    into the installed collection's playbooks/ (the imported playbook's directory), and validate read
+    it from there. The role now refuses a relative path before doing anything."""
+    old = ("\"{{ (lookup('ansible.builtin.env', 'AWX_ISOLATED_DATA_DIR') ~ '/../../project/' ~ survey_mapping_file)"
+           " if survey_mapping_file | default('', true) else '' }}\"")
+    edited = edited_doc(tmp_path, old, "\"{{ survey_mapping_file | default('', true) }}\"")
+    collection = pool["collections"] / "ansible_collections" / "xapi" / "backup"
+    before = sorted(str(p) for p in collection.rglob("*"))
+    job = launch(edited, pool, "Restore", {"survey_action": "generate", "survey_mapping_file": "restore/x.yml"},
+                 name="relative-mapping")
+    assert job.status == "failed"
+    assert any("must be an absolute path" in m for m in job.messages()), job.messages()
+    assert sorted(str(p) for p in collection.rglob("*")) == before
+    assert not (job.private_data_dir / "project" / "restore" / "x.yml").exists()
