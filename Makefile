@@ -97,7 +97,7 @@ setup: venv sysdeps layout images $(VENV36)/.stamp $(VENV36_NOZSTD)/.stamp xo-pe
 
 # ---------------------------------------------------------------- tests
 .PHONY: test
-test: setup helper-compat sanity pytest molecule lint
+test: setup helper-compat sanity pytest molecule lint integration-targets
 	@echo "make test: all suites passed"
 
 .PHONY: helper-compat
@@ -131,6 +131,8 @@ lint: venv layout
 	@if ls roles/*/tasks/main.yml playbooks/*.yml >/dev/null 2>&1; then \
 	  $(VENV)/bin/ansible-lint --profile production roles playbooks; \
 	else echo "no roles or playbooks to lint yet"; fi
+	$(VENV)/bin/antsibull-changelog lint
+	cd $(COLL_LINK) && $(VENV)/bin/antsibull-docs lint-collection-docs --plugin-docs .
 
 # ---------------------------------------------------------------- demo and benchmarks
 .PHONY: demo
@@ -176,3 +178,24 @@ bench-delta: setup $(IMAGES)/bench.img
 .PHONY: bench-dr
 bench-dr: setup
 	$(PY) bench/bench_dr_rebuild.py --count 20 --concurrency 4
+
+# ---------------------------------------------------------------- execution environment (no container engine)
+# The collection tarball of this checkout in dist/, then the ansible-builder build context in
+# .tmp/ee-context (`ansible-builder build` where podman/docker exists). tests/awx checks the same.
+.PHONY: ee-context
+ee-context: venv
+	rm -f dist/xapi-backup-*.tar.gz
+	$(VENV)/bin/ansible-galaxy collection build --force --output-path dist .
+	$(VENV)/bin/ansible-builder create -f execution-environment.yml --context $(TMP)/ee-context
+	@ls $(TMP)/ee-context/_build/collections/xapi-backup-*.tar.gz
+
+# ---------------------------------------------------------------- ansible-test integration targets
+# tests/integration/targets/ (read-only modules against the simulator, started by setup_xapisim), run
+# with --local (no container engine here) on a copy laid out as ansible_collections/xapi/backup.
+.PHONY: integration-targets
+INTEGRATION_DIR ?= $(TMP)/ansible-test-integration
+integration-targets: venv layout
+	rm -rf $(INTEGRATION_DIR) && mkdir -p $(INTEGRATION_DIR)/ansible_collections/xapi/backup
+	git ls-files -co --exclude-standard -z -- . ':!bench' ':!.ci' | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(INTEGRATION_DIR)/ansible_collections/xapi/backup
+	cd $(INTEGRATION_DIR)/ansible_collections/xapi/backup && git init -q && git add -A && \
+	  $(VENV)/bin/ansible-test integration --local --python 3.11 --color no
