@@ -50,7 +50,7 @@ options:
     description:
       - Secret key that authenticates the backups of the repository (from a vault or an AWX credential; never
         stored on the share). The controller signs each new manifest with HMAC-SHA256; restore, verification and
-        retention then refuse a backup whose signature is missing or wrong (status V(untrusted)): it is never
+        retention then refuse a backup whose signature is missing or wrong (status V(untrusted)); it is never
         restored and never removed.
       - Without a key backups are not authenticated and the result carries a warning.
       - The key never leaves the controller (not sent to the helper, not in any output).
