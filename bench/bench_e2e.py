@@ -528,9 +528,10 @@ def seed_repository(args, sim, repo_dir, run_id, done_fraction=0.5):
     if not result or not result.get("ok"):
         raise RuntimeError("seeding failed: %s" % (res["stdout"][-500:] + res["stderr"][-500:]))
     stored = os.path.basename(result["path"])
+    storage = repo.LocalStorage()
     for name, _ref, uuid in done:
-        directory = os.path.join(repo_dir, pool_uuid, uuid, stamp)
-        repo.makedirs_private(directory)
+        created = storage.make_backup_dir(repo_dir, pool_uuid, uuid, stamp)  # exclusive, with its sequence
+        directory = os.path.join(repo_dir, created["id"])
         shutil.copyfile(result["path"], os.path.join(directory, stored))
         manifest = repo.build_manifest(
             repo.KIND_VM, tool_version="bench", pool={"uuid": pool_uuid, "name": "bench pool 200"},
@@ -538,8 +539,9 @@ def seed_repository(args, sim, repo_dir, run_id, done_fraction=0.5):
             stored_file=stored, started=now, ended=now, vm={"uuid": uuid, "name_label": name}, snapshot=None,
             codec={"codec": result.get("codec"), "level": result.get("level"), "threads": result.get("threads"),
                    "compressor": result.get("compressor")},
-            raw_size=result.get("raw_size"), raw_hash=result.get("raw_hash"), helper_result=result)
-        repo.atomic_write(os.path.join(directory, repo.MANIFEST_NAME), repo.dump_manifest(manifest).encode())
+            raw_size=result.get("raw_size"), raw_hash=result.get("raw_hash"), helper_result=result,
+            ident=created["id"], sequence=created["sequence"])
+        storage.write_json(repo_dir, os.path.join(directory, repo.MANIFEST_NAME), manifest, exclusive=True)
     shutil.rmtree(os.path.join(repo_dir, "seed"))
     return len(done), len(vms)
 

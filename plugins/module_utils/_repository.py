@@ -520,9 +520,9 @@ class LocalStorage(HelperStorage):
             result = None
         if not isinstance(result, dict) or result.get("ok") is not True:
             error = (result or {}).get("error") or {}
-            raise RepositoryError("helper %s failed: %s: %s" % (subcommand, error.get("code", "HELPER_FAILED"),
-                                                                  error.get("message") or proc.stderr.decode("utf-8", "replace")[-300:]),
-                                  str(error.get("code") or "HELPER_FAILED"))
+            code = str(error.get("code") or "HELPER_FAILED")
+            message = error.get("message") or proc.stderr.decode("utf-8", "replace")[-300:]
+            raise RepositoryError("helper %s failed: %s: %s" % (subcommand, code, message), code)
         return result
 
 

@@ -56,10 +56,9 @@ def trust_warnings(p: dict, listing) -> list:
         warnings.append(repo.NO_KEY_WARNING)
     skipped = list(getattr(listing, "skipped", []) or [])
     if skipped:
+        listed = ", ".join("%s (%s)" % (s["path"], s["reason"]) for s in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
         warnings.append("%d entr%s of the repository not followed or not ours (symlinks, odd files, foreign "
-                        "directories), left alone: %s" % (len(skipped), "y" if len(skipped) == 1 else "ies",
-                                                         ", ".join("%s (%s)" % (s["path"], s["reason"]) for s in skipped[:5])
-                                                         + (" ..." if len(skipped) > 5 else "")))
+                        "directories), left alone: %s" % (len(skipped), "y" if len(skipped) == 1 else "ies", listed))
     return warnings
 
 

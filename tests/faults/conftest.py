@@ -343,7 +343,7 @@ def complete_backups_on_disk(repo: Path):
 def _file_matches(path: Path, size: int, digest: str) -> bool:
     if path.is_symlink() or not path.is_file() or path.stat().st_size != size:
         return False
-    algorithm, _, expected = digest.partition(":")
+    algorithm, _sep, expected = digest.partition(":")
     hasher = hashlib.blake2b(digest_size=32) if algorithm == "blake2b" else hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -94,7 +94,7 @@ def test_same_second_creators_race_and_all_win_distinct_directories(dom0_python,
     root = tmp_path / "repo"
     run_helper(dom0_python, ["repo-mkbackup", "--repo", str(root), "--pool", POOL, "--owner", VM, "--stamp", "20261121T000000Z"])
     procs = [subprocess.Popen([dom0_python, HELPER, "repo-mkbackup", "--repo", str(root), "--pool", POOL, "--owner", VM,
-                               "--stamp", "20261121T235901Z"], stdout=subprocess.PIPE) for _ in range(8)]
+                               "--stamp", "20261121T235901Z"], stdout=subprocess.PIPE) for _i in range(8)]
     results = [json.loads(p.communicate(timeout=60)[0].decode()) for p in procs]
     assert all(r["ok"] for r in results), results
     assert len(set(r["id"] for r in results)) == 8 and sorted(r["sequence"] for r in results) == list(range(2, 10))

@@ -26,6 +26,7 @@ from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils import _vm_export
 from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import VmExport, adoption_action, needs_snapshot
 
+MANIFEST = repo.MANIFEST_NAME
 NOW = datetime.datetime(2026, 11, 21, 23, 59, 1, tzinfo=datetime.timezone.utc)
 
 
@@ -72,14 +73,14 @@ class OrderedStorage(FakeStorage):
         super().__init__()
         self.writes = []
 
-    def write_json(self, root, path, document, exclusive=False):
-        if os.path.basename(path) == repo.MANIFEST_NAME:
+    def write_json(self, repo, path, document, exclusive=False):  # pylint: disable=redefined-outer-name
+        if os.path.basename(path) == MANIFEST:
             stored = os.path.join(os.path.dirname(path), document["stored_file"])
             info = document["files"][document["stored_file"]]
             assert exclusive is True
-            assert self.hash_file(root, stored, repo.digest_algorithm(info["digest"])) == (info["size"], info["digest"])
+            assert self.hash_file(repo, stored, info["digest"].split(":")[0]) == (info["size"], info["digest"])
         self.writes.append(path)
-        return super().write_json(root, path, document, exclusive=exclusive)
+        return super().write_json(repo, path, document, exclusive=exclusive)
 
 
 @pytest.fixture
@@ -295,8 +296,8 @@ def test_two_exports_started_in_the_same_second_both_complete(setup, tmp_path):
     second = setup(run_id="b", force=True)[0].run()
     assert second["backup_id"] == first["backup_id"] + "-2"
     backups = repo.list_backups(LocalStorage(), str(tmp_path))
-    assert [(b.id, b.sequence, b.status) for b in backups] == [(first["backup_id"], 1, "complete"),
-                                                              (second["backup_id"], 2, "complete")]
+    expected = [(first["backup_id"], 1, "complete"), (second["backup_id"], 2, "complete")]
+    assert [(b.id, b.sequence, b.status) for b in backups] == expected
 
 
 def test_a_failed_export_removes_only_what_it_created(setup, tmp_path):

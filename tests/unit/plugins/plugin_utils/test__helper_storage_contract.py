@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import stat
 import subprocess
