@@ -47,4 +47,8 @@ class FilterModule:
             "backup_report": _filter(_report.backup_report),
             "report_markdown": _filter(_report.report_markdown),
             "report_html": _filter(_report.report_html),
+            "report_failed": _filter(_report.report_failed),
+            "notify_payload": _filter(_report.notify_payload),
+            "report_openmetrics": _filter(_report.report_openmetrics),
+            "previous_success": _filter(_report.previous_success),
         }

@@ -218,3 +218,98 @@ def report_html(report):
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------- alerts: webhook payload and OpenMetrics
+
+
+def report_failed(report):
+    """Whether the run failed: a VM, the pool dump or the retention."""
+    return bool(report["summary"].get("failed")) or (report.get("pool_dump") or {}).get("status") == "failed" \
+        or (report.get("prune") or {}).get("status") == "failed"
+
+
+def notify_payload(report):
+    """The JSON a webhook receives: the summary, the failed VMs with their errors, no secret."""
+    return {
+        "source": "xapi.backup", "kind": "backup-run", "failed": report_failed(report),
+        "pool": report.get("pool"), "run_id": report.get("run_id"), "ended": report.get("ended"),
+        "summary": report.get("summary"),
+        "failed_vms": [{"name": vm.get("name"), "uuid": vm.get("uuid"), "error": vm.get("error"),
+                        "error_code": vm.get("error_code")} for vm in report.get("vms") or [] if vm.get("status") == "failed"],
+        "pool_dump": (report.get("pool_dump") or {}).get("status"), "prune": (report.get("prune") or {}).get("status"),
+    }
+
+
+def _label(value):
+    """An OpenMetrics label value: backslash, double quote and newline escaped."""
+    return str(value if value is not None else "").replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _epoch(iso):
+    try:
+        return datetime.datetime.strptime(str(iso), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+def report_openmetrics(report, previous_success=None):
+    """OpenMetrics text for node_exporter's textfile collector (write it atomically as ``*.prom``).
+
+    Per VM: last success time, stored and raw bytes and duration of the last backup, and whether the
+    last run failed for it. ``previous_success``: ``{vm uuid: epoch}`` from the previous file, kept for
+    VMs that failed this time (so a failing VM's last success ages instead of vanishing).
+    """
+    pool = report.get("pool") or {}
+    base = 'pool="%s",pool_uuid="%s"' % (_label(pool.get("name") or pool.get("inventory_host")), _label(pool.get("uuid")))
+    ended = _epoch(report.get("ended"))
+    families = [
+        ("xapi_backup_last_success_timestamp_seconds", "gauge", "Time of the last successful backup of the VM."),
+        ("xapi_backup_stored_bytes", "gauge", "Stored size of the VM's last backup."),
+        ("xapi_backup_raw_bytes", "gauge", "Raw (uncompressed) size of the VM's last backup."),
+        ("xapi_backup_duration_seconds", "gauge", "Duration of the VM's last export."),
+        ("xapi_backup_failed", "gauge", "1 when the last run failed for the VM."),
+    ]
+    samples = dict((name, []) for name, _t, _h in families)
+    for vm in report.get("vms") or []:
+        labels = '%s,vm="%s",vm_uuid="%s"' % (base, _label(vm.get("name")), _label(vm.get("uuid")))
+        ok = vm.get("status") in ("backed up", "already done")
+        success = ended if ok else (previous_success or {}).get(vm.get("uuid"))
+        if success is not None:
+            samples["xapi_backup_last_success_timestamp_seconds"].append((labels, success))
+        for name, key in (("xapi_backup_stored_bytes", "stored_size"), ("xapi_backup_raw_bytes", "raw_size"),
+                          ("xapi_backup_duration_seconds", "duration")):
+            if vm.get(key) is not None:
+                samples[name].append((labels, vm[key]))
+        samples["xapi_backup_failed"].append((labels, 0 if ok or vm.get("status") == "skipped" else 1))
+    lines = []
+    for name, kind, help_text in families:
+        lines += ["# TYPE %s %s" % (name, kind), "# HELP %s %s" % (name, help_text)]
+        lines += ["%s{%s} %s" % (name, labels, _metric_value(value)) for labels, value in samples[name]]
+    lines += ["# TYPE xapi_backup_run_failed gauge", "# HELP xapi_backup_run_failed 1 when the last run of the pool failed.",
+              "xapi_backup_run_failed{%s} %d" % (base, 1 if report_failed(report) else 0), "# EOF"]
+    return "\n".join(lines) + "\n"
+
+
+def _metric_value(value):
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def previous_success(text):
+    """``{vm uuid: epoch}`` of the last-success samples of an earlier OpenMetrics file (bounded, lenient)."""
+    found = {}
+    for line in str(text or "")[:4 << 20].splitlines():
+        if not line.startswith("xapi_backup_last_success_timestamp_seconds{"):
+            continue
+        head, _sep, value = line.rpartition(" ")
+        marker = 'vm_uuid="'
+        start = head.find(marker)
+        if start < 0:
+            continue
+        uuid = head[start + len(marker):].split('"', 1)[0]
+        try:
+            found[uuid] = float(value)
+        except ValueError:
+            continue
+    return found

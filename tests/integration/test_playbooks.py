@@ -209,14 +209,62 @@ def test_restore_gives_identical_disks_and_is_idempotent(pool):
     assert len(restored_vms(session, vm["backup_id"])) == 1
 
 
+class _Receiver:
+    """A local webhook receiver (loopback only) that keeps every JSON body posted to it."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        bodies = self.bodies = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                length = min(int(self.headers.get("Content-Length") or 0), 1 << 20)
+                bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d/hook" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def metrics_samples(path: Path) -> dict:
+    samples = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name_labels, value = line.rsplit(" ", 1)
+            samples[name_labels] = float(value)
+    return samples
+
+
 def test_a_failed_vm_fails_the_play_by_name_and_the_rerun_redoes_only_it(pool):
     sim = pool["sim"]
+    receiver = _Receiver()
+    metrics_dir = pool["workdir"] / "metrics"
+    metrics_dir.mkdir(exist_ok=True)
+    alerts = ["-e", "xapi_backup_notify_url=%s" % receiver.url, "-e", "xapi_backup_metrics_dir=%s" % metrics_dir]
     sim.faults.set(cut_after_bytes=300000, path="/export", count=1)
     try:
         out = run_playbook(pool["inventory"], "backup.yml", "-e", "xapi_backup_run_id=run-2",
-                           "-e", "xapi_backup_concurrency=1", env=pool["env"], expect_rc="nonzero")
+                           "-e", "xapi_backup_concurrency=1", *alerts, env=pool["env"], expect_rc="nonzero")
     finally:
         sim.faults.clear()
+    metrics = metrics_dir / ("xapi_backup_%s.prom" % pool["pool_uuid"])
+    assert len(receiver.bodies) == 1 and receiver.bodies[0]["failed"] is True
+    assert len(receiver.bodies[0]["failed_vms"]) == 1 and pool["password"] not in json.dumps(receiver.bodies)
+    failed_uuid = receiver.bodies[0]["failed_vms"][0]["uuid"]
+    samples = metrics_samples(metrics)
+    assert [v for k, v in samples.items() if k.startswith("xapi_backup_failed{") and failed_uuid in k] == [1.0]
+    assert not any(k.startswith("xapi_backup_last_success") and failed_uuid in k for k in samples)
     report = read_report(pool["repo"], pool["pool_uuid"], "run-2")
     failed = [v for v in report["vms"] if v["status"] == "failed"]
     assert len(failed) == 1, report["vms"]
@@ -228,7 +276,12 @@ def test_a_failed_vm_fails_the_play_by_name_and_the_rerun_redoes_only_it(pool):
     assert not any(p.name == "manifest.json" for p in (pool["repo"] / pool["pool_uuid"] / failed[0]["uuid"]).rglob("*")
                    if read_manifest_run(p) == "run-2")
 
-    run_playbook(pool["inventory"], "backup.yml", "-e", "xapi_backup_run_id=run-2", env=pool["env"])
+    run_playbook(pool["inventory"], "backup.yml", "-e", "xapi_backup_run_id=run-2", *alerts, env=pool["env"])
+    receiver.close()
+    assert len(receiver.bodies) == 1                 # a good run posts nothing (xapi_backup_notify_on: failure)
+    samples = metrics_samples(metrics)
+    assert [v for k, v in samples.items() if k.startswith("xapi_backup_failed{") and failed_uuid in k] == [0.0]
+    assert any(k.startswith("xapi_backup_last_success") and failed_uuid in k for k in samples)
     report = read_report(pool["repo"], pool["pool_uuid"], "run-2")
     assert report["summary"]["backed_up"] == 1
     assert report["summary"]["already_done"] == selected - 1

@@ -11,6 +11,9 @@ import html.parser
 import json
 
 from ansible_collections.xapi.backup.plugins.plugin_utils._report import (
+    notify_payload,
+    previous_success,
+    report_openmetrics,
     backup_report,
     human_size,
     report_html,
@@ -94,3 +97,37 @@ def test_html_is_self_contained_escaped_and_complete():
 def test_human_size():
     assert human_size(None) == "" and human_size(512) == "512.00 Bytes" and human_size(1536) == "1.50 KB"
     assert human_size(1 << 60) == "1.00 EB" and human_size(1 << 70) == "1024.00 EB"  # the top unit keeps counting
+
+
+def test_notify_payload_names_the_failed_vms_only():
+    payload = notify_payload(report())
+    assert payload["failed"] is True and [v["uuid"] for v in payload["failed_vms"]] == ["u2", "u3"]
+    assert payload["failed_vms"][0]["error_code"] == "SR_FULL" and payload["run_id"] == "run-1"
+    ok = backup_report([{"uuid": "u1", "changed": True}], VMS[:1], dict(CONTEXT, prune={"removed": []}))
+    assert notify_payload(ok)["failed"] is False
+
+
+def test_openmetrics_text_parses_and_keeps_the_last_success_of_a_failing_vm():
+    earlier = "xapi_backup_last_success_timestamp_seconds{pool=\"tiny\",vm=\"db\",vm_uuid=\"u2\"} 500\n"
+    text = report_openmetrics(report(), previous_success(earlier))
+    assert text.endswith("# EOF\n")
+    samples = {}
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            name_labels, value = line.rsplit(" ", 1)
+            samples[name_labels] = float(value)
+    success = dict((k, v) for k, v in samples.items() if k.startswith("xapi_backup_last_success"))
+    assert any('vm_uuid="u1"' in k and v == 1012.0 for k, v in success.items())     # this run's end
+    assert any('vm_uuid="u2"' in k and v == 500.0 for k, v in success.items())      # carried over
+    assert not any('vm_uuid="u3"' in k for k in success)                          # never succeeded
+    failed = dict((k, v) for k, v in samples.items() if k.startswith("xapi_backup_failed{"))
+    assert sorted(v for v in failed.values()) == [0, 0, 1, 1]
+    assert 'vm="db <script>alert(1)</script> | x"' in text                         # label value kept, quoted
+    assert samples['xapi_backup_run_failed{pool="tiny",pool_uuid="pool-uuid"}'] == 1
+
+
+def test_openmetrics_label_escaping_and_hostile_previous_file():
+    rep = backup_report([{"uuid": 'a"b', "changed": True}], [{"uuid": 'a"b', "name_label": 'x\\y\n"z'}], CONTEXT)
+    text = report_openmetrics(rep)
+    assert 'vm="x\\\\y\\n\\"z"' in text and 'vm_uuid="a\\"b"' in text
+    assert previous_success("garbage\nxapi_backup_last_success_timestamp_seconds{vm_uuid=\"u\"} NaNx\n" + "x" * 100) == {}
