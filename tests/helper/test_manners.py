@@ -313,3 +313,12 @@ def test_compress_hashes_its_output_only_when_asked():
     assert bare.ok and bare.json["sha256"] is None, bare
     hashed = run_helper(one_python(), ["compress", "--codec", "none", "--sha256"], data)
     assert hashed.json["sha256"] == hashlib.sha256(data).hexdigest(), hashed
+
+
+def test_nice_is_an_absolute_level_never_raised():
+    def start_at_5():
+        os.nice(5 - os.getpriority(os.PRIO_PROCESS, 0))
+    asked_10 = run_helper(one_python(), ["compress", "--codec", "none", "--nice", "10"], b"x", preexec_fn=start_at_5)
+    assert asked_10.json["priority"]["nice"] == 10, asked_10
+    asked_3 = run_helper(one_python(), ["compress", "--codec", "none", "--nice", "3"], b"x", preexec_fn=start_at_5)
+    assert asked_3.json["priority"]["nice"] == 5, asked_3
