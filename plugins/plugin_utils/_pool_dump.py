@@ -71,16 +71,17 @@ def pool_dump(ctx, clock=repo.utcnow) -> dict:
                 if not is_planned(result):
                     digest = result.get("digest") or "sha256:%s" % result["sha256"]
                     files[os.path.basename(target)] = {"size": int(result["size"]), "digest": str(digest)}
+            manifest = {"planned": True}  # check mode: no dump was fetched, the runner only plans the write
+            if not ctx.check_mode:
+                manifest = repo.seal_manifest(repo.build_manifest(
+                    repo.MANIFEST_KIND_POOL_DB, tool_version=TOOL_VERSION, pool={"uuid": pool["uuid"], "name": pool["name"]},
+                    xapi_version=pool.get("xapi_version"), run_id=run_id, files=files, stored_file=repo.POOL_DB_NAME,
+                    started=now, ended=clock(), vm=None, ident=created["id"], sequence=created["sequence"],
+                    repository_id=created.get("repository_id"),
+                ), p.get("repository_key"))
+            ctx.storage.write_json(p["repository"], os.path.join(directory, repo.MANIFEST_NAME), manifest, exclusive=True)
             if ctx.check_mode:
                 return out
-            manifest = repo.build_manifest(
-                repo.MANIFEST_KIND_POOL_DB, tool_version=TOOL_VERSION, pool={"uuid": pool["uuid"], "name": pool["name"]},
-                xapi_version=pool.get("xapi_version"), run_id=run_id, files=files, stored_file=repo.POOL_DB_NAME,
-                started=now, ended=clock(), vm=None, ident=created["id"], sequence=created["sequence"],
-                repository_id=created.get("repository_id"),
-            )
-            manifest = repo.seal_manifest(manifest, p.get("repository_key"))
-            ctx.storage.write_json(p["repository"], os.path.join(directory, repo.MANIFEST_NAME), manifest, exclusive=True)
         except Exception:
             if ctx.check_mode:
                 raise  # nothing was created: a directory there is not ours to remove

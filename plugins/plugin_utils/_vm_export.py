@@ -196,7 +196,9 @@ class VmExport:
             if not is_planned(result):  # check mode: no export ran, there is nothing to record
                 manifest = self._manifest(pool, summary, snap_rec, run_id, result, started, self.clock(),
                                           paths["id"], paths["sequence"], paths["repository_id"])
-                self.ctx.storage.write_json(self.p["repository"], paths["manifest"], manifest, exclusive=True)
+            # the same step in check mode, where the runner only plans it
+            self.ctx.storage.write_json(self.p["repository"], paths["manifest"], manifest or {"planned": True},
+                                        exclusive=True)
         except BaseException as exc:
             failure = exc
             if paths is not None:

@@ -74,7 +74,7 @@ class OrderedStorage(FakeStorage):
         self.writes = []
 
     def write_json(self, repo, path, document, exclusive=False):  # pylint: disable=redefined-outer-name
-        if os.path.basename(path) == MANIFEST:
+        if os.path.basename(path) == MANIFEST and not document.get("planned"):
             stored = os.path.join(os.path.dirname(path), document["stored_file"])
             info = document["files"][document["stored_file"]]
             assert exclusive is True
