@@ -115,10 +115,13 @@ sanity: venv layout
 	cd $(SANITY_DIR)/ansible_collections/xapi/backup && git init -q && git add -A && \
 	  $(VENV)/bin/ansible-test sanity --venv --python 3.11 --color no
 
+# Two workers (the machine kind has 2 cores; most tests wait on simulators, helpers and playbooks);
+# --dist loadfile keeps each file's tests, and their module-scoped pools, on one worker in order.
+PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 .PHONY: pytest
 pytest: setup
-	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests
+	$(PY) -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS) tests
 
 .PHONY: molecule
 molecule: setup
