@@ -509,4 +509,3 @@ def host_get_servertime(call, host):
 def host_get_server_localtime(call, host):
     call.ref("host", host)
     return DateTimeText(time.strftime("%Y%m%dT%H:%M:%S", time.localtime()))
-

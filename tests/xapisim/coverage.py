@@ -18,7 +18,8 @@ absent messages of a class; ``--update-readme`` rewrites the table in README.md.
 import os
 import sys
 
-from tests.xapisim import api, dr, events, ops, vmconfig  # noqa: F401  (register their calls)
+# imported for their side effect: they register their calls
+from tests.xapisim import api, dr, events, ops, vmconfig  # noqa: F401 pylint: disable=unused-import
 from tests.xapisim.schema import CLASSES, DATAMODEL
 
 README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")

@@ -98,8 +98,7 @@ def check_operation(ref, vm, op, task_ref=None):
         return XapiError("ONLY_REVERT_SNAPSHOT")
     if op == "snapshot_with_quiesce":
         return XapiError("MESSAGE_REMOVED")  # VSS support removed in Citrix Hypervisor 8.1
-    if vm["is_control_domain"] and int(vm["domid"]) == 0 and op in ("changing_VCPUs",
-                                                                     "destroy"):
+    if vm["is_control_domain"] and int(vm["domid"]) == 0 and op in ("changing_VCPUs", "destroy"):
         return XapiError("OPERATION_NOT_ALLOWED", "This operation is not allowed on dom0")
     if vm["is_control_domain"] and op not in _CONTROL_DOMAIN_OPS:
         return XapiError("OPERATION_NOT_ALLOWED",

@@ -235,4 +235,3 @@ def import_metadata_handler(ctx):
         return
     from tests.xapisim import ocaml_xmlrpc
     task.complete(ocaml_xmlrpc.fragment_of_refs(vm_refs))
-

@@ -19,7 +19,7 @@ descending; OPERATION_PARTIALLY_FAILED).
 
 import hashlib
 import re
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 
 from tests.xapisim.api import DESTROY_HOOKS, api_method, check_value, constructor_fields
 from tests.xapisim.db import new_ref, now_datetime
@@ -385,8 +385,7 @@ def create_vbd(call, fields):
             raise XapiError("DEVICE_ALREADY_EXISTS", userdevice)
         suspended = vm["power_state"] == "Suspended"
         other_config = dict(fields["other_config"])
-        if db.exists("VDI", vdi_ref) and "backend-kind" in db.get_field("VDI", vdi_ref,
-                                                                         "sm_config"):
+        if db.exists("VDI", vdi_ref) and "backend-kind" in db.get_field("VDI", vdi_ref, "sm_config"):
             other_config["backend-kind"] = db.get_field("VDI", vdi_ref, "sm_config")[
                 "backend-kind"]
         values = dict(fields, userdevice=userdevice, other_config=other_config,
@@ -554,7 +553,6 @@ def _sub_call(call):
     """Each VM operation of an appliance runs under its own task, as xapi's Async calls do."""
     from tests.xapisim.api import Call
     return Call(call.host, call.method, call.session)
-
 
 
 # ------------------------------------------------------------------------------ blob

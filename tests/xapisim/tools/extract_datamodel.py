@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Extract the classes a pool backup/restore/DR touches from xapi's OCaml datamodel.
 
 Usage (not run by the tests; its output ``tests/xapisim/datamodel.json`` is committed):
