@@ -1147,7 +1147,6 @@ HANDLERS = {
     ("GET", "/pool/xmldbdump"): xmldbdump_handler,
     ("GET", "/export_raw_vdi"): export_raw_vdi_handler,
     ("PUT", "/import_raw_vdi"): lambda ctx: _raw_vdi().import_raw_vdi_handler(ctx),
-    ("PUT", "/import_metadata"): lambda ctx: _raw_vdi().import_metadata_handler(ctx),
 }
 
 

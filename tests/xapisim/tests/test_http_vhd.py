@@ -425,5 +425,6 @@ def test_import_metadata_without_a_map_for_a_missing_disk_fails_and_creates_noth
     request(pool.url, "PUT", "/import_metadata", {"session_id": sid, "task_id": task}, body=body,
             headers={"Content-Length": str(len(body))})
     assert x.task.get_status(task) == "failure"
-    assert x.task.get_error_info(task)[0] == "IMPORT_ERROR"
+    # import.ml (Metadata_import, no disk found by map or by SR and location): VDI_LOCATION_MISSING [sr; location]
+    assert x.task.get_error_info(task)[0] == "VDI_LOCATION_MISSING"
     assert set(pool.db.refs("VM")) == vms_before
