@@ -71,12 +71,16 @@ def plain_words(code: str, params=()) -> str | None:
 class DrRefused(XapiError):
     """A xapi refusal of a DR step, told in plain words (code and params kept for ``error``)."""
 
-    def __str__(self):
+    PREFIX = ""  # the sentence says it was xapi
+
+    def __init__(self, code, params=(), method=None, partial=None):
+        super().__init__(code, params, method, partial)
         sentence = plain_words(self.code, self.params) or "xapi refused the request"
         text = "%s [%s%s]" % (sentence, self.code, " " + " ".join(self.params) if self.params else "")
         if self.method:
             text = "%s refused: %s" % (self.method, text)
-        return one_line(text)
+        self.message = one_line(text)  # what the task's msg and error.message say (_errors.failure_result)
+        self.args = (self.message,)
 
 
 def refusal_from_helper(result: dict | None, method: str) -> DrRefused | None:
