@@ -35,12 +35,22 @@ options:
   password:
     description:
       - The password of O(username). Never logged and never returned.
+      - Required unless O(password_file) is set; when both are set, this one is used.
       - If not set, the value of the E(XAPI_PASSWORD) or the E(XENSERVER_PASSWORD) environment variable is used.
     type: str
-    required: true
     aliases:
       - pass
       - pwd
+  password_file:
+    description:
+      - A file on the controller that holds the password of O(username) (one line; a final newline is ignored),
+        read when O(password) is not set.
+      - 'For AWX: a credential type''s C(file) injector writes the password to a file of the job and injects its
+        path as E(XAPI_PASSWORD_FILE), so the password is in no environment variable of the job (ansible-runner
+        writes the job''s environment into its artifacts). See C(docs/awx.md).'
+      - A symbolic link, a file that is not a regular file, an empty file or one larger than 4096 bytes is refused.
+      - If not set, the value of the E(XAPI_PASSWORD_FILE) environment variable is used.
+    type: path
   validate_certs:
     description:
       - Verify the TLS certificate of the host against O(ca_path) or the system CA store.

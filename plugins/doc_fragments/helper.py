@@ -98,10 +98,10 @@ options:
       - Accepted for C(module_defaults) of the action group; not used (this module does not talk to xapi).
       - If not set, the value of the E(XAPI_PASSWORD) or the E(XENSERVER_PASSWORD) environment variable is used.
     type: str
-    required: false
     aliases:
       - pass
       - pwd
+    required: false
 notes:
   - The connection options (O(hostname), O(password), ...) are accepted so that C(module_defaults) for the C(group/xapi.backup.xapi)
     action group apply; this module does not talk to xapi and ignores them, as it ignores O(transfer), O(helper_xapi_url),

@@ -35,7 +35,7 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback
 from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_TIMEOUT
 from ansible_collections.xapi.backup.plugins.module_utils._errors import InvalidArguments, MissingLibraryError, failure_result
 from ansible_collections.xapi.backup.plugins.module_utils._option_specs import CONNECTION, HELPER, argument_spec, env_vars
-from ansible_collections.xapi.backup.plugins.module_utils._options import check_option_ranges
+from ansible_collections.xapi.backup.plugins.module_utils._options import check_option_ranges, read_password_file
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import HAS_XENAPI, CallRecorder, XapiConnection
 
 #: Option names of the connection (also the keys action plugins must not forward to the helper).
@@ -77,12 +77,22 @@ def documentation_stub_main(name, argument_spec, validation):
     module.fail_json(msg="xapi.backup.%s runs as an action plugin; this file only documents it" % name)
 
 
+def resolve_password(params):
+    """The XAPI password of the task: O(password) (or its environment variables), else the content of
+    O(password_file) (or E(XAPI_PASSWORD_FILE)); neither is the argument spec's usual one-line error."""
+    if params.get("password"):
+        return params["password"]
+    if params.get("password_file"):
+        return read_password_file(params["password_file"])
+    raise InvalidArguments("missing required arguments: password (or password_file, or XAPI_PASSWORD_FILE in the environment)")
+
+
 def connection_from_params(params):
     """``XapiConnection`` from module or action-plugin parameters (keys of ``xapi_argument_spec``)."""
     return XapiConnection(
         hostname=params["hostname"],
         username=params.get("username") or "root",
-        password=params.get("password"),
+        password=resolve_password(params),
         validate_certs=params.get("validate_certs", True),
         ca_path=params.get("ca_path"),
         timeout=params.get("timeout") or DEFAULT_TIMEOUT,
@@ -132,7 +142,9 @@ class AnsibleXapiModule:
             check_option_ranges(self.params)  # before any side effect, like the action plugins
             if not HAS_XENAPI:
                 raise MissingLibraryError("the XenAPI Python package is required on the controller")
-            connection = connection_from_params(self.params)
+            password = resolve_password(self.params)
+            self.module.no_log_values.add(password)  # read from password_file: the spec's no_log never saw it
+            connection = connection_from_params(dict(self.params, password=password))
             with connection.session(check_mode=self.check_mode, recorder=recorder) as xapi:
                 result = runner(self.module, xapi)
         except Exception as exc:  # pylint: disable=broad-except  # _errors.failure_result: the one conversion

@@ -37,6 +37,8 @@ DEFAULT_TIMEOUT = 60
 #: Most compression threads a task may ask for: each zstd worker holds its own buffers, and 1024
 #: threads measured 2.5 GiB RSS on dom0 (issue 11); no dom0 has more cores than this is useful for.
 MAX_THREADS = 32
+#: Largest password file read (password_file, XAPI_PASSWORD_FILE): a password, not a document.
+MAX_PASSWORD_FILE_BYTES = 4096
 
 _COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _GALAXY_VERSION_RE = re.compile(r"""^version:\s*["']?([0-9A-Za-z.+-]+)["']?\s*$""", re.MULTILINE)

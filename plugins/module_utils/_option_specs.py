@@ -36,6 +36,7 @@ from ansible_collections.xapi.backup.plugins.module_utils._constants import (
     DEFAULT_HELPER_XAPI_URL,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TIMEOUT,
+    MAX_PASSWORD_FILE_BYTES,
     MAX_THREADS,
 )
 
@@ -55,9 +56,28 @@ CONNECTION = {
         "description": ["The XAPI user to log in as."],
     },
     "password": {
-        "spec": {"type": "str", "required": True, "no_log": True, "aliases": ["pass", "pwd"]},
+        # not "required" in the spec: O(password_file) may give it instead (_common.resolve_password
+        # fails with "missing required arguments: password" when neither is set)
+        "spec": {"type": "str", "no_log": True, "aliases": ["pass", "pwd"]},
         "env": ["XAPI_PASSWORD", "XENSERVER_PASSWORD"],
-        "description": ["The password of O(username). Never logged and never returned."],
+        "description": [
+            "The password of O(username). Never logged and never returned.",
+            "Required unless O(password_file) is set; when both are set, this one is used.",
+        ],
+    },
+    "password_file": {
+        # the path is not a secret (error messages name it); what it holds is treated like O(password)
+        "spec": {"type": "path", "no_log": False},
+        "env": ["XAPI_PASSWORD_FILE"],
+        "description": [
+            "A file on the controller that holds the password of O(username) (one line; a final newline is ignored), "
+            "read when O(password) is not set.",
+            "For AWX: a credential type's C(file) injector writes the password to a file of the job and injects its "
+            "path as E(XAPI_PASSWORD_FILE), so the password is in no environment variable of the job (ansible-runner "
+            "writes the job's environment into its artifacts). See C(docs/awx.md).",
+            "A symbolic link, a file that is not a regular file, an empty file or one larger than %d bytes is refused."
+            % MAX_PASSWORD_FILE_BYTES,
+        ],
     },
     "validate_certs": {
         "spec": {"type": "bool", "default": True},

@@ -8,7 +8,7 @@
 # without notice. Modules, action plugins and module_utils of this collection only.
 # ---------------------------------------------------------------------------------------------
 
-"""Ranges of the numeric options, checked before any side effect. No Ansible imports.
+"""Ranges of the numeric options, checked before any side effect; the password file. No Ansible imports.
 
 One table for every module and action plugin: an option has the same name and the same range
 wherever it appears (``poll_interval`` of vm_export and of vm_import...). ``check_option_ranges``
@@ -19,7 +19,10 @@ raises :class:`_errors.OptionError` naming the option.
 from __future__ import annotations
 
 import math
+import os
+import stat
 
+from ansible_collections.xapi.backup.plugins.module_utils._constants import MAX_PASSWORD_FILE_BYTES
 from ansible_collections.xapi.backup.plugins.module_utils._errors import OptionError
 from ansible_collections.xapi.backup.plugins.module_utils._option_specs import CONNECTION, EXPORT, HELPER, ranges
 
@@ -86,3 +89,36 @@ def check_option_ranges(params, ranges=None):
         if problem:
             raise OptionError("level", "%s for codec %s" % (problem, codec))
     return params
+
+
+def read_password_file(path, limit=MAX_PASSWORD_FILE_BYTES):
+    """The password held in the file ``path`` (option ``password_file``, E(XAPI_PASSWORD_FILE)).
+
+    Not followed through a symbolic link (``O_NOFOLLOW``), never blocks on a FIFO (``O_NONBLOCK``,
+    then only a regular file is read), at most ``limit`` bytes, UTF-8; one final line break (what
+    an editor or ``echo`` adds) is dropped. Anything else is an :class:`OptionError` naming the
+    path, never the content.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise OptionError("password_file", "cannot open %s: %s" % (path, exc.strerror or exc)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OptionError("password_file", "%s is not a regular file" % path)
+        data = os.read(fd, limit + 1)
+    except OSError as exc:
+        raise OptionError("password_file", "cannot read %s: %s" % (path, exc.strerror or exc)) from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OptionError("password_file", "%s is larger than %d bytes: not a password file" % (path, limit))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise OptionError("password_file", "%s is not UTF-8 text" % path) from None
+    password = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+    if not password:
+        raise OptionError("password_file", "%s holds no password" % path)
+    return password

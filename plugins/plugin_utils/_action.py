@@ -20,7 +20,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
-from ansible_collections.xapi.backup.plugins.module_utils._common import connection_from_params
+from ansible_collections.xapi.backup.plugins.module_utils._common import connection_from_params, resolve_password
 from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_HELPER_PATH, DEFAULT_HELPER_PYTHON
 from ansible_collections.xapi.backup.plugins.module_utils._errors import (
     InvalidArguments,
@@ -110,11 +110,14 @@ class XapiBackupAction(ActionBase):
     def _validated_params(self):
         """The task's arguments, checked against the argument spec and the option ranges: an
         :class:`_errors.OptionError` before anything is started (no helper, no XAPI session)."""
+        spec = self.ARGUMENT_SPEC()
         try:
-            _validation, params = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC(), **self.VALIDATION)
+            _validation, params = self.validate_argument_spec(argument_spec=spec, **self.VALIDATION)
         except AnsibleActionFail as exc:
             raise InvalidArguments(one_line((exc.result or {}).get("msg") or str(exc))) from None
         params = plain(params)
+        if spec["hostname"].get("required"):  # a verb that talks to xapi: its password (or password_file) now
+            params["password"] = resolve_password(params)
         if params.get("repository") and not params["repository"].startswith("/"):
             raise OptionError("repository", "must be an absolute path on the task's host, got %r" % params["repository"])
         check_option_ranges(params)

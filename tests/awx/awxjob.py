@@ -16,8 +16,9 @@ awx/main/models/credential.py ``CredentialType.inject_credential``, awx/main/tas
   a survey fills in defaults, enforces required/min/max/choices and drops answers to variables it
   does not ask for;
 - ansible-runner gets ``project/`` (a checkout of the project), ``inventory/``, ``env/extravars``
-  and the environment, with ``suppress_env_files`` (AWX_RUNNER_OMIT_ENV_FILES) so the environment,
-  which holds the password, is not copied into the artifacts;
+  and the environment, with ``suppress_env_files`` (AWX_RUNNER_OMIT_ENV_FILES); ansible-runner
+  still records the whole environment in ``artifacts/<id>/command``, which is why the documented
+  credential type injects the password as a file (``XAPI_PASSWORD_FILE``), never as a variable;
 - the job's result is its event stream; ``set_stats`` data is the ``artifact_data`` of the
   ``playbook_on_stats`` event, which AWX shows as the job's artifacts and hands to the next
   workflow node as extra variables.
@@ -32,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -113,7 +115,10 @@ def inject_credential(credential_type: dict, inputs: dict, private_data_dir: Pat
     filenames = {}
     for key, template in (injectors.get("file") or {}).items():
         name = key.split(".", 1)[1] if "." in key else None
-        path = private_data_dir / ("cred_file_%s" % (name or "template"))
+        # AWX: tempfile.mkstemp in <private data dir>/env, mode 0600 (outside the artifacts)
+        handle, name_of_file = tempfile.mkstemp(dir=str(private_data_dir / "env"))
+        os.close(handle)
+        path = Path(name_of_file)
         path.write_text(_render(template, namespace))
         os.chmod(path, 0o600)
         files[key] = path

@@ -15,7 +15,6 @@ the runner wrote.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import shutil
 import sys
@@ -60,7 +59,6 @@ def pool(tmp_path_factory, installed_collections):
             "xapi_backup_helper_dest": str(workdir / "opt" / "bin" / "xapi-backup-helper"),
         }
         inventory = {"all": {"children": {"xapi_pools": {"hosts": {"tiny": host}}}}}
-        POOL_SECRET[:] = [sim.info["password"]]
         credential = {"username": "root", "password": sim.info["password"],
                       "ca": Path(sim.info["ca_file"]).read_text()}
         yield {"sim": sim, "workdir": workdir, "repo": repo, "inventory": inventory, "credential": credential,
@@ -75,40 +73,30 @@ def launch(doc, pool, title, answers=None, **kw) -> awxjob.Job:
     kw.setdefault("name", None)
     job = awxjob.run_job(doc, title, workdir=pool["workdir"], inventory=pool["inventory"], answers=answers,
                          collections_path=pool["collections"], sim=pool["sim"], **kw)
-    assert_no_secret(job, pool["password"])
+    assert_no_secret(job, pool["password"], pool["repo"])
     return job
 
 
-def assert_no_secret(job: awxjob.Job, password: str):
-    """No XAPI password and no session id of the run in any event or any file the runner wrote."""
+def run_reports(repo: Path) -> list:
+    """The run reports (JSON, Markdown, HTML) and run records the jobs wrote into the repository."""
+    return [p for p in repo.rglob("*") if p.is_file() and "runs" in p.relative_to(repo).parts] if repo.exists() else []
+
+
+def assert_no_secret(job: awxjob.Job, password: str, repo: Path):
+    """No XAPI password and no session id of the run in any event, any file the runner wrote or any
+    run report."""
     secrets = [password] + sorted(job.sessions)
     events = json.dumps(job.events)
     leaks = [s for s in secrets if s in events or s in job.stdout]
     assert leaks == [], "secret in the job events"
     written = job.written_files()
-    assert any(p.parent.name == "job_events" for p in written)           # the scan saw the runner's output
-    for path in written:
-        if path.name == "command" and path.parent.parent.name == "artifacts":
-            assert_runner_command_file_is_private(path)
-            continue
+    # the scan saw the runner's output: its event files and artifacts/<id>/command (the job's environment)
+    assert any(p.parent.name == "job_events" for p in written)
+    assert any(p.name == "command" and p.parent.parent.name == "artifacts" for p in written)
+    for path in written + run_reports(repo):
         data = path.read_bytes()
         assert not [s for s in secrets if s.encode() in data], "secret in %s" % path
-    assert password not in (job.private_data_dir / "env" / "extravars").read_text()   # env only
-
-
-def assert_runner_command_file_is_private(path: Path):
-    """ansible-runner always records the job's environment in artifacts/<id>/command (mode 0600, in
-    the job's container; AWX never stores that file). AWX keeps the environment it shows with the
-    job (job_env) only after its build_safe_env masks every variable whose name matches
-    API|TOKEN|KEY|SECRET|PASS: the credential type must carry the password in such a variable."""
-    assert path.stat().st_mode & 0o077 == 0
-    env = json.loads(path.read_text())["env"]
-    masked = {k for k in env if re.search("API|TOKEN|KEY|SECRET|PASS", k)}
-    secret_vars = {k for k, v in env.items() if v and (POOL_SECRET[0] in v)}
-    assert secret_vars <= masked, secret_vars
-
-
-POOL_SECRET = []
+    assert password not in (job.private_data_dir / "env" / "extravars").read_text()   # a file injector only
 
 
 def vm_names(pool) -> list:
@@ -148,7 +136,10 @@ def test_the_doc_lists_every_job_template_of_the_project(doc):
         plays = yaml.safe_load((awxjob.PROJECT / playbook).read_text())
         assert plays == [{"name": plays[0]["name"], "ansible.builtin.import_playbook": "xapi.backup." + playbook[:-4]}]
     injectors = doc["credential_type"]["injectors"]
-    assert "XAPI_PASSWORD" in injectors["env"] and "password" not in json.dumps(injectors.get("extra_vars", {}))
+    # the password is a file of the job (its path in the environment), never a variable's value
+    assert injectors["env"]["XAPI_PASSWORD_FILE"] == "{{ tower.filename.password }}"
+    assert injectors["file"]["template.password"] == "{{ password }}"
+    assert "{{ password }}" not in json.dumps([injectors["env"], injectors.get("extra_vars", {})])
 
 
 def test_install_helper(doc, pool):
@@ -259,9 +250,18 @@ def edited_doc(tmp_path, old, new):
 
 
 def test_renaming_an_injector_in_the_doc_breaks_the_rehearsal(tmp_path, pool):
-    edited = edited_doc(tmp_path, "XAPI_PASSWORD: '{{ password }}'", "XAPI_SECRET: '{{ password }}'")
+    edited = edited_doc(tmp_path, "XAPI_PASSWORD_FILE: '{{", "XAPI_SECRET_FILE: '{{")
     with pytest.raises(AssertionError, match="missing required arguments: password"):
         rehearse_generate_for_one_vm(edited, pool, name="drift-injector")
+
+
+def test_the_old_password_injector_leaks_into_the_runner_artifacts(tmp_path, pool):
+    """The doc used to inject the password as XAPI_PASSWORD: the job worked, but ansible-runner wrote
+    it into artifacts/<id>/command (the job's environment, suppress_env_files or not). The scan of
+    every file the runner wrote catches it; the file injector of the doc does not leak."""
+    edited = edited_doc(tmp_path, "XAPI_PASSWORD_FILE: '{{ tower.filename.password }}'", "XAPI_PASSWORD: '{{ password }}'")
+    with pytest.raises(AssertionError, match=r"secret in .*/artifacts/[^/]+/command"):
+        rehearse_generate_for_one_vm(edited, pool, name="old-password-injector")
 
 
 def test_renaming_a_survey_variable_in_the_doc_breaks_the_rehearsal(tmp_path, doc, pool):
