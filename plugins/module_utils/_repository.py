@@ -112,11 +112,6 @@ def iso_time(when: datetime.datetime) -> str:
     return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def default_run_id(now: datetime.datetime) -> str:
-    """The default run id: the UTC date (one backup window per day)."""
-    return now.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d")
-
-
 def is_uuid(text: str) -> bool:
     return bool(_UUID_RE.match(text or ""))
 

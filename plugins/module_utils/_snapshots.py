@@ -92,6 +92,12 @@ def validate_run_id(run_id):
     return run_id
 
 
+def resolve_run_id(run_id, now):
+    """THE run-id rule (modules, action plugins and the roles' ``xapi.backup.run_id`` filter): the given
+    ``run_id`` when set, else :func:`default_run_id` of ``now``; validated by :func:`validate_run_id`."""
+    return validate_run_id(run_id or default_run_id(now))
+
+
 def snapshot_name(vm_name, run_id):
     """Cosmetic name of our snapshot (never used to find it)."""
     return "xapi-backup %s %s" % (vm_name, run_id)

@@ -219,13 +219,12 @@ from ansible_collections.xapi.backup.plugins.module_utils._snapshots import (
     cleanup_stale,
     create_reason,
     create_tagged_snapshot,
-    default_run_id,
     describe_snapshot,
     destroy_snapshot_with_vdis,
     find_our_snapshots,
+    resolve_run_id,
     snapshot_summary,
     utc_now,
-    validate_run_id,
 )
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiUsageError
 
@@ -269,7 +268,7 @@ def _absent(xapi, vm, run_id):
 def run(module, xapi):
     params = module.params
     now = utc_now()
-    run_id = validate_run_id(params["run_id"] or default_run_id(now))
+    run_id = resolve_run_id(params["run_id"], now)
     present = params["state"] == "present"
     vm_ref, vm = _source_vm(xapi, params["vm"], allow_gone=not present)
     before = [record["uuid"] for _ref, record in find_our_snapshots(xapi, vm_uuid=vm["uuid"])]

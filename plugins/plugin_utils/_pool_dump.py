@@ -18,7 +18,7 @@ import os
 
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils._selection import find_vm
-from ansible_collections.xapi.backup.plugins.module_utils._snapshots import validate_run_id
+from ansible_collections.xapi.backup.plugins.module_utils._snapshots import resolve_run_id
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import HANDLER_EXPORT_METADATA, HANDLER_POOL_XMLDBDUMP
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import is_planned
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts, redirect_host_args
@@ -40,7 +40,7 @@ def fetch_plan(directory: str, vms: list) -> list:
 def pool_dump(ctx, clock=repo.utcnow) -> dict:
     p = ctx.params
     now = clock()
-    run_id = validate_run_id(p.get("run_id") or repo.default_run_id(now))
+    run_id = resolve_run_id(p.get("run_id"), now)
     with ctx.xapi() as xapi:
         pool = pool_facts(xapi)
         vms = sorted(find_vm(xapi, name)[1]["uuid"] for name in (p.get("vms") or []))

@@ -20,7 +20,7 @@ into an ``AnsibleFilterError``.
 from __future__ import annotations
 
 from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
-from ansible_collections.xapi.backup.plugins.module_utils._snapshots import default_run_id, utc_now, validate_run_id
+from ansible_collections.xapi.backup.plugins.module_utils._snapshots import resolve_run_id, utc_now
 
 
 class RuleError(BackupError):
@@ -46,12 +46,10 @@ class NotFound(RuleError):
 
 def run_id(value=None, now=None):
     """The run id of a backup run: ``value`` when set, else the UTC date of ``now``; validated the way the
-    modules validate it (``_snapshots.validate_run_id``), so a bad one fails before anything starts."""
+    modules resolve it (``_snapshots.resolve_run_id``), so a bad one fails before anything starts."""
     text = "" if value is None else str(value).strip()
-    if not text:
-        return default_run_id(now or utc_now())
     try:
-        return validate_run_id(text)
+        return resolve_run_id(text, now or utc_now())
     except BackupError as exc:
         raise RuleError("bad input: xapi_backup_run_id is not a valid run id: %s" % exc.message) from None
 

@@ -24,10 +24,10 @@ import os
 from ansible_collections.xapi.backup.plugins.module_utils import _delta
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils import _snapshots
-from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.xapi.backup.plugins.module_utils._selection import describe_vm, find_vm
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
+from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import run_keeping_partial
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts
 
 BLOCKED_OPERATIONS = ("migrate_send", "pool_migrate")
@@ -49,16 +49,11 @@ class VmDeltaExport:
         self.warnings = []
 
     def run(self) -> dict:
-        self.partial = {"vm": self.p["vm"]}
-        try:
-            return self._run()
-        except BackupError as exc:
-            exc.add_partial(**dict(self.partial, **({"warnings": list(self.warnings)} if self.warnings else {})))
-            raise
+        return run_keeping_partial(self, self._run)
 
     def _run(self) -> dict:
         p = self.p
-        run_id = self.snapshots.validate_run_id(p.get("run_id") or repo.default_run_id(self.clock()))
+        run_id = _snapshots.resolve_run_id(p.get("run_id"), self.clock())
         with self.ctx.xapi() as xapi:
             vm_ref, vm_rec = find_vm(xapi, p["vm"])
             pool = pool_facts(xapi)

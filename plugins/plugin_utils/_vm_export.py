@@ -76,6 +76,17 @@ def exported_snapshot(ref, result) -> bool:
     return bool(ref) and isinstance(result, dict) and result.get("vm_ref") == ref
 
 
+def run_keeping_partial(verb, run) -> dict:
+    """``run()``, whose failure carries what ``verb`` knew by then: its ``partial`` (VM, then run id,
+    pool, ...) and its ``warnings``. The one wrapper of the full (XVA) and the delta export."""
+    verb.partial = {"vm": verb.p["vm"]}
+    try:
+        return run()
+    except BackupError as exc:
+        exc.add_partial(**dict(verb.partial, **({"warnings": list(verb.warnings)} if verb.warnings else {})))
+        raise
+
+
 class VmExport:
     """One vm_export task.  ``ctx`` is a ``_action.ActionContext``."""
 
@@ -100,17 +111,12 @@ class VmExport:
         return self._run_xva()
 
     def _run_xva(self) -> dict:
-        self.partial = {"vm": self.p["vm"]}
-        try:
-            return self._run()
-        except BackupError as exc:
-            exc.add_partial(**dict(self.partial, **({"warnings": list(self.warnings)} if self.warnings else {})))
-            raise
+        return run_keeping_partial(self, self._run)
 
     def _run(self) -> dict:
         p = self.p
         now = self.clock()
-        run_id = self.snapshots.validate_run_id(p.get("run_id") or repo.default_run_id(now))
+        run_id = _snapshots.resolve_run_id(p.get("run_id"), now)
         with self.ctx.xapi() as xapi:
             vm_ref, vm_rec = find_vm(xapi, p["vm"])
             pool = pool_facts(xapi)

@@ -72,11 +72,6 @@ def test_timestamp_round_trip():
     assert repo_mod.parse_timestamp("latest") is None
 
 
-def test_default_run_id_is_utc_date():
-    local = datetime.timezone(datetime.timedelta(hours=5))
-    assert repo_mod.default_run_id(datetime.datetime(2026, 11, 22, 2, 0, tzinfo=local)) == "2026-11-21"
-
-
 @pytest.mark.parametrize("text", ["", "x/y/z", "%s/%s" % (POOL, VM_A), "%s/%s/notatime" % (POOL, VM_A), "../%s/20261121T235901Z" % VM_A])
 def test_parse_backup_id_rejects(text):
     with pytest.raises(RepositoryError):

@@ -111,6 +111,21 @@ def test_time_and_default_run_id():
     assert snaps.default_run_id(NOW.astimezone(cet)) == "2026-11-21"
 
 
+def test_one_run_id_rule_for_every_caller():
+    """The run id is resolved in one place (modules, action plugins, the roles' filter): the given one,
+    else the UTC date of now (a naive datetime counts as UTC, whatever the controller's time zone)."""
+    local = datetime.timezone(datetime.timedelta(hours=5))
+    assert snaps.resolve_run_id("", datetime.datetime(2026, 11, 22, 2, 0, tzinfo=local)) == "2026-11-21"
+    assert snaps.resolve_run_id(None, datetime.datetime(2026, 11, 21, 23, 59)) == "2026-11-21"
+    assert snaps.resolve_run_id("weekly-47", NOW) == "weekly-47"
+    with pytest.raises(XapiUsageError):
+        snaps.resolve_run_id("../x", NOW)
+    from ansible_collections.xapi.backup.plugins.module_utils import _repository
+    from ansible_collections.xapi.backup.plugins.plugin_utils import _rules
+    assert not hasattr(_repository, "default_run_id")                 # no second copy of the rule
+    assert _rules.run_id("", datetime.datetime(2026, 11, 22, 2, 0, tzinfo=local)) == "2026-11-21"
+
+
 # ------------------------------------------------------------------ against the fake pool
 
 
