@@ -18,17 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.awx.conftest import VENV_BIN
+from tests.tools.outofband import tree
 
 pytestmark = pytest.mark.slow
-
-
-def tree(root: Path) -> dict:
-    """{relative path: (size, mtime_ns)} of every entry under root (links not followed)."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        st = path.lstat()
-        out[str(path.relative_to(root))] = (st.st_size if path.is_file() else 0, st.st_mtime_ns)
-    return out
 
 
 #: Fields the pool changes by itself: a running guest's agent publishes its guest_metrics when it has booted.

@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+from tests.tools.outofband import tree
+
 from .conftest import HELPER, INTERPRETERS, run_helper
 
 POOL = "aaaaaaaa-0000-0000-0000-000000000001"
@@ -33,22 +35,6 @@ def make_backup(python, root, owner=VM, stamp="20261121T235901Z", payload=b"stor
                                     "--json", "--exclusive"], stdin=json.dumps(manifest).encode())
         assert wrote.ok, wrote.json
     return made.json
-
-
-def snapshot_tree(root):
-    """Out-of-band view of everything below ``root``: {path: (kind, content or link target)}."""
-    out = {}
-    for base, dirs, files in os.walk(str(root)):
-        for name in dirs + files:
-            full = os.path.join(base, name)
-            rel = os.path.relpath(full, str(root))
-            if os.path.islink(full):
-                out[rel] = ("link", os.readlink(full))
-            elif os.path.isdir(full):
-                out[rel] = ("dir", stat.S_IMODE(os.stat(full).st_mode))
-            else:
-                out[rel] = ("file", open(full, "rb").read())
-    return out
 
 
 @pytest.fixture
@@ -202,7 +188,7 @@ def test_repo_write_never_writes_through_a_planted_link(dom0_python, tmp_path, p
     root = tmp_path / "repo"
     runs = root / POOL / "runs"
     runs.mkdir(parents=True)
-    before = snapshot_tree(victim_dir)
+    before = tree(victim_dir)
     if planted == "dir_link":
         (runs / "2026-11-21").symlink_to(victim_dir)
         path = POOL + "/runs/2026-11-21/shadow"
@@ -215,7 +201,7 @@ def test_repo_write_never_writes_through_a_planted_link(dom0_python, tmp_path, p
         (runs / "2026-11-21" / ".report.json.partial").symlink_to(victim_dir / "shadow")
         path = POOL + "/runs/2026-11-21/report.json"
     result = run_helper(dom0_python, ["repo-write", "--repo", str(root), "--path", path], stdin=b"report")
-    assert snapshot_tree(victim_dir) == before
+    assert tree(victim_dir) == before
     if planted == "dir_link":
         assert result.code == "NOT_FOLLOWED"
     else:

@@ -147,19 +147,11 @@ def test_missing_first_chunk(helper_module):
     assert error_code(helper_module, tar_bytes(entries)) == "CHUNK_ORDER"
 
 
-def test_missing_last_chunk(helper_module):
+@pytest.mark.parametrize("last_chunk", ["Ref:9/00000002", "Ref:12/00000002"], ids=["last disk", "first disk"])
+def test_missing_last_chunk_of_a_disk(helper_module, last_chunk):
     entries = sample_xva()[0]
-    names = [e.name for e in entries]
-    last = names.index("Ref:9/00000002")
-    del entries[last:last + 2]
-    assert error_code(helper_module, tar_bytes(entries)) == "DISK_LENGTH"
-
-
-def test_missing_last_chunk_of_first_disk(helper_module):
-    entries = sample_xva()[0]
-    names = [e.name for e in entries]
-    last = names.index("Ref:12/00000002")
-    del entries[last:last + 2]
+    last = [e.name for e in entries].index(last_chunk)
+    del entries[last:last + 2]  # the chunk and its .xxhash
     assert error_code(helper_module, tar_bytes(entries)) == "DISK_LENGTH"
 
 

@@ -22,6 +22,7 @@ import uuid as uuidlib
 from tests.xapisim.api import api_method, constructor_fields
 from tests.xapisim.db import now_datetime
 from tests.xapisim.errors import XapiError
+from tests.xapisim.ops import destroy_detached
 from tests.xapisim.schema import NULL_REF
 
 # Simulator options (pool YAML ``options:``, ``--option``): seconds from VM start to the guest
@@ -119,11 +120,7 @@ def pbd_create(call, record):
 
 @api_method("PBD.destroy", 2, async_ok=True)
 def pbd_destroy(call, pbd):
-    pbd_ref = call.ref("PBD", pbd)
-    if call.db.get_field("PBD", pbd_ref, "currently_attached"):
-        raise XapiError("OPERATION_NOT_ALLOWED", "PBD is currently attached")
-    call.db.delete("PBD", pbd_ref)
-    return ""
+    return destroy_detached(call, "PBD", pbd)
 
 
 @api_method("PBD.plug", 2, async_ok=True)

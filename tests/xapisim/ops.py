@@ -714,13 +714,18 @@ def vm_get_allowed_vif_devices(call, vm):
 
 
 # ------------------------------------------------------------------------------ VBD, VIF
+def destroy_detached(call, cls, obj):
+    """``<cls>.destroy`` of a VBD or PBD: refused while it is attached (xapi: OPERATION_NOT_ALLOWED)."""
+    ref = call.ref(cls, obj)
+    if call.db.get_field(cls, ref, "currently_attached"):
+        raise XapiError("OPERATION_NOT_ALLOWED", "%s is currently attached" % cls)
+    call.db.delete(cls, ref)
+    return ""
+
+
 @api_method("VBD.destroy", 2, async_ok=True)
 def vbd_destroy(call, vbd):
-    vbd_ref = call.ref("VBD", vbd)
-    if call.db.get_field("VBD", vbd_ref, "currently_attached"):
-        raise XapiError("OPERATION_NOT_ALLOWED", "VBD is currently attached")
-    call.db.delete("VBD", vbd_ref)
-    return ""
+    return destroy_detached(call, "VBD", vbd)
 
 
 @api_method("VIF.destroy", 2, async_ok=True)

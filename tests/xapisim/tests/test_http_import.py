@@ -12,31 +12,7 @@ import zstandard
 
 from tests.xapisim import ocaml_xmlrpc
 from tests.xapisim.tests import xva_decoder
-from tests.xapisim.tests.test_http_helpers import MiniPool, raw_request, request
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    mini = MiniPool(tmp_path_factory.mktemp("import-pool"))
-    yield mini
-    mini.stop()
-
-
-@pytest.fixture
-def session(pool):
-    s = pool.session()
-    yield s
-    s.xenapi.session.logout()
-
-
-@pytest.fixture
-def x(session):
-    return session.xenapi
-
-
-@pytest.fixture
-def sid(session):
-    return session._session
+from tests.xapisim.tests.test_http_helpers import raw_request, request
 
 
 def export(pool, sid, vm, **query):

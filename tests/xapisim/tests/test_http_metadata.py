@@ -2,24 +2,8 @@
 
 import xml.etree.ElementTree as ET
 
-import pytest
-
 from tests.xapisim.tests import xva_decoder
-from tests.xapisim.tests.test_http_helpers import MiniPool, basic_auth, raw_request, request
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    mini = MiniPool(tmp_path_factory.mktemp("metadata-pool"))
-    yield mini
-    mini.stop()
-
-
-@pytest.fixture
-def session(pool):
-    s = pool.session()
-    yield s
-    s.xenapi.session.logout()
+from tests.xapisim.tests.test_http_helpers import basic_auth, raw_request, request
 
 
 def metadata(pool, sid, **query):

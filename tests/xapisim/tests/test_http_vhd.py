@@ -14,36 +14,12 @@ import subprocess
 import pytest
 
 from tests.xapisim import vhd
-from tests.xapisim.tests.test_http_helpers import (MIB, MiniPool, clear_faults, pattern,
+from tests.xapisim.tests.test_http_helpers import (MIB, clear_faults, pattern,
                                                    post_fault, request)
 
 BLOCK = vhd.BLOCK_SIZE
 QEMU_IMG = shutil.which("qemu-img")
 needs_qemu = pytest.mark.skipif(QEMU_IMG is None, reason="qemu-img (qemu-utils) not installed")
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    mini = MiniPool(tmp_path_factory.mktemp("vhd-pool"))
-    yield mini
-    mini.stop()
-
-
-@pytest.fixture
-def session(pool):
-    session = pool.session()
-    yield session
-    session.xenapi.session.logout()
-
-
-@pytest.fixture
-def x(session):
-    return session.xenapi
-
-
-@pytest.fixture
-def sid(session):
-    return session._session
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -17,6 +17,7 @@ except ImportError:  # plain pytest: this directory is on sys.path, not a packag
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage
 from ansible_collections.xapi.backup.plugins.plugin_utils import _catalogue, _pool_dump
+from tests.tools.outofband import tree
 
 NOW = repo.utcnow()
 
@@ -43,23 +44,6 @@ def write_backup(root, days_ago, complete=True, key=None):
 
 def backup_dirs(root, vm=VM):
     return sorted(n for n in os.listdir(os.path.join(str(root), POOL, vm)) if not n.startswith("."))
-
-
-def tree(root):
-    """{relative path: (kind, bytes or link target)} of everything below ``root`` (out-of-band view)."""
-    out = {}
-    for base, dirs, files in os.walk(str(root)):
-        for name in dirs + files:
-            full = os.path.join(base, name)
-            rel = os.path.relpath(full, str(root))
-            if os.path.islink(full):
-                out[rel] = ("link", os.readlink(full))
-            elif os.path.isdir(full):
-                out[rel] = ("dir", None)
-            else:
-                with open(full, "rb") as handle:
-                    out[rel] = ("file", handle.read())
-    return out
 
 
 def ctx_for(root, check_mode=False, runner=None, **extra):
