@@ -76,8 +76,8 @@ def test_password_wins_over_the_file_and_neither_is_the_usual_error(tmp_path):
         _common.resolve_password({"password": "", "password_file": None})
 
 
-def test_a_module_logs_in_with_the_file_of_the_environment_and_never_shows_it(run_module, fake_pool, tmp_path,
-                                                                            monkeypatch):
+def test_a_module_logs_in_with_the_file_of_the_environment_and_never_shows_it(
+        run_module, fake_pool, tmp_path, monkeypatch):
     fake_pool.add_vm("web")
     monkeypatch.delenv("XAPI_PASSWORD", raising=False)
     monkeypatch.delenv("XENSERVER_PASSWORD", raising=False)
