@@ -322,14 +322,16 @@ class VmExport:
         deadline = self.p.get("job_deadline")
         window = None if deadline is None else max(1.0, float(deadline) - self.wallclock())
         by_window = window is not None and (timeout is None or window < timeout)
+        if not by_window:
+            return self.ctx.runner.run_long("export", args, status_file, label, session=session, poll_interval=poll,
+                                            timeout=timeout)
         started = self.ctx.runner.start_detached("export", args, status_file, session=session)
         if started["done"]:
             return started["result"]
         try:
-            return self.ctx.runner.wait(started["status_file"], label, poll_interval=poll,
-                                        timeout=window if by_window else timeout)
+            return self.ctx.runner.wait(started["status_file"], label, poll_interval=poll, timeout=window)
         except HelperError as exc:
-            if not (by_window and exc.code == "HELPER_TIMEOUT"):
+            if exc.code != "HELPER_TIMEOUT":
                 raise
             cancel = self.ctx.runner.run("cancel", ["--status-file", status_file, "--wait", str(CANCEL_WAIT)], check=False)
             final = cancel.get("result") if isinstance(cancel.get("result"), dict) else exc.result
