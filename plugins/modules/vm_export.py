@@ -106,7 +106,7 @@ options:
     description:
       - End of the backup window, UTC seconds since the epoch (the pool_backup role sets it from
         C(xapi_backup_job_timeout) when it plans the run).
-      - Past it no export starts (C(error.code=WINDOW_CLOSED), "not started - window closed", nothing changed); an
+      - Past it no export starts (C(error.code=WINDOW_CLOSED), "not started — window closed", nothing changed); an
         export still running when it passes is cancelled through the helper's status file (xapi task cancelled,
         partial file removed) and its directory and snapshot are removed; the task fails.
     type: float

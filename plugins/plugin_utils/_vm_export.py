@@ -70,14 +70,14 @@ def retry_reason(exc) -> str | None:
 def window_problem(deadline, now) -> str | None:
     """Why no new export may start (None: the backup window is still open)."""
     if deadline is not None and now >= float(deadline):
-        return "not started - window closed (xapi_backup_job_timeout reached %d s ago)" % int(now - float(deadline))
+        return "not started — window closed (xapi_backup_job_timeout reached %d s ago)" % int(now - float(deadline))
     return None
 
 
 def lock_problem(owner_token, expected) -> str | None:
     """Why the run no longer holds its pool's run lock (None: it still does)."""
     if expected and owner_token != expected:
-        return ("not started - run cancelled: the pool's run lock is %s (released by xapi.backup.cancel or taken over)"
+        return ("not started — run cancelled: the pool's run lock is %s (released by xapi.backup.cancel or taken over)"
                 % ("held by another run" if owner_token else "gone"))
     return None
 

@@ -143,7 +143,7 @@ def test_a_closed_window_starts_nothing(run_task, xapi, work):
     before = repo_files(work)
     result = run_task("vm_export", {"vm": "tiny-running", "run_id": "late", "job_deadline": time.time() - 5})
     assert result["failed"] and result["error"]["code"] == "WINDOW_CLOSED"
-    assert "not started - window closed" in result["msg"]
+    assert "not started — window closed" in result["msg"]
     assert not any(c["side_effect"] for c in result["helper_calls"])
     assert not any(c.get("method", "").endswith("VM.snapshot") for c in result["xapi_calls"])
     assert repo_files(work) == before and our_snapshots(xapi) == []

@@ -397,6 +397,6 @@ def test_permanent_errors_are_never_retried(exc):
 def test_window_and_lock_rules():
     assert window_problem(None, 10 ** 10) is None
     assert window_problem(100.0, 99.9) is None
-    assert window_problem(100.0, 100.0).startswith("not started - window closed")
+    assert window_problem(100.0, 100.0).startswith("not started — window closed")
     assert lock_problem("t1", "t1") is None and lock_problem(None, None) is None
     assert "run cancelled" in lock_problem(None, "t1") and "another run" in lock_problem("t2", "t1")

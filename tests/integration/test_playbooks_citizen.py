@@ -1,0 +1,132 @@
+# Copyright (c) 2026, xapi.backup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Issue 14 through playbooks/backup.yml and playbooks/cancel.yml against the tiny simulated pool:
+the role's dom0 manners reach the helper, the backup window cancels and cleans up and names the VMs it
+did not start, hostile values are refused before anything runs, and a cancel from Ansible leaves nothing
+behind. Out-of-band checks: xapi's pending tasks, our snapshots by other_config tags, the repository's files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_playbooks import HELPER, ansible_env, read_report, run_playbook, xapi_session
+
+pytestmark = pytest.mark.slow
+
+OWNER_KEY = "xapi_backup:owner"
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    from tests.xapisim.fixture import start_simulator
+
+    workdir = tmp_path_factory.mktemp("citizen-playbooks")
+    sim = start_simulator("tiny", str(workdir / "sim-state"))
+    try:
+        url = sim.info["url"]
+        repo = workdir / "repository"
+        host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                "xapi_backup_hostname": url, "xapi_backup_repository": str(repo),
+                "xapi_backup_helper_xapi_url": url, "xapi_backup_helper_path": str(HELPER),
+                "xapi_backup_retry_delay": 1, "xapi_backup_pool_dump": False}
+        inventory = workdir / "inventory.json"
+        inventory.write_text(json.dumps({"all": {"children": {"xapi_pools": {"hosts": {"tiny": host}}}}}))
+        env = ansible_env({"XAPI_USERNAME": "root", "XAPI_PASSWORD": sim.info["password"]}, workdir)
+        session = xapi_session(url, sim.info["password"])
+        yield {"sim": sim, "url": url, "repo": repo, "inventory": inventory, "env": env, "workdir": workdir,
+               "session": session, "pool_uuid": sim.info["pool_uuid"]}
+    finally:
+        sim.faults.clear()
+        sim.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_faults(pool):
+    pool["sim"].faults.clear()
+    yield
+    pool["sim"].faults.clear()
+
+
+def our_snapshots(session):
+    return [r["uuid"] for r in session.xenapi.VM.get_all_records().values()
+            if r["is_a_snapshot"] and OWNER_KEY in (r.get("other_config") or {})]
+
+
+def pending_tasks(session):
+    return [r["name_label"] for r in session.xenapi.task.get_all_records().values() if r["status"] == "pending"]
+
+
+def files(repo: Path) -> list:
+    return sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) if repo.exists() else []
+
+
+def manifests_of_run(repo: Path, run_id: str) -> list:
+    out = []
+    for path in repo.rglob("manifest.json"):
+        doc = json.loads(path.read_text())
+        if doc.get("run_id") == run_id:
+            out.append(doc)
+    return out
+
+
+class HelperWatcher:
+    """Polls /proc for the detached export helpers writing into ``repo``: their argv and their real niceness."""
+
+    def __init__(self, repo: Path):
+        self.repo = str(repo)
+        self.seen = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        while not self._stop.is_set():
+            for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+                try:
+                    with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                        argv = [a.decode() for a in handle.read().split(b"\0") if a]
+                    with open("/proc/%s/stat" % pid) as handle:
+                        nice = int(handle.read().rsplit(")", 1)[1].split()[16])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if "export" in argv and any(a.startswith(self.repo) for a in argv) and any("xapi-backup-helper" in a for a in argv):
+                    self.seen[pid] = {"argv": argv, "nice": nice}
+            time.sleep(0.05)
+
+
+def flag(argv, name):
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def test_role_manners_reach_the_running_helper(pool):
+    pool["sim"].faults.set(bandwidth_bytes_per_s=1000000, path="/export")  # long enough to be seen in /proc
+    with HelperWatcher(pool["repo"]) as watcher:
+        run_playbook(pool["inventory"], "backup.yml", "-e", "xapi_backup_run_id=manners", "-e", "xapi_backup_helper_nice=7",
+                     "-e", "xapi_backup_helper_ionice=best-effort:3", "-e", "xapi_backup_bandwidth_limit=%d" % (4 << 20),
+                     "-e", "xapi_backup_concurrency=2", env=pool["env"])
+    assert len(manifests_of_run(pool["repo"], "manners")) == 3
+    helpers = list(watcher.seen.values())
+    assert helpers, "no export helper was seen running"
+    for helper in helpers:
+        assert flag(helper["argv"], "--nice") == "7" and flag(helper["argv"], "--ionice") == "best-effort:3"
+        # the pool's cap split across its 2 concurrent exports (the per-pool rule)
+        assert flag(helper["argv"], "--bandwidth-limit") == str(2 << 20)
+        assert helper["nice"] == 7                   # the helper really runs at that niceness
+    report = read_report(pool["repo"], pool["pool_uuid"], "manners")
+    assert all(len(vm["attempts"]) == 1 for vm in report["vms"])
