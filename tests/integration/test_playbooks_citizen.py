@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from tests.integration.test_playbooks import HELPER, ansible_env, read_report, r
 pytestmark = pytest.mark.slow
 
 OWNER_KEY = "xapi_backup:owner"
+BACKUP_DIR = re.compile(r"/[0-9]{8}T[0-9]{6}Z")
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +132,41 @@ def test_role_manners_reach_the_running_helper(pool):
         assert helper["nice"] == 7                   # the helper really runs at that niceness
     report = read_report(pool["repo"], pool["pool_uuid"], "manners")
     assert all(len(vm["attempts"]) == 1 for vm in report["vms"])
+
+
+def test_the_window_closes_cancels_cleans_up_and_names_the_vms_not_started(pool):
+    pool["sim"].faults.set(bandwidth_bytes_per_s=50000, path="/export")   # > 20 s per VM: the window (15 s) closes first
+    before = files(pool["repo"])
+    out = run_playbook(pool["inventory"], "backup.yml", "-e", "xapi_backup_run_id=window", "-e", "xapi_backup_job_timeout=15",
+                       "-e", "xapi_backup_concurrency=1", env=pool["env"], expect_rc="nonzero")
+    report = read_report(pool["repo"], pool["pool_uuid"], "window")
+    statuses = {vm["name"]: (vm["status"], vm["error"]) for vm in report["vms"]}
+    assert all(status == "failed" for status, _error in statuses.values()), statuses   # never looks good
+    cancelled = [name for name, (_s, error) in statuses.items() if "cancelled: window closed" in error]
+    not_started = [name for name, (_s, error) in statuses.items() if "not started — window closed" in error]
+    assert len(cancelled) == 1 and len(not_started) == 2, statuses
+    for name in not_started:
+        assert name in out                                          # the play names them
+    # out of band: no xapi task, no snapshot, no partial file or backup directory left, the lock released
+    assert pending_tasks(pool["session"]) == [] and our_snapshots(pool["session"]) == []
+    new = [f for f in files(pool["repo"]) if f not in before]
+    assert [f for f in new if BACKUP_DIR.search(f) or "partial" in f] == [], new   # repository bookkeeping only
+    assert not (pool["repo"] / pool["pool_uuid"] / "runs" / ".lock").exists()
+
+
+@pytest.mark.parametrize("extra, name", [
+    ({"xapi_backup_job_timeout": 0}, "xapi_backup_job_timeout"),
+    ({"xapi_backup_job_timeout": -60}, "xapi_backup_job_timeout"),
+    ({"xapi_backup_job_timeout": 10 ** 12}, "xapi_backup_job_timeout"),
+    ({"xapi_backup_retries": -1}, "xapi_backup_retries"),
+    ({"xapi_backup_retries": 10 ** 6}, "xapi_backup_retries"),
+])
+def test_hostile_window_or_retries_fail_in_one_line_before_anything_runs(pool, extra, name):
+    before = files(pool["repo"])
+    tasks_before = pending_tasks(pool["session"])
+    out = run_playbook(pool["inventory"], "backup.yml", "-e", json.dumps(dict(extra, xapi_backup_run_id="hostile")),
+                       env=pool["env"], expect_rc="nonzero")
+    line = next(ln for ln in out.splitlines() if "bad input: %s " % name in ln)
+    assert "must be" in line
+    assert files(pool["repo"]) == before and pending_tasks(pool["session"]) == tasks_before
+    assert our_snapshots(pool["session"]) == []
