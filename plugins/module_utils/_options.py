@@ -43,6 +43,7 @@ RANGES.update({
     "keep_daily": (0, _COUNT, "days"),
     "keep_weekly": (0, _COUNT, "weeks"),
     "keep_monthly": (0, _COUNT, "months"),
+    "wait": (1, _DAY, "seconds to wait for a cancelled helper"),
     "retries": (0, 10, "further attempts of an export after a transient fault"),
     "retry_delay": (0, _DAY, "seconds between two attempts"),
     "job_deadline": (1, 2 ** 33, "UTC epoch seconds at which the backup window closes"),

@@ -170,3 +170,80 @@ def test_hostile_window_or_retries_fail_in_one_line_before_anything_runs(pool, e
     assert "must be" in line
     assert files(pool["repo"]) == before and pending_tasks(pool["session"]) == tasks_before
     assert our_snapshots(pool["session"]) == []
+
+
+def start_backup(pool, *extra):
+    """backup.yml in the background (the run to cancel)."""
+    import subprocess
+
+    from tests.integration.test_playbooks import REPO, VENV_BIN
+    log = open(pool["workdir"] / "background-backup.log", "w")  # noqa: SIM115 - closed by the caller
+    proc = subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "-i", str(pool["inventory"]),
+                             str(REPO / "playbooks" / "backup.yml"), *extra], cwd=REPO, env=pool["env"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def running_helpers(repo: Path) -> list:
+    out = []
+    for status in repo.rglob("status.json"):
+        try:
+            doc = json.loads(status.read_text())
+        except (OSError, ValueError):
+            continue
+        if doc.get("phase") not in ("done", "failed") and doc.get("pid") and os.path.exists("/proc/%d" % doc["pid"]):
+            out.append(doc["pid"])
+    return out
+
+
+def wait_for(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_cancel_from_ansible_check_mode_then_twice_at_once_leaves_nothing_behind(pool):
+    import subprocess
+
+    from tests.integration.test_playbooks import REPO, VENV_BIN
+    pool["sim"].faults.set(bandwidth_bytes_per_s=40000, path="/export")   # exports of a minute: cancelled mid-way
+    before = files(pool["repo"])
+    lock = pool["repo"] / pool["pool_uuid"] / "runs" / ".lock"
+    proc, log = start_backup(pool, "-e", "xapi_backup_run_id=to-cancel", "-e", "xapi_backup_concurrency=2")
+    try:
+        assert wait_for(lambda: len(running_helpers(pool["repo"])) == 2, 90), "the backup did not start"
+        pids = running_helpers(pool["repo"])
+
+        # --check reports what it would cancel and changes nothing
+        out = run_playbook(pool["inventory"], "cancel.yml", "--check", env=pool["env"])
+        assert "would cancel run to-cancel: 2 running export(s)" in out, out[-3000:]
+        assert sorted(running_helpers(pool["repo"])) == sorted(pids) and lock.exists()
+
+        # two cancels at once: both succeed, the helpers stop, nothing is left
+        cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(pool["inventory"]), str(REPO / "playbooks" / "cancel.yml")]
+        cancels = [subprocess.Popen(cmd, cwd=REPO, env=pool["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True) for _ in range(2)]
+        outputs = [c.communicate(timeout=300)[0] for c in cancels]
+        assert all(c.returncode == 0 for c in cancels), outputs[0][-3000:] + outputs[1][-3000:]
+        assert any("cancelled run to-cancel" in o for o in outputs)
+        assert proc.wait(timeout=300) != 0                    # the cancelled backup fails visibly
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    backup_log = (pool["workdir"] / "background-backup.log").read_text()
+    assert "failed for VM" in backup_log
+    assert not any(os.path.exists("/proc/%d" % pid) and "xapi-backup-helper" in open("/proc/%d/cmdline" % pid).read()
+                   for pid in pids)
+    assert pending_tasks(pool["session"]) == [] and our_snapshots(pool["session"]) == []
+    new = [f for f in files(pool["repo"]) if f not in before]
+    assert [f for f in new if BACKUP_DIR.search(f) or "partial" in f] == [], new
+    assert not lock.exists()
+    report = read_report(pool["repo"], pool["pool_uuid"], "to-cancel")
+    assert all(vm["status"] == "failed" for vm in report["vms"]), report["vms"]
+    blocked = [r["blocked_operations"] for r in pool["session"].xenapi.VM.get_all_records().values()
+               if not r["is_a_snapshot"] and not r["is_control_domain"]]
+    assert not any("xapi.backup" in str(b) for b in blocked)
