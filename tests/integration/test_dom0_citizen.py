@@ -12,6 +12,7 @@ files of the repository.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -72,6 +73,17 @@ def repo_files(work):
 
 def partial_files(work):
     return [f for f in repo_files(work) if f.endswith(".partial") or ".tmp" in f]
+
+
+def streaming(work):
+    """Whether a detached export helper reports the phase ``streaming`` in its status file."""
+    for status in (work / "repo").rglob("status.json") if (work / "repo").exists() else []:
+        try:
+            if json.loads(status.read_text()).get("phase") == "streaming":
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def export_args(result):
@@ -165,3 +177,32 @@ def test_the_window_closing_mid_export_cancels_and_cleans_up(run_task, sim, xapi
     assert pending_tasks(xapi) == []
     assert our_snapshots(xapi) == [] and our_vdis(xapi) == []
     assert repo_files(work) == before
+
+
+def test_a_session_evicted_during_a_long_export_is_retried_with_a_new_login(run_task, sim, work):
+    """The known "session evicted during a long export" case (docs/dev/requests.md F7): every session dies
+    while the export streams (xapi drops the oldest sessions of a user); the helper's task check then meets
+    SESSION_INVALID, a transient fault: the next attempt logs in again and succeeds."""
+    import threading
+
+    sim.faults.set(stall_seconds=3, stall_after_bytes=200000, path="/export", count=1)
+    evicted = threading.Event()
+
+    def evict_once_streaming():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not streaming(work):
+            time.sleep(0.05)
+        sim.faults.set(expire_sessions=True)          # every existing session, at once
+        evicted.set()
+    thread = threading.Thread(target=evict_once_streaming, daemon=True)
+    thread.start()
+    result = run_task("vm_export", {"vm": "tiny-running", "run_id": "evicted", "retries": 1, "retry_delay": 1})
+    thread.join(5)
+    assert evicted.is_set()
+    xapi = sim.session().xenapi                       # the watcher's session was evicted too
+    assert not result.get("failed"), result.get("msg")
+    attempts = result["attempts"]
+    assert len(attempts) == 2 and attempts[0]["ok"] is False and attempts[0]["transient"] is True, attempts
+    assert "SESSION_INVALID" in attempts[0]["msg"], attempts
+    assert attempts[1] == {"attempt": 2, "ok": True}
+    assert our_snapshots(xapi) == [] and pending_tasks(xapi) == [] and partial_files(work) == []
