@@ -76,6 +76,22 @@ options:
       - 'Compression threads. Not set: the helper''s default, half of the host''s cores (at least one), to leave
         dom0 headroom; V(0) uses every core; at most 32.'
     type: int
+  nice:
+    description:
+      - 'CPU niceness the helper lowers itself to on dom0 (never raises it). Not set: the helper''s default 19,
+        as xapi runs its own export compressor; V(0) leaves it unchanged.'
+    type: int
+  ionice:
+    description:
+      - 'I/O scheduling class of the helper: V(idle), V(best-effort[:LEVEL]), V(realtime[:LEVEL]) (LEVEL 0-7) or
+        V(none) (left as it is). Not set: the helper''s default V(idle), as xapi''s own compressor.'
+    type: str
+  bandwidth_limit:
+    description:
+      - 'Cap on the bytes per second this export writes into the repository (a token bucket in the helper), for
+        a WAN link or a shared NAS. Not set: no cap. The pool_backup role splits its per-pool cap across the pool''s
+        concurrent exports.'
+    type: int
   stall_timeout:
     description:
       - Seconds without data from xapi after which the helper gives up (helper default when not set).

@@ -29,6 +29,7 @@ Compatibility with community.general's xenserver modules (their doc fragment
 from __future__ import annotations
 
 import json
+import re
 
 from ansible_collections.xapi.backup.plugins.module_utils._constants import (
     DEFAULT_HELPER_PATH,
@@ -39,6 +40,9 @@ from ansible_collections.xapi.backup.plugins.module_utils._constants import (
     MAX_PASSWORD_FILE_BYTES,
     MAX_THREADS,
 )
+
+#: ``--ionice`` values the helper accepts (its ``parse_ionice``), checked on the controller before any side effect.
+IONICE_PATTERN = re.compile(r"^(idle|none|(best-effort|be|realtime|rt)(:[0-7])?)$")
 
 CONNECTION = {
     "hostname": {
@@ -174,6 +178,29 @@ EXPORT = {
         "description": ["Compression threads. Not set: the helper's default, half of the host's cores (at least one), "
                         "to leave dom0 headroom; V(0) uses every core; at most %d." % MAX_THREADS],
     },
+    "nice": {
+        "spec": {"type": "int"},
+        "helper_flag": "--nice",
+        "range": (0, 19, "CPU niceness of the helper"),
+        "description": ["CPU niceness the helper lowers itself to on dom0 (never raises it). Not set: the helper's "
+                        "default 19, as xapi runs its own export compressor; V(0) leaves it unchanged."],
+    },
+    "ionice": {
+        "spec": {"type": "str"},
+        "helper_flag": "--ionice",
+        "pattern": (IONICE_PATTERN, "idle, none, best-effort[:0-7] or realtime[:0-7]"),
+        "description": ["I/O scheduling class of the helper: V(idle), V(best-effort[:LEVEL]), V(realtime[:LEVEL]) "
+                        "(LEVEL 0-7) or V(none) (left as it is). Not set: the helper's default V(idle), as xapi's own "
+                        "compressor."],
+    },
+    "bandwidth_limit": {
+        "spec": {"type": "int"},
+        "helper_flag": "--bandwidth-limit",
+        "range": (65536, 1 << 40, "bytes per second written by one export"),
+        "description": ["Cap on the bytes per second this export writes into the repository (a token bucket in the "
+                        "helper), for a WAN link or a shared NAS. Not set: no cap. The pool_backup role splits its "
+                        "per-pool cap across the pool's concurrent exports."],
+    },
     "stall_timeout": {
         "spec": {"type": "int"},
         "helper_flag": "--stall-timeout",
@@ -201,6 +228,11 @@ def argument_spec(table):
 def env_vars(table):
     """``{name: [environment variables]}`` of the options that have them."""
     return dict((name, list(entry["env"])) for name, entry in table.items() if entry.get("env"))
+
+
+def patterns(table):
+    """``{name: (compiled regex, what it accepts)}`` of the string options that have a pattern."""
+    return dict((name, entry["pattern"]) for name, entry in table.items() if entry.get("pattern"))
 
 
 def ranges(table):

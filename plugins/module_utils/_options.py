@@ -24,7 +24,7 @@ import stat
 
 from ansible_collections.xapi.backup.plugins.module_utils._constants import MAX_PASSWORD_FILE_BYTES
 from ansible_collections.xapi.backup.plugins.module_utils._errors import OptionError
-from ansible_collections.xapi.backup.plugins.module_utils._option_specs import CONNECTION, EXPORT, HELPER, ranges
+from ansible_collections.xapi.backup.plugins.module_utils._option_specs import CONNECTION, EXPORT, HELPER, patterns, ranges
 
 _DAY = 86400
 _WEEK = 7 * _DAY
@@ -46,7 +46,14 @@ RANGES.update({
     "keep_daily": (0, _COUNT, "days"),
     "keep_weekly": (0, _COUNT, "weeks"),
     "keep_monthly": (0, _COUNT, "months"),
+    "wait": (1, _DAY, "seconds to wait for a cancelled helper"),
+    "retries": (0, 10, "further attempts of an export after a transient fault"),
+    "retry_delay": (0, _DAY, "seconds between two attempts"),
+    "job_deadline": (1, 2 ** 33, "UTC epoch seconds at which the backup window closes"),
 })
+
+#: option -> (regex, what it accepts) of the string options with a fixed shape.
+PATTERNS = patterns(EXPORT)
 
 #: Compression levels each codec accepts (the helper's compressors: zstd 1-19 without --ultra, gzip 1-9).
 LEVELS = {"zstd": (1, 19), "gzip": (1, 9)}
@@ -81,6 +88,10 @@ def check_option_ranges(params, ranges=None):
         problem = range_problem(name, _number(name, value), low, high)
         if problem:
             raise OptionError(name, "%s (%s)" % (problem, unit))
+    for name, (regex, accepted) in PATTERNS.items():
+        value = params.get(name)
+        if value is not None and not regex.match(str(value)):
+            raise OptionError(name, "must be %s, got %r" % (accepted, value))
     level = params.get("level")
     codec = params.get("codec")
     if level is not None and codec in LEVELS:

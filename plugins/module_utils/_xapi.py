@@ -112,6 +112,8 @@ class XapiConnectionError(XapiBackupError):
 
     CODE = "CONNECTION_FAILED"
     PREFIX = "XAPI connection failed: "
+    #: set on errors of the network itself (reset, refused): a retry may cure them (issue 14)
+    transient = False
 
     def __init__(self, message, url=None):
         self.url = url
@@ -262,7 +264,9 @@ def translate_exception(exc, method, url, timeout=None):
         return XapiTimeout("%s: no answer from %s within %s s" % (method, url, timeout), timeout=timeout)
     if isinstance(exc, (OSError, http.client.HTTPException)):
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        return XapiConnectionError("cannot talk to xapi at %s (%s): %s" % (url, method, reason), url)
+        error = XapiConnectionError("cannot talk to xapi at %s (%s): %s" % (url, method, reason), url)
+        error.transient = True  # reset, refused, unreachable: a retry may find xapi back (TLS/HTTP errors are not)
+        return error
     if isinstance(exc, (ExpatError, xmlrpc.client.ResponseError)):
         return XapiConnectionError("%s: %s did not answer with XML-RPC (%s)" % (method, url, exc), url)
     return None

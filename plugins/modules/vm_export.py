@@ -89,6 +89,33 @@ options:
         O(full_interval) - 1 deltas).
     type: int
     default: 7
+  retries:
+    description:
+      - Further attempts after a transient fault (issue 14) - a connection reset or a stall mid-export, xapi
+        unreachable, the session lost or evicted (C(SESSION_INVALID); each attempt logs in again). Never after a
+        permanent error (C(SR_FULL), C(VM_BAD_POWER_STATE), a damaged stream...).
+      - Each attempt removes its own partial file and destroys its own snapshot before the next one starts;
+        RV(attempts) lists them. V(0) tries once.
+    type: int
+    default: 0
+  retry_delay:
+    description: Seconds between two attempts (no retry starts when the window of O(job_deadline) would close first).
+    type: int
+    default: 30
+  job_deadline:
+    description:
+      - End of the backup window, UTC seconds since the epoch (the pool_backup role sets it from
+        C(xapi_backup_job_timeout) when it plans the run).
+      - Past it no export starts (C(error.code=WINDOW_CLOSED), "not started — window closed", nothing changed); an
+        export still running when it passes is cancelled through the helper's status file (xapi task cancelled,
+        partial file removed) and its directory and snapshot are removed; the task fails.
+    type: float
+  run_lock_token:
+    description:
+      - The token of the pool's run lock (C(<repository>/<pool-uuid>/runs/.lock)) held by the run this export belongs
+        to. When the lock no longer carries it (released by C(xapi.backup.cancel)), the export is not started
+        (C(error.code=RUN_CANCELLED)), before any side effect.
+    type: str
 extends_documentation_fragment:
   - xapi.backup.connection
   - xapi.backup.helper
@@ -213,6 +240,13 @@ codec:
   description: Codec of the stored file.
   returned: success
   type: str
+attempts:
+  description:
+    - One entry per attempt - C(attempt) (1, 2...), C(ok), and for a failed one C(code), C(msg) and C(transient)
+      (whether it was retried). Returned on failure too.
+  returned: when an export was attempted
+  type: list
+  elements: dict
 helper_result:
   description: The helper's JSON result of the export.
   returned: when an export ran
@@ -254,6 +288,10 @@ def argument_spec():
             export_timeout=dict(type="int"),
             mode=dict(type="str", default="full", choices=["full", "delta"]),
             full_interval=dict(type="int", default=7),
+            retries=dict(type="int", default=0),
+            retry_delay=dict(type="int", default=30),
+            job_deadline=dict(type="float"),
+            run_lock_token=dict(type="str"),
             **shared_spec(EXPORT)
         ),
     )

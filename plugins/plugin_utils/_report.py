@@ -71,6 +71,8 @@ def vm_entry(vm, result, check_mode):
         "reason": one_line(result.get("msg") or "") if result.get("kind") in ("full", "delta") else "",
         "error": one_line(result.get("msg") or "") if status == "failed" else "",
         "error_code": (result.get("error_code") or "") if status == "failed" else "",
+        # issue 14: each attempt of the export (a transient fault retried shows here); [] when none ran
+        "attempts": list(result.get("attempts") or []),
     }
 
 
@@ -146,7 +148,9 @@ def _cell(text):
 
 
 def _vm_cells(vm):
-    return [vm.get("name") or "", vm.get("status") or "", human_size(vm.get("stored_size")), human_size(vm.get("raw_size")),
+    tries = len(vm.get("attempts") or [])
+    status = (vm.get("status") or "") + (" (%d attempts)" % tries if tries > 1 else "")
+    return [vm.get("name") or "", status, human_size(vm.get("stored_size")), human_size(vm.get("raw_size")),
             "%.2fx" % vm["ratio"] if vm.get("ratio") is not None else "",
             "%.1f s" % float(vm["duration"]) if vm.get("duration") is not None else "",
             human_size(vm["throughput"]) + "/s" if vm.get("throughput") else "", vm.get("error") or ""]

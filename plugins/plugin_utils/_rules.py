@@ -19,7 +19,10 @@ into an ``AnsibleFilterError``.
 
 from __future__ import annotations
 
+import re
+
 from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.xapi.backup.plugins.module_utils._option_specs import IONICE_PATTERN
 from ansible_collections.xapi.backup.plugins.module_utils._snapshots import resolve_run_id, utc_now
 
 
@@ -82,6 +85,82 @@ def plan_slots(vms, concurrency):
     planned.sort(key=lambda vm: (-vm["size"], str(vm["uuid"])))
     slots = [planned[i::count] for i in range(count)]
     return {"vms": planned, "slots": [slot for slot in slots if slot]}
+
+
+# ---------------------------------------------------------------- dom0 manners, window and retries (issue 14)
+
+#: The helper's smallest bandwidth cap (its ``--bandwidth-limit`` range) and the largest.
+MIN_BANDWIDTH = 64 * 1024
+MAX_BANDWIDTH = 1 << 40
+#: Longest backup window: a week (xapi itself kills an export task after 24 h).
+MAX_JOB_TIMEOUT = 7 * 86400
+MAX_RETRIES = 10
+MAX_RETRY_DELAY = 86400
+_WHOLE = re.compile(r"^[+-]?[0-9]+$")
+
+
+def _unset(value):
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _whole(name, value, low, high, unit, unset_ok=False):
+    """``value`` as an int in ``[low, high]``; else a one-line RuleError naming the variable."""
+    if unset_ok and _unset(value):
+        return None
+    text = str(value).strip() if not isinstance(value, bool) else "?"
+    if isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    if not _WHOLE.match(text):
+        raise RuleError("bad input: %s must be a whole number of %s, got %r" % (name, unit, value))
+    number = int(text)
+    if not low <= number <= high:
+        raise RuleError("bad input: %s must be between %d and %d %s%s, got %d"
+                        % (name, low, high, unit, " (leave it empty for no limit)" if unset_ok else "", number))
+    return number
+
+
+def export_bandwidth(pool_limit, export_limit, parallel):
+    """Bytes/s one export may write: the pool's cap split evenly across its ``parallel`` concurrent
+    exports, and at most the per-export cap; None when neither is set (0 or empty)."""
+    caps = []
+    if pool_limit:
+        caps.append(int(pool_limit) // max(1, int(parallel)))
+    if export_limit:
+        caps.append(int(export_limit))
+    return min(caps) if caps else None
+
+
+def job_settings(values, parallel, started):
+    """The issue-14 settings of a pool's run, checked before anything is started.
+
+    ``values``: the role variables (``nice``, ``ionice``, ``bandwidth_limit`` (per pool),
+    ``export_bandwidth_limit``, ``job_timeout``, ``retries``, ``retry_delay``); ``parallel``: the
+    pool's concurrent exports (its export slots); ``started``: UTC epoch seconds of the plan.
+    Returns the values vm_export takes: ``nice``, ``ionice``, ``bandwidth_limit`` (per export),
+    ``job_deadline`` (None: no window), ``retries``, ``retry_delay``.
+    """
+    nice = _whole("xapi_backup_helper_nice", values.get("nice"), 0, 19, "(niceness)")
+    ionice = str(values.get("ionice") or "").strip().lower()
+    if not IONICE_PATTERN.match(ionice):
+        raise RuleError("bad input: xapi_backup_helper_ionice must be idle, none, best-effort[:0-7] or "
+                        "realtime[:0-7], got %r" % (values.get("ionice"),))
+    pool_limit = _whole("xapi_backup_bandwidth_limit", values.get("bandwidth_limit") or 0, 0, MAX_BANDWIDTH, "bytes/s")
+    export_limit = _whole("xapi_backup_export_bandwidth_limit", values.get("export_bandwidth_limit") or 0, 0,
+                          MAX_BANDWIDTH, "bytes/s")
+    for name, limit in (("xapi_backup_export_bandwidth_limit", export_limit),):
+        if limit and limit < MIN_BANDWIDTH:
+            raise RuleError("bad input: %s must be 0 (no cap) or at least %d bytes/s, got %d" % (name, MIN_BANDWIDTH, limit))
+    per_export = export_bandwidth(pool_limit, export_limit, parallel)
+    if per_export is not None and per_export < MIN_BANDWIDTH:
+        raise RuleError("bad input: xapi_backup_bandwidth_limit %d bytes/s split across %d concurrent exports gives %d "
+                        "bytes/s each, below the helper's minimum %d (raise it or lower xapi_backup_concurrency)"
+                        % (pool_limit, max(1, int(parallel)), per_export, MIN_BANDWIDTH))
+    timeout = _whole("xapi_backup_job_timeout", values.get("job_timeout"), 1, MAX_JOB_TIMEOUT, "seconds", unset_ok=True)
+    retries = _whole("xapi_backup_retries", values.get("retries"), 0, MAX_RETRIES, "retries")
+    delay = _whole("xapi_backup_retry_delay", values.get("retry_delay"), 0, MAX_RETRY_DELAY, "seconds")
+    return {"nice": nice, "ionice": ionice, "bandwidth_limit": per_export,
+            "job_deadline": float(started) + timeout if timeout is not None else None,
+            "job_timeout": timeout, "retries": retries, "retry_delay": delay}
 
 
 # ---------------------------------------------------------------- restore mapping

@@ -24,13 +24,62 @@ from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFA
 from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.xapi.backup.plugins.module_utils._option_specs import EXPORT, helper_flags
 from ansible_collections.xapi.backup.plugins.module_utils._selection import describe_vm, find_vm
-from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiConnectionError, XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError, is_planned
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts, redirect_host_args
 
 BLOCKED_OPERATIONS = ("migrate_send", "pool_migrate")
 BLOCK_REASON = "xapi.backup: export in progress"
 SNAPSHOT_RELEASE_WAIT = 120.0
+
+
+#: xapi error codes a retry may cure (issue 14): the session was evicted or the host is coming back.
+#: SR_FULL, VM_BAD_POWER_STATE and every other code are permanent: never retried.
+TRANSIENT_XAPI_CODES = frozenset(("SESSION_INVALID", "XAPI_UNREACHABLE", "HOST_OFFLINE", "HOST_STILL_BOOTING",
+                                  "TOO_MANY_PENDING_TASKS"))
+#: Failures that end the run rather than the VM: never retried.
+WINDOW_CLOSED = "WINDOW_CLOSED"
+RUN_CANCELLED = "RUN_CANCELLED"
+#: Seconds ``cancel`` waits for a signalled helper to cancel its task and remove its partial file.
+CANCEL_WAIT = 60
+#: Token that no run lock carries (tokens are ``t<digits>``): ``repo-lock --take-over`` with it only reads the owner.
+LOCK_PROBE_TOKEN = "probe:not-a-token"
+
+
+def retry_reason(exc) -> str | None:
+    """Why a failed attempt may be retried (None: it is permanent and fails the VM now).
+
+    Transient: the helper's ``error.transient`` (connection reset or stall mid-export, session lost),
+    a connection to xapi that broke (reset, refused), and the codes of :data:`TRANSIENT_XAPI_CODES`.
+    """
+    code = getattr(exc, "code", None)
+    if code in (WINDOW_CLOSED, RUN_CANCELLED):
+        return None
+    if isinstance(exc, HelperError):
+        error = (exc.result or {}).get("error")
+        if isinstance(error, dict) and error.get("transient") is True:
+            return "the helper reports a transient fault (%s)" % error.get("code")
+        return None
+    if isinstance(exc, XapiConnectionError) and getattr(exc, "transient", False):
+        return "the connection to xapi broke"
+    if isinstance(exc, XapiError) and code in TRANSIENT_XAPI_CODES:
+        return "xapi answered %s" % code
+    return None
+
+
+def window_problem(deadline, now) -> str | None:
+    """Why no new export may start (None: the backup window is still open)."""
+    if deadline is not None and now >= float(deadline):
+        return "not started — window closed (xapi_backup_job_timeout reached %d s ago)" % int(now - float(deadline))
+    return None
+
+
+def lock_problem(owner_token, expected) -> str | None:
+    """Why the run no longer holds its pool's run lock (None: it still does)."""
+    if expected and owner_token != expected:
+        return ("not started — run cancelled: the pool's run lock is %s (released by xapi.backup.cancel or taken over)"
+                % ("held by another run" if owner_token else "gone"))
+    return None
 
 
 def needs_snapshot(power_state: str) -> bool:
@@ -100,15 +149,64 @@ class VmExport:
         self.sleep = time.sleep
         self.monotonic = time.monotonic
         self.release_wait = SNAPSHOT_RELEASE_WAIT
+        self.wallclock = time.time  # the job deadline is an absolute UTC time set by the role's plan
 
     # ------------------------------------------------------------ entry point
 
     def run(self) -> dict:
-        """The task's result; on failure the error's ``partial`` carries what is known (VM, run id, pool)."""
+        """The task's result; on failure the error's ``partial`` carries what is known (VM, run id, pool).
+
+        Attempts the export up to 1 + ``retries`` times: again only after a transient fault
+        (:func:`retry_reason`), ``retry_delay`` seconds later and only while the window is open. Each
+        attempt cleans up its own partial file and snapshot before the next; ``attempts`` lists them.
+        """
+        retries = int(self.p.get("retries") or 0)
+        attempts = []
+        number = 0
+        while True:
+            number += 1
+            try:
+                out = self._attempt()
+            except BackupError as exc:
+                reason = None if self.ctx.check_mode else retry_reason(exc)
+                attempts.append({"attempt": number, "ok": False, "code": exc.code, "msg": exc.message,
+                                 "transient": reason is not None})
+                if reason is None or number > retries or self._no_time_for_retry():
+                    exc.add_partial(attempts=attempts)
+                    raise
+                if self.ctx.display is not None:
+                    self.ctx.display.display("export of %s: attempt %d failed (%s); retrying in %s s"
+                                             % (self.p["vm"], number, reason, self.p.get("retry_delay") or 0))
+                self.sleep(float(self.p.get("retry_delay") or 0))
+                continue
+            attempts.append({"attempt": number, "ok": True})
+            out["attempts"] = attempts
+            return out
+
+    def _no_time_for_retry(self) -> bool:
+        deadline = self.p.get("job_deadline")
+        return deadline is not None and self.wallclock() + float(self.p.get("retry_delay") or 0) >= float(deadline)
+
+    def _attempt(self) -> dict:
         if self.p.get("mode", "full") == "delta":  # VHD chains: _vm_delta.py (issue 12)
             from ansible_collections.xapi.backup.plugins.plugin_utils._vm_delta import VmDeltaExport
             return VmDeltaExport(self.ctx, xva_export=self._run_xva, snapshots=self.snapshots, clock=self.clock).run()
         return self._run_xva()
+
+    def check_may_start(self, pool_uuid) -> None:
+        """Refuse to start an export once the window closed or the run lost its lock (before any side effect)."""
+        if self.ctx.check_mode:
+            return
+        problem = window_problem(self.p.get("job_deadline"), self.wallclock())
+        if problem:
+            raise BackupError(problem, code=WINDOW_CLOSED)
+        token = self.p.get("run_lock_token")
+        if token:
+            owner = self.ctx.storage.lock(self.p["repository"], pool_uuid, {"token": LOCK_PROBE_TOKEN},
+                                          take_over=LOCK_PROBE_TOKEN).get("owner") or {}
+            problem = lock_problem(owner.get("token"), token)
+            if problem:
+                raise BackupError(problem, code=RUN_CANCELLED)
 
     def _run_xva(self) -> dict:
         return run_keeping_partial(self, self._run)
@@ -123,6 +221,7 @@ class VmExport:
             base = {"vm_uuid": vm_rec["uuid"], "vm_name": vm_rec.get("name_label"), "run_id": run_id,
                     "pool_uuid": pool["uuid"], "repository": p["repository"]}
             self.partial.update(base)
+            self.check_may_start(pool["uuid"])
             backups = self._backups(pool["uuid"], vm_rec["uuid"])
             adopted = None if self.ctx.check_mode else self._adopt(xapi, pool, vm_rec, run_id, backups)
             if adopted is not None or (running_candidates(backups) and not self.ctx.check_mode):
@@ -193,11 +292,8 @@ class VmExport:
                 source_uuid = vm_rec["uuid"]
             with self.snapshots.block_operations(xapi, vm_ref, BLOCKED_OPERATIONS, BLOCK_REASON):
                 started = self.clock()
-                result = self.ctx.runner.run_long(
-                    "export", self._helper_args(xapi, source_uuid, paths["out"]), paths["status"],
-                    "export of %s" % vm_rec.get("name_label"), session=xapi.session_ref,
-                    poll_interval=self.p.get("poll_interval", DEFAULT_POLL_INTERVAL), timeout=self.p.get("export_timeout"),
-                )
+                result = self._run_helper(self._helper_args(xapi, source_uuid, paths["out"]), paths["status"],
+                                          "export of %s" % vm_rec.get("name_label"), xapi.session_ref)
             manifest = None
             if not is_planned(result):  # check mode: no export ran, there is nothing to record
                 manifest = self._manifest(pool, summary, snap_rec, run_id, result, started, self.clock(),
@@ -219,6 +315,39 @@ class VmExport:
                    snapshot_uuid=snap_rec["uuid"] if snap_rec else None,
                    stale_snapshots_removed=[s.get("uuid") for s in self.removed_snapshots or []])
         return out
+
+    def _run_helper(self, args, status_file, label, session):
+        """Run the helper detached and wait for it, at most until the job deadline.
+
+        When the window closes mid-export the helper is cancelled through its status file (it cancels
+        its xapi task and removes its partial file); the caller then removes the directory and the
+        snapshot. A helper that does not stop within :data:`CANCEL_WAIT` keeps its directory.
+        """
+        poll = self.p.get("poll_interval", DEFAULT_POLL_INTERVAL)
+        timeout = self.p.get("export_timeout")
+        deadline = self.p.get("job_deadline")
+        window = None if deadline is None else max(1.0, float(deadline) - self.wallclock())
+        by_window = window is not None and (timeout is None or window < timeout)
+        if not by_window:
+            return self.ctx.runner.run_long("export", args, status_file, label, session=session, poll_interval=poll,
+                                            timeout=timeout)
+        started = self.ctx.runner.start_detached("export", args, status_file, session=session)
+        if started["done"]:
+            return started["result"]
+        try:
+            return self.ctx.runner.wait(started["status_file"], label, poll_interval=poll, timeout=window)
+        except HelperError as exc:
+            if exc.code != "HELPER_TIMEOUT":
+                raise
+            cancel = self.ctx.runner.run("cancel", ["--status-file", status_file, "--wait", str(CANCEL_WAIT)], check=False)
+            final = cancel.get("result") if isinstance(cancel.get("result"), dict) else exc.result
+            if cancel.get("cancelled") is False and isinstance(final, dict) and final.get("ok") is True:
+                return final  # it finished just as the window closed: a good backup is kept
+            stopped = bool(cancel.get("finished")) or cancel.get("cancelled") is False
+            error = HelperError("%s cancelled: window closed (xapi_backup_job_timeout)%s"
+                                % (label, "" if stopped else "; the helper did not stop, its directory is kept"),
+                                WINDOW_CLOSED if stopped else "HELPER_TIMEOUT", final)
+            raise error from None
 
     def _discard(self, paths, exc):
         """Remove the directory of a failed export (never one whose helper may still be running)."""

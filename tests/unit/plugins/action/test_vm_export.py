@@ -352,3 +352,51 @@ def test_finalize_adopts_only_the_exported_snapshot_never_a_concurrent_runs(setu
         assert destroyed[0] == "OpaqueRef:old-snap" and recorded == "2026-11-20"
     else:
         assert "OpaqueRef:old-snap" not in destroyed[:1] and recorded == "2026-11-21"
+
+
+# ---------------------------------------------------------------- issue 14: what is retried, the window, the lock
+
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiConnectionError, XapiError  # noqa: E402
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError as _HelperError  # noqa: E402
+from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import (  # noqa: E402
+    lock_problem,
+    retry_reason,
+    window_problem,
+)
+
+
+def _helper_failure(code, transient):
+    return _HelperError("helper export failed", code, {"ok": False, "error": {"code": code, "transient": transient}})
+
+
+def _reset():
+    exc = XapiConnectionError("cannot talk to xapi: Connection reset by peer")
+    exc.transient = True
+    return exc
+
+
+@pytest.mark.parametrize("exc", [
+    _helper_failure("STREAM_TRUNCATED", True), _helper_failure("XAPI_UNREACHABLE", True),
+    _helper_failure("XAPI_ERROR", True), XapiError("SESSION_INVALID"), XapiError("XAPI_UNREACHABLE"), _reset(),
+])
+def test_transient_faults_are_retried(exc):
+    assert retry_reason(exc)
+
+
+@pytest.mark.parametrize("exc", [
+    XapiError("SR_FULL"), XapiError("VM_BAD_POWER_STATE", ["running", "halted"]), _helper_failure("SR_FULL", False),
+    _helper_failure("INTERRUPTED", False), _helper_failure("BAD_XVA", None),
+    XapiConnectionError("TLS certificate of https://x could not be verified"),
+    _HelperError("helper export did not finish within 5s", "HELPER_TIMEOUT"),
+    _HelperError("window closed", "WINDOW_CLOSED", {"error": {"transient": True}}),
+])
+def test_permanent_errors_are_never_retried(exc):
+    assert retry_reason(exc) is None
+
+
+def test_window_and_lock_rules():
+    assert window_problem(None, 10 ** 10) is None
+    assert window_problem(100.0, 99.9) is None
+    assert window_problem(100.0, 100.0).startswith("not started — window closed")
+    assert lock_problem("t1", "t1") is None and lock_problem(None, None) is None
+    assert "run cancelled" in lock_problem(None, "t1") and "another run" in lock_problem("t2", "t1")

@@ -148,3 +148,58 @@ def test_filter_plugin_turns_rule_errors_into_filter_errors():
     with pytest.raises(AnsibleFilterError, match="xapi_backup_run_id"):
         filters["run_id"]("../x")
     assert filters["plan_slots"]([vm("a", 1)], "2")["slots"] == [[{"uuid": "a", "name_label": "vm-a", "power_state": "Running", "size": 1}]]
+
+
+# ---------------------------------------------------------------- issue 14: manners, window, retries
+
+from ansible_collections.xapi.backup.plugins.plugin_utils._rules import export_bandwidth, job_settings  # noqa: E402
+
+GENTLE = {"nice": 19, "ionice": "idle", "bandwidth_limit": 0, "export_bandwidth_limit": 0, "job_timeout": "",
+          "retries": 2, "retry_delay": 60}
+
+
+def test_job_settings_defaults_are_xapis_manners_and_no_window():
+    got = job_settings(dict(GENTLE), 2, 1000.0)
+    assert got == {"nice": 19, "ionice": "idle", "bandwidth_limit": None, "job_deadline": None, "job_timeout": None,
+                   "retries": 2, "retry_delay": 60}
+
+
+def test_job_deadline_is_the_plan_time_plus_the_timeout():
+    assert job_settings(dict(GENTLE, job_timeout="3600"), 1, 1000.5)["job_deadline"] == 4600.5
+
+
+@pytest.mark.parametrize("pool, export, parallel, expected", [
+    (0, 0, 4, None),
+    (100 << 20, 0, 4, 25 << 20),        # the pool's cap split across its concurrent exports
+    (100 << 20, 10 << 20, 4, 10 << 20),  # the per-export cap is smaller
+    (0, 10 << 20, 4, 10 << 20),
+    (100 << 20, 0, 1, 100 << 20),
+])
+def test_bandwidth_rule(pool, export, parallel, expected):
+    assert export_bandwidth(pool, export, parallel) == expected
+    assert job_settings(dict(GENTLE, bandwidth_limit=pool, export_bandwidth_limit=export), parallel, 0)["bandwidth_limit"] == expected
+
+
+@pytest.mark.parametrize("change, name", [
+    ({"job_timeout": 0}, "xapi_backup_job_timeout"),
+    ({"job_timeout": "-5"}, "xapi_backup_job_timeout"),
+    ({"job_timeout": 10 ** 12}, "xapi_backup_job_timeout"),
+    ({"job_timeout": "1h"}, "xapi_backup_job_timeout"),
+    ({"job_timeout": True}, "xapi_backup_job_timeout"),
+    ({"retries": -1}, "xapi_backup_retries"),
+    ({"retries": 10 ** 9}, "xapi_backup_retries"),
+    ({"retries": "two"}, "xapi_backup_retries"),
+    ({"retry_delay": -1}, "xapi_backup_retry_delay"),
+    ({"nice": 20}, "xapi_backup_helper_nice"),
+    ({"nice": -1}, "xapi_backup_helper_nice"),
+    ({"ionice": "idle:4"}, "xapi_backup_helper_ionice"),
+    ({"ionice": "fast"}, "xapi_backup_helper_ionice"),
+    ({"bandwidth_limit": -1}, "xapi_backup_bandwidth_limit"),
+    ({"bandwidth_limit": 100000}, "xapi_backup_bandwidth_limit"),   # split across 4: 25000 B/s each, below the minimum
+    ({"export_bandwidth_limit": 1000}, "xapi_backup_export_bandwidth_limit"),
+    ({"export_bandwidth_limit": 1 << 60}, "xapi_backup_export_bandwidth_limit"),
+])
+def test_hostile_values_fail_in_one_line_naming_the_variable(change, name):
+    with pytest.raises(RuleError) as info:
+        job_settings(dict(GENTLE, **change), 4, 0)
+    assert str(info.value).startswith("bad input: %s " % name) and "\n" not in str(info.value)
