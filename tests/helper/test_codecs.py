@@ -159,3 +159,50 @@ def test_bad_level_is_refused(python):
 def test_progress_and_result_go_to_stderr(python):
     result = compress(python, "gzip", "zlib-threads")
     assert result.json["ok"] and b'"ok"' not in result.stdout[-200:]
+
+
+# ---------------------------------------------------------------- issue 14: speed paths stay correct
+
+
+def test_crc32_combiner_equals_zlib_over_any_split(helper_module):
+    data = os.urandom(3 * 65536 + 17)
+    for cuts in ([0, len(data)], [0, 1, len(data)], [0, 65536, 131072, 196608, len(data)], [0, 5, 5, 100, len(data)]):
+        combiner = helper_module.Crc32Combiner()
+        for start, end in zip(cuts, cuts[1:]):
+            combiner.add(zlib.crc32(data[start:end]), end - start)
+        assert combiner.crc == zlib.crc32(data), cuts
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 * (1 << 20) + 7])
+def test_threaded_gzip_passes_gzip_t_at_block_edges(python, size, tmp_path):
+    data = (PAYLOAD * 2)[:size]
+    result = compress(python, "gzip", "zlib-threads", data)
+    assert result.ok, result
+    path = tmp_path / "out.gz"
+    path.write_bytes(result.stdout)
+    assert subprocess.run(["gzip", "-t", str(path)], check=False).returncode == 0
+    assert gzip.decompress(result.stdout) == data
+    # two helper members one after the other are one valid multi-member gzip file, read whole
+    both = tmp_path / "both.gz"
+    both.write_bytes(result.stdout * 2)
+    assert subprocess.run(["gzip", "-t", str(both)], check=False).returncode == 0
+    back = run_helper(python, ["decompress"], result.stdout * 2)
+    assert back.ok and back.stdout == data * 2, back
+
+
+def test_threaded_gzip_with_a_flipped_byte_fails_its_crc(python):
+    out = bytearray(compress(python, "gzip", "zlib-threads").stdout)
+    out[-6] ^= 0x01  # inside the CRC-32 trailer
+    back = run_helper(python, ["decompress"], bytes(out))
+    assert not back.ok, back
+
+
+def test_helper_zstd_is_the_cli_frame_plus_a_raw_size_trailer(python):
+    if python.endswith("nozstd/bin/python"):
+        pytest.skip("the zstandard module is what this checks")
+    result = compress(python, "zstd", "zstandard", extra=["--threads", "0"])
+    assert result.ok, result
+    assert zstandard.ZstdDecompressor().stream_reader(__import__("io").BytesIO(result.stdout), read_across_frames=True).read() == PAYLOAD
+    assert result.stdout[-8:] == len(PAYLOAD).to_bytes(8, "little")
+    cli = shutil.which("zstd") and subprocess.run(["zstd", "-q", "-d", "-c"], input=result.stdout, stdout=subprocess.PIPE, check=True).stdout
+    assert cli in (None, PAYLOAD)
