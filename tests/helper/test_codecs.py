@@ -206,3 +206,34 @@ def test_helper_zstd_is_the_cli_frame_plus_a_raw_size_trailer(python):
     assert result.stdout[-8:] == len(PAYLOAD).to_bytes(8, "little")
     cli = shutil.which("zstd") and subprocess.run(["zstd", "-q", "-d", "-c"], input=result.stdout, stdout=subprocess.PIPE, check=True).stdout
     assert cli in (None, PAYLOAD)
+
+
+def test_auto_level_decision_is_a_pure_function(helper_module):
+    adapt = helper_module.AdaptiveZstandard
+    assert adapt.next_level(3, 0.99) == 4      # the sink writes all the time: the compressor has slack
+    assert adapt.next_level(3, 0.2) == 2       # the sink waits for data: the compressor is the bottleneck
+    assert adapt.next_level(3, 0.75) == 3
+    assert adapt.next_level(adapt.MAX_LEVEL, 1.0) == adapt.MAX_LEVEL
+    assert adapt.next_level(adapt.MIN_LEVEL, 0.0) == adapt.MIN_LEVEL
+
+
+def test_auto_level_behind_a_slow_sink_climbs_and_decodes_byte_identical(python, tmp_path):
+    if python.endswith("nozstd/bin/python"):
+        pytest.skip("the zstandard module is what this checks")
+    data = os.urandom(40 << 20)  # output ~ input: the 8 MiB write queue fills, the sink paces the stream
+    result = run_helper(python, ["compress", "--codec", "zstd", "--level", "auto", "--threads", "0",
+                                 "--bandwidth-limit", str(16 << 20), "--adapt-window", "0.25"], data)
+    assert result.ok, result
+    levels = result.json["levels"]
+    assert result.json["level"] == "auto" and sum(n for _l, n in levels) == len(data), levels
+    assert max(level for level, _n in levels) > 3, levels   # the saturated sink raised the level
+    assert zstandard.ZstdDecompressor().stream_reader(__import__("io").BytesIO(result.stdout), read_across_frames=True).read() == data
+    if shutil.which("zstd"):
+        assert subprocess.run(["zstd", "-q", "-d", "-c"], input=result.stdout, stdout=subprocess.PIPE, check=True).stdout == data
+    back = run_helper(python, ["decompress"], result.stdout[:len(result.stdout) // 2])
+    assert not back.ok, back  # a cut multi-frame stream is still refused
+
+
+def test_auto_level_needs_zstd(python):
+    result = run_helper(python, ["compress", "--codec", "gzip", "--level", "auto"], b"x")
+    assert result.code == "BAD_INPUT" and "auto" in result.json["error"]["message"], result
