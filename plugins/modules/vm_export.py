@@ -221,7 +221,11 @@ stored_size:
   returned: success
   type: int
 sha256:
-  description: sha256 of the stored file.
+  description: sha256 of the stored file when that is its manifest digest (older helpers); null when the digest is BLAKE2b.
+  returned: success
+  type: str
+digest:
+  description: The stored file's digest as recorded in the manifest, C(blake2b:<hex>) (BLAKE2b-256) or C(sha256:<hex>).
   returned: success
   type: str
 ratio:

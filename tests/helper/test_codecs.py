@@ -159,3 +159,81 @@ def test_bad_level_is_refused(python):
 def test_progress_and_result_go_to_stderr(python):
     result = compress(python, "gzip", "zlib-threads")
     assert result.json["ok"] and b'"ok"' not in result.stdout[-200:]
+
+
+# ---------------------------------------------------------------- issue 14: speed paths stay correct
+
+
+def test_crc32_combiner_equals_zlib_over_any_split(helper_module):
+    data = os.urandom(3 * 65536 + 17)
+    for cuts in ([0, len(data)], [0, 1, len(data)], [0, 65536, 131072, 196608, len(data)], [0, 5, 5, 100, len(data)]):
+        combiner = helper_module.Crc32Combiner()
+        for start, end in zip(cuts, cuts[1:]):
+            combiner.add(zlib.crc32(data[start:end]), end - start)
+        assert combiner.crc == zlib.crc32(data), cuts
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 * (1 << 20) + 7])
+def test_threaded_gzip_passes_gzip_t_at_block_edges(python, size, tmp_path):
+    data = (PAYLOAD * 2)[:size]
+    result = compress(python, "gzip", "zlib-threads", data)
+    assert result.ok, result
+    path = tmp_path / "out.gz"
+    path.write_bytes(result.stdout)
+    assert subprocess.run(["gzip", "-t", str(path)], check=False).returncode == 0
+    assert gzip.decompress(result.stdout) == data
+    # two helper members one after the other are one valid multi-member gzip file, read whole
+    both = tmp_path / "both.gz"
+    both.write_bytes(result.stdout * 2)
+    assert subprocess.run(["gzip", "-t", str(both)], check=False).returncode == 0
+    back = run_helper(python, ["decompress"], result.stdout * 2)
+    assert back.ok and back.stdout == data * 2, back
+
+
+def test_threaded_gzip_with_a_flipped_byte_fails_its_crc(python):
+    out = bytearray(compress(python, "gzip", "zlib-threads").stdout)
+    out[-6] ^= 0x01  # inside the CRC-32 trailer
+    back = run_helper(python, ["decompress"], bytes(out))
+    assert not back.ok, back
+
+
+def test_helper_zstd_is_the_cli_frame_plus_a_raw_size_trailer(python):
+    if python.endswith("nozstd/bin/python"):
+        pytest.skip("the zstandard module is what this checks")
+    result = compress(python, "zstd", "zstandard", extra=["--threads", "0"])
+    assert result.ok, result
+    assert zstandard.ZstdDecompressor().stream_reader(__import__("io").BytesIO(result.stdout), read_across_frames=True).read() == PAYLOAD
+    assert result.stdout[-8:] == len(PAYLOAD).to_bytes(8, "little")
+    cli = shutil.which("zstd") and subprocess.run(["zstd", "-q", "-d", "-c"], input=result.stdout, stdout=subprocess.PIPE, check=True).stdout
+    assert cli in (None, PAYLOAD)
+
+
+def test_auto_level_decision_is_a_pure_function(helper_module):
+    adapt = helper_module.AdaptiveZstandard
+    assert adapt.next_level(3, 0.99) == 4      # the sink writes all the time: the compressor has slack
+    assert adapt.next_level(3, 0.2) == 2       # the sink waits for data: the compressor is the bottleneck
+    assert adapt.next_level(3, 0.75) == 3
+    assert adapt.next_level(adapt.MAX_LEVEL, 1.0) == adapt.MAX_LEVEL
+    assert adapt.next_level(adapt.MIN_LEVEL, 0.0) == adapt.MIN_LEVEL
+
+
+def test_auto_level_behind_a_slow_sink_climbs_and_decodes_byte_identical(python, tmp_path):
+    if python.endswith("nozstd/bin/python"):
+        pytest.skip("the zstandard module is what this checks")
+    data = os.urandom(40 << 20)  # output ~ input: the 8 MiB write queue fills, the sink paces the stream
+    result = run_helper(python, ["compress", "--codec", "zstd", "--level", "auto", "--threads", "0",
+                                 "--bandwidth-limit", str(16 << 20), "--adapt-window", "0.25"], data)
+    assert result.ok, result
+    levels = result.json["levels"]
+    assert result.json["level"] == "auto" and sum(n for _l, n in levels) == len(data), levels
+    assert max(level for level, _n in levels) > 3, levels   # the saturated sink raised the level
+    assert zstandard.ZstdDecompressor().stream_reader(__import__("io").BytesIO(result.stdout), read_across_frames=True).read() == data
+    if shutil.which("zstd"):
+        assert subprocess.run(["zstd", "-q", "-d", "-c"], input=result.stdout, stdout=subprocess.PIPE, check=True).stdout == data
+    back = run_helper(python, ["decompress"], result.stdout[:len(result.stdout) // 2])
+    assert not back.ok, back  # a cut multi-frame stream is still refused
+
+
+def test_auto_level_needs_zstd(python):
+    result = run_helper(python, ["compress", "--codec", "gzip", "--level", "auto"], b"x")
+    assert result.code == "BAD_INPUT" and "auto" in result.json["error"]["message"], result

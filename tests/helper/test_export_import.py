@@ -4,10 +4,12 @@ Failures must leave no partial file, cancel the task and say what happened.
 """
 
 import gzip
+import io
 import json
 import os
 import resource
 import signal
+import struct
 import subprocess
 import time
 
@@ -66,7 +68,9 @@ def test_export_writes_a_valid_backup(python, xapi, tmp_path, codec, suffix):
     assert res["path"] == str(out)
     assert res["raw_size"] == len(XVA)
     assert res["stored_size"] == len(stored)
-    assert res["sha256"] == __import__("hashlib").sha256(stored).hexdigest()
+    # format 2: the stored file's digest is BLAKE2b-256 (issue 14), as the repository's digest_of writes it
+    assert res["digest"] == "blake2b:" + __import__("hashlib").blake2b(stored, digest_size=32).hexdigest()
+    assert res["sha256"] is None
     assert res["codec"] == codec
     assert res["task"]["status"] == "success"
     assert [d["ref"] for d in res["xva"]["vdis"]] == ["Ref:12", "Ref:9"]
@@ -81,8 +85,8 @@ def test_export_writes_a_valid_backup(python, xapi, tmp_path, codec, suffix):
     assert_no_leftovers(tmp_path)
     assert xapi.tasks[res["task"]["ref"]].get("destroyed")
     # verify agrees with the export about the raw stream
-    verify = run_helper(python, ["verify", "--in", str(out)])
-    assert verify.ok and verify.json["raw_hash"] == res["raw_hash"] and verify.json["sha256"] == res["sha256"]
+    verify = run_helper(python, ["verify", "--in", str(out), "--digest", "blake2b"])
+    assert verify.ok and verify.json["raw_hash"] == res["raw_hash"] and verify.json["digest"] == res["digest"]
 
 
 def test_export_follows_redirect_to_another_host(xapi, tmp_path):
@@ -382,6 +386,45 @@ def test_import_aborts_on_a_bad_chunk(python, xapi, tmp_path):
     assert result.code == "CHECKSUM_MISMATCH", result
     # the body never completed and the task was cancelled
     assert xapi.imports[-1]["received"] < len(XVA) if xapi.imports else True
+    assert all(t["status"] in ("cancelled", "failure") for t in xapi.tasks.values())
+
+
+def _helper_zstd(python, data, *extra):
+    result = run_helper(python, ["compress", "--codec", "zstd", "--threads", "0"] + list(extra), data)
+    assert result.ok, result
+    return result.stdout
+
+
+def test_import_reads_the_raw_size_from_the_helpers_zstd_trailer(python, xapi, tmp_path):
+    """Issue 14: a helper-written zstd file ends with a skippable frame holding the raw size, so import
+    needs no counting decompression pass before its PUT; every zstd decoder skips the frame."""
+    path = tmp_path / "vm.xva.zst"
+    path.write_bytes(_helper_zstd(python, XVA))
+    assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(path.read_bytes()), read_across_frames=True).read() == XVA
+    result = run_import(python, xapi, path)
+    assert result.ok, result
+    assert result.json["content_length_source"] == "zstd-trailer"
+    assert xapi.imports[-1]["raw"] == XVA and xapi.imports[-1]["content_length"] == len(XVA)
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_import_refuses_a_lying_trailer_and_imports_nothing(python, xapi, tmp_path, delta):
+    stored = bytearray(_helper_zstd(python, XVA))
+    stored[-8:] = struct.pack("<Q", len(XVA) + delta)
+    path = tmp_path / "lying.xva.zst"
+    path.write_bytes(bytes(stored))
+    result = run_import(python, xapi, path)
+    assert not result.ok and result.code in ("RAW_SIZE", "STREAM_TRUNCATED", "XAPI_TASK_FAILED", "BAD_XVA"), result
+    assert all(t["status"] in ("cancelled", "failure") for t in xapi.tasks.values())
+    assert not xapi.imports or xapi.imports[-1]["raw"] != XVA or xapi.imports[-1]["content_length"] != len(XVA)
+
+
+def test_import_of_a_truncated_helper_zstd_file_fails(python, xapi, tmp_path):
+    stored = _helper_zstd(python, XVA)
+    path = tmp_path / "cut.xva.zst"
+    path.write_bytes(stored[:len(stored) // 2])
+    result = run_import(python, xapi, path)
+    assert result.code in ("STREAM_TRUNCATED", "RAW_SIZE", "DECOMPRESS_FAILED"), result
     assert all(t["status"] in ("cancelled", "failure") for t in xapi.tasks.values())
 
 

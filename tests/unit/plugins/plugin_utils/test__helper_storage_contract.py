@@ -91,3 +91,42 @@ def test_helper_reports_whether_the_repository_exists(tmp_path, helper_storage):
     storage, _runner = helper_storage
     assert storage.exists(str(tmp_path)) is True
     assert storage.exists(str(tmp_path / "missing")) is False
+
+
+def _helper_compress(data, *options):
+    proc = subprocess.run([sys.executable, BUNDLED_HELPER, "compress", "--codec", "zstd", "--threads", "0",
+                           "--nice", "0", "--ionice", "none"] + list(options),
+                          input=data, capture_output=True, timeout=120, check=True)
+    return proc.stdout, __import__("json").loads(proc.stderr.decode().strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("algorithm", ["blake2b", "sha256"])
+def test_in_stream_digest_of_the_helper_is_what_the_repository_verifies(tmp_path, helper_storage, algorithm):
+    """Issue 14: export's stored-file digest (BLAKE2b-256 for format 2, sha256 still readable) is the one
+    list_backups recomputes through repo-hash; a flipped byte in the stored file makes the backup incomplete."""
+    storage, _runner = helper_storage
+    stored, result = _helper_compress(os.urandom(1 << 20) + bytes(3 << 20), "--digest", algorithm)
+    assert result["digest"].startswith(algorithm + ":")
+    assert result["digest"] == repo.digest_of(stored, algorithm)
+    stamps = ("20261120T010000Z", "20261121T010000Z")
+    for stamp in stamps:
+        created = storage.make_backup_dir(str(tmp_path), POOL, VM, stamp)
+        directory = os.path.join(str(tmp_path), created["id"])
+        with open(os.path.join(directory, "vm.xva.zst"), "wb") as handle:
+            handle.write(stored)
+        when = repo.parse_timestamp(stamp)
+        manifest = repo.build_manifest(
+            repo.MANIFEST_KIND_VM_XVA, tool_version="0", pool={"uuid": POOL}, xapi_version=None, run_id="r",
+            files={"vm.xva.zst": {"size": result["stored_size"], "digest": result["digest"]}}, vm={"uuid": VM},
+            stored_file="vm.xva.zst", started=when, ended=when, ident=created["id"], sequence=created["sequence"])
+        storage.write_json(str(tmp_path), os.path.join(directory, repo.MANIFEST_NAME), manifest, exclusive=True)
+    corrupt = os.path.join(str(tmp_path), POOL, VM, stamps[1], "vm.xva.zst")
+    os.chmod(corrupt, 0o600)
+    with open(corrupt, "r+b") as handle:
+        handle.seek(len(stored) // 2)
+        byte = handle.read(1)
+        handle.seek(len(stored) // 2)
+        handle.write(bytes([byte[0] ^ 1]))
+    listed = dict((b.id.rsplit("/", 1)[1], b) for b in repo.list_backups(storage, str(tmp_path)))
+    assert listed[stamps[0]].complete, listed[stamps[0]].problem
+    assert not listed[stamps[1]].complete and algorithm in listed[stamps[1]].problem
