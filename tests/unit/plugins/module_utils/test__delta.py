@@ -173,7 +173,9 @@ def test_prune_never_removes_a_link_a_kept_delta_needs(tmp_path):
     result = repo.plan_prune(listed, repo.RetentionPolicy(keep_last=2), now, 86400)
     assert result.remove_ids == []
     reasons = {b.id: r for b, r in result.keep}
-    assert reasons[sorted(backups)[0]] == ["needed by a kept delta backup"]
+    assert reasons[sorted(backups)[0]][0].startswith("needed by the kept delta backup ")
+    # and the full is planned to be folded, with the two deltas below the oldest kept one, into its place
+    assert [m["chain"] for m in result.merges] == [sorted(backups)[:4]]
     # a separate older chain nobody needs any more goes
     old_full = manifest(0)
     old_full["id"] = "%s/%s/20261130T000000Z" % (POOL, VM)
