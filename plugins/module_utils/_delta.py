@@ -340,7 +340,7 @@ def synthetic_manifest(chain: list, merged: dict, merged_at: str, tool: dict) ->
     out["delta"] = dict(target["delta"], kind="full", base_backup=None, depth=0, disks=disks,
                         reason="synthetic full: %d links merged by prune" % len(chain),
                         synthetic={"merged": [m["id"] for m in chain], "depth": link_depth(target),
-                                   "replaced_kind": target["delta"]["kind"], "merged_at": merged_at,
+                                   "replaced_kind": target["delta"].get("kind"), "merged_at": merged_at,
                                    "replaced_files": sorted(n for n in target["files"] if n not in files)})
     return out
 
