@@ -29,7 +29,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".tmp", "collections"))
-from test_modules_repository import raw_disk  # noqa: E402  pylint: disable=wrong-import-position
+from test_modules_repository import raw_disk, task_runner  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.xapi.backup.plugins.module_utils import _delta  # noqa: E402
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo  # noqa: E402
@@ -299,6 +299,33 @@ def test_keep_two_makes_the_oldest_kept_delta_a_full_and_the_next_delta_restores
     assert manifest(repo_copy, ids[1])["delta"]["synthetic"]["merged"] == ids[:2]
     assert manifest(repo_copy, ids[2])["delta"]["base_backup"] == ids[1]  # untouched: the id stayed
     assert_points_restorable(sim, session, repo_copy, points, ids[1:])
+
+
+def test_vm_import_restores_both_kept_points_after_the_merge(sim, session, chain, repo_copy, tmp_path):
+    """The real restore verb on the pruned repository: the synthetic full itself, and the delta on top
+    of it (the VM from the stored configuration, every disk byte-identical to the source then)."""
+    _pristine, points, ids = chain
+    assert not prune(repo_copy, 2).get("failed")
+    run_task = task_runner(sim, tmp_path)
+    x = session.xenapi
+    for ident in ids[1:]:
+        restored = run_task("vm_import", {"backup": ident, "repository": str(repo_copy),
+                                          "name": "restored " + ident[-16:]})
+        assert not restored.get("failed") and restored["changed"], restored
+        assert restored["chain"] == ids[1:ids.index(ident) + 1], restored["chain"]
+        vm_ref = x.VM.get_by_uuid(restored["vm_uuid"])
+        got = {}
+        for vbd in x.VM.get_VBDs(vm_ref):
+            if x.VBD.get_type(vbd) == "Disk":
+                got[x.VBD.get_userdevice(vbd)] = raw_disk(sim, session._session, x.VDI.get_uuid(x.VBD.get_VDI(vbd)))
+        source = x.VM.get_by_name_label(VM_NAME)[0]
+        order = dict((x.VDI.get_uuid(x.VBD.get_VDI(v)), x.VBD.get_userdevice(v)) for v in x.VM.get_VBDs(source)
+                     if x.VBD.get_type(v) == "Disk")
+        assert got == dict((order[k], v) for k, v in points[ident].items()), ident
+        for vbd in x.VM.get_VBDs(vm_ref):
+            if x.VBD.get_type(vbd) == "Disk":
+                x.VDI.destroy(x.VBD.get_VDI(vbd))
+        x.VM.destroy(vm_ref)
 
 
 def test_signed_repository_synthetic_full_is_signed_and_a_forged_link_is_never_merged(sim, session, chain, repo_copy):
