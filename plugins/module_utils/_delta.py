@@ -38,7 +38,10 @@ MAX_VHD_SIZE = 2040 * 1024 ** 3  # xapi Constants.max_vhd_size: no VHD export ab
 MAX_CHAIN = 1000                 # bound for walking untrusted links
 DISK_EXTENSIONS = {"zstd": ".vhd.zst", "gzip": ".vhd.gz", "none": ".vhd"}
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_DISK_FILE_RE = re.compile(r"^(%s)\.vhd(\.zst|\.gz)?$" % _UUID)
+# <source-vdi>.vhd[.zst|.gz] as exported; a synthetic full's merged disk carries a random 8-hex tag
+# (<source-vdi>.<tag>.vhd.zst): it is written beside the delta it replaces, never over it
+_DISK_FILE_RE = re.compile(r"^(%s)(\.[0-9a-f]{8})?\.vhd(\.zst|\.gz)?$" % _UUID)
+MAX_MERGE_LINKS = 64              # the helper's repo-merge bound (links read at once)
 _DIGEST_RE = re.compile(r"^(sha256|blake2b):[0-9a-f]{64}$")
 
 
@@ -101,6 +104,13 @@ def parse_delta_manifest(manifest, backup_id: str) -> dict:
         _require((disk.get("base_snapshot_vdi") is None) == (base is None),
                  "%s: disk %s base does not match base_backup" % (backup_id, disk["source_vdi"]))
         _require(disk["source_vdi"] not in seen, "%s: disk %s twice" % (backup_id, disk["source_vdi"]))
+        # the block list is informational (the helper reads the BAT itself), but never unbounded
+        most = -(-disk["virtual_size"] // VHD_BLOCK)
+        count = disk.get("block_count")
+        _require(count is None or (isinstance(count, int) and 0 <= count <= most),
+                 "%s: disk %s claims %r blocks (at most %d)" % (backup_id, disk["source_vdi"], count, most))
+        _require(disk.get("blocks") is None or (isinstance(disk["blocks"], list) and len(disk["blocks"]) <= most),
+                 "%s: disk %s lists more block runs than it has blocks" % (backup_id, disk["source_vdi"]))
         seen.add(disk["source_vdi"])
     return manifest
 
@@ -149,8 +159,8 @@ def chain_to(backups: dict, backup_id: str) -> list:
 
 
 def _check_link(parent: dict, child: dict) -> None:
-    _require(child["delta"]["depth"] == parent["delta"]["depth"] + 1,
-             "%s: depth %d after %d" % (child["id"], child["delta"]["depth"], parent["delta"]["depth"]))
+    _require(child["delta"]["depth"] == link_depth(parent) + 1,
+             "%s: depth %d after %d" % (child["id"], child["delta"]["depth"], link_depth(parent)))
     _require(child["sequence"] > parent["sequence"], "%s: sequence not after its base" % child["id"])
     parent_disks = {d["source_vdi"]: d for d in parent["delta"]["disks"]}
     child_disks = {d["source_vdi"]: d for d in child["delta"]["disks"]}
@@ -161,6 +171,15 @@ def _check_link(parent: dict, child: dict) -> None:
                  "%s: disk %s is relative to %s, its base stored %s"
                  % (child["id"], source, disk["base_snapshot_vdi"], before["snapshot_vdi"]))
         _require(disk["virtual_size"] == before["virtual_size"], "%s: disk %s changed size" % (child["id"], source))
+
+
+def link_depth(manifest: dict) -> int:
+    """Deltas since the last exported full: a synthetic full keeps the depth of the delta whose place
+    it took (it was made from deltas, not from the disk), so the full interval still counts them."""
+    synthetic = manifest["delta"].get("synthetic")
+    if isinstance(synthetic, dict) and isinstance(synthetic.get("depth"), int) and synthetic["depth"] >= 0:
+        return synthetic["depth"]
+    return manifest["delta"]["depth"]
 
 
 def latest(backups: dict) -> str | None:
@@ -222,7 +241,7 @@ def export_plan(*, mode: str, full_interval: int, disks: list, base_snapshot: di
             return _plan("full", "the base snapshot has no disk %s as stored" % source)
         if disk["virtual_size"] != stored[source]["virtual_size"]:
             return _plan("full", "disk %s was resized" % source)
-    depth = top["delta"]["depth"] + 1
+    depth = link_depth(top) + 1
     if depth >= max(int(full_interval), 1):
         return _plan("full", "full interval reached (%d backups since the last full)" % depth)
     return {"kind": "delta", "reason": "delta on %s (%d after the full)" % (base_id, depth),
@@ -249,3 +268,86 @@ def needed_by(backups: dict, keep: set) -> set:
             needed.add(parent)
             current = parent
     return needed
+
+
+# ------------------------------------------------------------------------------ synthetic fulls
+
+
+def merge_plan(backups: dict, kept: set) -> dict:
+    """Which chains to fold into a synthetic full, and why not the others (a pure decision).
+
+    ``backups``: as for :func:`chain_to`; ``kept``: ids the retention rules keep (not the links kept
+    only because a kept delta needs them).  A chain whose full is not kept although a kept delta
+    needs it is folded: its full and every delta up to the oldest kept delta are merged into ONE
+    dynamic VHD that takes that delta's place (same directory, id, sequence, snapshot), after which
+    the older links are needed by nobody.  At most :data:`MAX_MERGE_LINKS` links per merge (a longer
+    chain is folded over several prunes).  Only a chain whose every link is complete and trusted is
+    merged.  Returns ``{"merges": [{"target", "chain", "reason"}], "skipped": [{"id", "reason"}]}``.
+    """
+    merges, skipped, targets = [], [], set()
+    order = sorted((i for i in kept if (backups.get(i) or {}).get("manifest") is not None),
+                   key=lambda i: backups[i]["manifest"]["sequence"])
+    for ident in order:
+        if backups[ident]["manifest"]["delta"]["base_backup"] is None:
+            continue
+        try:
+            chain = [m["id"] for m in chain_to(backups, ident)]
+        except ChainError as exc:
+            skipped.append({"id": ident, "reason": "not merged, the chain is not usable: %s" % exc})
+            continue
+        first_kept = min(i for i, link in enumerate(chain) if link in kept)
+        if first_kept == 0:
+            continue  # the full is kept itself: nothing ages out
+        links = chain[:min(first_kept + 1, MAX_MERGE_LINKS)]
+        if links[-1] in targets:
+            continue
+        targets.add(links[-1])
+        merges.append({"target": links[-1], "chain": links,
+                       "reason": "full %s is not kept but %s needs it: %d links merged into a synthetic full "
+                                 "in the place of %s" % (chain[0], ident, len(links), links[-1])})
+    return {"merges": merges, "skipped": skipped}
+
+
+def synthetic_manifest(chain: list, merged: dict, merged_at: str, tool: dict) -> dict:
+    """The manifest of the synthetic full that replaces ``chain[-1]`` (unsigned; the caller seals it).
+
+    ``chain``: the merged links' manifests, oldest (the full) first; ``merged``: ``{source_vdi:
+    repo-merge result}``.  Everything that names the point (id, sequence, created, run id, snapshot,
+    VM, the metadata export) stays the replaced delta's; the disks become the merged dynamic VHDs.
+    """
+    target = chain[-1]
+    _require(len(chain) >= 2 and chain[0]["delta"]["base_backup"] is None, "a merge starts at a full")
+    out = dict((k, v) for k, v in target.items() if k != "signature")
+    files = dict((name, dict(entry)) for name, entry in target["files"].items() if name == METADATA_FILE)
+    disks = []
+    for disk in target["delta"]["disks"]:
+        result = merged[disk["source_vdi"]]
+        vhd = result.get("vhd") or {}
+        _require(vhd.get("disk_type") == "dynamic" and vhd.get("virtual_size") == disk["virtual_size"],
+                 "the merged disk of %s is not a dynamic VHD of %d bytes" % (disk["source_vdi"], disk["virtual_size"]))
+        _require(_DISK_FILE_RE.match(result["file"] or "") is not None and result["file"] not in target["files"],
+                 "the merged disk has a bad name %r" % (result["file"],))
+        files[result["file"]] = {"size": int(result["size"]), "digest": result["digest"]}
+        disks.append(dict(disk, file=result["file"], disk_type="dynamic", base_snapshot_vdi=None,
+                          block_size=vhd.get("block_size"), block_count=vhd.get("block_count"),
+                          blocks=vhd.get("blocks"), vhd_uid=vhd.get("uid"), raw_size=int(result["raw_size"]),
+                          raw_hash=result.get("raw_hash"), stored_size=int(result["size"]),
+                          sha256=result["digest"].split(":", 1)[1] if result["digest"].startswith("sha256:") else None,
+                          duration=result.get("duration"), codec=result.get("codec")))
+    out["files"] = files
+    out["tool"] = tool
+    out["raw_size"] = sum(d["raw_size"] for d in disks)
+    out["delta"] = dict(target["delta"], kind="full", base_backup=None, depth=0, disks=disks,
+                        reason="synthetic full: %d links merged by prune" % len(chain),
+                        synthetic={"merged": [m["id"] for m in chain], "depth": link_depth(target),
+                                   "replaced_kind": target["delta"].get("kind"), "merged_at": merged_at,
+                                   "replaced_files": sorted(n for n in target["files"] if n not in files)})
+    return out
+
+
+def stray_disk_files(manifest: dict, present) -> list:
+    """Stored-disk files in a synthetic full's directory that its manifest does not list (the delta
+    it replaced, a merge interrupted before its commit): dropped by prune."""
+    if not isinstance((manifest.get("delta") or {}).get("synthetic"), dict):
+        return []
+    return sorted(n for n in present if _DISK_FILE_RE.match(n) and n not in manifest["files"])

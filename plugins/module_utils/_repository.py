@@ -460,6 +460,23 @@ class HelperStorage:
     def unlock(self, repo, pool_uuid, token) -> dict:
         return self._run("repo-unlock", ["--repo", repo, "--pool", pool_uuid, "--token", token], None)
 
+    def merge_disk(self, repo, target_id, source_vdi, virtual_size, inputs, digests, codec="zstd", level=None) -> dict:
+        """repo-merge: the links' stored disks (oldest first) -> a new dynamic VHD in ``target_id``."""
+        args = ["--repo", repo, "--out-dir", target_id, "--disk", source_vdi, "--virtual-size", str(int(virtual_size)),
+                "--codec", codec] + (["--level", str(level)] if level is not None else [])
+        checked = all(isinstance(d, str) and d.startswith("sha256:") for d in digests)  # the helper hashes sha256
+        for path, digest in zip(inputs, digests):
+            args += ["--in", path] + (["--in-digest", digest] if checked else [])
+        return self._run("repo-merge", args, None)
+
+    def commit_manifest(self, repo, ident, expect_digest, manifest) -> dict:
+        """repo-merge-commit: replace ``ident``'s manifest if it is still the one with ``expect_digest``."""
+        return self._run("repo-merge-commit", ["--repo", repo, "--path", ident, "--expect-digest", expect_digest],
+                         dump_manifest(strip_secrets(manifest)))
+
+    def drop_strays(self, repo, ident) -> dict:
+        return self._run("repo-merge-commit", ["--repo", repo, "--path", ident, "--cleanup-only"], None)
+
     def ova_vms(self, repo, path) -> list:
         """The VMs (``[{ref, uuid, name_label}]``) the stored XVA's ova.xml describes."""
         return list(self._run("repo-ova", ["--repo", repo, "--path", relative_path(repo, path)], None).get("vms") or [])
@@ -828,6 +845,9 @@ class PrunePlan:
     def __init__(self) -> None:
         self.keep = []      # (backup, [reasons])
         self.remove = []    # (backup, reason)
+        self.merges = []    # synthetic fulls to make first (_delta.merge_plan)
+        self.merge_skipped = []
+        self.cleanups = []  # (backup, [stray disk files]) of synthetic fulls
 
     @property
     def remove_ids(self) -> list:
@@ -875,11 +895,69 @@ def plan_prune(backups: list, policy: RetentionPolicy, now: datetime.datetime, i
     return plan
 
 
+def delta_links(backups: list) -> dict:
+    """``{id: {"manifest", "problem"}}`` of the vm-delta backups of a listing (for _delta's chain functions):
+    a link is usable only when complete (its files, digests, identity and signature checked)."""
+    links = {}
+    for backup in backups:
+        if not is_delta(backup):
+            continue
+        entry = {"manifest": None, "problem": None if backup.complete else "%s: %s" % (backup.status, backup.problem)}
+        try:
+            entry["manifest"] = _delta.parse_delta_manifest(backup.manifest, backup.id)
+        except _delta.ChainError as exc:
+            entry["problem"] = str(exc)
+        links[backup.id] = entry
+    return links
+
+
 def _keep_chain_links(backups: list, plan: PrunePlan) -> None:
-    """Never remove a backup a kept vm-delta backup needs (its base, the base's base...)."""
-    links = {b.id: {"manifest": b.manifest} for b in backups if is_delta(b)}
-    needed = _delta.needed_by(links, {b.id for b, _reasons in plan.keep if b.id in links})
+    """Never remove a backup a kept vm-delta backup needs; plan the synthetic fulls and stray drops.
+
+    From each kept complete delta the chain is walked down by ``base_backup``; every link met is
+    kept.  A link that is missing, damaged, untrusted or unreadable stops the walk -- what it needs
+    cannot be known -- so every backup of that VM recorded before it (before the delta naming it,
+    when it is missing) is kept as well: damage never makes prune delete around a kept point.
+    """
+    by_id = dict((b.id, b) for b in backups)
+    groups = group_by_owner(backups)
+    kept_by_rule = set(b.id for b, _reasons in plan.keep if b.complete and is_delta(b))
+    needed = {}
+    for start in sorted(kept_by_rule):
+        _walk_chain(by_id, groups, start, needed)
     for backup, reason in list(plan.remove):
         if backup.id in needed:
             plan.remove.remove((backup, reason))
-            plan.keep.append((backup, ["needed by a kept delta backup"]))
+            plan.keep.append((backup, [needed[backup.id]]))
+    links = delta_links(backups)
+    decided = _delta.merge_plan(links, kept_by_rule)
+    plan.merges = decided["merges"]
+    plan.merge_skipped = decided["skipped"]
+    for backup, _reasons in plan.keep:
+        if backup.complete and is_delta(backup):
+            strays = _delta.stray_disk_files(backup.manifest, backup.files)
+            if strays:
+                plan.cleanups.append((backup, strays))
+
+
+def _walk_chain(by_id, groups, start, needed):
+    child, current, seen = None, start, set()
+    for _unused in range(_delta.MAX_CHAIN):
+        if current in seen:
+            return
+        seen.add(current)
+        backup = by_id.get(current)
+        if current != start:
+            needed.setdefault(current, "needed by the kept delta backup %s" % start)
+        if backup is None or not backup.complete or not is_delta(backup):
+            anchor = backup if backup is not None else by_id[child]
+            for other in groups.get((anchor.pool_uuid, anchor.owner), []):
+                if order_key(other) < order_key(anchor):
+                    needed.setdefault(other.id, "recorded before %s, a damaged or missing link of the kept delta "
+                                                "backup %s: kept until the chain is repaired" % (current, start))
+            if backup is None or backup.status not in (STATUS_COMPLETE, STATUS_INCOMPLETE) or not is_delta(backup):
+                return  # its base_backup is unknown or untrusted: not followed
+        base = backup.manifest["delta"].get("base_backup") if isinstance(backup.manifest.get("delta"), dict) else None
+        if not isinstance(base, str):
+            return
+        child, current = current, base

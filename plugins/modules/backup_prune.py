@@ -23,6 +23,14 @@ description:
     refuses is reported and the other backups are still pruned.
   - Incomplete backups are never counted by the rules; they are removed once older than O(incomplete_grace),
     unless the helper's status file shows that an export is still writing them.
+  - "Delta backups (VHD chains): a backup a kept delta needs (its base, the base's base...) is never removed.
+    When the full of a chain is not kept but a kept delta depends on it, the full and every delta up to the
+    oldest kept delta are merged into a synthetic full that takes that delta's place (same backup id, sequence,
+    snapshot and metadata): written and verified (decoded and digested) by the helper before its manifest
+    (signed when O(repository_key) is set) replaces the delta's, and the merged links are removed only after a
+    fresh listing with checksums shows that nothing needs them. A merge stopped at any step leaves every kept
+    point restorable; the next prune finishes it. A damaged, missing or untrusted link is never merged, and
+    nothing recorded before it is removed while a kept delta depends on it."
   - The repository is changed through the helper on the task's host, or directly with a local connection.
   - This module is implemented as an action plugin.
 author:
@@ -109,6 +117,18 @@ freed_bytes:
   description: Bytes of the removed backups.
   returned: always
   type: int
+merges:
+  description:
+    - Synthetic fulls of delta chains. C(planned) (C(target), C(chain) oldest first, C(reason)), C(done) (made in
+      this run, with C(target), C(merged), C(dropped) and per disk C(file), C(size), C(raw_size), C(block_count)),
+      C(skipped) (chains not merged, with C(id) and C(reason)).
+  returned: always
+  type: dict
+dropped:
+  description: Stored disk files a synthetic full no longer lists (the replaced delta's, a merge stopped before its commit), removed (or to be removed in check mode).
+  returned: always
+  type: list
+  elements: str
 diff:
   description: Backup ids before and after.
   returned: in diff mode

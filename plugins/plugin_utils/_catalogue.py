@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 
+from ansible_collections.xapi.backup.plugins.module_utils import _delta
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
+from ansible_collections.xapi.backup.plugins.plugin_utils import _delta_merge
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
 
 
@@ -124,6 +126,39 @@ def spare_running_exports(ctx, plan: repo.PrunePlan) -> None:
     plan.remove = remove
 
 
+def merge_chains(ctx, backups, plan, merges, errors, policy, now):
+    """Make the planned synthetic fulls, then list and plan again: the links they replace are removed
+    only by that second plan, once the listing (digests checked) shows nothing needs them any more."""
+    p = ctx.params
+    for merge in plan.merges:
+        try:
+            merges["done"].append(_delta_merge.synthetic_full(ctx, backups, merge))
+        except (HelperError, repo.RepositoryError, _delta.ChainError) as exc:  # the chain stays as it was
+            errors.append("merge into %s: %s" % (merge["target"], getattr(exc, "message", str(exc))))
+    if not merges["done"]:
+        return backups, plan
+    fresh = repo.list_backups(ctx.storage, p["repository"], pool=p.get("pool_uuid"), vm=p.get("vm_uuid"),
+                              check_hash=True, key=p.get("repository_key"), now=now)
+    return fresh, repo.plan_prune(fresh, policy, now, float(p.get("incomplete_grace", 86400)))
+
+
+def drop_strays(ctx, plan, errors) -> list:
+    """Stored-disk files a synthetic full's manifest no longer lists (the replaced delta's, a merge cut
+    before its commit)."""
+    dropped = []
+    for backup, strays in plan.cleanups:
+        if ctx.check_mode:
+            dropped.extend("%s/%s" % (backup.id, name) for name in strays)
+            continue
+        try:
+            result = ctx.storage.drop_strays(ctx.params["repository"], backup.id)
+        except (HelperError, repo.RepositoryError) as exc:
+            errors.append("%s: %s" % (backup.id, exc.message))
+            continue
+        dropped.extend("%s/%s" % (backup.id, name) for name in result.get("dropped") or [])
+    return dropped
+
+
 def backup_prune(ctx) -> dict:
     p = ctx.params
     now = repo.utcnow()
@@ -146,8 +181,16 @@ def backup_prune(ctx) -> dict:
                                    "or made before 0.2.0: run one backup to mark it); nothing removed"
                                    % (p["repository"], repo.MARKER_NAME), "NO_MARKER")
     plan = repo.plan_prune(backups, policy, now, float(p.get("incomplete_grace", 86400)))
-    spare_running_exports(ctx, plan)
     errors = []
+    merges = {"planned": [{"target": m["target"], "chain": m["chain"], "reason": m["reason"]} for m in plan.merges],
+              "skipped": list(plan.merge_skipped), "done": []}
+    if plan.merges and not ctx.check_mode:
+        if not p.get("checksums", True):
+            warnings.append("synthetic fulls not made: checksums is false (a merge reads only verified links)")
+        else:
+            backups, plan = merge_chains(ctx, backups, plan, merges, errors, policy, now)
+    dropped = drop_strays(ctx, plan, errors)
+    spare_running_exports(ctx, plan)
     removed_plan = []
     for backup, reason in plan.remove:
         if not ctx.check_mode:
@@ -171,9 +214,13 @@ def backup_prune(ctx) -> dict:
         msg = "%s %d backup(s)" % ("would remove" if ctx.check_mode else "removed", len(plan.remove))
     else:
         msg = "nothing to remove"
-    out = {"changed": bool(plan.remove), "msg": msg, "removed": removed, "kept": kept,
+    if merges["done"]:
+        msg += "; %d synthetic full(s) made" % len(merges["done"])
+    elif merges["planned"] and ctx.check_mode:
+        msg += "; would make %d synthetic full(s)" % len(merges["planned"])
+    out = {"changed": bool(plan.remove or merges["done"] or dropped), "msg": msg, "removed": removed, "kept": kept,
            "freed_bytes": sum(r["size"] for r in removed), "diff": prune_diff(backups, plan),
-           "skipped": list(backups.skipped)}
+           "skipped": list(backups.skipped), "merges": merges, "dropped": dropped}
     if warnings:
         out["warnings"] = warnings
     if errors:

@@ -173,7 +173,9 @@ def test_prune_never_removes_a_link_a_kept_delta_needs(tmp_path):
     result = repo.plan_prune(listed, repo.RetentionPolicy(keep_last=2), now, 86400)
     assert result.remove_ids == []
     reasons = {b.id: r for b, r in result.keep}
-    assert reasons[sorted(backups)[0]] == ["needed by a kept delta backup"]
+    assert reasons[sorted(backups)[0]][0].startswith("needed by the kept delta backup ")
+    # and the full is planned to be folded, with the two deltas below the oldest kept one, into its place
+    assert [m["chain"] for m in result.merges] == [sorted(backups)[:4]]
     # a separate older chain nobody needs any more goes
     old_full = manifest(0)
     old_full["id"] = "%s/%s/20261130T000000Z" % (POOL, VM)
@@ -187,3 +189,148 @@ def test_needed_by_is_bounded_on_a_loop():
     first = sorted(backups)[0]
     backups[first]["manifest"]["delta"]["base_backup"] = top["id"]
     assert _delta.needed_by(backups, {top["id"]}) == {top["id"], first}
+
+
+# ---------------------------------------------------------------- retention: synthetic fulls (merge_plan)
+
+
+def listed_backups(backups, now, status=None, files=None):
+    out = []
+    for ident, entry in sorted(backups.items()):
+        out.append(repo.Backup(ident, "/r/" + ident, (files or {}).get(ident, {}), entry["manifest"],
+                               (status or {}).get(ident, repo.STATUS_COMPLETE), None, now=now))
+    return out
+
+
+def test_merge_plan_folds_the_full_up_to_the_oldest_kept_delta():
+    backups, _top = chain(3)
+    ids = sorted(backups)
+    assert _delta.merge_plan(backups, {ids[2]})["merges"][0]["chain"] == ids
+    assert _delta.merge_plan(backups, {ids[1], ids[2]})["merges"][0]["chain"] == ids[:2]
+    assert _delta.merge_plan(backups, {ids[0], ids[2]})["merges"] == []  # the full is kept: nothing ages out
+    assert _delta.merge_plan(backups, set())["merges"] == []
+
+
+def test_merge_plan_never_merges_through_a_damaged_link_and_says_why():
+    backups, _top = chain(3)
+    ids = sorted(backups)
+    backups[ids[1]]["problem"] = "incomplete: digest"
+    decided = _delta.merge_plan(backups, {ids[2]})
+    assert decided["merges"] == [] and "damaged" in decided["skipped"][0]["reason"]
+
+
+def test_merge_plan_is_bounded_by_the_helpers_link_limit():
+    backups, top = chain(_delta.MAX_MERGE_LINKS + 5)
+    merge = _delta.merge_plan(backups, {top["id"]})["merges"][0]
+    assert len(merge["chain"]) == _delta.MAX_MERGE_LINKS and merge["target"] != top["id"]
+
+
+def merged_result(name, size=123, blocks=((0, 2),)):
+    return {"file": name, "size": size, "digest": "sha256:" + "cd" * 32, "raw_size": 4096, "raw_hash": "sha256:" + "ef" * 32,
+            "codec": "zstd", "vhd": {"disk_type": "dynamic", "virtual_size": SIZE, "block_size": 2 * 1024 * 1024,
+                                     "block_count": 2, "blocks": [list(b) for b in blocks], "uid": "ab" * 16}}
+
+
+def test_synthetic_manifest_takes_the_place_of_the_target_and_parses():
+    backups, top = chain(3)
+    links = [backups[i]["manifest"] for i in sorted(backups)]
+    out = _delta.synthetic_manifest(links, {DISK: merged_result(DISK + ".0123abcd.vhd.zst")}, "2026-12-02T00:00:00Z",
+                                    {"name": "xapi.backup", "version": "9"})
+    for key in ("id", "sequence", "run_id", "vm", "pool"):
+        assert out[key] == top[key]
+    assert out["delta"]["base_backup"] is None and out["delta"]["depth"] == 0 and out["delta"]["kind"] == "full"
+    assert out["delta"]["snapshot"] == top["delta"]["snapshot"]
+    assert out["delta"]["synthetic"]["merged"] == sorted(backups) and out["delta"]["synthetic"]["depth"] == 2
+    assert out["delta"]["synthetic"]["replaced_files"] == [DISK + ".vhd.zst"]
+    assert set(out["files"]) == {DISK + ".0123abcd.vhd.zst", "metadata.xva"} and "signature" not in out
+    assert _delta.parse_delta_manifest(out, out["id"]) is out
+    assert _delta.link_depth(out) == 2
+    # a delta on top of it links through it (depth counted from the delta it replaced)
+    child = manifest(4, base=top["id"], depth=3, base_vdi=top["delta"]["disks"][0]["snapshot_vdi"])
+    merged = {out["id"]: {"manifest": out, "problem": None}, child["id"]: {"manifest": child, "problem": None}}
+    assert [m["id"] for m in _delta.chain_to(merged, child["id"])] == [out["id"], child["id"]]
+
+
+@pytest.mark.parametrize("bad", ["name-clash", "differencing", "size"])
+def test_synthetic_manifest_refuses_a_merge_result_that_does_not_fit(bad):
+    backups, _top = chain(2)
+    links = [backups[i]["manifest"] for i in sorted(backups)]
+    result = merged_result(DISK + ".0123abcd.vhd.zst")
+    if bad == "name-clash":
+        result["file"] = DISK + ".vhd.zst"  # the delta's own file: never overwritten
+    elif bad == "differencing":
+        result["vhd"]["disk_type"] = "differencing"
+    else:
+        result["vhd"]["virtual_size"] = SIZE * 2
+    with pytest.raises(_delta.ChainError):
+        _delta.synthetic_manifest(links, {DISK: result}, "t", {})
+
+
+def test_stray_disk_files_only_of_a_synthetic_full():
+    backups, _top = chain(2)
+    links = [backups[i]["manifest"] for i in sorted(backups)]
+    out = _delta.synthetic_manifest(links, {DISK: merged_result(DISK + ".0123abcd.vhd.zst")}, "t", {})
+    present = {DISK + ".0123abcd.vhd.zst": 1, "metadata.xva": 1, DISK + ".vhd.zst": 1, DISK + ".99999999.vhd.zst": 1,
+               "notes.txt": 1, "manifest.json": 1}
+    assert _delta.stray_disk_files(out, present) == [DISK + ".99999999.vhd.zst", DISK + ".vhd.zst"]
+    assert _delta.stray_disk_files(links[-1], present) == []  # a plain delta: nothing is a stray
+
+
+def test_a_manifest_claiming_a_huge_block_count_is_not_a_manifest():
+    m = manifest(1)
+    m["delta"]["disks"][0]["block_count"] = 10 ** 12
+    with pytest.raises(_delta.ChainError):
+        _delta.parse_delta_manifest(m, m["id"])
+    m = manifest(1)
+    m["delta"]["disks"][0]["blocks"] = [[0, 1]] * 100
+    with pytest.raises(_delta.ChainError):
+        _delta.parse_delta_manifest(m, m["id"])
+
+
+@pytest.mark.parametrize("damage", [repo.STATUS_INCOMPLETE, repo.STATUS_UNTRUSTED, repo.STATUS_UNKNOWN, "missing"])
+def test_prune_keeps_everything_recorded_before_a_damaged_link_of_a_kept_delta(damage):
+    """An older chain, then full -> d1 (damaged) -> d2, keep_last 1: d2 is kept; what d1 needs cannot be
+    trusted, so nothing recorded before d1 goes (the older chain included), and nothing is merged."""
+    now = datetime.datetime(2026, 12, 10, tzinfo=datetime.timezone.utc)
+    backups, _top = chain(3)
+    ids = sorted(backups)
+    old = manifest(0)
+    old["id"] = "%s/%s/20261130T000000Z" % (POOL, VM)
+    old["sequence"] = 1
+    for n, ident in enumerate(ids):
+        backups[ident]["manifest"]["sequence"] = n + 2
+    backups[old["id"]] = {"manifest": old, "problem": None}
+    if damage == "missing":
+        del backups[ids[1]]
+        listed = listed_backups(backups, now)
+    else:
+        listed = listed_backups(backups, now, status={ids[1]: damage})
+    result = repo.plan_prune(listed, repo.RetentionPolicy(keep_last=1), now, 0)
+    assert ids[0] not in result.remove_ids and old["id"] not in result.remove_ids, result.remove_ids
+    assert ids[2] not in result.remove_ids and ids[1] not in result.remove_ids
+    assert result.merges == []
+
+
+def test_prune_walk_is_bounded_and_survives_a_loop():
+    now = datetime.datetime(2026, 12, 10, tzinfo=datetime.timezone.utc)
+    backups, top = chain(2)
+    first = sorted(backups)[0]
+    backups[first]["manifest"]["delta"]["base_backup"] = top["id"]
+    result = repo.plan_prune(listed_backups(backups, now), repo.RetentionPolicy(keep_last=1), now, 0)
+    assert result.remove_ids == []
+
+
+def test_a_future_dated_kept_delta_orders_by_sequence_only():
+    """The newest delta dated a year ahead: keep_last 1 keeps it, latest (never future-dated) keeps d1;
+    the full is folded into d1's place, nothing else."""
+    now = datetime.datetime(2026, 12, 10, tzinfo=datetime.timezone.utc)
+    backups, top = chain(3)
+    ids = sorted(backups)
+    future_id = "%s/%s/20271201T000000Z" % (POOL, VM)
+    entry = backups.pop(top["id"])
+    entry["manifest"]["id"] = future_id
+    backups[future_id] = entry
+    listed = listed_backups(backups, now)
+    assert [b.future_dated for b in listed] == [False, False, True]
+    result = repo.plan_prune(listed, repo.RetentionPolicy(keep_last=1), now, 0)
+    assert result.remove_ids == [] and [m["chain"] for m in result.merges] == [ids[:2]]
