@@ -80,7 +80,7 @@ class VmDeltaExport:
                 out = self.xva_export()
                 out.update(kind="xva", msg="%s (%s)" % (out.get("msg"), plan["reason"]))
                 if kept and not self.ctx.check_mode:
-                    # a disk above the VHD limit never shrinks back: the delta base can never serve
+                    # a disk above the VHD limit never shrinks back: the delta base cannot serve again
                     for ref, _rec in kept:
                         self._destroy(xapi, ref)
                     out["delta_bases_removed"] = [rec.get("uuid") for _ref, rec in kept]
