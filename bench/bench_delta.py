@@ -9,7 +9,7 @@ transfer time (sum of its per-disk durations) and the whole run's wall time; the
 of the newest point (helper import-vdi of the full and every delta, oldest first, into a new
 VDI) beside the restore of the full alone, both compared byte for byte with the source.
 
-    python bench/bench_delta.py [--image .cache/images/bench.img] [--deltas 2] [--changed 1]
+    python bench/bench_delta.py [--image .cache/images/bench.img] [--deltas 7] [--changed 1]
 
 Done-when targets (issue 12): delta stored <= 3 % of the full, delta transfer <= 10 % of the
 full's, newest-point restore rate >= 80 % of a full restore's.
@@ -112,7 +112,7 @@ def restore(sim, session, size, sr, files):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", default=os.path.join(REPO, ".cache", "images", "bench.img"))
-    parser.add_argument("--deltas", type=int, default=2)
+    parser.add_argument("--deltas", type=int, default=7)
     parser.add_argument("--changed", type=float, default=1.0, help="percent of 2 MiB blocks rewritten between runs")
     parser.add_argument("--content", choices=("copy", "random"), default="copy",
                         help="rewritten blocks: copies of the disk's own blocks (default) or random bytes")
@@ -146,7 +146,11 @@ def main():
                         data = bytearray(sim.vdi_read(disk_uuid, rng.choice(allocated) * BLOCK, BLOCK))
                         data[:16] = os.urandom(16)
                         sim.vdi_write(disk_uuid, block * BLOCK, bytes(data))
-            result, wall = run("vm_export", {"vm": "bench-delta", "mode": "delta", "run_id": "bench-%d" % index})
+            # one chain: the full interval must not turn the last run into a new full
+            result, wall = run("vm_export", {"vm": "bench-delta", "mode": "delta", "run_id": "bench-%d" % index,
+                                             "full_interval": args.deltas + 1})
+            if result["kind"] != ("delta" if index else "full"):
+                raise SystemExit("run %d is a %s, not the expected kind: %s" % (index + 1, result["kind"], result["msg"]))
             points.append(raw_sha256(sim, session, disk_uuid))
             files = [os.path.join(result["path"], d["file"]) for d in result["disks"]]
             if not index:
@@ -164,6 +168,8 @@ def main():
             "runs": runs,
             "delta_stored_vs_full": round(max(r["stored_size"] for r in deltas) / float(full["stored_size"]), 4),
             "delta_transfer_vs_full": round(max(r["helper_seconds"] for r in deltas) / float(full["helper_seconds"]), 4),
+            "full_wall_seconds": full["wall_seconds"], "delta_wall_seconds_max": max(r["wall_seconds"] for r in deltas),
+            "delta_wall_vs_full": round(max(r["wall_seconds"] for r in deltas) / float(full["wall_seconds"]), 4),
             "restore_full_seconds": round(full_seconds, 2), "restore_newest_seconds": round(chain_seconds, 2),
             "restore_newest_rate_vs_full": round(full_seconds / chain_seconds, 3),
             "restore_full_identical": full_digest == points[0], "restore_newest_identical": chain_digest == points[-1],
@@ -175,6 +181,8 @@ def main():
                                                           r["helper_seconds"], r["wall_seconds"]))
         print("delta stored / full stored: %.2f %% (target <= 3 %%)" % (100 * figures["delta_stored_vs_full"]))
         print("delta transfer / full transfer (helper): %.2f %% (target <= 10 %%)" % (100 * figures["delta_transfer_vs_full"]))
+        print("whole run (ansible-playbook wall time): full %.2f s, slowest delta %.2f s (%.0f %% of the full's)"
+              % (figures["full_wall_seconds"], figures["delta_wall_seconds_max"], 100 * figures["delta_wall_vs_full"]))
         print("restore of the newest point (full + %d deltas): %.2f s vs full alone %.2f s: rate %.0f %% of a full "
               "restore's (target >= 80 %%); byte-identical: %s / %s"
               % (len(deltas), chain_seconds, full_seconds, 100 * figures["restore_newest_rate_vs_full"],

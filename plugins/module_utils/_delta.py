@@ -209,11 +209,14 @@ def export_plan(*, mode: str, full_interval: int, disks: list, base_snapshot: di
     base snapshot of this VM, ``{"uuid", "backup_id", "disks": {source_vdi: {"uuid",
     "virtual_size"}}}``, or None; ``backups``: as for :func:`chain_to`.
     Returns ``{"kind": "xva" | "full" | "delta", "reason", "base_backup", "depth"}``: ``xva``
-    when a VHD export is impossible (a disk above 2040 GiB: the XVA path takes it).
+    when a VHD export is impossible (a disk above 2040 GiB or of 0 bytes: the XVA path takes it).
     """
     too_large = [d["source_vdi"] for d in disks if d["virtual_size"] > MAX_VHD_SIZE]
     if too_large:
         return _plan("xva", "disk %s is larger than 2040 GiB, the VHD limit: XVA export instead" % too_large[0])
+    empty = [d["source_vdi"] for d in disks if d["virtual_size"] <= 0]
+    if empty:  # a VHD of 0 bytes is no disk to chain (the helper and the manifest refuse it)
+        return _plan("xva", "disk %s has a virtual size of 0 bytes: XVA export instead" % empty[0])
     if mode != "delta":
         return _plan("full", "mode full")
     if base_snapshot is None:

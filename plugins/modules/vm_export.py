@@ -75,7 +75,8 @@ options:
       - A delta run makes a full VHD backup instead, and says why in RV(msg), when there is no base snapshot, the
         base's backup is missing, damaged or not the newest stored one, the stored chain does not end in the base,
         the VM's disks changed or were resized, O(full_interval) is reached, or xapi refuses the delta. A disk
-        larger than 2040 GiB (the VHD limit) makes it an XVA export.
+        larger than 2040 GiB (the VHD limit, xapi answers C(VDI_TOO_LARGE)) or of 0 bytes makes it an XVA export,
+        run after run, and the VM's delta base snapshot is removed (it cannot serve again).
       - The kept base snapshot costs space on the SR - on a thick-provisioned (LVM) SR as much as the disks' size.
         A run with O(mode=full) removes it with the other snapshots of earlier runs (the next delta run is then a full).
       - M(xapi.backup.vm_import) restores any backup of a chain - it checks every link first, writes the full and

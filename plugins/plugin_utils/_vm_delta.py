@@ -74,6 +74,13 @@ class VmDeltaExport:
             if plan["kind"] == "xva":
                 out = self.xva_export()
                 out.update(kind="xva", msg="%s (%s)" % (out.get("msg"), plan["reason"]))
+                if kept and not self.ctx.check_mode:
+                    # a disk above the VHD limit never shrinks back: the delta base cannot serve again
+                    for ref, _rec in kept:
+                        self._destroy(xapi, ref)
+                    out["delta_bases_removed"] = [rec.get("uuid") for _ref, rec in kept]
+                    if self.warnings:
+                        out["warnings"] = list(out.get("warnings") or []) + self.warnings
                 return out
             if self.ctx.check_mode:
                 return self._finish(self._plan(xapi, vm_ref, vm_rec, base, pool, plan))

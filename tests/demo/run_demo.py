@@ -5,11 +5,13 @@
 
 Steps: start the simulator (sample pool, realistic ext4 disks) in a temporary state directory,
 install the helper (connection local: the "pool master" is this machine and the helper reads xapi at
-the simulator's plain URL, as it reads http://localhost on dom0), run playbooks/backup.yml, restore
-one VM with playbooks/restore.yml, check that the restored disks equal the originals byte for byte
-(GET /export_raw_vdi on both), remove the restored copy again (restore.yml, action remove; otherwise
-it is a new VM the next backup must take), run the backup again and check that no VM changed, print
-the report.
+the simulator's plain URL, as it reads http://localhost on dom0), run playbooks/backup.yml in delta
+mode (the first run is a full: one VHD per disk), let the guest of one VM rewrite a few 2 MiB blocks
+(the simulator's test hook), run the backup again (a delta: only the changed blocks), restore that
+VM from the delta point with playbooks/restore.yml (full + delta written oldest first), check that
+the restored disks equal the originals byte for byte (GET /export_raw_vdi on both), remove the
+restored copy again (restore.yml, action remove; otherwise it is a new VM the next backup must
+take), run the backup again with the same run id and check that no VM changed, print the report.
 The simulator is stopped in every outcome. Exit status 0 only if every step passed.
 
 Options: --keep (keep the temporary directory), --verbose (stream Ansible's output),
@@ -38,6 +40,9 @@ COLLECTIONS = REPO / ".tmp" / "collections"
 PLAYBOOKS = REPO / "playbooks"
 DEFAULT_POOL = REPO / "tests" / "xapisim" / "pools" / "sample.yml"
 IMAGES = REPO / ".cache" / "images"
+DELTA_MODE = "xapi_backup_mode=delta"
+RUN_FULL, RUN_DELTA = "demo-1", "demo-2"
+CHANGED_BLOCKS = [1, 7, 15]  # 2 MiB blocks the guest rewrites between the two runs
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
 RESET = "\033[0m" if sys.stdout.isatty() else ""
 
@@ -229,6 +234,14 @@ class Pool:
             out.append((rec["userdevice"], rec["VDI"], size))
         return sorted(out, key=lambda d: int(d[0]))
 
+    def write_blocks(self, vm_uuid: str, blocks: list, seed: int) -> dict:
+        """The guest rewrites whole 2 MiB blocks of its first disk (the simulator's test hook)."""
+        body = json.dumps({"vm": vm_uuid, "blocks": blocks, "seed": seed}).encode()
+        req = urllib.request.Request(self.url + "/_sim/vm_write_blocks", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())
+
     def raw_sha256(self, vdi_ref: str) -> tuple[int, str]:
         query = urllib.parse.urlencode({"session_id": self.session._session, "vdi": vdi_ref, "format": "raw"})
         digest = hashlib.sha256()
@@ -250,6 +263,25 @@ def human(n) -> str:
             return "%.1f %s" % (n, unit) if unit != "B" else "%d B" % n
         n /= 1024
     return str(n)
+
+
+def print_delta_table(full_vms: list, delta_vms: list) -> None:
+    """Per VM: what the full stored and took, what the delta stored and took."""
+    full = {v["uuid"]: v for v in full_vms}
+    print("\n   %-12s %-6s %12s %12s %7s %9s %9s" % ("VM", "kind", "full stored", "run 2 stored", "ratio",
+                                                   "full s", "run 2 s"))
+    for vm in sorted(delta_vms, key=lambda v: v["name"] or ""):
+        before = full.get(vm["uuid"]) or {}
+        ratio = (100.0 * vm["stored_size"] / before["stored_size"]) if vm.get("stored_size") and before.get("stored_size") else None
+        print("   %-12s %-6s %12s %12s %7s %9s %9s" % (
+            (vm["name"] or "")[:12], vm["kind"], human(before.get("stored_size")), human(vm.get("stored_size")),
+            "%.1f %%" % ratio if ratio is not None else "-", "%.1f" % (before.get("duration") or 0),
+            "%.1f" % (vm.get("duration") or 0)))
+    total_full = sum((full.get(v["uuid"]) or {}).get("stored_size") or 0 for v in delta_vms)
+    total_delta = sum(v.get("stored_size") or 0 for v in delta_vms)
+    if total_full:
+        print("   %-12s %-6s %12s %12s %7s\n" % ("all VMs", "", human(total_full), human(total_delta),
+                                             "%.1f %%" % (100.0 * total_delta / total_full)))
 
 
 # ---------------------------------------------------------------- the demo
@@ -309,21 +341,49 @@ def main(argv=None) -> int:
         steps.run("install the helper (playbooks/install_helper.yml)", ansible.playbook, "install_helper.yml")
 
         def first_backup():
-            ansible.playbook("backup.yml")
+            ansible.playbook("backup.yml", "-e", DELTA_MODE, "-e", "xapi_backup_run_id=%s" % RUN_FULL)
             pool_uuid = ready.get("pool_uuid") or next(p.name for p in repo.iterdir() if p.is_dir())
             report, md = read_report(repo, pool_uuid)
             summary = report["summary"]
             print("   " + summary["line"])
             if summary["failed"] or summary["backed_up"] != summary["selected"]:
                 raise DemoError("the first backup did not back up every VM: %s" % summary["line"])
+            kinds = sorted({v["kind"] for v in report["vms"]})
+            print("   kinds: %s (the first run of a chain is a full)" % ", ".join(kinds))
             return pool_uuid, report, md
 
-        pool_uuid, report, first_md = steps.run("back up the pool (playbooks/backup.yml)", first_backup)
+        pool_uuid, report, first_md = steps.run("back up the pool, delta mode: run 1 is a full (playbooks/backup.yml)",
+                                                first_backup)
 
-        # The VM with the most data is the most convincing one to restore.
+        # The VM with the most data is the most convincing one to change and restore.
         candidates = [v for v in report["vms"] if v["status"] == "backed up"]
         chosen = max(candidates, key=lambda v: v.get("raw_size") or 0)
-        print("   restoring %s (%s, backup %s)" % (chosen["name"], human(chosen.get("raw_size")), chosen["backup_id"]))
+
+        def guest_writes():
+            nonlocal pool
+            pool = Pool(ready)
+            written = pool.write_blocks(chosen["uuid"], CHANGED_BLOCKS, seed=2026)
+            print("   %s rewrote 2 MiB blocks %s of its disk %s (simulator hook /_sim/vm_write_blocks)"
+                  % (chosen["name"], ", ".join(str(b) for b in written["blocks"]), written["vdi"]))
+
+        steps.run("the guest of %s writes into its disk" % chosen["name"], guest_writes)
+
+        def delta_backup():
+            ansible.playbook("backup.yml", "-e", DELTA_MODE, "-e", "xapi_backup_run_id=%s" % RUN_DELTA)
+            report2, _md = read_report(repo, pool_uuid)
+            print("   " + report2["summary"]["line"])
+            if report2["summary"]["failed"]:
+                raise DemoError("the delta run failed for some VMs: %s" % report2["summary"]["line"])
+            print_delta_table(report["vms"], report2["vms"])
+            point = next(v for v in report2["vms"] if v["uuid"] == chosen["uuid"])
+            if point["kind"] != "delta":
+                raise DemoError("%s was not backed up as a delta: %s" % (chosen["name"], point.get("reason")))
+            return point
+
+        point = steps.run("back up again: a delta run (only changed blocks)", delta_backup)
+        print("   restoring %s from the delta point %s (base: the full %s)"
+              % (chosen["name"], point["backup_id"], point["base_backup"]))
+        chosen = dict(chosen, backup_id=point["backup_id"])
 
         def restore():
             ansible.playbook("restore.yml", "-e", json.dumps({
@@ -331,11 +391,9 @@ def main(argv=None) -> int:
                 "xapi_backup_restore_name_suffix": " (restored)",
             }))
 
-        steps.run("restore %s (playbooks/restore.yml)" % chosen["name"], restore)
+        steps.run("restore %s from the delta point (playbooks/restore.yml)" % chosen["name"], restore)
 
         def compare():
-            nonlocal pool
-            pool = Pool(ready)
             restored = pool.restored_from(chosen["backup_id"])
             if len(restored) != 1:
                 raise DemoError("expected one VM restored from %s, found %d" % (chosen["backup_id"], len(restored)))
@@ -369,7 +427,7 @@ def main(argv=None) -> int:
         steps.run("remove the restored copy (restore.yml, action remove)", remove_copy)
 
         def rerun():
-            ansible.playbook("backup.yml")
+            ansible.playbook("backup.yml", "-e", DELTA_MODE, "-e", "xapi_backup_run_id=%s" % RUN_DELTA)
             report2, _md = read_report(repo, pool_uuid)
             summary = report2["summary"]
             print("   " + summary["line"])

@@ -109,3 +109,41 @@ def test_two_pools_over_ssh_backed_up_in_one_play_then_one_vm_restored(pools):
                     if re.search(r"\(ssh restore\)$", r["name_label"])]
     finally:
         other_session.xenapi.session.logout()
+
+
+def _sim_post(url: str, path: str, body: dict) -> dict:
+    import urllib.request
+
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def test_delta_backup_and_restore_from_the_delta_point_over_ssh(pools):
+    """Issue 12 over SSH: the helper on the master (real Python 3.6) exports a full VHD then a delta
+    holding exactly the rewritten blocks, and restores the delta point byte-identical."""
+    name, pool = list(pools["pools"].items())[0]
+    select = json.dumps({"xapi_backup_mode": "delta", "xapi_backup_vm_names": ["tiny-running"]})
+    run_playbook(pools["inventory"], "backup.yml", "-l", name, "-e", select, "-e", "xapi_backup_run_id=ssh-d1",
+                 env=pools["env"])
+    first = next(v for v in _report(pool, "ssh-d1")["vms"] if v["name"] == "tiny-running")
+    assert first["kind"] == "full", first
+    _sim_post(pool["url"], "/_sim/vm_write_blocks", {"vm": first["uuid"], "blocks": [1, 3], "seed": 36})
+    run_playbook(pools["inventory"], "backup.yml", "-l", name, "-e", select, "-e", "xapi_backup_run_id=ssh-d2",
+                 env=pools["env"])
+    second = next(v for v in _report(pool, "ssh-d2")["vms"] if v["name"] == "tiny-running")
+    assert second["kind"] == "delta" and second["base_backup"] == first["backup_id"], second
+    manifest = json.loads(pool["host"].private("%s/%s/manifest.json" % (REPOSITORY, second["backup_id"])).read_text())
+    assert manifest["delta"]["disks"][0]["blocks"] == [[1, 1], [3, 1]]
+    assert second["stored_size"] < first["stored_size"]
+    run_playbook(pools["inventory"], "restore.yml", "-l", name, "-e", json.dumps({
+        "xapi_backup_restore_vms": ["tiny-running"], "xapi_backup_restore_name_suffix": " (ssh delta)"}), env=pools["env"])
+    session = xapi_session(pool["url"], pool["ready"]["password"])
+    try:
+        copies = restored_vms(session, second["backup_id"])
+        assert len(copies) == 1, "the delta point was not the one restored"
+        original = vm_disk_hashes(session, pool["url"], session.xenapi.VM.get_by_uuid(second["uuid"]))
+        assert original and vm_disk_hashes(session, pool["url"], copies[0]) == original
+    finally:
+        session.xenapi.session.logout()

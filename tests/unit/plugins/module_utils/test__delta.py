@@ -112,6 +112,12 @@ def test_each_fallback_to_full_says_why(case, expected):
     assert decided["base_backup"] is None and decided["depth"] == 0
 
 
+def test_a_disk_of_zero_bytes_goes_to_xva():
+    backups, top = chain(1)
+    decided = plan(backups, base_snapshot_of(top), [{"source_vdi": DISK, "virtual_size": 0}])
+    assert decided["kind"] == "xva" and "0 bytes" in decided["reason"]
+
+
 def test_a_disk_above_the_vhd_limit_goes_to_xva():
     backups, top = chain(1)
     decided = plan(backups, base_snapshot_of(top), [{"source_vdi": DISK, "virtual_size": _delta.MAX_VHD_SIZE + 512}])
