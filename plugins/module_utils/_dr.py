@@ -18,6 +18,10 @@ import re
 from ansible_collections.xapi.backup.plugins.module_utils._errors import one_line
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
 
+#: Code of a PUT that xapi answered with HTTP 400 (no xapi error code exists for it).
+HTTP_400 = "HTTP_400_BAD_REQUEST"
+_HTTP_400_RE = re.compile(r"HTTP 400 to PUT (/[A-Za-z0-9_/.-]{0,100})")
+
 # code -> sentence; "{0}", "{1}"... are the error's parameters.
 PLAIN_WORDS = {
     "RESTORE_INCOMPATIBLE_VERSION":
@@ -55,6 +59,11 @@ PLAIN_WORDS = {
         "an object with this uuid is already in the pool (it was introduced before)",
     "SESSION_AUTHENTICATION_FAILED":
         "xapi refused the user name or password",
+    # not a xapi error code: the HTTP status of an upload xapi refused before any task error
+    # (pool_db_backup.ml answers 400 when the PUT has no Content-Length; we always send one)
+    HTTP_400:
+        "xapi answered 400 Bad Request to the upload to {0}: xapi needs the request's Content-Length, "
+        "which something between here and xapi (a proxy?) removed; connect to xapi directly and retry",
 }
 
 
@@ -87,6 +96,9 @@ def refusal_from_helper(result: dict | None, method: str) -> DrRefused | None:
     """A DrRefused from a failed helper result carrying xapi's error_info, else None."""
     error = (result or {}).get("error") or {}
     info = error.get("xapi_error")
+    if error.get("code") == "HTTP_STATUS":
+        found = _HTTP_400_RE.search(str(error.get("message") or ""))
+        return DrRefused(HTTP_400, [found.group(1)], method) if found else None
     if not isinstance(info, list) or not info:
         return None
     return DrRefused(info[0], info[1:], method)

@@ -428,6 +428,26 @@ class HelperStorage:
         result = self._run("repo-hash", ["--repo", repo, "--path", relative_path(repo, path), "--digest", algorithm], None)
         return int(result["size"]), str(result["digest"])
 
+    def hash_files(self, repo, paths, algorithm="blake2b") -> dict:
+        """``{relative path: (size, "algo:hex")}`` of several files in ONE helper run per
+        :data:`HASH_BATCH` files (an interpreter start per file cost more than the hashing).
+
+        A helper that predates repeated ``--path`` answers for one file only: ``{}`` is returned
+        then and the caller hashes file by file."""
+        rels = [relative_path(repo, path) for path in paths]
+        out = {}
+        for start in range(0, len(rels), HASH_BATCH):
+            chunk = rels[start:start + HASH_BATCH]
+            args = ["--repo", repo]
+            for rel in chunk:
+                args += ["--path", rel]
+            result = self._run("repo-hash", args + ["--digest", algorithm], None)
+            files = result.get("files")
+            if not isinstance(files, list) or [f.get("path") if isinstance(f, dict) else None for f in files] != chunk:
+                return {}
+            out.update((f["path"], (int(f["size"]), str(f["digest"]))) for f in files)
+        return out
+
     def write_json(self, repo, path, document, exclusive=False) -> dict:
         """Write ``document`` (secrets stripped) atomically; ``exclusive`` refuses to replace a file."""
         args = ["--repo", repo, "--path", relative_path(repo, path), "--json"] + (["--exclusive"] if exclusive else [])
@@ -684,6 +704,40 @@ class Listing(list):
     repo_exists = True
 
 
+#: Files hashed by one helper run (bounds its argv).
+HASH_BATCH = 256
+
+
+def prefetch_digests(storage, repo: str, entries: list, key=None) -> dict:
+    """``{(relative path, algorithm): (size, digest)}`` of every stored file the status rules would hash,
+    read in one helper run per algorithm (:meth:`HelperStorage.hash_files`).  Only entries that pass
+    the size rule are hashed, exactly the files :func:`classify_entry` asks for; any failure leaves
+    the hashing to it, file by file, with its own errors."""
+    wanted = {}
+    for entry in entries:
+        ident = entry.get("id") or relative_id(repo, entry.get("path") or "")
+        try:
+            parse_backup_id(ident or "")
+        except RepositoryError:
+            continue
+        status, manifest, _problem = classify_entry(entry, ident, key=key, hasher=None)
+        if status != STATUS_COMPLETE:
+            continue
+        for name, info in sorted(manifest_files(manifest).items()):
+            wanted.setdefault(digest_algorithm(info["digest"]), []).append(ident + "/" + name)
+    hash_files = getattr(storage, "hash_files", None)
+    out = {}
+    if hash_files is None:
+        return out
+    for algorithm, rels in sorted(wanted.items()):
+        try:
+            found = hash_files(repo, rels, algorithm)
+        except BackupError:
+            continue  # e.g. a file replaced by a link since the scan: classify_entry reports it
+        out.update(((rel, algorithm), value) for rel, value in found.items())
+    return out
+
+
 def list_backups(storage, repo: str, pool: str | None = None, vm: str | None = None, check_hash: bool = True,
                  key=None, now: datetime.datetime | None = None) -> Listing:
     """All backup directories under ``repo`` (optionally one pool / VM), in recorded order (oldest first).
@@ -694,8 +748,11 @@ def list_backups(storage, repo: str, pool: str | None = None, vm: str | None = N
     now = now or utcnow()
     scan = storage.scan(repo, pool=pool, vm=vm)
 
+    digests = prefetch_digests(storage, repo, scan.get("entries") or [], key) if check_hash else {}
+
     def hasher(rel, algorithm):
-        return storage.hash_file(repo, rel, algorithm)
+        known = digests.get((rel, algorithm))
+        return known if known is not None else storage.hash_file(repo, rel, algorithm)
 
     out = Listing()
     out.skipped = list(scan.get("skipped") or [])

@@ -55,6 +55,20 @@ def import_reason(records: dict, ident: str, source_uuid: str, preserve_identity
     return "no VM restored from %s%s" % (ident, " with uuid %s" % source_uuid if preserve_identity else ""), None
 
 
+def backup_scope(root: str, text: str) -> tuple:
+    """(pool uuid, owner) of the directory ``backup`` names, to scan only it: a whole-pool rebuild
+    imports every VM, and a scan of the whole repository per VM read every manifest N times (issue
+    13). (None, None) when ``text`` names no backup: :func:`resolve_backup` then says why."""
+    ident = repo.relative_id(root, text) if os.path.isabs(text) else text
+    if ident is None:
+        ident = repo.relative_id(root, os.path.dirname(text))
+    try:
+        pool_uuid, owner, _stamp = repo.parse_backup_id(ident or "")
+    except repo.RepositoryError:
+        return None, None
+    return pool_uuid, owner
+
+
 def resolve_backup(params: dict, backups: list) -> repo.Backup:
     """The backup named by ``backup`` (an id or a path in the repository) or by ``vm_uuid`` + ``timestamp``."""
     root = params["repository"]
@@ -81,11 +95,9 @@ class VmImport:
 
     def _backups(self):
         p = self.p
-        vm_filter = None
-        if not p.get("backup"):
-            vm_filter = p["vm_uuid"]
+        pool_filter, vm_filter = backup_scope(p["repository"], p.get("backup")) if p.get("backup") else (None, p["vm_uuid"])
         # digests are checked below for the one backup used: listing reads sizes only
-        return repo.list_backups(self.ctx.storage, p["repository"], vm=vm_filter, check_hash=False,
+        return repo.list_backups(self.ctx.storage, p["repository"], pool=pool_filter, vm=vm_filter, check_hash=False,
                                  key=p.get("repository_key"))
 
     def _verify(self, backup):

@@ -24,6 +24,7 @@ CASES = [
     ("SR_UNKNOWN_DRIVER", ["foo"], "no storage driver"),
     ("UUID_ALREADY_EXISTS", ["SR", "u"], "already in the pool"),
     ("SESSION_AUTHENTICATION_FAILED", ["root", "bad"], "refused the user name or password"),
+    (_dr.HTTP_400, ["/pool/xmldbdump"], "needs the request's Content-Length"),
 ]
 
 
@@ -166,3 +167,16 @@ def test_sr_steps_refuse_without_the_secret():
     plan = _dr.sr_steps(sr, None, {}, HOSTS, "h1", {})
     assert plan["status"] == "failed" and "chappassword" in plan["reason"] and plan["steps"] == []
     assert _dr.sr_steps(sr, None, {}, HOSTS, "h1", {"chappassword": "x"})["status"] == "would attach"
+
+
+def test_an_upload_refused_with_http_400_is_told_in_plain_words():
+    # pool_db_backup.ml: a PUT /pool/xmldbdump without Content-Length gets 400 Bad Request
+    result = {"ok": False, "error": {"code": "HTTP_STATUS", "message": "xapi answered HTTP 400 to PUT /pool/xmldbdump"}}
+    refused = _dr.refusal_from_helper(result, "pool database restore (dry run)")
+    text = str(refused)
+    assert text.startswith("pool database restore (dry run) refused: xapi answered 400 Bad Request to the upload to "
+                           "/pool/xmldbdump: xapi needs the request's Content-Length")
+    assert "[HTTP_400_BAD_REQUEST /pool/xmldbdump]" in text and "\n" not in text
+    # other statuses keep the helper's own message
+    other = {"ok": False, "error": {"code": "HTTP_STATUS", "message": "xapi answered HTTP 500 to PUT /pool/xmldbdump"}}
+    assert _dr.refusal_from_helper(other, "restore") is None
