@@ -31,6 +31,7 @@ SNAPSHOT_TAG_KEYS = frozenset(TAG_KEYS)
 STATUS_DIR = repo.IMPORT_STATUS_DIR
 #: Placeholder of the VM an import would create (check mode).
 PLANNED_VM = "(imported VM)"
+MAC_SEED = "mac_seed"
 
 
 def restored_vms(records: dict, ident: str) -> list:
@@ -163,6 +164,7 @@ class VmImport:
                 raise XapiUsageError("the import of %s created no VM" % backup.id)
             vm_ref = vm_refs[0]
             try:
+                vm_ref = self._own_identity(xapi, vm_ref, backup, source, sr_rec)
                 self._finish_vm(xapi, vm_ref, backup, source, targets)
                 if vm_ref == PLANNED_VM:
                     return dict(base, changed=True, msg=reason, vm_uuid=None, vm_name=self._name(source),
@@ -218,6 +220,67 @@ class VmImport:
                         running=str(record.get("power_state", "")).lower() == "running",
                         power_state=record.get("power_state"), sr_uuid=sr_rec.get("uuid"),
                         helper_result=repo.strip_secrets(result), duration=result.get("duration"))
+
+    # ------------------------------------------------------------ identity of a running VM
+
+    def _own_identity(self, xapi, vm_ref, backup, source, sr_rec):
+        """A VM that ran at backup time was exported from its snapshot: the XVA import gives it the
+        snapshot's uuid.  With ``preserve_identity``, re-create the VM from its OWN stored configuration
+        (the pool dump's ``vm-<uuid>.metadata.xva``) through ``/import_metadata`` with a ``vdi:`` map onto
+        the disks just imported (as xapi's import.ml maps VDIs), then destroy the snapshot-born VM record
+        (its disks stay: the new VM uses them).  Returns the VM to finish.  Without usable metadata the
+        snapshot-born VM is kept, with a warning (MACs, disks and configuration are still the VM's)."""
+        snapshot = backup.manifest.get("snapshot") or {}
+        if not self.p["preserve_identity"] or not snapshot.get("uuid"):
+            return vm_ref
+        metadata = self._own_metadata(backup)
+        if metadata is None:
+            self.warnings.append("VM %s ran at backup time and no pool dump holds its own metadata: restored with its "
+                                 "snapshot's uuid %s (keep xapi_backup_pool_dump on)" % (backup.owner, snapshot["uuid"]))
+            return vm_ref
+        if vm_ref == PLANNED_VM:
+            xapi.change("VM.import_metadata (%s, vdi: map onto the imported disks)" % metadata, backup.owner)
+            return vm_ref
+        vdi_map = own_vdi_map(xapi, vm_ref, source.get("disks") or [])
+        record = xapi.call("VM.get_record", vm_ref)
+        seed = (record.get("other_config") or {}).get(MAC_SEED)
+        if seed is not None:  # import.ml refuses a second VM with this MAC seed (DUPLICATE_MAC_SEED)
+            xapi.change("VM.remove_from_other_config", vm_ref, MAC_SEED)
+        args = helper_xapi_args(self.p, xapi.url, self.ctx.connection_is_local) + ["--in", metadata, "--restore"]
+        if sr_rec is not None:
+            args += ["--sr", sr_rec["uuid"]]
+        for src, dst in sorted(vdi_map.items()):
+            args += ["--vdi-map", "%s=%s" % (src, dst)]
+        try:
+            result = self.ctx.runner.run("import-metadata", args, session=xapi.session_ref)
+            new_refs = list(result.get("vm_refs") or [])
+            if len(new_refs) != 1:
+                raise XapiUsageError("the metadata import created %d VMs, not one" % len(new_refs))
+        except BackupError as exc:
+            if seed is not None:
+                xapi.change("VM.add_to_other_config", vm_ref, MAC_SEED, seed)
+            self.warnings.append("VM %s kept its snapshot's uuid %s: its own metadata (%s) did not import: %s"
+                                 % (backup.owner, snapshot["uuid"], metadata, str(exc).splitlines()[0] if str(exc) else exc))
+            return vm_ref
+        # the snapshot-born record goes; its VBDs with it, never its VDIs (the new VM's disks)
+        xapi.change("VM.destroy", vm_ref)
+        return new_refs[0]
+
+    def _own_metadata(self, backup):
+        """Path of the newest verified ``vm-<owner>.metadata.xva`` of the backup's pool dumps, or None."""
+        root = self.p["repository"]
+        name = "vm-%s.metadata.xva" % backup.owner
+        dumps = repo.list_backups(self.ctx.storage, root, pool=backup.pool_uuid, vm=repo.POOL_DIR, check_hash=False,
+                                  key=self.p.get("repository_key"))
+        for dump in sorted((d for d in dumps if d.complete and not d.future_dated), key=repo.order_key, reverse=True):
+            info = repo.manifest_files(dump.manifest or {}).get(name)
+            if not isinstance(info, dict):
+                continue
+            size, digest = self.ctx.storage.hash_file(root, dump.id + "/" + name, repo.digest_algorithm(info["digest"]))
+            if size == info["size"] and digest == info["digest"]:
+                return os.path.join(dump.path, name)
+            self.warnings.append("skipped %s of %s: it does not match its manifest" % (name, dump.id))
+        return None
 
     def _name(self, source):
         return self.p.get("name") or source.get("name_label")
@@ -293,6 +356,19 @@ def _uuid_or_none(xapi, vm_ref):
         return xapi.call("VM.get_uuid", vm_ref)
     except BackupError:
         return None
+
+
+def own_vdi_map(xapi, vm_ref, source_disks: list) -> dict:
+    """``{the backed-up VM's VDI uuid: imported VDI uuid}``, disk by disk through the VBD's userdevice
+    (the snapshot's disks are copies of the VM's, at the same device positions)."""
+    by_device = dict((str(d.get("userdevice")), d.get("vdi_uuid")) for d in source_disks if d.get("vdi_uuid"))
+    out = {}
+    for vbd in xapi.call("VM.get_VBDs", vm_ref) or []:
+        vbd_rec = xapi.call("VBD.get_record", vbd)
+        source = by_device.get(str(vbd_rec.get("userdevice")))
+        if is_data_disk(vbd_rec) and source:
+            out[source] = xapi.call("VDI.get_uuid", vbd_rec["VDI"])
+    return out
 
 
 def planned_vifs(source: dict) -> list:
