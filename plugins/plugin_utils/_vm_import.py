@@ -157,6 +157,7 @@ class VmImport:
                 return out
             sr_ref, sr_rec = find_sr(xapi, p.get("sr"))
             targets = resolve_network_map(xapi, p.get("network_map") or {})
+            self.disk_srs = resolve_disk_srs(xapi, p.get("disk_srs") or {})
             # one code path in check mode: the runner and xapi.change plan the side effects
             result = self._import(xapi, backup, sr_rec)
             vm_refs = [PLANNED_VM] if is_planned(result) else list(result.get("vm_refs") or [])
@@ -205,6 +206,7 @@ class VmImport:
                 sr_rec = xapi.call("SR.get_record", sr_ref)
             sr_rec = dict(sr_rec, ref=sr_ref)
             targets = resolve_network_map(xapi, p.get("network_map") or {})
+            self.disk_srs = resolve_disk_srs(xapi, p.get("disk_srs") or {})
             if self.ctx.check_mode:
                 self.ctx.runner.calls.extend({"subcommand": "import-vdi", "args": ["--in", m["id"]], "planned": True}
                                              for m in chain)
@@ -256,6 +258,12 @@ class VmImport:
             new_refs = list(result.get("vm_refs") or [])
             if len(new_refs) != 1:
                 raise XapiUsageError("the metadata import created %d VMs, not one" % len(new_refs))
+            got = xapi.call("VM.get_uuid", new_refs[0])
+            if got != backup.owner:
+                # a metadata file that describes another VM: what it created goes (the record only;
+                # its disks are the ones just imported, still used by the snapshot-born VM)
+                xapi.change("VM.destroy", new_refs[0])
+                raise XapiUsageError("it describes VM %s, not %s" % (got, backup.owner))
         except BackupError as exc:
             if seed is not None:
                 xapi.change("VM.add_to_other_config", vm_ref, MAC_SEED, seed)
@@ -312,6 +320,7 @@ class VmImport:
         xapi.change("VM.add_to_other_config", vm_ref, RESTORED_FROM, backup.id)
         for tag in [RESTORED_TAG] + list(p.get("tags") or []):
             xapi.change("VM.add_tags", vm_ref, tag)
+        place_disks(xapi, vm_ref, getattr(self, "disk_srs", {}), p.get("import_timeout"))
         vifs = planned_vifs(source) if vm_ref == PLANNED_VM else (xapi.call("VM.get_VIFs", vm_ref) or [])
         if p.get("remove_vifs"):
             for vif in vifs:
@@ -403,6 +412,52 @@ def destroy_vm_with_disks(xapi, ref, record):
     xapi.change("VM.destroy", ref)
     for vdi in vdis:
         xapi.change("VDI.destroy", vdi)
+
+
+# ---------------------------------------------------------------- per-disk SRs
+
+
+def resolve_disk_srs(xapi, mapping: dict) -> dict:
+    """``{userdevice: target SR ref}`` ("" is the pool's default SR); unknown or ambiguous SRs fail before any import."""
+    out = {}
+    for device, target in sorted((mapping or {}).items()):
+        if not target:
+            pools = xapi.call("pool.get_all_records")
+            refs = [pools[ref]["default_SR"] for ref in sorted(pools) if pools[ref].get("default_SR") not in (None, NULL_REF)]
+        else:
+            refs = refs_by_uuid_or_name(xapi, "SR", str(target))
+        if len(refs) != 1:
+            raise XapiUsageError("disk_srs: %s SR named %r for disk %s" % ("no" if not refs else "more than one",
+                                                                           target or "(the pool's default SR)", device))
+        out[str(device)] = refs[0]
+    return out
+
+
+VBD_FIELDS = ("userdevice", "bootable", "mode", "type", "unpluggable", "empty", "other_config",
+              "qos_algorithm_type", "qos_algorithm_params")
+
+
+def place_disks(xapi, vm_ref, disk_srs: dict, timeout=None):
+    """Move each disk of ``disk_srs`` (userdevice -> SR ref) of the (halted) restored VM onto its SR: copy the
+    VDI there, re-create the VBD on the copy (same device, boot flag, mode), destroy the first copy."""
+    if not disk_srs:
+        return
+    if vm_ref == PLANNED_VM:
+        for device, sr_ref in sorted(disk_srs.items()):
+            xapi.change("VDI.copy", "(disk %s of the imported VM)" % device, sr_ref)
+        return
+    for vbd in xapi.call("VM.get_VBDs", vm_ref) or []:
+        record = xapi.call("VBD.get_record", vbd)
+        target = disk_srs.get(str(record.get("userdevice")))
+        if target is None or not is_data_disk(record) or xapi.call("VDI.get_SR", record["VDI"]) == target:
+            continue
+        # Async + task wait: a disk copy outlasts the XML-RPC socket timeout
+        copy = xapi.async_change("VDI.copy", record["VDI"], target, timeout=timeout or 3600)
+        new = dict((k, record[k]) for k in VBD_FIELDS if k in record)
+        new.update(VM=vm_ref, VDI=copy)
+        xapi.change("VBD.destroy", vbd)
+        xapi.change("VBD.create", new)
+        xapi.change("VDI.destroy", record["VDI"])
 
 
 # ---------------------------------------------------------------- networks
