@@ -163,3 +163,57 @@ def start_in_order(xapi, tiers: list, guest_timeout: float, require_network: boo
         if delay and index < len(tiers) and not xapi.check_mode:
             sleep(delay)
     return results
+
+
+def _appliance_named(appliances: list, text) -> dict | None:
+    key = str(text)
+    found = [a for a in appliances if str(a.get("uuid") or "").lower() == key.lower()] or \
+            [a for a in appliances if a.get("name_label") == key]
+    if len(found) > 1:
+        raise XapiUsageError("%d VM appliances are named %r; give the uuid" % (len(found), key))
+    return found[0] if found else None
+
+
+def expand_appliances(explicit: list, vms: list, appliances: list) -> list:
+    """An explicit tier list where a VM appliance (name or uuid) stands for its VMs: the appliance's
+    lowest ``order`` group joins that tier and its later order groups become the tiers right after
+    it, as ``VM_appliance.start`` starts them (xapi_vm_appliance.ml: by VM.order, ascending).
+    A name that is a VM's is the VM's (VMs first). Returns tiers of VM names/uuids for ``start_tiers``."""
+    out = []
+    for names in explicit or []:
+        current, later = [], []
+        for text in names or []:
+            is_vm = any(v["uuid"] == str(text).lower() or v.get("name_label") == text for v in vms)
+            appliance = None if is_vm else _appliance_named(appliances or [], text)
+            if appliance is None:
+                current.append(text)
+                continue
+            members = [v for v in vms if v.get("appliance") == appliance.get("uuid")]
+            groups, _notes = start_tiers(members)
+            for index, group in enumerate(groups):
+                uuids = [v["uuid"] for v in group]
+                if index == 0:
+                    current += uuids
+                else:
+                    while len(later) < index:
+                        later.append([])
+                    later[index - 1] += uuids
+        out.append(current)
+        out += later
+    return [tier for tier in out if tier]
+
+
+def plan_tiers(vms: list, appliances: list, explicit: list | None) -> dict:
+    """Start tiers of a lost pool's VMs (pool dump records: uuid, name_label, order, start_delay,
+    appliance): ``{"tiers": [[uuid...]...], "source": why this order, "notes": [...]}``."""
+    vms = [dict(v, uuid=str(v.get("uuid") or "").lower()) for v in vms if v.get("uuid")]
+    if explicit:
+        tiers, notes = start_tiers(vms, expand_appliances(explicit, vms, appliances))
+        named = [a.get("name_label") for a in appliances or [] if any(_appliance_named([a], t) for tier in explicit for t in tier or [])]
+        source = "explicit tiers" + (" (appliances %s by VM.order)" % ", ".join(sorted(named)) if named else "")
+    else:
+        tiers, notes = start_tiers(vms)
+        source = "VM.order"
+    by_uuid = dict((a.get("uuid"), a.get("name_label")) for a in appliances or [])
+    return {"tiers": [[v["uuid"] for v in tier] for tier in tiers], "source": source, "notes": notes,
+            "appliance_of": dict((v["uuid"], by_uuid.get(v.get("appliance"))) for v in vms if v.get("appliance") in by_uuid)}

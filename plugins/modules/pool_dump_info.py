@@ -28,6 +28,14 @@ options:
     description: V(latest) (the newest complete pool dump) or the timestamp of a pool dump.
     type: str
     default: latest
+  tiers:
+    description:
+      - Explicit start tiers, each a list of VM names or uuids or VM appliance names or uuids (an appliance
+        stands for its VMs, grouped by their C(order) as C(VM_appliance.start) does). Returned as RV(start_plan).
+      - Without it, RV(start_plan) groups the VMs by C(order).
+    type: list
+    elements: raw
+    default: []
 extends_documentation_fragment:
   - xapi.backup.connection
   - xapi.backup.helper
@@ -70,10 +78,21 @@ srs:
   type: list
   elements: dict
 vms:
-  description: C(uuid), C(name_label), C(order), C(start_delay) of each guest VM.
+  description: C(uuid), C(name_label), C(order), C(start_delay), C(appliance) (uuid or null) of each guest VM.
   returned: success
   type: list
   elements: dict
+appliances:
+  description: C(uuid) and C(name_label) of each VM appliance of the dump.
+  returned: success
+  type: list
+  elements: dict
+start_plan:
+  description:
+    - C(tiers) (lists of VM uuids of the dump, in start order), C(source) (why this order), C(notes), and
+      C(appliance_of) (VM uuid to its appliance's name).
+  returned: success
+  type: dict
 """
 
 from ansible_collections.xapi.backup.plugins.module_utils._common import documentation_stub_main, helper_argument_spec
@@ -86,6 +105,7 @@ def argument_spec():
         dict(
             source_pool=dict(type="str", required=True),
             backup=dict(type="str", default="latest"),
+            tiers=dict(type="list", elements="raw", default=[]),
         ),
     )
 

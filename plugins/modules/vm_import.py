@@ -73,6 +73,12 @@ options:
       - V(true) keeps the VM's UUID and MAC addresses (xapi's C(restore=true)); the restore is then also
         considered done when a VM with that UUID exists.
       - V(false) gives the restored VM a new UUID and new MAC addresses.
+      - A backup of a VM that was running was exported from its snapshot, which xapi's import would give the
+        snapshot's UUID. With V(true) the VM is then re-created from its own stored configuration (the newest
+        verified C(vm-<uuid>.metadata.xva) of the pool dumps of its pool, see M(xapi.backup.pool_dump)) through
+        C(PUT /import_metadata?restore=true) with a C(vdi:) map onto the disks just imported, and the
+        snapshot-born VM record is destroyed (not its disks). Without such metadata it keeps the snapshot's UUID
+        and the task warns.
     type: bool
     default: false
   name:
@@ -98,6 +104,15 @@ options:
       - Source network (UUID or name, as recorded in the backup's manifest) to target network (UUID or exact name).
       - Each restored VIF whose source network is mapped is re-created on the target network with the same device
         and MTU (and MAC with O(preserve_identity)). Unknown target networks fail the task before the import.
+    type: dict
+    default: {}
+  disk_srs:
+    description:
+      - Per-disk placement, device position (VBD C(userdevice), e.g. V("1")) to target SR (UUID or exact name;
+        an empty string is the pool's default SR).
+      - The import goes to O(sr); each disk listed here on another SR is then copied there (C(VDI.copy)), its
+        VBD re-created with the same device, boot flag and mode, and the first copy destroyed, before O(start).
+        Unknown SRs fail the task before the import.
     type: dict
     default: {}
   force:
@@ -267,6 +282,7 @@ def argument_spec():
             start=dict(type="bool", default=False),
             remove_vifs=dict(type="bool", default=False),
             network_map=dict(type="dict", default={}),
+            disk_srs=dict(type="dict", default={}),
             force=dict(type="bool", default=False),
             import_timeout=dict(type="int"),
             restored_vm_uuid=dict(type="str"),

@@ -207,8 +207,10 @@ def validate_restore_mapping(target, mapping, selected, network_map=None, defaul
     ``disks`` (``sr_uuid``/``sr_name``) and ``vifs`` (``network_uuid``/``network_name``);
     ``network_map``: extra network mappings; ``default_sr``: the SR used when the mapping names none.
 
-    Each VM of ``vms`` gets ``sr`` (the one target SR uuid, or "") and ``network_map`` (source network ->
-    target uuid, only where it changes). Problems are collected for every VM, not stopped at the first.
+    Each VM of ``vms`` gets ``sr`` (the SR its import goes to: its first disk's target uuid, or ""),
+    ``disk_srs`` (``{userdevice: SR uuid}`` of the disks mapped to another SR: moved there after the import;
+    the mapping's ``disks`` list places one disk by its source VDI uuid) and ``network_map`` (source
+    network -> target uuid, only where it changes). Problems are collected for every VM, not stopped at the first.
     """
     srs = list((target or {}).get("srs") or [])
     nets = list((target or {}).get("networks") or [])
@@ -223,27 +225,42 @@ def validate_restore_mapping(target, mapping, selected, network_map=None, defaul
             find_one(srs, default, "SR")
         except RuleError as exc:
             problems.append("default SR: %s" % exc.message)
+    disk_map = _disk_map(mapping.get("disks"))
     for vm in selected or []:
-        targets, vm_problems = _vm_sr_targets(vm, srs, sr_map, default)
+        placed, vm_problems = _vm_sr_targets(vm, srs, sr_map, default, disk_map)
         problems += vm_problems
-        if len(targets) > 1:
-            problems.append("VM %s: its disks map to %d different SRs; an XVA import places all disks of a VM on one SR"
-                            % (vm.get("vm_name"), len(targets)))
+        # the import goes to the first disk's SR; every disk mapped elsewhere is moved there after the import
+        first = placed[0][1] if placed else ""
+        disk_srs = dict((device, sr) for device, sr in placed if sr != first)
         moves, vm_problems, vm_warnings = _vm_network_moves(vm, nets, net_map)
         problems += vm_problems
         warnings += vm_warnings
-        vms.append(dict(vm, sr=targets[0] if targets else "", network_map=moves))
+        vms.append(dict(vm, sr=first, disk_srs=disk_srs, network_map=moves))
     return {"problems": problems, "warnings": warnings, "vms": vms, "default_sr": default}
 
 
-def _vm_sr_targets(vm, srs, sr_map, default):
+def _disk_map(entries):
+    """``{source VDI uuid: target SR}`` of a mapping's ``disks`` list (one disk placed apart from its SR's map)."""
+    out = {}
+    for entry in entries or []:
+        if isinstance(entry, dict) and entry.get("source_vdi_uuid") and entry.get("target"):
+            out[str(entry["source_vdi_uuid"]).lower()] = str(entry["target"])
+    return out
+
+
+def _vm_sr_targets(vm, srs, sr_map, default, disk_map=None):
+    """``([(userdevice, target SR uuid or "" for the pool's default SR)], problems)`` for the VM's disks, in the
+    backup's disk order: a disk's own entry (``disks``, by source VDI uuid) first, then its source SR's, then
+    the default."""
     targets, problems = [], []
     by_uuid = dict((sr.get("uuid"), sr) for sr in srs)
     for disk in vm.get("disks") or []:
-        wanted = _lookup(sr_map, disk.get("sr_uuid"), disk.get("sr_name"), default)
-        if not wanted:
-            continue
+        wanted = (disk_map or {}).get(str(disk.get("vdi_uuid") or "").lower()) or \
+            _lookup(sr_map, disk.get("sr_uuid"), disk.get("sr_name"), default)
         device = disk.get("userdevice", disk.get("device", "?"))
+        if not wanted:
+            targets.append((str(device), ""))  # the pool's default SR
+            continue
         try:
             found = find_one(srs, wanted, "SR")
         except RuleError as exc:
@@ -252,8 +269,8 @@ def _vm_sr_targets(vm, srs, sr_map, default):
             continue
         if (by_uuid.get(found) or {}).get("content_type") == "iso":
             problems.append('VM %s: SR "%s" is an ISO library, not a disk SR' % (vm.get("vm_name"), wanted))
-        elif found not in targets:
-            targets.append(found)
+        else:
+            targets.append((str(device), found))
     return targets, problems
 
 

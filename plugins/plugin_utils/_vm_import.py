@@ -31,6 +31,7 @@ SNAPSHOT_TAG_KEYS = frozenset(TAG_KEYS)
 STATUS_DIR = repo.IMPORT_STATUS_DIR
 #: Placeholder of the VM an import would create (check mode).
 PLANNED_VM = "(imported VM)"
+MAC_SEED = "mac_seed"
 
 
 def restored_vms(records: dict, ident: str) -> list:
@@ -168,6 +169,7 @@ class VmImport:
                 return out
             sr_ref, sr_rec = find_sr(xapi, p.get("sr"))
             targets = resolve_network_map(xapi, p.get("network_map") or {})
+            self.disk_srs = resolve_disk_srs(xapi, p.get("disk_srs") or {})
             # one code path in check mode: the runner and xapi.change plan the side effects
             result = self._import(xapi, backup, sr_rec)
             vm_refs = [PLANNED_VM] if is_planned(result) else list(result.get("vm_refs") or [])
@@ -175,6 +177,7 @@ class VmImport:
                 raise XapiUsageError("the import of %s created no VM" % backup.id)
             vm_ref = vm_refs[0]
             try:
+                vm_ref = self._own_identity(xapi, vm_ref, backup, source, sr_rec)
                 self._finish_vm(xapi, vm_ref, backup, source, targets)
                 if vm_ref == PLANNED_VM:
                     return dict(base, changed=True, msg=reason, vm_uuid=None, vm_name=self._name(source),
@@ -215,6 +218,7 @@ class VmImport:
                 sr_rec = xapi.call("SR.get_record", sr_ref)
             sr_rec = dict(sr_rec, ref=sr_ref)
             targets = resolve_network_map(xapi, p.get("network_map") or {})
+            self.disk_srs = resolve_disk_srs(xapi, p.get("disk_srs") or {})
             if self.ctx.check_mode:
                 self.ctx.runner.calls.extend({"subcommand": "import-vdi", "args": ["--in", m["id"]], "planned": True}
                                              for m in chain)
@@ -230,6 +234,73 @@ class VmImport:
                         running=str(record.get("power_state", "")).lower() == "running",
                         power_state=record.get("power_state"), sr_uuid=sr_rec.get("uuid"),
                         helper_result=repo.strip_secrets(result), duration=result.get("duration"))
+
+    # ------------------------------------------------------------ identity of a running VM
+
+    def _own_identity(self, xapi, vm_ref, backup, source, sr_rec):
+        """A VM that ran at backup time was exported from its snapshot: the XVA import gives it the
+        snapshot's uuid.  With ``preserve_identity``, re-create the VM from its OWN stored configuration
+        (the pool dump's ``vm-<uuid>.metadata.xva``) through ``/import_metadata`` with a ``vdi:`` map onto
+        the disks just imported (as xapi's import.ml maps VDIs), then destroy the snapshot-born VM record
+        (its disks stay: the new VM uses them).  Returns the VM to finish.  Without usable metadata the
+        snapshot-born VM is kept, with a warning (MACs, disks and configuration are still the VM's)."""
+        snapshot = backup.manifest.get("snapshot") or {}
+        if not self.p["preserve_identity"] or not snapshot.get("uuid"):
+            return vm_ref
+        metadata = self._own_metadata(backup)
+        if metadata is None:
+            self.warnings.append("VM %s ran at backup time and no pool dump holds its own metadata: restored with its "
+                                 "snapshot's uuid %s (keep xapi_backup_pool_dump on)" % (backup.owner, snapshot["uuid"]))
+            return vm_ref
+        if vm_ref == PLANNED_VM:
+            xapi.change("VM.import_metadata (%s, vdi: map onto the imported disks)" % metadata, backup.owner)
+            return vm_ref
+        vdi_map = own_vdi_map(xapi, vm_ref, source.get("disks") or [])
+        record = xapi.call("VM.get_record", vm_ref)
+        seed = (record.get("other_config") or {}).get(MAC_SEED)
+        if seed is not None:  # import.ml refuses a second VM with this MAC seed (DUPLICATE_MAC_SEED)
+            xapi.change("VM.remove_from_other_config", vm_ref, MAC_SEED)
+        args = helper_xapi_args(self.p, xapi.url, self.ctx.connection_is_local) + ["--in", metadata, "--restore"]
+        if sr_rec is not None:
+            args += ["--sr", sr_rec["uuid"]]
+        for src, dst in sorted(vdi_map.items()):
+            args += ["--vdi-map", "%s=%s" % (src, dst)]
+        try:
+            result = self.ctx.runner.run("import-metadata", args, session=xapi.session_ref)
+            new_refs = list(result.get("vm_refs") or [])
+            if len(new_refs) != 1:
+                raise XapiUsageError("the metadata import created %d VMs, not one" % len(new_refs))
+            got = xapi.call("VM.get_uuid", new_refs[0])
+            if got != backup.owner:
+                # a metadata file that describes another VM: what it created goes (the record only;
+                # its disks are the ones just imported, still used by the snapshot-born VM)
+                xapi.change("VM.destroy", new_refs[0])
+                raise XapiUsageError("it describes VM %s, not %s" % (got, backup.owner))
+        except BackupError as exc:
+            if seed is not None:
+                xapi.change("VM.add_to_other_config", vm_ref, MAC_SEED, seed)
+            self.warnings.append("VM %s kept its snapshot's uuid %s: its own metadata (%s) did not import: %s"
+                                 % (backup.owner, snapshot["uuid"], metadata, str(exc).splitlines()[0] if str(exc) else exc))
+            return vm_ref
+        # the snapshot-born record goes; its VBDs with it, never its VDIs (the new VM's disks)
+        xapi.change("VM.destroy", vm_ref)
+        return new_refs[0]
+
+    def _own_metadata(self, backup):
+        """Path of the newest verified ``vm-<owner>.metadata.xva`` of the backup's pool dumps, or None."""
+        root = self.p["repository"]
+        name = "vm-%s.metadata.xva" % backup.owner
+        dumps = repo.list_backups(self.ctx.storage, root, pool=backup.pool_uuid, vm=repo.POOL_DIR, check_hash=False,
+                                  key=self.p.get("repository_key"))
+        for dump in sorted((d for d in dumps if d.complete and not d.future_dated), key=repo.order_key, reverse=True):
+            info = repo.manifest_files(dump.manifest or {}).get(name)
+            if not isinstance(info, dict):
+                continue
+            size, digest = self.ctx.storage.hash_file(root, dump.id + "/" + name, repo.digest_algorithm(info["digest"]))
+            if size == info["size"] and digest == info["digest"]:
+                return os.path.join(dump.path, name)
+            self.warnings.append("skipped %s of %s: it does not match its manifest" % (name, dump.id))
+        return None
 
     def _name(self, source):
         return self.p.get("name") or source.get("name_label")
@@ -261,6 +332,7 @@ class VmImport:
         xapi.change("VM.add_to_other_config", vm_ref, RESTORED_FROM, backup.id)
         for tag in [RESTORED_TAG] + list(p.get("tags") or []):
             xapi.change("VM.add_tags", vm_ref, tag)
+        place_disks(xapi, vm_ref, getattr(self, "disk_srs", {}), p.get("import_timeout"))
         vifs = planned_vifs(source) if vm_ref == PLANNED_VM else (xapi.call("VM.get_VIFs", vm_ref) or [])
         if p.get("remove_vifs"):
             for vif in vifs:
@@ -307,6 +379,19 @@ def _uuid_or_none(xapi, vm_ref):
         return None
 
 
+def own_vdi_map(xapi, vm_ref, source_disks: list) -> dict:
+    """``{the backed-up VM's VDI uuid: imported VDI uuid}``, disk by disk through the VBD's userdevice
+    (the snapshot's disks are copies of the VM's, at the same device positions)."""
+    by_device = dict((str(d.get("userdevice")), d.get("vdi_uuid")) for d in source_disks if d.get("vdi_uuid"))
+    out = {}
+    for vbd in xapi.call("VM.get_VBDs", vm_ref) or []:
+        vbd_rec = xapi.call("VBD.get_record", vbd)
+        source = by_device.get(str(vbd_rec.get("userdevice")))
+        if is_data_disk(vbd_rec) and source:
+            out[source] = xapi.call("VDI.get_uuid", vbd_rec["VDI"])
+    return out
+
+
 def planned_vifs(source: dict) -> list:
     """Check mode: placeholders for the imported VM's VIFs, one per VIF the manifest recorded."""
     return ["(VIF %s of the imported VM)" % vif.get("device") for vif in source.get("vifs") or []]
@@ -339,6 +424,52 @@ def destroy_vm_with_disks(xapi, ref, record):
     xapi.change("VM.destroy", ref)
     for vdi in vdis:
         xapi.change("VDI.destroy", vdi)
+
+
+# ---------------------------------------------------------------- per-disk SRs
+
+
+def resolve_disk_srs(xapi, mapping: dict) -> dict:
+    """``{userdevice: target SR ref}`` ("" is the pool's default SR); unknown or ambiguous SRs fail before any import."""
+    out = {}
+    for device, target in sorted((mapping or {}).items()):
+        if not target:
+            pools = xapi.call("pool.get_all_records")
+            refs = [pools[ref]["default_SR"] for ref in sorted(pools) if pools[ref].get("default_SR") not in (None, NULL_REF)]
+        else:
+            refs = refs_by_uuid_or_name(xapi, "SR", str(target))
+        if len(refs) != 1:
+            raise XapiUsageError("disk_srs: %s SR named %r for disk %s" % ("no" if not refs else "more than one",
+                                                                           target or "(the pool's default SR)", device))
+        out[str(device)] = refs[0]
+    return out
+
+
+VBD_FIELDS = ("userdevice", "bootable", "mode", "type", "unpluggable", "empty", "other_config",
+              "qos_algorithm_type", "qos_algorithm_params")
+
+
+def place_disks(xapi, vm_ref, disk_srs: dict, timeout=None):
+    """Move each disk of ``disk_srs`` (userdevice -> SR ref) of the (halted) restored VM onto its SR: copy the
+    VDI there, re-create the VBD on the copy (same device, boot flag, mode), destroy the first copy."""
+    if not disk_srs:
+        return
+    if vm_ref == PLANNED_VM:
+        for device, sr_ref in sorted(disk_srs.items()):
+            xapi.change("VDI.copy", "(disk %s of the imported VM)" % device, sr_ref)
+        return
+    for vbd in xapi.call("VM.get_VBDs", vm_ref) or []:
+        record = xapi.call("VBD.get_record", vbd)
+        target = disk_srs.get(str(record.get("userdevice")))
+        if target is None or not is_data_disk(record) or xapi.call("VDI.get_SR", record["VDI"]) == target:
+            continue
+        # Async + task wait: a disk copy outlasts the XML-RPC socket timeout
+        copy = xapi.async_change("VDI.copy", record["VDI"], target, timeout=timeout or 3600)
+        new = dict((k, record[k]) for k in VBD_FIELDS if k in record)
+        new.update(VM=vm_ref, VDI=copy)
+        xapi.change("VBD.destroy", vbd)
+        xapi.change("VBD.create", new)
+        xapi.change("VDI.destroy", record["VDI"])
 
 
 # ---------------------------------------------------------------- networks

@@ -81,3 +81,18 @@ def test_push_refuses_links_and_directories_before_talking_to_xapi(tmp_path):
         rc, out = helper("push", "--url", "http://127.0.0.1:9", "--path", "/pool/xmldbdump", "--in", str(target),
                          "--session-stdin", stdin=b"OpaqueRef:x\n")
         assert rc != 0 and out["error"]["code"] in ("IO_ERROR", "BAD_INPUT"), out
+
+
+def test_dump_info_reads_vm_appliances(tmp_path):
+    dump = DUMP.replace(b'order="2" start_delay="10"/>', b'order="2" start_delay="10" appliance="OpaqueRef:a"/>'
+                        b'<row ref="OpaqueRef:w" uuid="vm-w" name__label="db" is_a_template="false" '
+                        b'is_control_domain="false" is_a_snapshot="false" order="0" appliance="OpaqueRef:gone"/>')
+    dump = dump.replace(b'</database>', b'<table name="VM_appliance"><row ref="OpaqueRef:a" uuid="app-u" '
+                        b'name__label="web%.stack" VMs="(\'OpaqueRef:v\')"/></table></database>')
+    path = tmp_path / "pool-db.xml"
+    path.write_bytes(dump)
+    rc, out = helper("dump-info", "--in", str(path))
+    assert rc == 0, out
+    assert out["appliances"] == [{"uuid": "app-u", "name_label": "web stack"}]
+    # a dangling appliance reference (not in the dump) is no appliance
+    assert {v["uuid"]: v["appliance"] for v in out["vms"]} == {"vm-u": "app-u", "vm-w": None}

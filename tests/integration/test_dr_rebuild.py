@@ -1,13 +1,17 @@
 # Copyright (c) 2026, xapi.backup contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""DR runbook 3 (whole-pool rebuild) rehearsed: back up pool A (backup.yml), lose A, rebuild every
-VM on pool B (its own new SR) N at a time in priority order, keeping uuids and MACs; disks are
-byte-identical (read back through /export_raw_vdi); the dry run changes nothing; a VM whose guest
+"""DR runbook 3 (whole-pool rebuild) rehearsed: back up pool A (backup.yml: full XVAs, then a VHD chain
+full + delta of tiny-halted; A has a VM appliance web-stack with VM.order and a start delay), lose A,
+rebuild every VM on pool B (its own new SRs "local" and "fast", one disk placed on "fast" by the
+mapping's ``disks`` list) N at a time in priority order, keeping uuids (the running VM's too) and
+MACs; disks are byte-identical (read back through /export_raw_vdi); VMs start in the appliance's
+order with its start delay (VM_metrics.start_time); the dry run changes nothing; a VM whose guest
 agent never reports is named and fails the play; a rerun restores nothing again."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 
@@ -32,6 +36,33 @@ def _configs(session, url):
     return out
 
 
+TARGET_POOL = """
+pool: {name: dr target, description: pool B with two SRs}
+hosts:
+  - {name: dr-host, master: true}
+networks:
+  - {name: Pool-wide network associated with eth0, bridge: xenbr0}
+srs:
+  - {name: local, type: ext, shared: false, host: dr-host, size: 256MiB, default: true}
+  - {name: fast, type: ext, shared: false, host: dr-host, size: 64MiB}
+templates:
+  - {name: Other install media, default: true}
+"""
+
+
+def _prepare_pool_a(session):
+    """An appliance web-stack (tiny-on-lvm order 0 with a 2 s start delay, then tiny-halted order 1)."""
+    x = session.xenapi
+    vms = {r["name_label"]: ref for ref, r in x.VM.get_all_records().items()
+           if not r["is_a_template"] and not r["is_control_domain"] and not r["is_a_snapshot"]}
+    app = x.VM_appliance.create({"name_label": "web-stack", "name_description": ""})
+    for name, order, delay in (("tiny-on-lvm", 0, 2), ("tiny-halted", 1, 0)):
+        x.VM.set_appliance(vms[name], app)
+        x.VM.set_order(vms[name], str(order))
+        x.VM.set_start_delay(vms[name], str(delay))
+    return vms
+
+
 @pytest.fixture(scope="module")
 def rebuilt(tmp_path_factory):
     from tests.xapisim.fixture import start_simulator
@@ -41,25 +72,44 @@ def rebuilt(tmp_path_factory):
     sim_a = start_simulator("tiny", str(workdir / "pool-a"))
     try:
         env = ansible_env({"XAPI_USERNAME": "root", "XAPI_PASSWORD": sim_a.info["password"]}, workdir)
-        _playbook(_inventory(workdir, "pool-a", sim_a.info["url"], repo), "xapi.backup.backup",
-                  "-e", "xapi_backup_run_id=dr3", env=env)
+        inventory_a = _inventory(workdir, "pool-a", sim_a.info["url"], repo)
         session = xapi_session(sim_a.info["url"], sim_a.info["password"])
+        vms = _prepare_pool_a(session)
+        _playbook(inventory_a, "xapi.backup.backup", "-e", "xapi_backup_run_id=dr3", env=env)
+        # tiny-halted is then backed up as a VHD chain: a full, the guest rewrites a block, a delta
+        delta = json.dumps({"xapi_backup_mode": "delta", "xapi_backup_vm_names": ["tiny-halted"]})
+        _playbook(inventory_a, "xapi.backup.backup", "-e", delta, "-e", "xapi_backup_run_id=dr3-d1", env=env)
+        sim_a.vm_write_blocks(session.xenapi.VM.get_uuid(vms["tiny-halted"]), [1], seed=7, userdevice=0)
+        _playbook(inventory_a, "xapi.backup.backup", "-e", delta, "-e", "xapi_backup_run_id=dr3-d2", env=env)
         configs = _configs(session, sim_a.info["url"])
+        second_disk = [session.xenapi.VBD.get_record(v) for v in session.xenapi.VM.get_VBDs(vms["tiny-halted"])]
+        second_disk = [session.xenapi.VDI.get_uuid(r["VDI"]) for r in second_disk if r["userdevice"] == "1"][0]
         session.xenapi.session.logout()
     finally:
         sim_a.stop()  # pool A is gone
-    sim_b = start_simulator("dr-target", str(workdir / "pool-b"))
+    target = workdir / "pool-b.yml"
+    target.write_text(TARGET_POOL)
+    sim_b = start_simulator(str(target), str(workdir / "pool-b"))
     env = ansible_env({"XAPI_USERNAME": "root", "XAPI_PASSWORD": sim_b.info["password"]}, workdir)
+    # per-disk placement: tiny-halted's second disk goes to SR "fast", everything else to the default SR
+    mapping = workdir / "mapping.yml"
+    mapping.write_text(json.dumps({"disks": [{"source_vdi_uuid": second_disk, "target": "fast"}]}))
     yield {"sim": sim_b, "env": env, "inventory": _inventory(workdir, "pool-b", sim_b.info["url"], repo),
-           "configs": configs, "source": sim_a.info["pool_uuid"]}
+           "configs": configs, "source": sim_a.info["pool_uuid"], "mapping": str(mapping)}
     sim_b.stop()
 
 
 def test_dry_run_plans_and_changes_nothing(rebuilt):
     before = _tables(rebuilt["sim"])
     out = _playbook(rebuilt["inventory"], "xapi.backup.dr_pool_rebuild", "-e", "xapi_backup_dr_source_pool=%s" % rebuilt["source"],
-                    "-e", "xapi_backup_dr_concurrency=2", env=rebuilt["env"])
+                    "-e", "xapi_backup_dr_concurrency=2", "-e", "xapi_backup_restore_mapping_file=%s" % rebuilt["mapping"],
+                    env=rebuilt["env"])
     assert "3 VM(s), 2 import slot(s) in parallel" in out
+    assert "priority: VM.order from pool dump" in out
+    # VM.order groups; the appliance of each VM is read from the dump
+    assert "1. tiny-on-lvm (order 0, slot 0) [appliance web-stack]" in out
+    assert "2. tiny-running (order 0, slot 1) <-" in out
+    assert "3. tiny-halted (order 1, slot 0) [appliance web-stack]" in out
     assert "nothing was changed" in out
     assert _tables(rebuilt["sim"]) == before
 
@@ -68,12 +118,16 @@ def test_rebuild_brings_every_vm_back_identical_and_names_a_silent_guest(rebuilt
     sim = rebuilt["sim"]
     silent = [u for u, c in rebuilt["configs"].items() if c["name"] == "tiny-halted"][0]
     sim.faults.set(guest_agent_broken=True, vm=silent)  # this guest's agent will never report
-    tiers = json.dumps({"xapi_backup_dr_tiers": [["tiny-on-lvm"], ["tiny-halted"]]})
+    # the appliance stands for its VMs in their VM.order groups: tiny-on-lvm, then tiny-halted, then the rest
+    tiers = json.dumps({"xapi_backup_dr_tiers": [["web-stack"]]})
     out = _playbook(rebuilt["inventory"], "xapi.backup.dr_pool_rebuild", "-e", "xapi_backup_dr_source_pool=%s" % rebuilt["source"],
+                    "-e", "xapi_backup_restore_mapping_file=%s" % rebuilt["mapping"],
                     "-e", "xapi_backup_dr_mode=rebuild", "-e", "xapi_backup_dr_concurrency=2", "-e", tiers,
                     "-e", "xapi_backup_dr_guest_timeout=3", "-e", "xapi_backup_dr_guest_poll_interval=0.2",
                     "-f", "10", env=rebuilt["env"], expect_rc=1)
-    assert "1. tiny-on-lvm (tier 0, slot 0)" in out and "2. tiny-halted (tier 1, slot 1)" in out
+    assert "priority: explicit tiers (appliances web-stack by VM.order) from pool dump" in out
+    assert "1. tiny-on-lvm (tier 0, slot 0) [appliance web-stack]" in out
+    assert "2. tiny-halted (tier 1, slot 1) [appliance web-stack]" in out
     assert "3. tiny-running (tier 2, slot 0)" in out
     assert {"pool-b@dr-slot0", "pool-b@dr-slot1"} <= set(recap(out))
     assert "3 VM(s) back, 0 failed to import, 1 failed to start or report" in out
@@ -87,9 +141,27 @@ def test_rebuild_brings_every_vm_back_identical_and_names_a_silent_guest(rebuilt
         by_name = {c["name"]: c for c in got.values()}
         for uuid, want in rebuilt["configs"].items():
             assert by_name[want["name"]] == want  # names, VCPUs, memory, MACs, disk sizes and bytes
-            if want["name"] != "tiny-running":
-                assert uuid in got  # uuid kept (see test_a_running_vm_keeps_its_uuid for the running one)
+            assert uuid in got  # uuid kept, the running one's too (its own metadata, not its snapshot's)
         x = session.xenapi
+        vms = {r["name_label"]: r for r in x.VM.get_all_records().values()
+               if not r["is_a_template"] and not r["is_control_domain"] and not r["is_a_snapshot"]}
+        # started in order with the appliance's start delay between its order groups (out of band: VM_metrics)
+        started = {n: x.VM_metrics.get_start_time(r["metrics"]).value for n, r in vms.items()}
+        t_lvm, t_halted = (datetime.datetime.strptime(started[n], "%Y%m%dT%H:%M:%SZ") for n in ("tiny-on-lvm", "tiny-halted"))
+        assert (t_halted - t_lvm).total_seconds() >= 2, started
+        # per-disk SRs: tiny-halted's disk 1 on "fast", its disk 0 and the others on the default "local"
+        placed = {}
+        for name, rec in vms.items():
+            for vbd in rec["VBDs"]:
+                vbd_rec = x.VBD.get_record(vbd)
+                if vbd_rec["type"] == "Disk":
+                    placed[(name, vbd_rec["userdevice"])] = x.SR.get_name_label(x.VDI.get_SR(vbd_rec["VDI"]))
+        assert placed == {("tiny-halted", "0"): "local", ("tiny-halted", "1"): "fast",
+                          ("tiny-on-lvm", "0"): "local", ("tiny-running", "0"): "local"}
+        # the first copy of the moved disk is gone: every VDI of B is a disk of a VM
+        user_vdis = [r for r in x.VDI.get_all_records().values() if r["SR"] in
+                     [ref for ref, sr in x.SR.get_all_records().items() if sr["name_label"] in ("local", "fast")]]
+        assert len(user_vdis) == 4, [v["name_label"] for v in user_vdis]
         powers = {r["name_label"]: r["power_state"] for r in x.VM.get_all_records().values()
                   if not r["is_a_template"] and not r["is_control_domain"]}
         assert set(powers.values()) == {"Running"}
@@ -98,12 +170,11 @@ def test_rebuild_brings_every_vm_back_identical_and_names_a_silent_guest(rebuilt
         sim.faults.clear()
 
 
-@pytest.mark.xfail(strict=True, reason="a VM running at backup time is exported from its snapshot: xapi's "
-                   "restore=true import keeps the SNAPSHOT's uuid, not the VM's (fix: /import_metadata of the VM's own "
-                   "metadata with a vdi: map onto the imported disks)")
 def test_a_running_vm_keeps_its_uuid(rebuilt):
     running = [u for u, c in rebuilt["configs"].items() if c["name"] == "tiny-running"]
     assert running[0] in rebuilt["got"]
+    # exactly one VM of that name: the snapshot-born record the XVA import made is gone
+    assert [c["name"] for c in rebuilt["got"].values()].count("tiny-running") == 1
 
 
 def test_rerun_restores_nothing_again_and_still_names_the_silent_guest(rebuilt):

@@ -115,3 +115,40 @@ def test_already_running_vm_is_not_started_but_waited_for():
     assert results[0]["status"] == "ready" and results[0]["reason"] == "guest agent up with 1 address(es)"
     assert results[0]["started"] is False
     assert xapi.calls == []
+
+
+def dumped(name, order=0, delay=0, appliance=None):
+    return {"uuid": "u-" + name, "name_label": name, "order": str(order), "start_delay": str(delay), "appliance": appliance}
+
+
+APPS = [{"uuid": "a-web", "name_label": "web-stack"}, {"uuid": "a-empty", "name_label": "empty"}]
+
+
+def test_plan_tiers_by_vm_order_without_a_tier_list():
+    vms = [dumped("web", 1, appliance="a-web"), dumped("db", 0, appliance="a-web"), dumped("mail", 0)]
+    plan = so.plan_tiers(vms, APPS, [])
+    assert plan["tiers"] == [["u-db", "u-mail"], ["u-web"]]
+    assert plan["source"] == "VM.order"
+    assert plan["appliance_of"] == {"u-web": "web-stack", "u-db": "web-stack"}
+
+
+def test_an_appliance_in_a_tier_list_stands_for_its_vms_by_order():
+    vms = [dumped("web", 2, appliance="a-web"), dumped("db", 0, appliance="a-web"), dumped("cache", 2, appliance="a-web"),
+           dumped("mail", 0), dumped("dns", 5)]
+    plan = so.plan_tiers(vms, APPS, [["dns", "web-stack"], ["mail"]])
+    # the appliance's order-0 group joins dns's tier, its order-2 group is the tier right after
+    assert plan["tiers"] == [["u-dns", "u-db"], ["u-cache", "u-web"], ["u-mail"]]
+    assert plan["source"] == "explicit tiers (appliances web-stack by VM.order)"
+    by_uuid = so.plan_tiers(vms, APPS, [["a-web"]])
+    assert by_uuid["tiers"][:2] == [["u-db"], ["u-cache", "u-web"]]
+    assert by_uuid["notes"] == ["not in any tier, started last: dns, mail"]
+
+
+def test_a_vm_name_wins_over_an_appliance_name_and_ambiguity_is_refused():
+    vms = [dumped("web-stack", 3), dumped("db", 0, appliance="a-web")]
+    assert so.plan_tiers(vms, APPS, [["web-stack"]])["tiers"] == [["u-web-stack"], ["u-db"]]
+    assert so.plan_tiers(vms, APPS, [["empty"], ["db"]])["tiers"] == [["u-db"], ["u-web-stack"]]
+    with pytest.raises(XapiUsageError, match="2 VM appliances are named 'twin'"):
+        so.plan_tiers(vms, [{"uuid": "a1", "name_label": "twin"}, {"uuid": "a2", "name_label": "twin"}], [["twin"]])
+    with pytest.raises(XapiUsageError, match="tier 1: 0 VM"):
+        so.plan_tiers(vms, APPS, [["nosuch"]])

@@ -128,9 +128,12 @@ def test_every_problem_is_listed_iso_split_and_unknown():
     out = validate_restore_mapping(TARGET, mapping, [backup("split", disks=(("a", ""), ("b", ""))),
                                                      backup("iso", disks=(("c", ""),)),
                                                      backup("lost", disks=(("d", ""),))])
-    assert len(out["problems"]) == 3
-    assert "map to 2 different SRs" in out["problems"][0] and "ISO library" in out["problems"][1]
-    assert 'unknown SR "ghost"' in out["problems"][2]
+    assert len(out["problems"]) == 2
+    assert "ISO library" in out["problems"][0]
+    assert 'unknown SR "ghost"' in out["problems"][1]
+    # a VM whose disks map to two SRs: imported to the first disk's SR, the other disk moved after
+    split = out["vms"][0]
+    assert (split["sr"], split["disk_srs"]) == (find_one(TARGET["srs"], "fast", "SR"), {"1": "sr-2"})
     assert out["warnings"] and all("not mapped" in w for w in out["warnings"])
 
 
@@ -203,3 +206,25 @@ def test_hostile_values_fail_in_one_line_naming_the_variable(change, name):
     with pytest.raises(RuleError) as info:
         job_settings(dict(GENTLE, **change), 4, 0)
     assert str(info.value).startswith("bad input: %s " % name) and "\n" not in str(info.value)
+
+
+def test_a_disk_entry_places_one_disk_apart_from_its_sr():
+    vm = backup("db", disks=(("src-sr", "nfs"), ("src-sr", "nfs")))
+    vm["disks"][1]["vdi_uuid"] = "VDI-LOG"
+    mapping = {"srs": [{"source_uuid": "src-sr", "target": "fast"}],
+               "disks": [{"source_vdi_uuid": "vdi-log", "target": "sr-2"}, {"source_vdi_uuid": "x"}, "junk"]}
+    out = validate_restore_mapping(TARGET, mapping, [vm])
+    assert out["problems"] == []
+    assert (out["vms"][0]["sr"], out["vms"][0]["disk_srs"]) == ("sr-1", {"1": "sr-2"})
+    ghost = validate_restore_mapping(TARGET, {"disks": [{"source_vdi_uuid": "vdi-log", "target": "ghost"}]}, [vm])
+    assert ghost["problems"] == ['VM db disk 1: unknown SR "ghost" on the target pool (source SR nfs)']
+
+
+def test_a_disk_left_unmapped_goes_to_the_pools_default_sr():
+    vm = backup("db", disks=(("src-sr", "nfs"), ("src-sr", "nfs")))
+    vm["disks"][1]["vdi_uuid"] = "vdi-log"
+    out = validate_restore_mapping(TARGET, {"disks": [{"source_vdi_uuid": "vdi-log", "target": "sr-2"}]}, [vm])
+    assert (out["vms"][0]["sr"], out["vms"][0]["disk_srs"]) == ("", {"1": "sr-2"})
+    first = validate_restore_mapping(TARGET, {"disks": [{"source_vdi_uuid": "vdi-log", "target": "sr-2"}]},
+                                     [dict(vm, disks=list(reversed(vm["disks"])))])
+    assert (first["vms"][0]["sr"], first["vms"][0]["disk_srs"]) == ("sr-2", {"0": ""})
