@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,9 +75,11 @@ def rebuild(workdir: Path, repo: Path, source: str, n: int) -> dict:
 
 
 def median_row(samples: list) -> dict:
-    """The run with the median wall time (its own RTOs: never a mix of runs)."""
-    ordered = sorted(samples, key=lambda row: row["wall_s"])
-    return dict(ordered[(len(ordered) - 1) // 2], walls=[row["wall_s"] for row in samples])
+    """The median wall time of the runs; the RTOs are those of the run nearest to it (never a mix)."""
+    walls = [row["wall_s"] for row in samples]
+    middle = statistics.median(walls)
+    nearest = min(samples, key=lambda row: abs(row["wall_s"] - middle))
+    return dict(nearest, wall_s=round(middle, 1), walls=walls)
 
 
 def main() -> int:

@@ -68,7 +68,7 @@ class CountingStorage(LocalStorage):
         self._run = run
 
     def count(self, sub):
-        return sum(1 for s, _ in self.calls if s == sub)
+        return sum(1 for call in self.calls if call[0] == sub)
 
 
 def build(tmp_path):
