@@ -130,10 +130,10 @@ molecule: setup
 	else echo "no molecule scenarios yet"; fi
 
 .PHONY: lint
+# ansible-lint on the whole repository: .ansible-lint excludes only what is not Ansible content
+# (the simulator, node_modules, caches, changelogs).
 lint: venv layout
-	@if ls roles/*/tasks/main.yml playbooks/*.yml >/dev/null 2>&1; then \
-	  $(VENV)/bin/ansible-lint --profile production roles playbooks; \
-	else echo "no roles or playbooks to lint yet"; fi
+	$(VENV)/bin/ansible-lint --profile production
 	$(VENV)/bin/antsibull-changelog lint
 	cd $(COLL_LINK) && $(VENV)/bin/antsibull-docs lint-collection-docs --plugin-docs .
 
@@ -203,10 +203,3 @@ integration-targets: venv layout
 	git ls-files -co --exclude-standard -z -- . ':!bench' ':!.ci' | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(INTEGRATION_DIR)/ansible_collections/xapi/backup
 	cd $(INTEGRATION_DIR)/ansible_collections/xapi/backup && git init -q && git add -A && \
 	  $(VENV)/bin/ansible-test integration --local --python 3.11 --color no
-
-# ---------------------------------------------------------------- ansible-lint on the whole repository (issue 15)
-# Every Ansible file of the repository (.ansible-lint excludes only what is not Ansible: the simulator,
-# node_modules, caches, changelogs). `make lint` should run this instead of `ansible-lint roles playbooks`.
-.PHONY: lint-repo
-lint-repo: venv layout
-	$(VENV)/bin/ansible-lint --profile production
