@@ -203,11 +203,23 @@ def expand_appliances(explicit: list, vms: list, appliances: list) -> list:
     return [tier for tier in out if tier]
 
 
+def check_tier_names(explicit: list, vms: list, appliances: list):
+    """Every name of the tier list (as the user wrote it) is one VM or one appliance, else a usage error."""
+    for index, names in enumerate(explicit, 1):
+        for text in names or []:
+            matches = [v for v in vms if v["uuid"] == str(text).lower()] or [v for v in vms if v.get("name_label") == text]
+            if len(matches) > 1:
+                raise XapiUsageError("tier %d: %d VMs are named %r; give the uuid" % (index, len(matches), text))
+            if not matches and _appliance_named(appliances or [], text) is None:
+                raise XapiUsageError("tier %d: %r is no VM and no VM appliance of the pool dump" % (index, text))
+
+
 def plan_tiers(vms: list, appliances: list, explicit: list | None) -> dict:
     """Start tiers of a lost pool's VMs (pool dump records: uuid, name_label, order, start_delay,
     appliance): ``{"tiers": [[uuid...]...], "source": why this order, "notes": [...]}``."""
     vms = [dict(v, uuid=str(v.get("uuid") or "").lower()) for v in vms if v.get("uuid")]
     if explicit:
+        check_tier_names(explicit, vms, appliances)
         tiers, notes = start_tiers(vms, expand_appliances(explicit, vms, appliances))
         named = [a.get("name_label") for a in appliances or [] if any(_appliance_named([a], t) for tier in explicit for t in tier or [])]
         source = "explicit tiers" + (" (appliances %s by VM.order)" % ", ".join(sorted(named)) if named else "")

@@ -111,6 +111,12 @@ def test_dry_run_plans_and_changes_nothing(rebuilt):
     assert "2. tiny-running (order 0, slot 1) <-" in out
     assert "3. tiny-halted (order 1, slot 0) [appliance web-stack]" in out
     assert "nothing was changed" in out
+    # a tier that names nothing of the lost pool is refused before anything starts
+    bad = _playbook(rebuilt["inventory"], "xapi.backup.dr_pool_rebuild", "-e", "xapi_backup_dr_source_pool=%s" % rebuilt["source"],
+                    "-e", json.dumps({"xapi_backup_dr_tiers": [["web-stack"], ["no-such-vm"]], "xapi_backup_dr_mode": "rebuild"}),
+                    env=rebuilt["env"], expect_rc=1)
+    assert ("bad input: xapi_backup_dr_tiers: tier 2: 'no-such-vm' is no VM and no VM appliance of the pool dump; "
+            "nothing was changed") in bad
     assert _tables(rebuilt["sim"]) == before
 
 

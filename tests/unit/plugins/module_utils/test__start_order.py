@@ -150,5 +150,10 @@ def test_a_vm_name_wins_over_an_appliance_name_and_ambiguity_is_refused():
     assert so.plan_tiers(vms, APPS, [["empty"], ["db"]])["tiers"] == [["u-db"], ["u-web-stack"]]
     with pytest.raises(XapiUsageError, match="2 VM appliances are named 'twin'"):
         so.plan_tiers(vms, [{"uuid": "a1", "name_label": "twin"}, {"uuid": "a2", "name_label": "twin"}], [["twin"]])
-    with pytest.raises(XapiUsageError, match="tier 1: 0 VM"):
+    with pytest.raises(XapiUsageError, match="tier 1: 'nosuch' is no VM and no VM appliance of the pool dump"):
         so.plan_tiers(vms, APPS, [["nosuch"]])
+    # the index is the user's tier, not the one after the appliance expanded
+    with pytest.raises(XapiUsageError, match="tier 2: 'nosuch'"):
+        so.plan_tiers(vms + [dumped("web", 2, appliance="a-web")], APPS, [["web-stack"], ["nosuch"]])
+    with pytest.raises(XapiUsageError, match="tier 1: 2 VMs are named 'db'"):
+        so.plan_tiers(vms + [dict(dumped("db"), uuid="u-db2")], APPS, [["db"]])
