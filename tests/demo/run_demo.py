@@ -268,8 +268,8 @@ def human(n) -> str:
 def print_delta_table(full_vms: list, delta_vms: list) -> None:
     """Per VM: what the full stored and took, what the delta stored and took."""
     full = {v["uuid"]: v for v in full_vms}
-    print("\n   %-12s %-6s %12s %12s %7s %9s %9s" % ("VM", "kind", "full stored", "run 2 stored", "ratio",
-                                                   "full s", "run 2 s"))
+    columns = ("VM", "kind", "full stored", "run 2 stored", "ratio", "full s", "run 2 s")
+    print("\n   %-12s %-6s %12s %12s %7s %9s %9s" % columns)
     for vm in sorted(delta_vms, key=lambda v: v["name"] or ""):
         before = full.get(vm["uuid"]) or {}
         ratio = (100.0 * vm["stored_size"] / before["stored_size"]) if vm.get("stored_size") and before.get("stored_size") else None
@@ -280,8 +280,8 @@ def print_delta_table(full_vms: list, delta_vms: list) -> None:
     total_full = sum((full.get(v["uuid"]) or {}).get("stored_size") or 0 for v in delta_vms)
     total_delta = sum(v.get("stored_size") or 0 for v in delta_vms)
     if total_full:
-        print("   %-12s %-6s %12s %12s %7s\n" % ("all VMs", "", human(total_full), human(total_delta),
-                                             "%.1f %%" % (100.0 * total_delta / total_full)))
+        totals = ("all VMs", "", human(total_full), human(total_delta), "%.1f %%" % (100.0 * total_delta / total_full))
+        print("   %-12s %-6s %12s %12s %7s\n" % totals)
 
 
 # ---------------------------------------------------------------- the demo

@@ -241,17 +241,19 @@ def test_every_stored_vhd_decodes_with_qemu_img_and_agrees_with_its_manifest(cha
             assert found == blocks_of(disk) == expected[device], (point, device)
 
 
-def test_each_of_the_eight_points_restores_byte_identical_disks(chain, sim, session, work):
+@pytest.mark.parametrize("first", [0, 4])  # two plays of 4 restores each: every point, each test well under the timeout
+def test_each_of_the_eight_points_restores_byte_identical_disks(chain, sim, session, work, first):
     x = session.xenapi
     points = chain["points"]
     ids = [p["export"]["backup_id"] for p in points]
-    task = {"name": "restore every point", "register": "restored", "loop": ids,
+    task = {"name": "restore points", "register": "restored", "loop": ids[first:first + 4],
             "loop_control": {"index_var": "i"},
-            "xapi.backup.vm_import": dict(module_args(sim, work), backup="{{ item }}", name="chain point {{ i }}")}
-    results = run_play(sim, work, "restore-points", [task])["restored"]["results"]
-    assert len(results) == 8
+            "xapi.backup.vm_import": dict(module_args(sim, work), backup="{{ item }}",
+                                          name="chain point {{ i + %d }}" % first)}
+    results = run_play(sim, work, "restore-points-%d" % first, [task])["restored"]["results"]
+    assert len(results) == 4
     source_vdis = set(chain["disks"].values())
-    for point, result in enumerate(results):
+    for point, result in enumerate(results, first):
         assert not result.get("failed") and result["changed"], result
         assert result["chain"] == ids[:point + 1]
         restored = vm_disks(x, result["vm_uuid"])
