@@ -147,8 +147,10 @@ bench-helper: setup $(IMAGES)/bench.img
 	$(PY) bench/bench_helper.py --image $(IMAGES)/bench.img
 
 .PHONY: bench
+# every end-to-end row: full/restore speeds, the delta chain (issue 12) and the parallel DR rebuild (issue 13)
 bench: setup $(IMAGES)/bench.img
 	$(PY) bench/bench_e2e.py --image $(IMAGES)/bench.img
+	$(MAKE) --no-print-directory bench-delta bench-dr
 
 .PHONY: clean
 clean:
