@@ -154,7 +154,7 @@ def job_settings(values, parallel, started):
                         % (MIN_BANDWIDTH, export_limit))
     per_export = export_bandwidth(pool_limit, export_limit, parallel)
     if per_export is not None and per_export < MIN_BANDWIDTH:
-        raise RuleError("bad input: xapi_backup_bandwidth_limit %d bytes/s split across %d concurrent exports gives %d "
+        raise RuleError("bad input: xapi_backup_bandwidth_limit %d bytes/s split across %d concurrent exports gives %s "
                         "bytes/s each, below the helper's minimum %d (raise it or lower xapi_backup_concurrency)"
                         % (int(pool_limit or 0), max(1, int(parallel)), per_export, MIN_BANDWIDTH))
     timeout = _whole("xapi_backup_job_timeout", values.get("job_timeout"), 1, MAX_JOB_TIMEOUT, "seconds", unset_ok=True)
