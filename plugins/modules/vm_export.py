@@ -296,7 +296,7 @@ def argument_spec():
             retries=dict(type="int", default=0),
             retry_delay=dict(type="int", default=30),
             job_deadline=dict(type="float"),
-            run_lock_token=dict(type="str"),
+            run_lock_token=dict(type="str", no_log=False),  # a lock token on the share, not a secret
             **shared_spec(EXPORT)
         ),
     )

@@ -147,14 +147,14 @@ def job_settings(values, parallel, started):
     pool_limit = _whole("xapi_backup_bandwidth_limit", values.get("bandwidth_limit") or 0, 0, MAX_BANDWIDTH, "bytes/s")
     export_limit = _whole("xapi_backup_export_bandwidth_limit", values.get("export_bandwidth_limit") or 0, 0,
                           MAX_BANDWIDTH, "bytes/s")
-    for name, limit in (("xapi_backup_export_bandwidth_limit", export_limit),):
-        if limit and limit < MIN_BANDWIDTH:
-            raise RuleError("bad input: %s must be 0 (no cap) or at least %d bytes/s, got %d" % (name, MIN_BANDWIDTH, limit))
+    if export_limit and export_limit < MIN_BANDWIDTH:
+        raise RuleError("bad input: xapi_backup_export_bandwidth_limit must be 0 (no cap) or at least %d bytes/s, got %d"
+                        % (MIN_BANDWIDTH, export_limit))
     per_export = export_bandwidth(pool_limit, export_limit, parallel)
     if per_export is not None and per_export < MIN_BANDWIDTH:
-        raise RuleError("bad input: xapi_backup_bandwidth_limit %d bytes/s split across %d concurrent exports gives %d "
+        raise RuleError("bad input: xapi_backup_bandwidth_limit %d bytes/s split across %d concurrent exports gives %s "
                         "bytes/s each, below the helper's minimum %d (raise it or lower xapi_backup_concurrency)"
-                        % (pool_limit, max(1, int(parallel)), per_export, MIN_BANDWIDTH))
+                        % (int(pool_limit or 0), max(1, int(parallel)), per_export, MIN_BANDWIDTH))
     timeout = _whole("xapi_backup_job_timeout", values.get("job_timeout"), 1, MAX_JOB_TIMEOUT, "seconds", unset_ok=True)
     retries = _whole("xapi_backup_retries", values.get("retries"), 0, MAX_RETRIES, "retries")
     delay = _whole("xapi_backup_retry_delay", values.get("retry_delay"), 0, MAX_RETRY_DELAY, "seconds")

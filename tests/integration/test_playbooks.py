@@ -254,7 +254,7 @@ def test_a_failed_vm_fails_the_play_by_name_and_the_rerun_redoes_only_it(pool):
     alerts = ["-e", "xapi_backup_notify_url=%s" % receiver.url, "-e", "xapi_backup_metrics_dir=%s" % metrics_dir]
     sim.faults.set(cut_after_bytes=300000, path="/export", count=1)
     try:
-        out = run_playbook(pool["inventory"], "backup.yml", "-e", "xapi_backup_run_id=run-2",
+        out = run_playbook(pool["inventory"], "backup.yml", "-e", "xapi_backup_run_id=run-2", "-e", "xapi_backup_retries=0",
                            "-e", "xapi_backup_concurrency=1", *alerts, env=pool["env"], expect_rc="nonzero")
     finally:
         sim.faults.clear()

@@ -225,7 +225,7 @@ def test_cancel_from_ansible_check_mode_then_twice_at_once_leaves_nothing_behind
         # two cancels at once: both succeed, the helpers stop, nothing is left
         cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(pool["inventory"]), str(REPO / "playbooks" / "cancel.yml")]
         cancels = [subprocess.Popen(cmd, cwd=REPO, env=pool["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True) for _ in range(2)]
+                                    text=True) for _number in range(2)]
         outputs = [c.communicate(timeout=300)[0] for c in cancels]
         assert all(c.returncode == 0 for c in cancels), outputs[0][-3000:] + outputs[1][-3000:]
         assert any("cancelled run to-cancel" in o for o in outputs)
