@@ -618,3 +618,17 @@ def test_helper_error_codes_are_one_line(chain, repo_copy):
         storage.merge_disk(str(repo_copy), ids[2], "not-a-uuid", 4 * 1024 * 1024, ["a", "b"], [None, None])
     assert caught.value.code == "BAD_INPUT" and "\n" not in caught.value.message
     assert isinstance(caught.value, repo.RepositoryError) and not isinstance(caught.value, HelperError)
+
+
+def test_without_checksums_nothing_is_merged_and_every_link_stays(chain, repo_copy):
+    """keep_last 1 over full -> d1 -> d2 with checksums off: a merge reads only verified links, so none is
+    made, and the full and d1 -- needed by the kept d2 -- are not removed either."""
+    _pristine, _points, ids = chain
+    before = tree(repo_copy)
+    result = prune(repo_copy, 1, checksums=False)
+    assert not result.get("failed") and result["removed"] == [] and result["merges"]["done"] == [], result
+    assert any("checksums is false" in w for w in result.get("warnings", [])), result
+    reasons = dict((k["id"], k["reasons"]) for k in result["kept"])
+    assert reasons[ids[0]][0].startswith("needed by the kept delta backup " + ids[2])
+    assert reasons[ids[1]][0].startswith("needed by the kept delta backup " + ids[2])
+    assert tree(repo_copy) == before
