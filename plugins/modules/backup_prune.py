@@ -125,7 +125,9 @@ merges:
   returned: always
   type: dict
 dropped:
-  description: Stored disk files a synthetic full no longer lists (the replaced delta's, a merge stopped before its commit), removed (or to be removed in check mode).
+  description:
+    - Stored disk files a synthetic full no longer lists (the replaced delta's, a merge stopped before its
+      commit), removed (or to be removed in check mode).
   returned: always
   type: list
   elements: str

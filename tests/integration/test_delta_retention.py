@@ -375,8 +375,9 @@ class CrashingStorage(repo.LocalStorage):
         self.pristine = pristine
         self.removals = 0
 
-    def merge_disk(self, repo_root, target_id, *args, **kwargs):
-        result = super().merge_disk(repo_root, target_id, *args, **kwargs)
+    def merge_disk(self, *args, **kwargs):
+        repo_root, target_id = args[0], args[1]
+        result = super().merge_disk(*args, **kwargs)
         if self.step == "partial-left":
             # killed while writing: the helper's own temporary stays behind, half written
             directory = os.path.join(repo_root, target_id)
@@ -390,10 +391,11 @@ class CrashingStorage(repo.LocalStorage):
             raise Crash("killed after the merged disk was renamed in, before the manifest")
         return result
 
-    def commit_manifest(self, repo_root, ident, expect_digest, document):
+    def commit_manifest(self, *args, **kwargs):
+        repo_root, ident = args[0], args[1]
         if self.step == "before-manifest":
             raise Crash("killed just before the manifest")
-        result = super().commit_manifest(repo_root, ident, expect_digest, document)
+        result = super().commit_manifest(*args, **kwargs)
         if self.step == "after-manifest":
             # killed between the manifest and the drop: the delta's own disk files are still there
             for name in result["dropped"]:
@@ -401,11 +403,11 @@ class CrashingStorage(repo.LocalStorage):
             raise Crash("killed after the manifest, before the drop")
         return result
 
-    def remove_backup(self, repo_root, path, if_incomplete=False):
+    def remove_backup(self, *args, **kwargs):
         self.removals += 1
         if self.step == "before-delete" or (self.step == "between-deletes" and self.removals == 2):
-            raise Crash("killed before removing %s" % path)
-        return super().remove_backup(repo_root, path, if_incomplete)
+            raise Crash("killed before removing %s" % args[1])
+        return super().remove_backup(*args, **kwargs)
 
 
 # (step, keep_last): keep 2 folds the full into d1's place (d2 then restores through it); keep 1 folds
@@ -549,14 +551,15 @@ def test_a_symlink_in_place_of_the_merged_disk_is_not_committed(chain, repo_copy
     victim.write_bytes(b"not ours")
 
     class Swapping(repo.LocalStorage):
-        def commit_manifest(self, repo_root, ident, expect_digest, document):
+        def commit_manifest(self, *args, **kwargs):
+            repo_root, ident, document = args[0], args[1], args[3]
             for name in document["files"]:
                 if name.count(".") == 3:  # <uuid>.<tag>.vhd.zst: a merged disk
                     path = os.path.join(repo_root, ident, name)
                     shutil.copy2(path, str(victim))
                     os.unlink(path)
                     os.symlink(str(victim), path)
-            return super().commit_manifest(repo_root, ident, expect_digest, document)
+            return super().commit_manifest(*args, **kwargs)
     before_manifest = manifest(repo_copy, ids[2])
     result = prune(repo_copy, 1, storage=Swapping())
     assert result.get("failed") and "merge into" in result["msg"], result
@@ -615,3 +618,17 @@ def test_helper_error_codes_are_one_line(chain, repo_copy):
         storage.merge_disk(str(repo_copy), ids[2], "not-a-uuid", 4 * 1024 * 1024, ["a", "b"], [None, None])
     assert caught.value.code == "BAD_INPUT" and "\n" not in caught.value.message
     assert isinstance(caught.value, repo.RepositoryError) and not isinstance(caught.value, HelperError)
+
+
+def test_without_checksums_nothing_is_merged_and_every_link_stays(chain, repo_copy):
+    """keep_last 1 over full -> d1 -> d2 with checksums off: a merge reads only verified links, so none is
+    made, and the full and d1 -- needed by the kept d2 -- are not removed either."""
+    _pristine, _points, ids = chain
+    before = tree(repo_copy)
+    result = prune(repo_copy, 1, checksums=False)
+    assert not result.get("failed") and result["removed"] == [] and result["merges"]["done"] == [], result
+    assert any("checksums is false" in w for w in result.get("warnings", [])), result
+    reasons = dict((k["id"], k["reasons"]) for k in result["kept"])
+    assert reasons[ids[0]][0].startswith("needed by the kept delta backup " + ids[2])
+    assert reasons[ids[1]][0].startswith("needed by the kept delta backup " + ids[2])
+    assert tree(repo_copy) == before
