@@ -223,3 +223,30 @@ def test_dr3_dry_run_plans_then_rebuild_imports_every_vm_in_slots(doc, lost_pool
     assert {n: v[0] for n, v in got.items() if n != "tiny-running"} == \
         {n: v[0] for n, v in lost_pool["vms"].items() if n != "tiny-running"}
     assert {v[2] for v in got.values()} == {"Running"}
+
+
+def test_dr3_reads_the_mapping_file_of_the_project_by_its_survey_path(doc, lost_pool, target):
+    """docs/awx.md: generate the mapping with the Restore template, commit an edited copy to the
+    project, give its project path to DR 3's survey. The edit names an SR the target lacks: the
+    dry run fails naming it (so the file was read) and changes nothing."""
+    import json
+    import shutil
+
+    pool = target("b-map")
+    gen = run(doc, pool, "Restore", {"survey_action": "generate", "survey_source_pool": lost_pool["source"]}, "dr3-generate")
+    assert gen.status == "successful", gen.stdout[-3000:]
+    mapping = json.loads(json.dumps(gen.artifacts["xapi_backup_restore_mapping"]))
+    assert mapping["srs"]
+    for sr in mapping["srs"]:
+        sr["target"] = "no-such-sr"
+    project = lost_pool["workdir"] / "project-dr3"
+    shutil.copytree(awxjob.PROJECT, project)
+    (project / "restore" / "dr.yml").write_text(yaml.safe_dump(mapping))
+    before = _tables(pool["sim"])
+    job = launch(doc, pool, "DR 3: rebuild the pool from backups",
+                 {"survey_dr_source_pool": lost_pool["source"], "survey_dr_mapping_file": "restore/dr.yml"},
+                 name="dr3-mapping", project=project)
+    assert job.status == "failed", job.stdout[-3000:]
+    assert any("no-such-sr" in m for m in job.messages()), job.messages()
+    assert job.item_results(IMPORT_TASK) == {}
+    assert _tables(pool["sim"]) == before
