@@ -13,7 +13,9 @@ everything the runner wrote (assert_no_secret)."""
 
 from __future__ import annotations
 
+import json
 import secrets
+import shutil
 import sys
 from pathlib import Path
 
@@ -166,7 +168,7 @@ def test_dr1_dry_run_then_restore_needs_the_confirmation_answer(doc, lost_pool, 
 
 def test_renaming_a_dr_survey_variable_in_the_doc_breaks_the_rehearsal(tmp_path, doc, lost_pool, target):
     edited = edited_doc(tmp_path, '{"variable": "survey_dr_source_pool"', '{"variable": "survey_dr_pool"')  # DR 1's
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="survey question 'survey_dr_pool' is required"):
         rehearse_db_dry_run(edited, lost_pool, target("b-db-drift", options=FAST), "dr1-drift")
 
 
@@ -229,9 +231,6 @@ def test_dr3_reads_the_mapping_file_of_the_project_by_its_survey_path(doc, lost_
     """docs/awx.md: generate the mapping with the Restore template, commit an edited copy to the
     project, give its project path to DR 3's survey. The edit names an SR the target lacks: the
     dry run fails naming it (so the file was read) and changes nothing."""
-    import json
-    import shutil
-
     pool = target("b-map")
     gen = run(doc, pool, "Restore", {"survey_action": "generate", "survey_source_pool": lost_pool["source"]}, "dr3-generate")
     assert gen.status == "successful", gen.stdout[-3000:]
