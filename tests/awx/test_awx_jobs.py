@@ -132,7 +132,10 @@ def rehearse_generate_for_one_vm(doc, pool, name=None):
 def test_the_doc_lists_every_job_template_of_the_project(doc):
     playbooks = {t: v["playbook"] for t, v in doc["templates"].items()}
     assert playbooks == {"Install helper": "install_helper.yml", "Backup": "backup.yml",
-                         "Restore": "restore.yml", "Verify (health check)": "verify.yml"}
+                         "Restore": "restore.yml", "Verify (health check)": "verify.yml",
+                         "DR 1: restore the pool database": "dr_pool_db_restore.yml",
+                         "DR 2: metadata recovery": "dr_metadata_recovery.yml",
+                         "DR 3: rebuild the pool from backups": "dr_pool_rebuild.yml"}
     for playbook in playbooks.values():
         plays = yaml.safe_load((awxjob.PROJECT / playbook).read_text())
         assert plays == [{"name": plays[0]["name"], "ansible.builtin.import_playbook": "xapi.backup." + playbook[:-4]}]
