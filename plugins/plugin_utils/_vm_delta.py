@@ -24,6 +24,7 @@ import os
 from ansible_collections.xapi.backup.plugins.module_utils import _delta
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils import _snapshots
+from ansible_collections.xapi.backup.plugins.module_utils._option_specs import EXPORT, helper_flags
 from ansible_collections.xapi.backup.plugins.module_utils._selection import describe_vm, find_vm
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
@@ -233,9 +234,11 @@ class VmDeltaExport:
                 "duration": manifest["duration"], "rate": manifest["rate"],
                 "helper_duration": round(sum(float(d.get("duration") or 0) for d in disks), 3)}
 
-    def _helper_args(self, xapi, extra):
+    def _helper_args(self, xapi, extra, tuning=False):
         p = self.p
         args = helper_xapi_args(p, xapi.url, self.ctx.connection_is_local) + list(extra)
+        if tuning:  # level, threads, nice, ionice, bandwidth cap, stall timeout: the XVA export's, declared once
+            return args + helper_flags(EXPORT, p)
         if p.get("stall_timeout") is not None:
             args += ["--stall-timeout", str(p["stall_timeout"])]
         return args
@@ -251,12 +254,8 @@ class VmDeltaExport:
             if plan["kind"] == "delta":
                 base_vdi = base_snapshot["disks"][source]["uuid"]
                 extra += ["--base", base_vdi]
-            if p.get("level") is not None:
-                extra += ["--level", str(p["level"])]
-            if p.get("threads") is not None:
-                extra += ["--threads", str(p["threads"])]
             result = self.ctx.runner.run_long(
-                "export-vdi", self._helper_args(xapi, extra), paths["status"], "export of disk %s" % source,
+                "export-vdi", self._helper_args(xapi, extra, tuning=True), paths["status"], "export of disk %s" % source,
                 session=xapi.session_ref, poll_interval=p.get("poll_interval", 2.0), timeout=p.get("export_timeout"))
             vhd = result.get("vhd") or {}
             disks.append({"source_vdi": source, "snapshot_vdi": snap["uuid"], "base_snapshot_vdi": base_vdi,

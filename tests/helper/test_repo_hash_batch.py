@@ -3,7 +3,7 @@
 import hashlib
 
 from .conftest import run_helper
-from .test_repo import POOL, VM, dom0_python, repo  # noqa: F401  (fixtures)
+from .test_repo import POOL, VM, dom0_python, repo  # noqa: F401  pylint: disable=unused-import
 
 
 def test_repo_hash_many_paths_in_one_run_with_the_single_path_keys(dom0_python, repo):  # noqa: F811

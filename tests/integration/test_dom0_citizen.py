@@ -103,6 +103,26 @@ def test_priorities_and_bandwidth_reach_the_helper_argv(run_task, xapi):
     assert our_snapshots(xapi) == []
 
 
+def test_delta_disk_exports_get_the_same_manners(run_task, xapi):
+    """mode: delta streams each disk with export-vdi: the same nice, ionice and bandwidth cap reach it."""
+    result = run_task("vm_export", {"vm": "tiny-halted", "mode": "delta", "run_id": "manners-delta", "nice": 11,
+                                    "ionice": "best-effort:5", "bandwidth_limit": 40 * 1024 * 1024})
+    assert not result.get("failed"), result.get("msg")
+    calls = [c["args"] for c in result["helper_calls"] if c["subcommand"] == "export-vdi"]
+    assert calls, result["helper_calls"]
+    for args in calls:
+        assert args[args.index("--nice") + 1] == "11"
+        assert args[args.index("--ionice") + 1] == "best-effort:5"
+        assert args[args.index("--bandwidth-limit") + 1] == str(40 * 1024 * 1024)
+    # the delta mode keeps this run's snapshot as the next run's base: remove it, the other tests count ours
+    for snap_uuid in our_snapshots(xapi):
+        ref = xapi.VM.get_by_uuid(snap_uuid)
+        disks = [xapi.VBD.get_VDI(vbd) for vbd in xapi.VM.get_VBDs(ref) if xapi.VBD.get_type(vbd) == "Disk"]
+        xapi.VM.destroy(ref)
+        for vdi in disks:
+            xapi.VDI.destroy(vdi)
+
+
 @pytest.mark.parametrize("args, option", [
     ({"ionice": "idle:3"}, "ionice"),
     ({"ionice": "best-effort:9"}, "ionice"),

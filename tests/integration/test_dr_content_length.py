@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.integration.test_dr_pool_db import _playbook, _reinstalled, _tables, lost_pool  # noqa: F401
+from tests.integration.test_dr_pool_db import _playbook, _reinstalled, _tables, lost_pool  # noqa: F401  pylint: disable=unused-import
 from tests.integration.test_playbooks import HELPER
 
 pytestmark = pytest.mark.slow

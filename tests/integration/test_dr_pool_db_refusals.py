@@ -20,7 +20,7 @@ import shutil
 
 import pytest
 
-from tests.integration.test_dr_pool_db import _inventory, _playbook, _reinstalled, _tables, lost_pool  # noqa: F401
+from tests.integration.test_dr_pool_db import _inventory, _playbook, _reinstalled, _tables, lost_pool  # noqa: F401  pylint: disable=unused-import
 
 pytestmark = pytest.mark.slow
 
