@@ -29,21 +29,6 @@ from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import hel
 STATUS_DIR = ".xapi-backup"
 
 
-def chain_links(backups: list) -> dict:
-    """``{id: {"manifest", "problem"}}`` of the vm-delta backups of a listing (for _delta.chain_to)."""
-    links = {}
-    for backup in backups:
-        if not repo.is_delta(backup):
-            continue
-        entry = {"manifest": None, "problem": None if backup.complete else "%s: %s" % (backup.status, backup.problem)}
-        try:
-            entry["manifest"] = _delta.parse_delta_manifest(backup.manifest, backup.id)
-        except _delta.ChainError as exc:
-            entry["problem"] = str(exc)
-        links[backup.id] = entry
-    return links
-
-
 class VmDeltaImport:
     """Restore of one vm-delta backup; ``importer`` is the calling ``VmImport`` (params, context,
     the finishing steps shared with XVA restores)."""
@@ -58,7 +43,7 @@ class VmDeltaImport:
         listing = repo.list_backups(self.ctx.storage, self.p["repository"], pool=backup.pool_uuid, vm=backup.owner,
                                     check_hash=True, key=self.p.get("repository_key"))
         try:
-            chain = _delta.chain_to(chain_links(listing), backup.id)
+            chain = _delta.chain_to(repo.delta_links(listing), backup.id)
         except _delta.ChainError as exc:
             raise repo.RepositoryError("backup %s cannot be restored: %s; nothing was sent to xapi" % (backup.id, exc),
                                        "CHAIN_BROKEN")

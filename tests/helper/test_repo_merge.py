@@ -13,6 +13,8 @@ import pytest
 
 from .conftest import HELPER, run_helper
 from .test_vhd import make_stream
+from tests.tools.outofband import tree
+from tests.tools.vhd_reader import QEMU_IMG, qemu_blocks_and_content
 
 MIB = 1024 * 1024
 BLOCK = 2 * MIB
@@ -20,7 +22,6 @@ SIZE = 9 * MIB  # five blocks, the last one partial
 POOL = "11111111-1111-4111-8111-111111111111"
 VM = "22222222-2222-4222-8222-222222222222"
 DISK = "33333333-3333-4333-8333-333333333333"
-QEMU_IMG = shutil.which("qemu-img")
 DIRS = ["20261201T000000Z", "20261202T000000Z", "20261203T000000Z"]
 
 
@@ -40,19 +41,6 @@ def expected_disk():
             disk[block * BLOCK:block * BLOCK + len(piece)] = piece
     return bytes(disk)
 
-
-def tree(root):
-    out = {}
-    for base, dirs, files in os.walk(str(root)):
-        for name in dirs + files:
-            full = os.path.join(base, name)
-            rel = os.path.relpath(full, str(root))
-            if os.path.islink(full):
-                out[rel] = ("link", os.readlink(full))
-            elif os.path.isfile(full):
-                with open(full, "rb") as handle:
-                    out[rel] = ("file", hashlib.sha256(handle.read()).hexdigest())
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -99,16 +87,8 @@ def decode(python, path, tmp_path):
     vhd.write_bytes(raw)
     if QEMU_IMG is None:
         return raw, None, None
-    opts = "driver=vpc,force_size_calc=current_size,file.driver=file,file.filename=%s" % vhd
-    extents = json.loads(subprocess.run([QEMU_IMG, "map", "--output=json", "--image-opts", opts], check=True,
-                                        stdout=subprocess.PIPE).stdout)
-    blocks = set()
-    for extent in extents:
-        if extent["data"]:
-            blocks.update(range(extent["start"] // BLOCK, (extent["start"] + extent["length"] - 1) // BLOCK + 1))
-    out = tmp_path / "merged.raw"
-    subprocess.run([QEMU_IMG, "convert", "-O", "raw", "--image-opts", opts, str(out)], check=True)
-    return raw, blocks, out.read_bytes()
+    blocks, content = qemu_blocks_and_content(str(vhd))
+    return raw, blocks, content
 
 
 @pytest.mark.skipif(QEMU_IMG is None, reason="qemu-img (qemu-utils) not installed")

@@ -4,21 +4,17 @@ zstandard).  Stored files are decoded by qemu-img (an independent reader) and fu
 imported into a fresh VDI must give the snapshot's bytes back."""
 
 import http.client
-import json
 import os
-import shutil
-import subprocess
 import urllib.parse
 
 import pytest
 
+from tests.tools.vhd_reader import BLOCK, QEMU_IMG, decompressed, expand_runs, qemu_blocks_and_content
 from tests.xapisim import vhd as simvhd
 
 from .conftest import run_helper
 
-BLOCK = 2 * 1024 * 1024
 MIB = 1024 * 1024
-QEMU_IMG = shutil.which("qemu-img")
 
 
 # ----------------------------------------------------------------------------- streams for unit tests
@@ -157,34 +153,6 @@ def raw_content(sim, session, vdi):
     return data
 
 
-def decompressed(python, path, tmp_path):
-    out = tmp_path / (os.path.basename(str(path)) + ".raw-vhd")
-    with open(str(path), "rb") as src:
-        proc = subprocess.run([python, os.path.join(os.path.dirname(__file__), "..", "..", "roles", "helper",
-                                                    "files", "xapi-backup-helper"), "decompress"],
-                              stdin=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
-    out.write_bytes(proc.stdout)
-    return str(out)
-
-
-def qemu_blocks_and_content(path):
-    opts = "driver=vpc,force_size_calc=current_size,file.driver=file,file.filename=" + path
-    extents = json.loads(subprocess.run([QEMU_IMG, "map", "--output=json", "--image-opts", opts], check=True,
-                                        stdout=subprocess.PIPE).stdout)
-    blocks = set()
-    for extent in extents:
-        if extent["data"]:
-            blocks.update(range(extent["start"] // BLOCK, (extent["start"] + extent["length"] - 1) // BLOCK + 1))
-    raw = path + ".raw"
-    subprocess.run([QEMU_IMG, "convert", "-O", "raw", "--image-opts", opts, raw], check=True)
-    with open(raw, "rb") as handle:
-        return blocks, handle.read()
-
-
-def expand_runs(runs):
-    return {first + i for first, count in runs for i in range(count)}
-
-
 def export_vdi(python, sim, session, vdi_uuid, out, base=None, extra=()):
     args = ["export-vdi", "--url", sim.url, "--vdi", vdi_uuid, "--out", str(out)] + list(extra)
     if base:
@@ -224,7 +192,7 @@ def test_full_and_deltas_round_trip_byte_for_byte(python, pool, tmp_path):
         assert verified.ok and verified.json["format"] == "vhd", verified
         assert verified.json["vhd"] == done.json["vhd"] and verified.json["raw_hash"] == done.json["raw_hash"]
         assert verified.json["sha256"] == done.json["sha256"]
-        raw_vhd = decompressed(python, out, tmp_path)
+        raw_vhd = decompressed(out, tmp_path, python)
         blocks, content = qemu_blocks_and_content(raw_vhd)
         assert blocks == expand_runs(done.json["vhd"]["blocks"])
         if not index:

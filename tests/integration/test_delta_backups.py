@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -23,13 +22,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_modules_repository import raw_disk, task_runner  # noqa: E402  pylint: disable=wrong-import-position
+from tests.tools.vhd_reader import BLOCK, QEMU_IMG, decompressed, expand_runs, qemu_blocks  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 HELPER = os.path.join(os.path.dirname(__file__), "..", "..", "roles", "helper", "files", "xapi-backup-helper")
 BASE_KEY = "xapi_backup:delta_base"
-QEMU_IMG = shutil.which("qemu-img")
-BLOCK = 2 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -89,22 +87,11 @@ def export(run_task, name, run_id, **extra):
 
 
 def blocks_of(disk):
-    return {first + i for first, count in disk["blocks"] for i in range(count)}
+    return expand_runs(disk["blocks"])
 
 
-def qemu_blocks(path, tmp_path):
-    raw = str(tmp_path / (os.path.basename(path) + ".vhd"))
-    with open(path, "rb") as src, open(raw, "wb") as dst:
-        subprocess.run([sys.executable, HELPER, "decompress"], stdin=src, stdout=dst, check=True,
-                       stderr=subprocess.DEVNULL)
-    opts = "driver=vpc,force_size_calc=current_size,file.driver=file,file.filename=" + raw
-    extents = json.loads(subprocess.run([QEMU_IMG, "map", "--output=json", "--image-opts", opts], check=True,
-                                        stdout=subprocess.PIPE).stdout)
-    found = set()
-    for extent in extents:
-        if extent["data"]:
-            found.update(range(extent["start"] // BLOCK, (extent["start"] + extent["length"] - 1) // BLOCK + 1))
-    return found
+def qemu_stored_blocks(path, tmp_path):
+    return qemu_blocks(decompressed(path, tmp_path))
 
 
 def restore_chain(sim, session, manifests, work):
@@ -155,7 +142,7 @@ def test_full_then_deltas_store_only_changed_blocks_and_restore_every_point(run_
     for manifest in manifests:
         for disk in manifest["delta"]["disks"]:
             path = os.path.join(str(work / "repo"), manifest["id"], disk["file"])
-            assert qemu_blocks(path, tmp_path) == blocks_of(disk)
+            assert qemu_stored_blocks(path, tmp_path) == blocks_of(disk)
         assert os.path.getsize(os.path.join(str(work / "repo"), manifest["id"], "metadata.xva")) > 0
     delta_size = sum(f["size"] for n, f in manifests[1]["files"].items() if n.endswith(".zst"))
     assert delta_size < full_size

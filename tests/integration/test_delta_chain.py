@@ -28,7 +28,7 @@ import urllib.request
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_delta_backups import blocks_of, qemu_blocks  # noqa: E402  pylint: disable=wrong-import-position
+from test_delta_backups import blocks_of, qemu_stored_blocks  # noqa: E402  pylint: disable=wrong-import-position
 from test_modules_repository import task_runner  # noqa: E402  pylint: disable=wrong-import-position
 
 pytestmark = pytest.mark.slow
@@ -237,7 +237,7 @@ def test_every_stored_vhd_decodes_with_qemu_img_and_agrees_with_its_manifest(cha
         expected = expected_blocks(point, chain["before"])
         for disk in entry["manifest"]["delta"]["disks"]:
             device = next(d for d, uuid in chain["disks"].items() if uuid == disk["source_vdi"])
-            found = qemu_blocks(os.path.join(entry["export"]["path"], disk["file"]), tmp_path)
+            found = qemu_stored_blocks(os.path.join(entry["export"]["path"], disk["file"]), tmp_path)
             assert found == blocks_of(disk) == expected[device], (point, device)
 
 

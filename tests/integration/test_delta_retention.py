@@ -35,13 +35,13 @@ from ansible_collections.xapi.backup.plugins.module_utils import _delta  # noqa:
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo  # noqa: E402
 from ansible_collections.xapi.backup.plugins.plugin_utils import _catalogue  # noqa: E402
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError  # noqa: E402
+from tests.tools.outofband import tree  # noqa: E402
+from tests.tools.vhd_reader import BLOCK, QEMU_IMG, decompressed, expand_runs, qemu_blocks_and_content  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HELPER = os.path.join(os.path.dirname(__file__), "..", "..", "roles", "helper", "files", "xapi-backup-helper")
-QEMU_IMG = shutil.which("qemu-img")
-BLOCK = 2 * 1024 * 1024
 VM_NAME = "tiny-halted"
 
 
@@ -210,19 +210,6 @@ def assert_points_restorable(sim, session, root, points, expected, key=None):
         assert restore_point(sim, session, root, links, ident) == points[ident], ident
 
 
-def tree(root):
-    out = {}
-    for base, dirs, files in os.walk(str(root)):
-        for name in dirs + files:
-            full = os.path.join(base, name)
-            rel = os.path.relpath(full, str(root))
-            if os.path.islink(full):
-                out[rel] = ("link", os.readlink(full))
-            elif os.path.isfile(full):
-                with open(full, "rb") as handle:
-                    out[rel] = ("file", handle.read())
-    return out
-
 
 def backup_dir(root, ident):
     return os.path.join(str(root), ident)
@@ -233,32 +220,9 @@ def manifest(root, ident):
         return json.load(handle)
 
 
-def qemu_read(path, tmp_path):
-    """(allocated 2 MiB blocks, raw bytes) of a stored VHD, decoded by qemu-img (an independent reader)."""
-    raw_vhd = str(tmp_path / (os.path.basename(path) + ".vhd"))
-    with open(path, "rb") as src, open(raw_vhd, "wb") as dst:
-        subprocess.run([sys.executable, HELPER, "decompress"], stdin=src, stdout=dst, check=True,
-                       stderr=subprocess.DEVNULL)
-    opts = "driver=vpc,force_size_calc=current_size,file.driver=file,file.filename=" + raw_vhd
-    extents = json.loads(subprocess.run([QEMU_IMG, "map", "--output=json", "--image-opts", opts], check=True,
-                                        stdout=subprocess.PIPE).stdout)
-    blocks = set()
-    for extent in extents:
-        if extent["data"]:
-            blocks.update(range(extent["start"] // BLOCK, (extent["start"] + extent["length"] - 1) // BLOCK + 1))
-    out = raw_vhd + ".raw"
-    subprocess.run([QEMU_IMG, "convert", "-O", "raw", "--image-opts", opts, out], check=True)
-    with open(out, "rb") as handle:
-        return blocks, handle.read()
-
-
 def visible(directory):
     """Names in a directory but our sequence claim (the export-vdi status file is part of no backup either)."""
     return sorted(n for n in os.listdir(directory) if n != ".sequence" and not n.endswith(".status.json"))
-
-
-def expand(runs):
-    return {first + i for first, count in runs for i in range(count)}
 
 
 # ---------------------------------------------------------------- the plain cases
@@ -282,8 +246,9 @@ def test_keep_one_folds_the_whole_chain_into_a_synthetic_full(sim, session, chai
     # only the merged disks and the metadata: the delta's own disk files were dropped
     assert visible(backup_dir(repo_copy, ids[2])) == sorted(list(synthetic["files"]) + ["manifest.json"])
     for disk in synthetic["delta"]["disks"]:
-        blocks, content = qemu_read(os.path.join(backup_dir(repo_copy, ids[2]), disk["file"]), tmp_path)
-        assert blocks == expand(disk["blocks"])
+        stored = os.path.join(backup_dir(repo_copy, ids[2]), disk["file"])
+        blocks, content = qemu_blocks_and_content(decompressed(stored, tmp_path))
+        assert blocks == expand_runs(disk["blocks"])
         assert content == points[ids[2]][disk["source_vdi"]]
     assert_points_restorable(sim, session, repo_copy, points, [ids[2]])
     again = prune(repo_copy, 1)
