@@ -15,6 +15,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import netns  # noqa: E402  pylint: disable=wrong-import-position
 
 
+# Each test module names its simulated pool ``sim``; these log in to it once per module.
+@pytest.fixture(scope="module")
+def session(sim):
+    """A XenAPI session on the module's pool, logged out after the module."""
+    handle = sim.session()
+    try:
+        yield handle
+    finally:
+        handle.xenapi.session.logout()
+
+
+@pytest.fixture(scope="module")
+def xapi(session):
+    """The ``xenapi`` proxy of :func:`session`."""
+    return session.xenapi
+
+
 @pytest.fixture(scope="session")
 def ssh_pool_hosts(tmp_path_factory):
     """Two (``XB_SSH_HOSTS``) pool-master look-alikes reachable over real SSH; see netns.py.

@@ -45,15 +45,6 @@ def run_task(sim, work):
     return task_runner(sim, work)
 
 
-@pytest.fixture(scope="module")
-def session(sim):
-    session = sim.session()
-    try:
-        yield session
-    finally:
-        session.xenapi.session.logout()
-
-
 def vm(x, name):
     ref = x.VM.get_by_name_label(name)[0]
     return ref, x.VM.get_record(ref)

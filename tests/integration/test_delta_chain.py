@@ -92,15 +92,6 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("chain")
 
 
-@pytest.fixture(scope="module")
-def session(sim):
-    session = sim.session()
-    try:
-        yield session
-    finally:
-        session.xenapi.session.logout()
-
-
 def module_args(sim, work):
     return {"hostname": sim.url, "username": sim.username, "password": sim.password,
             "repository": str(work / "repo"), "helper_xapi_url": sim.url, "poll_interval": 0.2}

@@ -66,15 +66,6 @@ def sim(xapisim_tiny):
     return xapisim_tiny
 
 
-@pytest.fixture(scope="module")
-def session(sim):
-    session = sim.session()
-    try:
-        yield session
-    finally:
-        session.xenapi.session.logout()
-
-
 def disks_now(sim, session, vm_uuid):
     """{source vdi uuid: bytes} of the VM's disks, read with /export_raw_vdi."""
     x = session.xenapi

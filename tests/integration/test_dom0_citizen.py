@@ -37,15 +37,6 @@ def run_task(sim, work):
     return task_runner(sim, work)
 
 
-@pytest.fixture(scope="module")
-def xapi(sim):
-    session = sim.session()
-    try:
-        yield session.xenapi
-    finally:
-        session.xenapi.session.logout()
-
-
 @pytest.fixture(autouse=True)
 def no_faults(sim):
     sim.faults.clear()

@@ -72,15 +72,6 @@ def run_task(sim, work):
     return task_runner(sim, work)
 
 
-@pytest.fixture(scope="module")
-def xapi(sim):
-    session = sim.session()
-    try:
-        yield session.xenapi
-    finally:
-        session.xenapi.session.logout()
-
-
 def our_snapshots(xapi):
     return [r for r in xapi.VM.get_all_records().values()
             if r["is_a_snapshot"] and OWNER_KEY in (r.get("other_config") or {})]
