@@ -7,44 +7,11 @@ per file made the DR rebuild's planning take longer than its imports), with the 
 
 from __future__ import annotations
 
-import datetime
 import os
 
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo_mod
 from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage
-
-POOL = "11111111-2222-3333-4444-555555555555"
-VM_A = "aaaaaaaa-0000-0000-0000-000000000001"
-VM_B = "bbbbbbbb-0000-0000-0000-000000000002"
-
-
-def make_backup(root, owner, when, payload=b"xva-bytes", complete=True, corrupt=False, algorithm="blake2b"):
-    """One backup the way vm_export writes it: exclusive directory and sequence, data, manifest last."""
-    storage = LocalStorage()
-    created = storage.make_backup_dir(str(root), POOL, owner, repo_mod.timestamp_name(when))
-    path = os.path.join(str(root), created["id"])
-    name = repo_mod.stored_name("zstd")
-    with open(os.path.join(path, name), "wb") as handle:
-        handle.write(payload)
-    if complete:
-        files = {name: {"size": len(payload), "digest": repo_mod.digest_of(payload, algorithm)}}
-        manifest = repo_mod.build_manifest(
-            repo_mod.MANIFEST_KIND_VM_XVA, tool_version="0.1.0", pool={"uuid": POOL, "name": "pool"}, xapi_version="25.1",
-            run_id="run", files=files, stored_file=name, started=when, ended=when + datetime.timedelta(seconds=10),
-            vm={"uuid": owner, "name_label": "vm", "disks": [], "vifs": []}, codec={"codec": "zstd", "level": 3, "threads": 0},
-            raw_size=100, ident=created["id"], sequence=created["sequence"], repository_id=created["repository_id"])
-        storage.write_json(str(root), os.path.join(path, repo_mod.MANIFEST_NAME), manifest, exclusive=True)
-    if corrupt:
-        with open(os.path.join(path, name), "r+b") as handle:
-            first = handle.read(1)
-            handle.seek(0)
-            handle.write(bytes([first[0] ^ 0xFF]))
-    return created["id"]
-
-
-def ts(text):
-    return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=datetime.timezone.utc)
-
+from tests.unit.plugins.module_utils.test__repository import VM_A, VM_B, make_backup, ts  # the one way tests write a backup
 
 class CountingStorage(LocalStorage):
     """The real helper (in process), every subcommand recorded; ``single_path`` mimics an older helper
