@@ -34,11 +34,12 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 
 import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from tests.tools.poller import BackgroundPoller
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "awx.md"
@@ -202,32 +203,24 @@ def extra_vars_yaml(template_vars: dict, unsafe_vars: dict) -> str:
 # ---------------------------------------------------------------- the job
 
 
-class SessionRecorder:
+class SessionRecorder(BackgroundPoller):
     """Every XAPI session the simulator holds while a job runs (polled), to look for in the output."""
 
     def __init__(self, sim):
+        super().__init__()
         self.sim = sim
         self.refs = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
 
-    def _poll(self):
-        while not self._stop.is_set():
-            try:
-                sessions = self.sim.state()["tables"].get("session", {})
-                self.refs.update(sessions)
-                self.refs.update(rec.get("uuid", "") for rec in sessions.values())
-            except Exception:  # noqa: BLE001 - the simulator may be busy; the next poll catches up
-                pass
-            self._stop.wait(0.1)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
+    def poll(self):
+        try:
+            sessions = self.sim.state()["tables"].get("session", {})
+            self.refs.update(sessions)
+            self.refs.update(rec.get("uuid", "") for rec in sessions.values())
+        except Exception:  # noqa: BLE001 - the simulator may be busy; the next poll catches up
+            pass
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+        super().__exit__(*exc)
         self.refs.discard("")
 
 

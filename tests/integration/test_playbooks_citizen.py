@@ -13,13 +13,13 @@ import json
 import os
 import re
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.integration.test_playbooks import HELPER, ansible_env, read_report, run_playbook, xapi_session
+from tests.tools.poller import BackgroundPoller
 
 pytestmark = pytest.mark.slow
 
@@ -80,36 +80,27 @@ def manifests_of_run(repo: Path, run_id: str) -> list:
     return out
 
 
-class HelperWatcher:
+class HelperWatcher(BackgroundPoller):
     """Polls /proc for the detached export helpers writing into ``repo``: their argv and their real niceness."""
 
+    interval = 0.05
+
     def __init__(self, repo: Path):
+        super().__init__()
         self.repo = str(repo)
         self.seen = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self):
-        while not self._stop.is_set():
-            for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-                try:
-                    with open("/proc/%s/cmdline" % pid, "rb") as handle:
-                        argv = [a.decode() for a in handle.read().split(b"\0") if a]
-                    with open("/proc/%s/stat" % pid) as handle:
-                        nice = int(handle.read().rsplit(")", 1)[1].split()[16])
-                except (OSError, ValueError, IndexError):
-                    continue
-                if "export" in argv and any(a.startswith(self.repo) for a in argv) and any("xapi-backup-helper" in a for a in argv):
-                    self.seen[pid] = {"argv": argv, "nice": nice}
-            time.sleep(0.05)
+    def poll(self):
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                    argv = [a.decode() for a in handle.read().split(b"\0") if a]
+                with open("/proc/%s/stat" % pid) as handle:
+                    nice = int(handle.read().rsplit(")", 1)[1].split()[16])
+            except (OSError, ValueError, IndexError):
+                continue
+            if "export" in argv and any(a.startswith(self.repo) for a in argv) and any("xapi-backup-helper" in a for a in argv):
+                self.seen[pid] = {"argv": argv, "nice": nice}
 
 
 def flag(argv, name):
