@@ -16,7 +16,6 @@ full's, newest-point restore rate >= 80 % of a full restore's.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -24,12 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from tests.tools.vhd_reader import export_raw_sha256  # noqa: E402
 from tests.xapisim.fixture import start_simulator  # noqa: E402
 
 HELPER = os.path.join(REPO, "roles", "helper", "files", "xapi-backup-helper")
@@ -77,18 +75,6 @@ def playbook_runner(sim, work):
     return run
 
 
-def raw_sha256(sim, session, vdi_uuid):
-    query = urllib.parse.urlencode({"session_id": session._session, "vdi": vdi_uuid, "format": "raw"})
-    digest = hashlib.sha256()
-    with urllib.request.urlopen("%s/export_raw_vdi?%s" % (sim.url, query), timeout=600) as resp:
-        while True:
-            data = resp.read(8 << 20)
-            if not data:
-                break
-            digest.update(data)
-    return digest.hexdigest()
-
-
 def restore(sim, session, size, sr, files):
     """Import ``files`` oldest first into a new VDI; (seconds, sha256 of the result)."""
     x = session.xenapi
@@ -104,7 +90,7 @@ def restore(sim, session, size, sr, files):
         if not result.get("ok"):
             raise SystemExit("import-vdi failed: %s" % result)
     seconds = time.monotonic() - started
-    digest = raw_sha256(sim, session, uuid)
+    digest = export_raw_sha256(sim, session, uuid)
     x.VDI.destroy(vdi)
     return seconds, digest
 
@@ -151,7 +137,7 @@ def main():
                                              "full_interval": args.deltas + 1})
             if result["kind"] != ("delta" if index else "full"):
                 raise SystemExit("run %d is a %s, not the expected kind: %s" % (index + 1, result["kind"], result["msg"]))
-            points.append(raw_sha256(sim, session, disk_uuid))
+            points.append(export_raw_sha256(sim, session, disk_uuid))
             files = [os.path.join(result["path"], d["file"]) for d in result["disks"]]
             if not index:
                 allocated = sorted({first + i for d in result["disks"] for first, count in d["blocks"]

@@ -16,20 +16,18 @@ blocks written at that point (for the full: with the source disk's allocated blo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_delta_backups import blocks_of, qemu_stored_blocks  # noqa: E402  pylint: disable=wrong-import-position
 from test_modules_repository import task_runner  # noqa: E402  pylint: disable=wrong-import-position
+from tests.tools.vhd_reader import export_raw_sha256  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -137,18 +135,6 @@ def vm_disks(x, vm_uuid):
     return out
 
 
-def export_raw_sha(sim, session, vdi_uuid):
-    query = urllib.parse.urlencode({"session_id": session._session, "vdi": vdi_uuid, "format": "raw"})
-    digest = hashlib.sha256()
-    with urllib.request.urlopen("%s/export_raw_vdi?%s" % (sim.url, query), timeout=120) as resp:
-        while True:
-            data = resp.read(1 << 20)
-            if not data:
-                break
-            digest.update(data)
-    return digest.hexdigest()
-
-
 def extent_blocks(extents):
     """2 MiB blocks touched by ``[[offset, length], ...]`` data extents."""
     found = set()
@@ -250,7 +236,7 @@ def test_each_of_the_eight_points_restores_byte_identical_disks(chain, sim, sess
         restored = vm_disks(x, result["vm_uuid"])
         assert not source_vdis & set(restored.values())  # new disks, never the source's
         assert sorted(restored) == sorted(chain["disks"])
-        got = {device: export_raw_sha(sim, session, uuid) for device, uuid in restored.items()}
+        got = {device: export_raw_sha256(sim, session, uuid) for device, uuid in restored.items()}
         assert got == points[point]["sha"], point
     # the source VM still has one kept base: the newest point's snapshot
     ours = [r for r in x.VM.get_all_records().values()

@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 
 QEMU_IMG = shutil.which("qemu-img")
 BLOCK = 2 * 1024 * 1024
@@ -53,3 +56,16 @@ def qemu_blocks_and_content(vhd_path):
     subprocess.run([QEMU_IMG, "convert", "-O", "raw", "--image-opts", _image_opts(vhd_path), raw], check=True)
     with open(raw, "rb") as handle:
         return qemu_blocks(vhd_path), handle.read()
+
+
+def export_raw_sha256(sim, session, vdi_uuid, timeout=600) -> str:
+    """sha256 of a VDI's bytes as the pool serves them (``GET /export_raw_vdi?format=raw``)."""
+    query = urllib.parse.urlencode({"session_id": session._session, "vdi": vdi_uuid, "format": "raw"})
+    digest = hashlib.sha256()
+    with urllib.request.urlopen("%s/export_raw_vdi?%s" % (sim.url, query), timeout=timeout) as resp:
+        while True:
+            data = resp.read(8 << 20)
+            if not data:
+                break
+            digest.update(data)
+    return digest.hexdigest()
