@@ -32,7 +32,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -198,6 +200,38 @@ def extra_vars_yaml(template_vars: dict, unsafe_vars: dict) -> str:
     merged = dict(template_vars)
     merged.update(_unsafe(unsafe_vars))
     return yaml.dump(merged, Dumper=_Dumper, default_flow_style=False)
+
+
+# ---------------------------------------------------------------- simulated pools as AWX targets
+
+
+def start_pool(workdir: Path, pool_file: str, name: str, **options):
+    """A simulator of tests/xapisim/pools/<pool_file>.yml with a password nothing else contains (the
+    scans for secrets must not match a common word; "xapisim" is also in the CA's subject)."""
+    from tests.xapisim.fixture import start_simulator
+
+    spec = yaml.safe_load((REPO / "tests" / "xapisim" / "pools" / (pool_file + ".yml")).read_text())
+    spec["pool"]["password"] = "pw-" + secrets.token_hex(12)
+    (workdir / (name + ".yml")).write_text(yaml.safe_dump(spec))
+    return start_simulator(str(workdir / (name + ".yml")), str(workdir / name), **options)
+
+
+def pool_target(sim, workdir: Path, repo: Path, collections: Path, name: str, **host_vars) -> dict:
+    """What a job needs to run against this simulated pool master: the inventory host (TLS verified
+    with the credential's CA, the helper's plain http on localhost), its credential and secrets."""
+    host = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        "xapi_backup_hostname": sim.info["tls_url"],
+        "xapi_backup_repository": str(repo),
+        "xapi_backup_helper_xapi_url": sim.info["url"],
+    }
+    host.update(host_vars)
+    return {"sim": sim, "workdir": workdir, "repo": repo, "collections": collections,
+            "inventory": {"all": {"children": {"xapi_pools": {"hosts": {name: host}}}}},
+            "credential": {"username": "root", "password": sim.info["password"],
+                           "ca": Path(sim.info["ca_file"]).read_text()},
+            "password": sim.info["password"], "pool_uuid": sim.info["pool_uuid"]}
 
 
 # ---------------------------------------------------------------- the job

@@ -14,9 +14,7 @@ everything the runner wrote (assert_no_secret)."""
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,41 +27,18 @@ from tests.integration.test_playbooks import xapi_session
 
 pytestmark = pytest.mark.slow
 
-POOLS = awxjob.REPO / "tests" / "xapisim" / "pools"
 IMPORT_TASK = "Import the VMs of this slot (highest priority first)"
 DB_TASK = "Restore the pool database (dry run first; for real only with xapi_backup_dr_confirm=true)"
 METADATA_TASK = "Bring the VMs back from their metadata (xapi's dry run first for each)"
 
 
-def _start(workdir: Path, pool_file: str, name: str, **options):
-    """A simulator of pools/<pool_file>.yml with a password nothing else contains, TLS with its CA."""
-    from tests.xapisim.fixture import start_simulator
-
-    spec = yaml.safe_load((POOLS / (pool_file + ".yml")).read_text())
-    spec["pool"]["password"] = "pw-" + secrets.token_hex(12)
-    (workdir / (name + ".yml")).write_text(yaml.safe_dump(spec))
-    return start_simulator(str(workdir / (name + ".yml")), str(workdir / name), **options)
-
-
 def _pool(sim, workdir: Path, repo: Path, collections: Path, name: str) -> dict:
-    """What launch() needs to run a job template against this simulated pool master."""
     helper = collections / "ansible_collections/xapi/backup/roles/helper/files/xapi-backup-helper"
-    host = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": sys.executable,
-        "xapi_backup_hostname": sim.info["tls_url"],           # verified with the credential's CA
-        "xapi_backup_repository": str(repo),
-        "xapi_backup_helper_xapi_url": sim.info["url"],         # the helper's http://localhost on dom0
-        "xapi_backup_helper_path": str(helper),                 # the helper of the installed tarball
-        # inventory settings of the runbooks, short for the simulator
-        "xapi_backup_dr_wait_interval": 0.2, "xapi_backup_dr_wait_timeout": 60,
-        "xapi_backup_dr_guest_timeout": 30, "xapi_backup_dr_guest_poll_interval": 0.2,
-    }
-    return {"sim": sim, "workdir": workdir, "repo": repo, "collections": collections,
-            "inventory": {"all": {"children": {"xapi_pools": {"hosts": {name: host}}}}},
-            "credential": {"username": "root", "password": sim.info["password"],
-                           "ca": Path(sim.info["ca_file"]).read_text()},
-            "password": sim.info["password"], "pool_uuid": sim.info["pool_uuid"]}
+    return awxjob.pool_target(sim, workdir, repo, collections, name,
+                              xapi_backup_helper_path=str(helper),  # the helper of the installed tarball
+                              # inventory settings of the runbooks, short for the simulator
+                              xapi_backup_dr_wait_interval=0.2, xapi_backup_dr_wait_timeout=60,
+                              xapi_backup_dr_guest_timeout=30, xapi_backup_dr_guest_poll_interval=0.2)
 
 
 def _vms(sim) -> dict:
@@ -95,7 +70,7 @@ def lost_pool(tmp_path_factory, installed_collections, doc):
     (its SR directories survive, as in tests/integration/test_dr_metadata.py)."""
     workdir = tmp_path_factory.mktemp("awx-dr")
     repo = workdir / "repository"
-    sim_a = _start(workdir, "tiny", "pool-a")
+    sim_a = awxjob.start_pool(workdir, "tiny", "pool-a")
     try:
         pool_a = _pool(sim_a, workdir, repo, installed_collections, "pool-a")
         job = launch(doc, pool_a, "Backup", {"survey_run_id": "dr"})
@@ -113,7 +88,7 @@ def target(lost_pool, request):
     started = []
 
     def start(name, **options):
-        sim = _start(lost_pool["workdir"], "dr-target", name, **options)
+        sim = awxjob.start_pool(lost_pool["workdir"], "dr-target", name, **options)
         started.append(sim)
         return _pool(sim, lost_pool["workdir"], lost_pool["repo"], lost_pool["collections"], name)
 

@@ -15,9 +15,7 @@ the runner wrote.
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -40,31 +38,15 @@ def doc():
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory, installed_collections):
-    from tests.xapisim.fixture import start_simulator
-
     workdir = tmp_path_factory.mktemp("awx")
-    # the tiny pool with a password nothing else contains ("xapisim" is also in the CA's subject)
-    spec = yaml.safe_load((awxjob.REPO / "tests" / "xapisim" / "pools" / "tiny.yml").read_text())
-    spec["pool"]["password"] = "pw-" + secrets.token_hex(12)
-    (workdir / "tiny.yml").write_text(yaml.safe_dump(spec))
-    sim = start_simulator(str(workdir / "tiny.yml"), str(workdir / "sim-state"))
+    sim = awxjob.start_pool(workdir, "tiny", "sim-state")
     try:
-        repo = workdir / "repository"
-        host = {
-            "ansible_connection": "local",
-            "ansible_python_interpreter": sys.executable,
-            "xapi_backup_hostname": sim.info["tls_url"],          # verified with the credential's CA
-            "xapi_backup_repository": str(repo),
-            "xapi_backup_helper_xapi_url": sim.info["url"],        # the helper's http://localhost on dom0
-            "xapi_backup_helper_dest": str(workdir / "opt" / "bin" / "xapi-backup-helper"),
-            "xapi_backup_retries": 0,   # a failed-VM test cuts one export: transient, else retried (issue 14)
-        }
-        inventory = {"all": {"children": {"xapi_pools": {"hosts": {"tiny": host}}}}}
-        credential = {"username": "root", "password": sim.info["password"],
-                      "ca": Path(sim.info["ca_file"]).read_text()}
-        yield {"sim": sim, "workdir": workdir, "repo": repo, "inventory": inventory, "credential": credential,
-               "collections": installed_collections, "password": sim.info["password"],
-               "pool_uuid": sim.info["pool_uuid"], "session": sim.session()}
+        target = awxjob.pool_target(
+            sim, workdir, workdir / "repository", installed_collections, "tiny",
+            xapi_backup_helper_dest=str(workdir / "opt" / "bin" / "xapi-backup-helper"),
+            xapi_backup_retries=0)  # a failed-VM test cuts one export: transient, else retried (issue 14)
+        target["session"] = sim.session()
+        yield target
     finally:
         sim.stop()
 
