@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
+from tests.awx import awxjob
 from tests.awx.conftest import VENV_BIN
 from tests.tools.outofband import tree
 
@@ -48,16 +48,11 @@ def test_check_mode_from_the_installed_tarball_on_a_new_repository_plans_and_wri
         secret.write_text(sim.info["password"] + "\n")
         os.chmod(secret, 0o600)
         repo = work / "new" / "repository"                        # neither it nor its parent exists
-        host = {
-            "ansible_connection": "local",
-            "ansible_python_interpreter": sys.executable,
-            "xapi_backup_hostname": sim.info["url"],
-            "xapi_backup_repository": str(repo),
-            "xapi_backup_helper_xapi_url": sim.info["url"],
-            "xapi_backup_helper_path": str(installed / "roles" / "helper" / "files" / "xapi-backup-helper"),
-        }
+        target = awxjob.pool_target(
+            sim, work, repo, installed_collections, "tiny", xapi_backup_hostname=sim.info["url"],
+            xapi_backup_helper_path=str(installed / "roles" / "helper" / "files" / "xapi-backup-helper"))
         inventory = work / "inventory.json"
-        inventory.write_text(json.dumps({"all": {"children": {"xapi_pools": {"hosts": {"tiny": host}}}}}))
+        inventory.write_text(json.dumps(target["inventory"]))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("XAPI_", "XENSERVER_", "ANSIBLE_"))}
         env.update({
             "ANSIBLE_COLLECTIONS_PATH": str(installed_collections),   # the installed tarball, not the checkout
