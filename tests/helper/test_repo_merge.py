@@ -42,7 +42,6 @@ def expected_disk():
     return bytes(disk)
 
 
-
 @pytest.fixture(scope="module")
 def stored_links(helper_module):
     """The three links compressed once (zstd, by the helper itself)."""

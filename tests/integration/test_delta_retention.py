@@ -36,7 +36,7 @@ from ansible_collections.xapi.backup.plugins.module_utils import _repository as 
 from ansible_collections.xapi.backup.plugins.plugin_utils import _catalogue  # noqa: E402
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError  # noqa: E402
 from tests.tools.outofband import tree  # noqa: E402
-from tests.tools.vhd_reader import BLOCK, QEMU_IMG, decompressed, expand_runs, qemu_blocks_and_content  # noqa: E402
+from tests.tools.vhd_reader import QEMU_IMG, decompressed, expand_runs, qemu_blocks_and_content  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -199,7 +199,6 @@ def assert_points_restorable(sim, session, root, points, expected, key=None):
     for ident in expected:
         assert links.get(ident, {}).get("problem") is None, (ident, links.get(ident))
         assert restore_point(sim, session, root, links, ident) == points[ident], ident
-
 
 
 def backup_dir(root, ident):

@@ -13,6 +13,7 @@ from ansible_collections.xapi.backup.plugins.module_utils import _repository as 
 from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage
 from tests.unit.plugins.module_utils.test__repository import VM_A, VM_B, make_backup, ts  # the one way tests write a backup
 
+
 class CountingStorage(LocalStorage):
     """The real helper (in process), every subcommand recorded; ``single_path`` mimics an older helper
     that keeps only the last --path (and answers without ``files``)."""
