@@ -411,13 +411,8 @@ class _MetadataImporter(_Importer):
         self.vdi_map = vdi_map
 
     def run(self, content_length):
-        archive, ova_xml, _unused = xva.open_archive(self.ctx.rfile, content_length)
-        header = xva.parse_ova_xml(ova_xml)
-        from tests.xapisim.http_handlers import _xapi_major_minor
-        xva.assert_compatible(_xapi_major_minor(self.ctx), header["version"])
+        archive, header = self._read_header(content_length)
         objects = header["objects"]
-        if self.restore:
-            self._assert_can_restore_backup(objects)
         if self.dry_run:
             self._dry_run(objects)
             archive.drain(64 * 1024)

@@ -294,38 +294,31 @@ def _failure_info(exc, task_ref):
 # ----------------------------------------------------------------------------- compression
 
 
-class _GzipStream:
+class _CompressorStream:
+    """Feeds a ``compressobj`` and writes whatever it returns; ``close`` flushes the last frame."""
+
+    def __init__(self, out, compressor):
+        self.out = out
+        self.compressor = compressor
+
+    def write(self, data):
+        compressed = self.compressor.compress(data)
+        if compressed:
+            self.out.write(compressed)
+
+    def close(self):
+        self.out.write(self.compressor.flush())
+
+
+def _gzip_stream(out):
     """``/bin/gzip`` with no flags: level 6, one gzip member."""
-
-    def __init__(self, out):
-        self.out = out
-        self.compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-
-    def write(self, data):
-        compressed = self.compressor.compress(data)
-        if compressed:
-            self.out.write(compressed)
-
-    def close(self):
-        self.out.write(self.compressor.flush())
+    return _CompressorStream(out, zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS))
 
 
-class _ZstdStream:
+def _zstd_stream(out):
     """``/usr/bin/zstd`` with no flags: level 3, one worker thread, content checksum."""
-
-    def __init__(self, out):
-        import zstandard
-        self.out = out
-        self.compressor = zstandard.ZstdCompressor(level=3, threads=0,
-                                                   write_checksum=True).compressobj()
-
-    def write(self, data):
-        compressed = self.compressor.compress(data)
-        if compressed:
-            self.out.write(compressed)
-
-    def close(self):
-        self.out.write(self.compressor.flush())
+    import zstandard
+    return _CompressorStream(out, zstandard.ZstdCompressor(level=3, threads=0, write_checksum=True).compressobj())
 
 
 class _Buffered:
@@ -437,7 +430,7 @@ def _stream_export(ctx, task, vm_ref, preserve_power_state, compression):
     disks = xva.disks_to_stream(source, table, vm_ref, preserve_power_state)
     task.set_allowed_operations(["cancel"])
     stream = ctx.stream()
-    sink = {"gzip": _GzipStream, "zstd": _ZstdStream}.get(compression, lambda out: out)(stream)
+    sink = {"gzip": _gzip_stream, "zstd": _zstd_stream}.get(compression, lambda out: out)(stream)
     buffered = _Buffered(sink)
     readers = []
     try:
@@ -627,13 +620,19 @@ class _Importer:
         self.cleanup = []         # callables, run newest first
         self.pending_links = []   # (vm, exported snapshot_of, exported parent)
 
-    def run(self, content_length):
+    def _read_header(self, content_length):
+        """import.ml: ova.xml comes first; its version must be one this xapi imports, and a
+        restore refuses a backup whose MAC seed belongs to another live VM."""
         archive, ova_xml, _unused = xva.open_archive(self.ctx.rfile, content_length)
         header = xva.parse_ova_xml(ova_xml)
         xva.assert_compatible(_xapi_major_minor(self.ctx), header["version"])
-        objects = header["objects"]
         if self.restore:
-            self._assert_can_restore_backup(objects)
+            self._assert_can_restore_backup(header["objects"])
+        return archive, header
+
+    def run(self, content_length):
+        archive, header = self._read_header(content_length)
+        objects = header["objects"]
         try:
             self._handle_all(objects)
             self._set_task_other_config("object_creation", "complete")
