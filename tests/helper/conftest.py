@@ -81,3 +81,13 @@ def run_helper(python, args, stdin=b"", env=None, timeout=120, preexec_fn=None):
 @pytest.fixture
 def helper():
     return run_helper
+
+
+@pytest.fixture
+def xapi():
+    """A fake xapi serving the sample XVA (tests/helper/xvagen.py) on loopback."""
+    from .fake_xapi import FakeXapi
+    from .xvagen import SAMPLE_XVA
+    fake = FakeXapi(SAMPLE_XVA).start()
+    yield fake
+    fake.stop()

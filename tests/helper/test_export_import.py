@@ -17,17 +17,10 @@ import pytest
 import zstandard
 
 from .conftest import HELPER, INTERPRETERS, run_helper
-from .fake_xapi import NEW_VM_REF, NEW_VM_UUID, VM_UUID, FakeXapi
-from .xvagen import CHUNK, sample_xva, tar_bytes
+from .fake_xapi import NEW_VM_REF, NEW_VM_UUID, VM_UUID
+from .xvagen import CHUNK, SAMPLE_XVA, sample_xva
 
-XVA = tar_bytes(sample_xva()[0])
-
-
-@pytest.fixture
-def xapi():
-    fake = FakeXapi(XVA).start()
-    yield fake
-    fake.stop()
+XVA = SAMPLE_XVA
 
 
 def session_env(fake):

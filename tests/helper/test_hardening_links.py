@@ -8,18 +8,11 @@ the helper either refuses with a one-line REFUSED error or writes a fresh file o
 import json
 import os
 
-from .fake_xapi import VM_UUID, FakeXapi
+from .fake_xapi import VM_UUID
 from .hostile import Canary, run_measured
 from .test_export_import import XVA, one_python
 
 import pytest
-
-
-@pytest.fixture
-def xapi():
-    fake = FakeXapi(XVA).start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture

@@ -11,16 +11,9 @@ import threading
 import pytest
 
 from .conftest import run_helper
-from .fake_xapi import VM_UUID, FakeXapi
+from .fake_xapi import VM_UUID
 from .test_export_import import XVA, assert_no_leftovers, assert_task_cancelled, one_python, stored  # noqa: F401  pylint: disable=unused-import
 from .test_simulator_e2e import assert_clean, helper_env, vm_by_name
-
-
-@pytest.fixture
-def xapi():
-    fake = FakeXapi(XVA).start()
-    yield fake
-    fake.stop()
 
 
 class ForeignHost(object):

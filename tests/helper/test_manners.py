@@ -12,16 +12,9 @@ import time
 import pytest
 
 from .conftest import HELPER, INTERPRETERS, run_helper
-from .fake_xapi import VM_UUID, FakeXapi
+from .fake_xapi import VM_UUID
 from .test_export_import import XVA, assert_no_leftovers, one_python
 from .xvagen import CHUNK
-
-
-@pytest.fixture
-def xapi():
-    fake = FakeXapi(XVA).start()
-    yield fake
-    fake.stop()
 
 
 def _thread_nices(pid):

@@ -142,3 +142,7 @@ def sample_xva(kind="xxhash", keepalive_every=0):
     """Two disks (3 MiB and 2 MiB + 512 B), zero chunks in the middle of the first."""
     disks = {"Ref:12": sample_disk(3 * CHUNK, 1, zero_chunks=(1,)), "Ref:9": sample_disk(2 * CHUNK + 512, 2)}
     return xva_entries(disks, kind=kind, keepalive_every=keepalive_every), disks
+
+
+# The sample VM as one tar stream: what the fake xapi serves on GET /export by default.
+SAMPLE_XVA = tar_bytes(sample_xva()[0])
