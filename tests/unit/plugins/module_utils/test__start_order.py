@@ -9,22 +9,12 @@ import pytest
 
 from ansible_collections.xapi.backup.plugins.module_utils import _start_order as so
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiUsageError
+from tests.tools.fakeclock import FakeClock
 
 
 def vm(name, order=0, delay=0, power="Halted"):
     return {"ref": "r-" + name, "uuid": "u-" + name, "name_label": name, "order": str(order),
             "start_delay": str(delay), "power_state": power}
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
 
 
 class FakeXapi:

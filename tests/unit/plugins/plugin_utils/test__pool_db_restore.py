@@ -12,19 +12,9 @@ import pytest
 
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiConnectionError, XapiTimeout
 from ansible_collections.xapi.backup.plugins.plugin_utils import _pool_db_restore as pdr
+from tests.tools.fakeclock import FakeClock as Clock
 
 RESTORED = "11111111-1111-1111-1111-111111111111"
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
 
 
 class Ctx:
