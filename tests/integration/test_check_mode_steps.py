@@ -14,14 +14,10 @@ Repeats of one step collapse (a real run tags each VDI; check mode plans one cal
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.tools.localplay import run_local_play
 
 pytestmark = pytest.mark.slow
 
@@ -59,14 +55,7 @@ def test_check_mode_reports_the_steps_of_a_real_run(xapisim_tiny, tmp_path):
     names = ["r_%s_%s" % (v, m) for v, _a in verbs for m in ("check", "real")]
     tasks.append({"name": "save", "check_mode": False, "ansible.builtin.copy": {
         "content": "{{ {%s} | to_json }}" % ", ".join("'%s': %s" % (n, n) for n in names), "dest": str(out)}})
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / ".tmp" / "collections"),
-               ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0")
-    bindir = os.path.dirname(sys.executable)
-    proc = subprocess.run([os.path.join(bindir, "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                           "-e", "ansible_python_interpreter=%s" % sys.executable, str(playbook)],
-                          env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300, check=False)
+    proc = run_local_play(tasks, tmp_path)
     assert proc.returncode == 0 and out.exists(), proc.stdout[-4000:] + proc.stderr[-2000:]
     results = json.loads(out.read_text())
     for verb, _args in verbs:

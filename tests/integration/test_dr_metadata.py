@@ -24,6 +24,17 @@ def _disks(x, vm):
     return sorted(x.VDI.get_uuid(x.VBD.get_VDI(v)) for v in x.VM.get_VBDs(vm) if x.VBD.get_type(v) == "Disk")
 
 
+def _dump_pool(workdir, inventory, env, names):
+    """The pool database and the named VMs' metadata into the repository, by the pool_dump module."""
+    play = workdir / "dump.yml"
+    play.write_text(
+        "- hosts: xapi_pools\n  gather_facts: false\n  tasks:\n"
+        "    - xapi.backup.pool_dump:\n        hostname: '{{ xapi_backup_hostname }}'\n"
+        "        repository: '{{ xapi_backup_repository }}'\n        helper_xapi_url: '{{ xapi_backup_helper_xapi_url }}'\n"
+        "        helper_path: '{{ xapi_backup_helper_path }}'\n        vms: %s\n" % json.dumps(names))
+    _playbook(inventory, str(play), env=env)
+
+
 @pytest.fixture(scope="module")
 def lost_records(tmp_path_factory):
     from tests.xapisim.fixture import start_simulator
@@ -36,13 +47,7 @@ def lost_records(tmp_path_factory):
     session = xapi_session(sim.info["url"], sim.info["password"])
     x = session.xenapi
     names = ["tiny-running", "tiny-halted", "tiny-on-lvm"]
-    play = workdir / "dump.yml"
-    play.write_text(
-        "- hosts: xapi_pools\n  gather_facts: false\n  tasks:\n"
-        "    - xapi.backup.pool_dump:\n        hostname: '{{ xapi_backup_hostname }}'\n"
-        "        repository: '{{ xapi_backup_repository }}'\n        helper_xapi_url: '{{ xapi_backup_helper_xapi_url }}'\n"
-        "        helper_path: '{{ xapi_backup_helper_path }}'\n        vms: %s\n" % json.dumps(names))
-    _playbook(inventory, str(play), env=env)
+    _dump_pool(workdir, inventory, env, names)
     before = {}
     for name in names:
         vm = x.VM.get_by_name_label(name)[0]
@@ -107,13 +112,7 @@ def lost_pool(tmp_path_factory):
     try:
         env = ansible_env({"XAPI_USERNAME": "root", "XAPI_PASSWORD": sim_a.info["password"]}, workdir)
         names = ["tiny-running", "tiny-halted", "tiny-on-lvm"]
-        play = workdir / "dump.yml"
-        play.write_text(
-            "- hosts: xapi_pools\n  gather_facts: false\n  tasks:\n"
-            "    - xapi.backup.pool_dump:\n        hostname: '{{ xapi_backup_hostname }}'\n"
-            "        repository: '{{ xapi_backup_repository }}'\n        helper_xapi_url: '{{ xapi_backup_helper_xapi_url }}'\n"
-            "        helper_path: '{{ xapi_backup_helper_path }}'\n        vms: %s\n" % json.dumps(names))
-        _playbook(_inventory(workdir, "pool-a", sim_a.info["url"], repo), str(play), env=env)
+        _dump_pool(workdir, _inventory(workdir, "pool-a", sim_a.info["url"], repo), env, names)
         session = xapi_session(sim_a.info["url"], sim_a.info["password"])
         x = session.xenapi
         before = {}

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools.localplay import run_local_play
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
@@ -53,14 +55,7 @@ def task_runner(sim, work):
         task = {"name": "under test", "xapi.backup.%s" % module: dict(base, **args), "register": "r",
                 "ignore_errors": True, "check_mode": check, "diff": diff}
         save = {"name": "save", "ansible.builtin.copy": {"content": "{{ r | to_json }}", "dest": str(out)}, "check_mode": False}
-        playbook = work / ("play-%d.yml" % counter[0])
-        playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": [task, save]}]))
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / ".tmp" / "collections"),
-                   ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0")
-        bindir = os.path.dirname(sys.executable)
-        proc = subprocess.run([os.path.join(bindir, "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                               "-e", "ansible_python_interpreter=%s" % sys.executable, str(playbook)],
-                              env=env, cwd=str(work), capture_output=True, text=True, timeout=300, check=False)
+        proc = run_local_play([task, save], work, name="play-%d.yml" % counter[0])
         assert out.exists(), "playbook did not run:\n%s\n%s" % (proc.stdout[-3000:], proc.stderr[-3000:])
         return json.loads(out.read_text())
 

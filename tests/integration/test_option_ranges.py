@@ -12,14 +12,10 @@ the real XenAPI package: no snapshot, no task, no VM created, no file written in
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.tools.localplay import run_local_play
 
 pytestmark = pytest.mark.slow
 
@@ -77,17 +73,10 @@ def test_every_bad_numeric_option_is_refused_before_any_side_effect(xapisim_tiny
     out = tmp_path / "results.json"
     tasks.append({"name": "save", "ansible.builtin.copy": {
         "content": "{{ [%s] | to_json }}" % ", ".join("r%d" % i for i in range(len(CASES))), "dest": str(out)}})
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
     session = sim.session()
     try:
         before = pool_state(session)
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / ".tmp" / "collections"),
-                   ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0")
-        bindir = os.path.dirname(sys.executable)
-        proc = subprocess.run([os.path.join(bindir, "ansible-playbook"), "-i", "localhost,", "-c", "local",
-                               "-e", "ansible_python_interpreter=%s" % sys.executable, str(playbook)],
-                              env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300, check=False)
+        proc = run_local_play(tasks, tmp_path)
         assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
         results = json.loads(out.read_text())
         after = pool_state(session)
