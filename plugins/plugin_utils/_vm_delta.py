@@ -31,8 +31,6 @@ from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import 
 from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import run_keeping_partial
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts
 
-BLOCKED_OPERATIONS = ("migrate_send", "pool_migrate")
-BLOCK_REASON = "xapi.backup: export in progress"
 STATUS_NAME = "export-vdi.status.json"  # not status.json: the XVA path's adoption must not take it
 DELTA_REFUSED = ("XAPI_TASK_FAILED", "BAD_VHD", "STREAM_TRUNCATED", "HTTP_STATUS")
 
@@ -202,7 +200,7 @@ class VmDeltaExport:
             snap_ref = self.snapshots.create_tagged_snapshot(xapi, vm_ref, run_id, started, vm_record=vm_rec)
             snap_rec = xapi.call("VM.get_record", snap_ref)
             snap_disks = self._snapshot_disks(xapi, snap_rec)
-            with self.snapshots.block_operations(xapi, vm_ref, BLOCKED_OPERATIONS, BLOCK_REASON):
+            with self.snapshots.block_operations(xapi, vm_ref):
                 try:
                     disks = self._export_disks(xapi, paths, snap_disks, plan, base_snapshot)
                 except HelperError as exc:

@@ -28,8 +28,6 @@ from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiConne
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError, is_planned
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts, redirect_host_args
 
-BLOCKED_OPERATIONS = ("migrate_send", "pool_migrate")
-BLOCK_REASON = "xapi.backup: export in progress"
 SNAPSHOT_RELEASE_WAIT = 120.0
 
 
@@ -290,7 +288,7 @@ class VmExport:
                 source_uuid = snap_rec["uuid"] if snap_rec else (snap_ref if snap_ref else vm_rec["uuid"])
             else:
                 source_uuid = vm_rec["uuid"]
-            with self.snapshots.block_operations(xapi, vm_ref, BLOCKED_OPERATIONS, BLOCK_REASON):
+            with self.snapshots.block_operations(xapi, vm_ref):
                 started = self.clock()
                 result = self._run_helper(self._helper_args(xapi, source_uuid, paths["out"]), paths["status"],
                                           "export of %s" % vm_rec.get("name_label"), xapi.session_ref)

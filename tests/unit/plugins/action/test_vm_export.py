@@ -56,7 +56,7 @@ class FakeSnapshots:
         return [("OpaqueRef:old-snap", {"uuid": SNAP, "other_config": {"xapi_backup:run": "2026-11-20"}})]
 
     @contextlib.contextmanager
-    def block_operations(self, xapi, vm_ref, ops, reason):
+    def block_operations(self, xapi, vm_ref, ops=_snapshots.BLOCKED_OPERATIONS, reason=_snapshots.BLOCK_REASON):
         xapi.change("VM.set_blocked_operations", vm_ref, dict((op, reason) for op in ops))
         self.events.append("block")
         try:
