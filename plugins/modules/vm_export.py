@@ -100,14 +100,16 @@ options:
     type: int
     default: 0
   retry_delay:
-    description: Seconds between two attempts (no retry starts when the window of O(job_deadline) would close first).
+    description: Seconds between two attempts (no retry starts when the window of O(job_seconds_left) would close first).
     type: int
     default: 30
-  job_deadline:
+  job_seconds_left:
     description:
-      - End of the backup window, UTC seconds since the epoch (the pool_backup role sets it from
-        C(xapi_backup_job_timeout) when it plans the run).
-      - Past it no export starts (C(error.code=WINDOW_CLOSED), "not started — window closed", nothing changed); an
+      - Seconds left in the backup window when this task starts (the pool_backup role computes it from
+        C(xapi_backup_job_timeout) on the controller's monotonic clock, C(xapi.backup.job_seconds_left)).
+      - The task measures it on the monotonic clock too, so a jump of the wall clock neither closes the window early
+        nor extends it. V(0) means the window has closed.
+      - Once it has run out no export starts (C(error.code=WINDOW_CLOSED), "not started — window closed", nothing changed); an
         export still running when it passes is cancelled through the helper's status file (xapi task cancelled,
         partial file removed) and its directory and snapshot are removed; the task fails.
     type: float
@@ -295,7 +297,7 @@ def argument_spec():
             full_interval=dict(type="int", default=7),
             retries=dict(type="int", default=0),
             retry_delay=dict(type="int", default=30),
-            job_deadline=dict(type="float"),
+            job_seconds_left=dict(type="float"),
             run_lock_token=dict(type="str", no_log=False),  # a lock token on the share, not a secret
             **shared_spec(EXPORT)
         ),

@@ -65,10 +65,15 @@ def retry_reason(exc) -> str | None:
     return None
 
 
-def window_problem(deadline, now) -> str | None:
-    """Why no new export may start (None: the backup window is still open)."""
-    if deadline is not None and now >= float(deadline):
-        return "not started — window closed (xapi_backup_job_timeout reached %d s ago)" % int(now - float(deadline))
+def window_end(seconds_left, now) -> float | None:
+    """When (on the monotonic clock ``now`` reads) the backup window closes; None: no window."""
+    return None if seconds_left is None else now + max(0.0, float(seconds_left))
+
+
+def window_problem(end, now) -> str | None:
+    """Why no new export may start (None: the backup window is still open). ``end``, ``now``: monotonic."""
+    if end is not None and now >= end:
+        return "not started — window closed (xapi_backup_job_timeout reached %d s ago)" % int(now - end)
     return None
 
 
@@ -147,7 +152,7 @@ class VmExport:
         self.sleep = time.sleep
         self.monotonic = time.monotonic
         self.release_wait = SNAPSHOT_RELEASE_WAIT
-        self.wallclock = time.time  # the job deadline is an absolute UTC time set by the role's plan
+        self.window_end = None  # monotonic; set from job_seconds_left as run() starts
 
     # ------------------------------------------------------------ entry point
 
@@ -158,6 +163,8 @@ class VmExport:
         (:func:`retry_reason`), ``retry_delay`` seconds later and only while the window is open. Each
         attempt cleans up its own partial file and snapshot before the next; ``attempts`` lists them.
         """
+        # the window: a duration from the plan, measured from here on the monotonic clock (never the wall clock)
+        self.window_end = window_end(self.p.get("job_seconds_left"), self.monotonic())
         retries = int(self.p.get("retries") or 0)
         attempts = []
         number = 0
@@ -182,8 +189,7 @@ class VmExport:
             return out
 
     def _no_time_for_retry(self) -> bool:
-        deadline = self.p.get("job_deadline")
-        return deadline is not None and self.wallclock() + float(self.p.get("retry_delay") or 0) >= float(deadline)
+        return self.window_end is not None and self.monotonic() + float(self.p.get("retry_delay") or 0) >= self.window_end
 
     def _attempt(self) -> dict:
         if self.p.get("mode", "full") == "delta":  # VHD chains: _vm_delta.py (issue 12)
@@ -195,7 +201,7 @@ class VmExport:
         """Refuse to start an export once the window closed or the run lost its lock (before any side effect)."""
         if self.ctx.check_mode:
             return
-        problem = window_problem(self.p.get("job_deadline"), self.wallclock())
+        problem = window_problem(self.window_end, self.monotonic())
         if problem:
             raise BackupError(problem, code=WINDOW_CLOSED)
         token = self.p.get("run_lock_token")
@@ -323,8 +329,7 @@ class VmExport:
         """
         poll = self.p.get("poll_interval", DEFAULT_POLL_INTERVAL)
         timeout = self.p.get("export_timeout")
-        deadline = self.p.get("job_deadline")
-        window = None if deadline is None else max(1.0, float(deadline) - self.wallclock())
+        window = None if self.window_end is None else max(1.0, self.window_end - self.monotonic())
         by_window = window is not None and (timeout is None or window < timeout)
         if not by_window:
             return self.ctx.runner.run_long("export", args, status_file, label, session=session, poll_interval=poll,

@@ -23,6 +23,7 @@ from ansible_collections.xapi.backup.plugins.module_utils import _repository as 
 from ansible_collections.xapi.backup.plugins.module_utils import _snapshots
 from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.xapi.backup.plugins.plugin_utils import _vm_export
 from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import VmExport, adoption_action, needs_snapshot
 
@@ -361,6 +362,7 @@ from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import 
 from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import (  # noqa: E402
     lock_problem,
     retry_reason,
+    window_end,
     window_problem,
 )
 
@@ -395,8 +397,50 @@ def test_permanent_errors_are_never_retried(exc):
 
 
 def test_window_and_lock_rules():
+    assert window_end(None, 5.0) is None and window_end(60, 5.0) == 65.0 and window_end(-3, 5.0) == 5.0
     assert window_problem(None, 10 ** 10) is None
     assert window_problem(100.0, 99.9) is None
     assert window_problem(100.0, 100.0).startswith("not started — window closed")
     assert lock_problem("t1", "t1") is None and lock_problem(None, None) is None
     assert "run cancelled" in lock_problem(None, "t1") and "another run" in lock_problem("t2", "t1")
+
+
+class _WindowRunner(FakeRunner):
+    """Records the time a detached export is given to run."""
+
+    def start_detached(self, subcommand, args, status_file, session=None):
+        return {"done": False, "status_file": status_file}
+
+    def wait(self, status_file, label, poll_interval=2.0, timeout=None):
+        self.waited = timeout
+        return {"ok": True}
+
+
+@pytest.mark.parametrize("jump", [86400, -86400], ids=["forward a day", "back a day"])
+def test_a_wall_clock_jump_mid_run_neither_closes_nor_extends_the_window(tmp_path, monkeypatch, jump):
+    """Review finding: the window was compared with time.time(). Now: a duration, measured on the monotonic clock."""
+    import time
+
+    clock = {"monotonic": 100.0}
+    runner = _WindowRunner()
+    export = VmExport(FakeCtx({"vm": VM, "repository": str(tmp_path), "job_seconds_left": 60, "retries": 0},
+                              FakeXapi(), runner))
+    export.monotonic = lambda: clock["monotonic"]
+    seen = []
+
+    def attempt():
+        real_time = time.time()
+        monkeypatch.setattr(time, "time", lambda: real_time + jump)   # the wall clock jumps mid-run
+        clock["monotonic"] += 30
+        export.check_may_start(POOL)                                  # still open: 30 s of 60 used
+        export._run_helper(["--out", "x"], str(tmp_path / "s.json"), "export", None)
+        seen.append(runner.waited)
+        clock["monotonic"] += 31                                      # 61 s of 60: closed, on time
+        export.check_may_start(POOL)
+        return {}
+
+    export._attempt = attempt
+    with pytest.raises(BackupError) as caught:
+        export.run()
+    assert getattr(caught.value, "code", None) == "WINDOW_CLOSED", caught.value
+    assert seen == [30.0]                                             # the export got the 30 s left, not a day more or less
