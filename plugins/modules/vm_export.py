@@ -215,6 +215,15 @@ stale_snapshots_removed:
   returned: when an export ran or would run
   type: list
   elements: str
+stale_partials_removed:
+  description:
+    - Repository-relative paths of C(.partial) files that helpers killed mid-export (SIGKILL) left in this VM's
+      incomplete backups, removed before this export. Only files of the helper's naming pattern, regular files
+      (never a link or a directory), in a backup directory whose status file proves its writer gone; anything else
+      with a similar name is left alone and named in a warning.
+  returned: when the VM's backups were listed (empty in check mode, where the removal is only planned)
+  type: list
+  elements: str
 raw_size:
   description: Bytes of the XVA stream read from xapi.
   returned: success

@@ -128,6 +128,22 @@ def exported_snapshot(ref, result) -> bool:
     return bool(ref) and isinstance(result, dict) and result.get("vm_ref") == ref
 
 
+def sweep_stale_partials(verb, backups) -> list:
+    """Before a VM target's export: remove the ``.partial`` files helpers killed by SIGKILL left in this
+    VM's incomplete backups (the helper proves each writer gone from its status file; links, directories
+    and foreign names are kept and named in a warning). Returns the removed paths (repository-relative)."""
+    removed = []
+    for backup in repo.sweep_candidates(backups):
+        try:
+            swept = verb.ctx.storage.sweep_partials(verb.p["repository"], backup.id)
+        except (HelperError, repo.RepositoryError) as exc:
+            verb.warnings.append("could not sweep the partial files of %s: %s" % (backup.id, exc))
+            continue
+        removed += list(swept.get("removed") or [])
+        verb.warnings += ["left %s alone: %s" % (k.get("path"), k.get("reason")) for k in swept.get("kept") or []]
+    return removed
+
+
 def run_keeping_partial(verb, run) -> dict:
     """``run()``, whose failure carries what ``verb`` knew by then: its ``partial`` (VM, then run id,
     pool, ...) and its ``warnings``. The one wrapper of the full (XVA) and the delta export."""
@@ -149,6 +165,7 @@ class VmExport:
         self.clock = clock
         self.warnings = []
         self.removed_snapshots = []
+        self.partials_removed = []
         self.sleep = time.sleep
         self.monotonic = time.monotonic
         self.release_wait = SNAPSHOT_RELEASE_WAIT
@@ -227,6 +244,7 @@ class VmExport:
             self.partial.update(base)
             self.check_may_start(pool["uuid"])
             backups = self._backups(pool["uuid"], vm_rec["uuid"])
+            self.partials_removed = sweep_stale_partials(self, backups)
             adopted = None if self.ctx.check_mode else self._adopt(xapi, pool, vm_rec, run_id, backups)
             if adopted is not None or (running_candidates(backups) and not self.ctx.check_mode):
                 backups = self._backups(pool["uuid"], vm_rec["uuid"])  # earlier exports may have been recorded
@@ -245,6 +263,7 @@ class VmExport:
             return self._finish(out)
 
     def _finish(self, out):
+        out["stale_partials_removed"] = list(self.partials_removed)
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out

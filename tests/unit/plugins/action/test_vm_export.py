@@ -444,3 +444,139 @@ def test_a_wall_clock_jump_mid_run_neither_closes_nor_extends_the_window(tmp_pat
         export.run()
     assert getattr(caught.value, "code", None) == "WINDOW_CLOSED", caught.value
     assert seen == [30.0]                                             # the export got the 30 s left, not a day more or less
+
+
+# ---------------------------------------------------------------- review: partials a SIGKILLed helper left
+
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import time as _time  # noqa: E402
+
+from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import sweep_stale_partials  # noqa: E402
+
+PARTIAL = ".vm.xva.zst.0123456789ab.partial"
+
+
+def _dead_pid():
+    """The pid of a process that was SIGKILLed (as a helper killed mid-export)."""
+    proc = subprocess.Popen(["sleep", "60"])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def live_helper():
+    """A running process whose command line names the helper (as a detached export still writing)."""
+    proc = subprocess.Popen(["bash", "-c", "exec -a /opt/xapi-backup/bin/xapi-backup-helper sleep 60"])
+    for _ in range(200):
+        with open("/proc/%d/cmdline" % proc.pid, "rb") as handle:
+            if b"xapi-backup-helper" in handle.read():
+                break
+        _time.sleep(0.01)
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def killed_export(tmp_path, pid, stamp="20261121T220000Z", status=repo.STATUS_NAME, phase="export"):
+    """An export directory whose helper died: its status file (its pid, a phase still running), a partial file."""
+    created = LocalStorage().make_backup_dir(str(tmp_path), POOL, VM, stamp)
+    stamp_dir = tmp_path / created["id"]
+    (stamp_dir / status).write_text(json.dumps({"pid": pid, "phase": phase}))
+    (stamp_dir / PARTIAL).write_bytes(b"half an export")
+    return stamp_dir, created["id"]
+
+
+class _Verb:
+    def __init__(self, tmp_path):
+        self.ctx = FakeCtx({"repository": str(tmp_path)}, FakeXapi(), FakeRunner(), storage=LocalStorage())
+        self.p = self.ctx.params
+        self.warnings = []
+
+
+def _sweep(tmp_path):
+    verb = _Verb(tmp_path)
+    return sweep_stale_partials(verb, repo.list_backups(verb.ctx.storage, str(tmp_path), pool=POOL, vm=VM)), verb.warnings
+
+
+@pytest.mark.parametrize("status", repo.WRITER_STATUS_NAMES)
+def test_a_partial_of_a_killed_helper_is_swept_and_reported(tmp_path, status):
+    stamp_dir, ident = killed_export(tmp_path, _dead_pid(), status=status)
+    removed, warnings = _sweep(tmp_path)
+    assert removed == [ident + "/" + PARTIAL] and warnings == []
+    assert not (stamp_dir / PARTIAL).exists()
+    assert (stamp_dir / status).exists()         # only the partial: the directory is the adoption's/prune's to judge
+
+
+def test_a_partial_of_a_running_helper_is_kept(tmp_path, live_helper):
+    stamp_dir, _ident = killed_export(tmp_path, live_helper)
+    removed, warnings = _sweep(tmp_path)
+    assert removed == [] and (stamp_dir / PARTIAL).read_bytes() == b"half an export"
+    assert any("not proven gone" in w for w in warnings)
+
+
+def test_without_a_status_file_nothing_is_proven_and_nothing_goes(tmp_path):
+    stamp_dir, _ident = killed_export(tmp_path, _dead_pid())
+    os.unlink(str(stamp_dir / repo.STATUS_NAME))
+    # an old mtime proves nothing either
+    os.utime(str(stamp_dir / PARTIAL), (0, 0))
+    removed, _warnings = _sweep(tmp_path)
+    assert removed == [] and (stamp_dir / PARTIAL).exists()
+
+
+def test_a_status_file_that_is_a_link_proves_nothing(tmp_path):
+    stamp_dir, _ident = killed_export(tmp_path, _dead_pid())
+    elsewhere = tmp_path.parent / ("%s-status.json" % tmp_path.name)
+    elsewhere.write_text(json.dumps({"pid": _dead_pid(), "phase": "done"}))
+    os.unlink(str(stamp_dir / repo.STATUS_NAME))
+    os.symlink(str(elsewhere), str(stamp_dir / repo.STATUS_NAME))
+    removed, _warnings = _sweep(tmp_path)
+    assert removed == [] and (stamp_dir / PARTIAL).exists()
+
+
+def test_lookalikes_are_left_alone_and_named(tmp_path):
+    """A link, a directory or a near name beside a dead writer's partial: only the real partial goes."""
+    stamp_dir, ident = killed_export(tmp_path, _dead_pid())
+    victim = tmp_path.parent / ("%s-victim" % tmp_path.name)
+    victim.write_bytes(b"not the repository's")
+    link = ".vm.xva.zst.aaaaaaaaaaaa.partial"
+    os.symlink(str(victim), str(stamp_dir / link))
+    folder = ".vm.xva.zst.bbbbbbbbbbbb.partial"
+    (stamp_dir / folder).mkdir()
+    (stamp_dir / folder / "inside").write_bytes(b"x")
+    near = [".vm.xva.zst.partial", "notes.partial", ".vm.xva.zst.0123456789ab.partial.keep", ".passwd.0123456789ab.partial"]
+    for name in near:
+        (stamp_dir / name).write_bytes(b"someone's")
+    # outside our layout: in the VM's directory, beside the repository's backups, outside the repository
+    outside = [stamp_dir.parent / PARTIAL, tmp_path / PARTIAL, tmp_path.parent / PARTIAL]
+    for path in outside:
+        path.write_bytes(b"not in a backup directory")
+    removed, warnings = _sweep(tmp_path)
+    assert removed == [ident + "/" + PARTIAL]
+    assert victim.read_bytes() == b"not the repository's" and os.path.islink(str(stamp_dir / link))
+    assert (stamp_dir / folder / "inside").exists()
+    assert all((stamp_dir / name).read_bytes() == b"someone's" for name in near)
+    assert all(path.exists() for path in outside)
+    assert sum(1 for w in warnings if w.startswith("left ")) == 2 + len(near)   # each lookalike is named
+    for path in outside:
+        path.unlink()
+
+
+def test_a_backup_with_a_manifest_is_never_swept(tmp_path):
+    stamp_dir, ident = killed_export(tmp_path, _dead_pid())
+    storage = LocalStorage()
+    with pytest.raises(repo.RepositoryError) as caught:
+        (stamp_dir / repo.MANIFEST_NAME).write_text("{}")
+        storage.sweep_partials(str(tmp_path), ident)
+    assert caught.value.code == "REFUSED" and (stamp_dir / PARTIAL).exists()
+
+
+def test_the_next_run_of_the_vm_sweeps_before_it_exports(setup, tmp_path):
+    stamp_dir, ident = killed_export(tmp_path, _dead_pid(), stamp="20261121T210000Z")
+    runner = FakeRunner(status={"ok": True, "alive": False, "phase": "export"})
+    export, ctx, _xapi, _snaps = setup(runner=runner)
+    ctx.storage = LocalStorage()
+    out = export.run()
+    assert out["stale_partials_removed"] == [ident + "/" + PARTIAL]
+    assert not (stamp_dir / PARTIAL).exists()
