@@ -33,6 +33,7 @@ import subprocess
 import sys
 
 from ansible_collections.xapi.backup.plugins.module_utils import _delta
+from ansible_collections.xapi.backup.plugins.module_utils._constants import MAX_SEQUENCE
 from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
 
 MANIFEST_FORMAT = 2
@@ -351,6 +352,10 @@ def parse_manifest(data) -> dict:
     seq = data.get("sequence")
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise RepositoryError("manifest has no valid sequence", "BAD_MANIFEST")
+    if seq >= MAX_SEQUENCE:
+        # planted or corrupt: it would sort after every real backup forever (the "latest", the one
+        # retention keeps) -- an unknown entry instead, reported and never removed
+        raise RepositoryError("manifest's sequence %.40s is out of range (1 to %d)" % (seq, MAX_SEQUENCE - 1), "BAD_MANIFEST")
     if not isinstance(data.get("id"), str):
         raise RepositoryError("manifest has no id", "BAD_MANIFEST")
     if data["kind"] == MANIFEST_KIND_VM_DELTA:
