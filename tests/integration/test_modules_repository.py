@@ -290,13 +290,13 @@ def test_partial_of_a_sigkilled_helper_is_swept_by_the_next_run(run_task, sim, x
              str(directory / "vm.xva.zst"), "--status-file", str(directory / "status.json"), "--detach", "--session-stdin"],
             input=session._session + "\n", capture_output=True, text=True, timeout=60, check=True)  # pylint: disable=protected-access
         pid = json.loads(started.stdout)["pid"]
-        for _ in range(300):
+        for _wait in range(300):
             partials = [p for p in os.listdir(str(directory)) if p.endswith(".partial")]
             if partials and os.path.getsize(str(directory / partials[0])) > 0:
                 break
             time.sleep(0.05)
         os.kill(pid, signal.SIGKILL)                       # no handler runs: the partial stays
-        for _ in range(200):
+        for _wait in range(200):
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:

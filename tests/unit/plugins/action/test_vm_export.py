@@ -469,7 +469,7 @@ def _dead_pid():
 def live_helper():
     """A running process whose command line names the helper (as a detached export still writing)."""
     proc = subprocess.Popen(["bash", "-c", "exec -a /opt/xapi-backup/bin/xapi-backup-helper sleep 60"])
-    for _ in range(200):
+    for _wait in range(200):
         with open("/proc/%d/cmdline" % proc.pid, "rb") as handle:
             if b"xapi-backup-helper" in handle.read():
                 break

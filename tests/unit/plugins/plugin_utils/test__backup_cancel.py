@@ -25,4 +25,3 @@ def test_only_snapshots_of_the_cancelled_run_go():
 
 def test_a_delta_base_is_kept():
     assert snapshot_to_remove(_snap("r1", **{"xapi_backup:delta_base": "pool/vm/20261201T000000Z"}), {"r1"}) is None
-
