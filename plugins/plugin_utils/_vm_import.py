@@ -20,11 +20,10 @@ from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFA
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils._selection import data_disk_vdis, is_data_disk
 from ansible_collections.xapi.backup.plugins.module_utils._snapshots import TAG_KEYS
-from ansible_collections.xapi.backup.plugins.module_utils._dr import refs_of_task_result
 from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiUsageError
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import is_planned
-from ansible_collections.xapi.backup.plugins.plugin_utils._vm_metadata_import import HANDLER_IMPORT_METADATA
+from ansible_collections.xapi.backup.plugins.plugin_utils._vm_metadata_import import push_import_metadata
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import find_sr, helper_xapi_args, redirect_host_args, refs_by_uuid_or_name
 
 RESTORED_FROM = "xapi_backup:restored_from"
@@ -295,17 +294,9 @@ class VmImport:
         Returns the VM refs xapi created."""
         name = metadata_name(owner)
         info = repo.manifest_files(dump.manifest or {})[name]
-        args = helper_xapi_args(self.p, xapi.url, self.ctx.connection_is_local) + [
-            "--path", HANDLER_IMPORT_METADATA, "--in", os.path.join(dump.path, name),
-            "--sha256", info["digest"].split(":", 1)[1]]
-        query = ["restore=true", "force=false"]
-        if sr_rec is not None:
-            query.append("sr_uuid=%s" % sr_rec["uuid"])
-        query += ["vdi:%s=%s" % (src, dst) for src, dst in sorted(vdi_map.items())]
-        for item in query:
-            args += ["--query", item]
-        result = self.ctx.runner.run("push", args, session=xapi.session_ref)
-        return refs_of_task_result(((result or {}).get("task") or {}).get("result", ""))
+        result = push_import_metadata(self.ctx, xapi, os.path.join(dump.path, name), info["digest"].split(":", 1)[1],
+                                      restore=True, sr_uuid=sr_rec["uuid"] if sr_rec is not None else None, vdi_map=vdi_map)
+        return result["vm_refs"]
 
     def _own_metadata(self, backup):
         """``(dump, None)``: the pool dump of the backup's own run holding the VM's metadata; else

@@ -466,3 +466,37 @@ def test_metadata_swapped_after_listing_is_refused_by_the_push(tmp_path):
     assert "CHECKSUM" in out["own_metadata"]["reason"] or "sha256" in out["own_metadata"]["reason"]
     assert not [rel for rel in hashed if rel.endswith(METADATA)]  # no separate controller-side check to race
     assert os.path.join(own, METADATA).startswith(str(tmp_path))
+
+
+def test_delta_restore_sends_its_metadata_through_the_checked_push(tmp_path):
+    """The delta restore's metadata.xva: the same push (sha256 checked on the bytes sent), swapped bytes refused."""
+    from ansible_collections.xapi.backup.plugins.module_utils import _delta
+    from ansible_collections.xapi.backup.plugins.plugin_utils._vm_delta_import import VmDeltaImport
+
+    point = tmp_path / POOL / VM / STAMP
+    point.mkdir(parents=True)
+    (point / _delta.METADATA_FILE).write_bytes(b"the VM's configuration")
+    top = {"id": IDENT, "files": {_delta.METADATA_FILE: {
+        "size": 22, "digest": "sha256:" + hashlib.sha256(b"the VM's configuration").hexdigest()}}}
+    sr = {"uuid": "ssssssss-0000-0000-0000-000000000009"}
+
+    runner = PushRunner()
+    importer = VmImport(FakeCtx(params(tmp_path, preserve_identity=True), identity_xapi(), runner))
+    meta = VmDeltaImport(importer)._import_metadata(importer.ctx._xapi, top, {"src-vdi": "dst-vdi"}, sr)
+    assert meta["vm_refs"] == [OWN_REF] and runner.sent == [(str(point / _delta.METADATA_FILE), b"the VM's configuration")]
+    push = runner.calls[-1]["args"]
+    assert "restore=true" in push and "sr_uuid=%s" % sr["uuid"] in push and "vdi:src-vdi=dst-vdi" in push
+
+    def swap(path):
+        with open(path, "wb") as handle:
+            handle.write(b"planted configuration")
+    swapped = PushRunner(before_read=swap)
+    importer = VmImport(FakeCtx(params(tmp_path, preserve_identity=True), identity_xapi(), swapped))
+    with pytest.raises(_HelperError) as caught:
+        VmDeltaImport(importer)._import_metadata(importer.ctx._xapi, top, {}, sr)
+    assert caught.value.code == "CHECKSUM_MISMATCH" and swapped.sent == []
+
+    no_sha = dict(top, files={_delta.METADATA_FILE: {"size": 22, "digest": "blake2b:" + "0" * 64}})
+    with pytest.raises(RepositoryError) as refused:
+        VmDeltaImport(importer)._import_metadata(importer.ctx._xapi, no_sha, {}, sr)
+    assert refused.value.code == "BAD_DIGEST"
