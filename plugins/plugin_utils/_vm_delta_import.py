@@ -11,7 +11,7 @@ Order: the chain ending in the chosen backup is resolved and EVERY file of every
 against its manifest (digest) before anything is sent; each disk is created empty at its
 recorded virtual size on the target SR; the full and then each delta are written into it oldest
 first (helper ``import-vdi``, ``PUT /import_raw_vdi?format=vhd``); the VM is created from the
-point's stored configuration (helper ``import-metadata``, ``PUT /import_metadata`` with a
+point's stored configuration (helper ``push``, sha256 checked on the bytes sent, ``PUT /import_metadata`` with a
 ``vdi:<source>=<new>`` map for every disk, so no disk of the source VM is ever attached); then
 it is finished like an XVA restore (name, tags, ``restored_from``, network map, start).  A
 failure destroys what this restore created.

@@ -140,7 +140,9 @@ def sweep_stale_partials(verb, backups) -> list:
             verb.warnings.append("could not sweep the partial files of %s: %s" % (backup.id, exc))
             continue
         removed += list(swept.get("removed") or [])
-        verb.warnings += ["left %s alone: %s" % (k.get("path"), k.get("reason")) for k in swept.get("kept") or []]
+        # a live writer's partial is normal (the adoption waits for it); a lookalike is worth a warning
+        verb.warnings += ["left %s alone: %s" % (k.get("path"), k.get("reason")) for k in swept.get("kept") or []
+                          if swept.get("proof")]
     return removed
 
 
