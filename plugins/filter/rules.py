@@ -44,6 +44,7 @@ class FilterModule:
             "run_id": _filter(_rules.run_id),
             "plan_slots": _filter(_rules.plan_slots),
             "job_settings": _filter(_rules.job_settings),
+            "job_seconds_left": _filter(_rules.job_seconds_left),
             "validate_restore_mapping": _filter(_rules.validate_restore_mapping),
             "backup_report": _filter(_report.backup_report),
             "report_markdown": _filter(_report.report_markdown),

@@ -37,6 +37,14 @@ DEFAULT_TIMEOUT = 60
 #: Most compression threads a task may ask for: each zstd worker holds its own buffers, and 1024
 #: threads measured 2.5 GiB RSS on dom0 (issue 11); no dom0 has more cores than this is useful for.
 MAX_THREADS = 32
+#: Migrations a backup blocks on a VM while its export runs (``VM.blocked_operations``), and the reason
+#: it writes as their value: ``_snapshots.unblock_ours`` gives back only entries carrying this reason.
+BLOCKED_OPERATIONS = ("migrate_send", "pool_migrate")
+BLOCK_REASON = "xapi.backup: export in progress"
+#: Bound of a backup's recorded ``sequence`` (exclusive): the helper's ``MAX_SEQUENCE`` (a unit test keeps them
+#: equal). A manifest recording a sequence outside 1..MAX_SEQUENCE-1 is foreign or corrupt: reported, skipped,
+#: never deleted, and never the "latest" backup or the one the next sequence follows.
+MAX_SEQUENCE = 10 ** 12
 #: Largest password file read (password_file, XAPI_PASSWORD_FILE): a password, not a document.
 MAX_PASSWORD_FILE_BYTES = 4096
 

@@ -49,7 +49,7 @@ RANGES.update({
     "wait": (1, _DAY, "seconds to wait for a cancelled helper"),
     "retries": (0, 10, "further attempts of an export after a transient fault"),
     "retry_delay": (0, _DAY, "seconds between two attempts"),
-    "job_deadline": (1, 2 ** 33, "UTC epoch seconds at which the backup window closes"),
+    "job_seconds_left": (0, _WEEK, "seconds left in the backup window"),
 })
 
 #: option -> (regex, what it accepts) of the string options with a fixed shape.

@@ -33,6 +33,7 @@ import subprocess
 import sys
 
 from ansible_collections.xapi.backup.plugins.module_utils import _delta
+from ansible_collections.xapi.backup.plugins.module_utils._constants import MAX_SEQUENCE
 from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
 
 MANIFEST_FORMAT = 2
@@ -40,6 +41,8 @@ READABLE_FORMATS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 MARKER_NAME = ".xapi-backup-repository.json"
 STATUS_NAME = "status.json"
+#: Status files a detached export writes in its backup directory: the XVA path's, the VHD delta path's.
+WRITER_STATUS_NAMES = (STATUS_NAME, "export-vdi.status.json")
 INTENT_NAME = "export.json"
 POOL_DIR = "pool"
 RUNS_DIR = "runs"
@@ -349,6 +352,10 @@ def parse_manifest(data) -> dict:
     seq = data.get("sequence")
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise RepositoryError("manifest has no valid sequence", "BAD_MANIFEST")
+    if seq >= MAX_SEQUENCE:
+        # planted or corrupt: it would sort after every real backup forever (the "latest", the one
+        # retention keeps) -- an unknown entry instead, reported and never removed
+        raise RepositoryError("manifest's sequence %.40s is out of range (1 to %d)" % (seq, MAX_SEQUENCE - 1), "BAD_MANIFEST")
     if not isinstance(data.get("id"), str):
         raise RepositoryError("manifest has no id", "BAD_MANIFEST")
     if data["kind"] == MANIFEST_KIND_VM_DELTA:
@@ -455,6 +462,12 @@ class HelperStorage:
 
     def write_text(self, repo, path, text) -> dict:
         return self._run("repo-write", ["--repo", repo, "--path", relative_path(repo, path)], text)
+
+    def sweep_partials(self, repo, ident) -> dict:
+        """repo-sweep-partials: remove the ``.partial`` files a dead writer left in one incomplete backup
+        (``{"removed": [paths], "kept": [{"path", "reason"}], "proof"}``; links and foreign names are kept)."""
+        parse_backup_id(ident)
+        return self._run("repo-sweep-partials", ["--repo", repo, "--path", ident], None)
 
     def remove_backup(self, repo, path, if_incomplete=False) -> None:
         """Remove one backup directory (the helper refuses a repository without the marker, and any link)."""
@@ -795,6 +808,14 @@ def newest_complete(backups: list) -> Backup | None:
     """The complete backup with the highest sequence that is not future-dated (what "latest" means)."""
     complete = [b for b in backups if b.complete and not b.future_dated]
     return max(complete, key=order_key) if complete else None
+
+
+def sweep_candidates(backups: list) -> list:
+    """Incomplete backups (no manifest) whose directory holds a writer's status file: where a helper killed
+    by SIGKILL may have left its ``.partial`` file. Whether the writer is gone is the helper's proof
+    (``repo-sweep-partials``), from that status file, never from an age."""
+    return [b for b in backups if b.manifest is None and b.status == STATUS_INCOMPLETE
+            and any(name in b.files for name in WRITER_STATUS_NAMES)]
 
 
 def find_run_backup(backups: list, owner: str, run_id: str) -> Backup | None:

@@ -41,6 +41,7 @@ import contextlib
 import datetime
 import re
 
+from ansible_collections.xapi.backup.plugins.module_utils._constants import BLOCK_REASON, BLOCKED_OPERATIONS
 from ansible_collections.xapi.backup.plugins.module_utils._selection import data_disk_vdis, get_records
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiError, XapiUsageError
 
@@ -363,7 +364,7 @@ def cleanup_stale(xapi, keep_run_id, vm_uuid=None, stale_after=STALE_AFTER):
 
 
 @contextlib.contextmanager
-def block_operations(xapi, vm_ref, ops, reason):
+def block_operations(xapi, vm_ref, ops=BLOCKED_OPERATIONS, reason=BLOCK_REASON):
     """Block ``ops`` (e.g. ``["migrate_send", "pool_migrate"]``) on a VM for the duration of the block.
 
     Sets ``blocked_operations`` with ``reason`` as the value of each newly blocked op (ops already
@@ -382,3 +383,26 @@ def block_operations(xapi, vm_ref, ops, reason):
     finally:
         if changed:
             xapi.change("VM.set_blocked_operations", vm_ref, before)
+
+
+def without_our_block(blocked: dict, ops=BLOCKED_OPERATIONS, reason=BLOCK_REASON) -> dict | None:
+    """``blocked`` without the entries :func:`block_operations` wrote (op in ``ops`` AND value ``reason``);
+    None when none is there. A block set by someone else (another reason, another op) is kept."""
+    blocked = blocked if isinstance(blocked, dict) else {}
+    mine = [op for op in ops if blocked.get(op) == reason]
+    if not mine:
+        return None
+    return dict((op, value) for op, value in blocked.items() if op not in mine)
+
+
+def unblock_ours(xapi, vm_ref, blocked=None, ops=BLOCKED_OPERATIONS, reason=BLOCK_REASON) -> bool:
+    """Give back the operations a backup blocked on a VM whose run died (or was cancelled) before its
+    :func:`block_operations` could restore the map. ``blocked``: the VM's current map when the caller
+    already read it. Only entries carrying our ``reason`` go; True when something was given back."""
+    if blocked is None:
+        blocked = xapi.call("VM.get_blocked_operations", vm_ref) or {}
+    wanted = without_our_block(blocked, ops, reason)
+    if wanted is None:
+        return False
+    xapi.change("VM.set_blocked_operations", vm_ref, wanted)
+    return True

@@ -100,14 +100,16 @@ options:
     type: int
     default: 0
   retry_delay:
-    description: Seconds between two attempts (no retry starts when the window of O(job_deadline) would close first).
+    description: Seconds between two attempts (no retry starts when the window of O(job_seconds_left) would close first).
     type: int
     default: 30
-  job_deadline:
+  job_seconds_left:
     description:
-      - End of the backup window, UTC seconds since the epoch (the pool_backup role sets it from
-        C(xapi_backup_job_timeout) when it plans the run).
-      - Past it no export starts (C(error.code=WINDOW_CLOSED), "not started — window closed", nothing changed); an
+      - Seconds left in the backup window when this task starts (the pool_backup role computes it from
+        C(xapi_backup_job_timeout) on the controller's monotonic clock, C(xapi.backup.job_seconds_left)).
+      - The task measures it on the monotonic clock too, so a jump of the wall clock neither closes the window early
+        nor extends it. V(0) means the window has closed.
+      - Once it has run out no export starts (C(error.code=WINDOW_CLOSED), "not started — window closed", nothing changed); an
         export still running when it passes is cancelled through the helper's status file (xapi task cancelled,
         partial file removed) and its directory and snapshot are removed; the task fails.
     type: float
@@ -213,6 +215,15 @@ stale_snapshots_removed:
   returned: when an export ran or would run
   type: list
   elements: str
+stale_partials_removed:
+  description:
+    - Repository-relative paths of C(.partial) files that helpers killed mid-export (SIGKILL) left in this VM's
+      incomplete backups, removed before this export. Only files of the helper's naming pattern, regular files
+      (never a link or a directory), in a backup directory whose status file proves its writer gone; anything else
+      with a similar name is left alone and named in a warning.
+  returned: when the VM's backups were listed (empty in check mode, where the removal is only planned)
+  type: list
+  elements: str
 raw_size:
   description: Bytes of the XVA stream read from xapi.
   returned: success
@@ -295,7 +306,7 @@ def argument_spec():
             full_interval=dict(type="int", default=7),
             retries=dict(type="int", default=0),
             retry_delay=dict(type="int", default=30),
-            job_deadline=dict(type="float"),
+            job_seconds_left=dict(type="float"),
             run_lock_token=dict(type="str", no_log=False),  # a lock token on the share, not a secret
             **shared_spec(EXPORT)
         ),

@@ -240,6 +240,16 @@ duration:
   description: Seconds the import took.
   returned: when an import ran
   type: float
+own_metadata:
+  description:
+    - For a VM that ran at backup time, restored with O(preserve_identity=true), which stored configuration gave it
+      back its own uuid.
+    - C(dump) is the id of the pool dump of the backup's own run whose C(vm-<uuid>.metadata.xva) was imported (never
+      a dump of another run, however new), or null; C(reason) says in one line why the VM kept its snapshot's uuid
+      (no pool dump in that run, the file is missing from it, it did not match its manifest's sha256 when sent...),
+      null when the VM got its own uuid back.
+  returned: when a VM that ran at backup time was restored with preserve_identity
+  type: dict
 helper_result:
   description: The helper's JSON result of the import.
   returned: when an import ran

@@ -27,8 +27,6 @@ from ansible_collections.xapi.backup.plugins.module_utils._delta import BASE_KEY
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
 from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import (
-    BLOCK_REASON,
-    BLOCKED_OPERATIONS,
     LOCK_PROBE_TOKEN,
     running_candidates,
 )
@@ -54,14 +52,6 @@ def snapshot_to_remove(record, run_ids) -> str | None:
         return None
     return "snapshot %s of VM %s belongs to the cancelled run %s" % (
         record.get("uuid"), other.get(_snapshots.VM_KEY), other.get(_snapshots.RUN_KEY))
-
-
-def unblocked_operations(blocked: dict) -> dict | None:
-    """The VM's blocked_operations without the migrations a backup blocked (None: nothing of ours there)."""
-    mine = [op for op in BLOCKED_OPERATIONS if blocked.get(op) == BLOCK_REASON]
-    if not mine:
-        return None
-    return dict((op, reason) for op, reason in blocked.items() if op not in mine)
 
 
 class BackupCancel:
@@ -215,12 +205,9 @@ class BackupCancel:
         for ref, record in sorted(xapi.call("VM.get_all_records").items()):
             if record.get("is_a_snapshot") or record.get("is_a_template") or record.get("is_control_domain"):
                 continue
-            wanted = unblocked_operations(record.get("blocked_operations") or {})
-            if wanted is None:
-                continue
             try:
-                xapi.change("VM.set_blocked_operations", ref, wanted)
-                unblocked.append(record.get("uuid"))
+                if _snapshots.unblock_ours(xapi, ref, record.get("blocked_operations") or {}):
+                    unblocked.append(record.get("uuid"))
             except XapiError as exc:
                 if exc.code != "HANDLE_INVALID":
                     self.warnings.append("could not unblock migrations of VM %s: %s" % (record.get("uuid"), exc))

@@ -109,7 +109,8 @@ def format_progress(status: dict) -> str:
 #: subcommand only reads (status, repo-scan, repo-hash, verify, self-test) and runs in check mode too.
 SIDE_EFFECTS = frozenset(("export", "import", "fetch", "push", "cancel", "export-vdi", "import-vdi", "import-metadata",
                           "repo-merge", "repo-merge-commit",
-                          "repo-write", "repo-remove", "repo-mkbackup", "repo-lock", "repo-unlock"))
+                          "repo-write", "repo-remove", "repo-mkbackup", "repo-lock", "repo-unlock",
+                          "repo-sweep-partials"))
 
 #: What a planned subcommand returns in check mode.
 PLANNED_RESULT = {"ok": True, "planned": True}

@@ -20,6 +20,7 @@ into an ``AnsibleFilterError``.
 from __future__ import annotations
 
 import re
+import time
 
 from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.xapi.backup.plugins.module_utils._option_specs import IONICE_PATTERN
@@ -130,14 +131,22 @@ def export_bandwidth(pool_limit, export_limit, parallel):
     return min(caps) if caps else None
 
 
-def job_settings(values, parallel, started):
+#: The controller's monotonic clock (CLOCK_MONOTONIC: one per machine, shared by every process of the
+#: run, never stepped by NTP or an admin's ``date``). Tests replace it.
+monotonic = time.monotonic
+
+
+def job_settings(values, parallel):
     """The issue-14 settings of a pool's run, checked before anything is started.
 
     ``values``: the role variables (``nice``, ``ionice``, ``bandwidth_limit`` (per pool),
     ``export_bandwidth_limit``, ``job_timeout``, ``retries``, ``retry_delay``); ``parallel``: the
-    pool's concurrent exports (its export slots); ``started``: UTC epoch seconds of the plan.
+    pool's concurrent exports (its export slots).
     Returns the values vm_export takes: ``nice``, ``ionice``, ``bandwidth_limit`` (per export),
-    ``job_deadline`` (None: no window), ``retries``, ``retry_delay``.
+    ``retries``, ``retry_delay``; and the window: ``job_timeout`` (seconds, None: no window) with
+    ``job_window_start``, the controller's MONOTONIC clock read once, here, as the run is planned
+    (:func:`job_seconds_left` turns both into the duration each export is given). A wall-clock jump
+    (NTP step, ``date -s``) can therefore neither close the window early nor extend it.
     """
     nice = _whole("xapi_backup_helper_nice", values.get("nice"), 0, 19, "(niceness)")
     ionice = str(values.get("ionice") or "").strip().lower()
@@ -159,8 +168,20 @@ def job_settings(values, parallel, started):
     retries = _whole("xapi_backup_retries", values.get("retries"), 0, MAX_RETRIES, "retries")
     delay = _whole("xapi_backup_retry_delay", values.get("retry_delay"), 0, MAX_RETRY_DELAY, "seconds")
     return {"nice": nice, "ionice": ionice, "bandwidth_limit": per_export,
-            "job_deadline": float(started) + timeout if timeout is not None else None,
+            "job_window_start": monotonic() if timeout is not None else None,
             "job_timeout": timeout, "retries": retries, "retry_delay": delay}
+
+
+def job_seconds_left(job):
+    """Seconds left in the run's window now (0 once it closed), by the monotonic clock; None: no window.
+
+    ``job``: :func:`job_settings`' result. Evaluated as each export task starts: vm_export gets a
+    duration, never a point in time of a clock that may jump."""
+    timeout = (job or {}).get("job_timeout")
+    start = (job or {}).get("job_window_start")
+    if timeout in (None, "") or start in (None, ""):
+        return None
+    return round(max(0.0, float(timeout) - (monotonic() - float(start))), 3)
 
 
 # ---------------------------------------------------------------- restore mapping

@@ -28,12 +28,10 @@ from ansible_collections.xapi.backup.plugins.module_utils._option_specs import E
 from ansible_collections.xapi.backup.plugins.module_utils._selection import describe_vm, find_vm
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
-from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import run_keeping_partial
+from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import run_keeping_partial, sweep_stale_partials
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts
 
-BLOCKED_OPERATIONS = ("migrate_send", "pool_migrate")
-BLOCK_REASON = "xapi.backup: export in progress"
-STATUS_NAME = "export-vdi.status.json"  # not status.json: the XVA path's adoption must not take it
+STATUS_NAME = repo.WRITER_STATUS_NAMES[1]  # not status.json: the XVA path's adoption must not take it
 DELTA_REFUSED = ("XAPI_TASK_FAILED", "BAD_VHD", "STREAM_TRUNCATED", "HTTP_STATUS")
 
 
@@ -48,6 +46,8 @@ class VmDeltaExport:
         self.snapshots = snapshots
         self.clock = clock
         self.warnings = []
+        self.partials_removed = []
+        self.listing = []
 
     def run(self) -> dict:
         return run_keeping_partial(self, self._run)
@@ -62,6 +62,7 @@ class VmDeltaExport:
                     "pool_uuid": pool["uuid"], "repository": p["repository"], "mode": "delta"}
             self.partial.update(base)
             backups = self._backups(pool["uuid"], vm_rec["uuid"])
+            self.partials_removed = sweep_stale_partials(self, self.listing)
             done = self._run_backup(backups, run_id)
             if done is not None and not p.get("force"):
                 out = dict(base, changed=False, backup_id=done, kind=backups[done]["manifest"]["delta"]["kind"],
@@ -91,6 +92,7 @@ class VmDeltaExport:
 
     def _finish(self, out):
         out["helper_calls_count"] = len(self.ctx.runner.calls)
+        out["stale_partials_removed"] = list(self.partials_removed)
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
@@ -103,6 +105,7 @@ class VmDeltaExport:
         out = {}
         listing = repo.list_backups(self.ctx.storage, self.p["repository"], pool=pool_uuid, vm=vm_uuid,
                                     check_hash=self.p.get("verify_existing", True), key=self.p.get("repository_key"))
+        self.listing = listing
         for backup in listing:
             document = backup.manifest
             if not isinstance(document, dict) or document.get("kind") != _delta.KIND_DELTA:
@@ -202,7 +205,7 @@ class VmDeltaExport:
             snap_ref = self.snapshots.create_tagged_snapshot(xapi, vm_ref, run_id, started, vm_record=vm_rec)
             snap_rec = xapi.call("VM.get_record", snap_ref)
             snap_disks = self._snapshot_disks(xapi, snap_rec)
-            with self.snapshots.block_operations(xapi, vm_ref, BLOCKED_OPERATIONS, BLOCK_REASON):
+            with self.snapshots.block_operations(xapi, vm_ref):
                 try:
                     disks = self._export_disks(xapi, paths, snap_disks, plan, base_snapshot)
                 except HelperError as exc:

@@ -11,7 +11,7 @@ Order: the chain ending in the chosen backup is resolved and EVERY file of every
 against its manifest (digest) before anything is sent; each disk is created empty at its
 recorded virtual size on the target SR; the full and then each delta are written into it oldest
 first (helper ``import-vdi``, ``PUT /import_raw_vdi?format=vhd``); the VM is created from the
-point's stored configuration (helper ``import-metadata``, ``PUT /import_metadata`` with a
+point's stored configuration (helper ``push``, sha256 checked on the bytes sent, ``PUT /import_metadata`` with a
 ``vdi:<source>=<new>`` map for every disk, so no disk of the source VM is ever attached); then
 it is finished like an XVA restore (name, tags, ``restored_from``, network map, start).  A
 failure destroys what this restore created.
@@ -24,6 +24,7 @@ import os
 from ansible_collections.xapi.backup.plugins.module_utils import _delta
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
+from ansible_collections.xapi.backup.plugins.plugin_utils._vm_metadata_import import push_import_metadata
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import helper_xapi_args
 
 STATUS_DIR = ".xapi-backup"
@@ -94,10 +95,12 @@ class VmDeltaImport:
                                         timeout=self.p.get("import_timeout"))
 
     def _import_metadata(self, xapi, top, mapping, sr_rec):
+        """The VM around its restored disks: the point's ``metadata.xva`` through the helper's ``push``, which
+        checks the manifest's sha256 on the very bytes it sends (the chain check above read the file earlier)."""
         path = os.path.join(self.p["repository"], top["id"], _delta.METADATA_FILE)
-        args = helper_xapi_args(self.p, xapi.url, self.ctx.connection_is_local) + ["--in", path, "--sr", sr_rec["uuid"]]
-        for source, target in sorted(mapping.items()):
-            args += ["--vdi-map", "%s=%s" % (source, target)]
-        if self.p.get("preserve_identity"):
-            args.append("--restore")
-        return self.ctx.runner.run("import-metadata", args, session=xapi.session_ref)
+        digest = str(((top.get("files") or {}).get(_delta.METADATA_FILE) or {}).get("digest") or "")
+        if not digest.startswith("sha256:"):
+            raise repo.RepositoryError("backup %s records no sha256 of %s: it cannot be checked as it is sent"
+                                       % (top["id"], _delta.METADATA_FILE), "BAD_DIGEST")
+        return push_import_metadata(self.ctx, xapi, path, digest.split(":", 1)[1],
+                                    restore=bool(self.p.get("preserve_identity")), sr_uuid=sr_rec["uuid"], vdi_map=mapping)

@@ -28,8 +28,6 @@ from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiConne
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError, is_planned
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts, redirect_host_args
 
-BLOCKED_OPERATIONS = ("migrate_send", "pool_migrate")
-BLOCK_REASON = "xapi.backup: export in progress"
 SNAPSHOT_RELEASE_WAIT = 120.0
 
 
@@ -67,10 +65,15 @@ def retry_reason(exc) -> str | None:
     return None
 
 
-def window_problem(deadline, now) -> str | None:
-    """Why no new export may start (None: the backup window is still open)."""
-    if deadline is not None and now >= float(deadline):
-        return "not started — window closed (xapi_backup_job_timeout reached %d s ago)" % int(now - float(deadline))
+def window_end(seconds_left, now) -> float | None:
+    """When (on the monotonic clock ``now`` reads) the backup window closes; None: no window."""
+    return None if seconds_left is None else now + max(0.0, float(seconds_left))
+
+
+def window_problem(end, now) -> str | None:
+    """Why no new export may start (None: the backup window is still open). ``end``, ``now``: monotonic."""
+    if end is not None and now >= end:
+        return "not started — window closed (xapi_backup_job_timeout reached %d s ago)" % int(now - end)
     return None
 
 
@@ -125,6 +128,24 @@ def exported_snapshot(ref, result) -> bool:
     return bool(ref) and isinstance(result, dict) and result.get("vm_ref") == ref
 
 
+def sweep_stale_partials(verb, backups) -> list:
+    """Before a VM target's export: remove the ``.partial`` files helpers killed by SIGKILL left in this
+    VM's incomplete backups (the helper proves each writer gone from its status file; links, directories
+    and foreign names are kept and named in a warning). Returns the removed paths (repository-relative)."""
+    removed = []
+    for backup in repo.sweep_candidates(backups):
+        try:
+            swept = verb.ctx.storage.sweep_partials(verb.p["repository"], backup.id)
+        except (HelperError, repo.RepositoryError) as exc:
+            verb.warnings.append("could not sweep the partial files of %s: %s" % (backup.id, exc))
+            continue
+        removed += list(swept.get("removed") or [])
+        # a live writer's partial is normal (the adoption waits for it); a lookalike is worth a warning
+        verb.warnings += ["left %s alone: %s" % (k.get("path"), k.get("reason")) for k in swept.get("kept") or []
+                          if swept.get("proof")]
+    return removed
+
+
 def run_keeping_partial(verb, run) -> dict:
     """``run()``, whose failure carries what ``verb`` knew by then: its ``partial`` (VM, then run id,
     pool, ...) and its ``warnings``. The one wrapper of the full (XVA) and the delta export."""
@@ -146,10 +167,11 @@ class VmExport:
         self.clock = clock
         self.warnings = []
         self.removed_snapshots = []
+        self.partials_removed = []
         self.sleep = time.sleep
         self.monotonic = time.monotonic
         self.release_wait = SNAPSHOT_RELEASE_WAIT
-        self.wallclock = time.time  # the job deadline is an absolute UTC time set by the role's plan
+        self.window_end = None  # monotonic; set from job_seconds_left as run() starts
 
     # ------------------------------------------------------------ entry point
 
@@ -160,6 +182,8 @@ class VmExport:
         (:func:`retry_reason`), ``retry_delay`` seconds later and only while the window is open. Each
         attempt cleans up its own partial file and snapshot before the next; ``attempts`` lists them.
         """
+        # the window: a duration from the plan, measured from here on the monotonic clock (never the wall clock)
+        self.window_end = window_end(self.p.get("job_seconds_left"), self.monotonic())
         retries = int(self.p.get("retries") or 0)
         attempts = []
         number = 0
@@ -184,8 +208,7 @@ class VmExport:
             return out
 
     def _no_time_for_retry(self) -> bool:
-        deadline = self.p.get("job_deadline")
-        return deadline is not None and self.wallclock() + float(self.p.get("retry_delay") or 0) >= float(deadline)
+        return self.window_end is not None and self.monotonic() + float(self.p.get("retry_delay") or 0) >= self.window_end
 
     def _attempt(self) -> dict:
         if self.p.get("mode", "full") == "delta":  # VHD chains: _vm_delta.py (issue 12)
@@ -197,7 +220,7 @@ class VmExport:
         """Refuse to start an export once the window closed or the run lost its lock (before any side effect)."""
         if self.ctx.check_mode:
             return
-        problem = window_problem(self.p.get("job_deadline"), self.wallclock())
+        problem = window_problem(self.window_end, self.monotonic())
         if problem:
             raise BackupError(problem, code=WINDOW_CLOSED)
         token = self.p.get("run_lock_token")
@@ -223,6 +246,7 @@ class VmExport:
             self.partial.update(base)
             self.check_may_start(pool["uuid"])
             backups = self._backups(pool["uuid"], vm_rec["uuid"])
+            self.partials_removed = sweep_stale_partials(self, backups)
             adopted = None if self.ctx.check_mode else self._adopt(xapi, pool, vm_rec, run_id, backups)
             if adopted is not None or (running_candidates(backups) and not self.ctx.check_mode):
                 backups = self._backups(pool["uuid"], vm_rec["uuid"])  # earlier exports may have been recorded
@@ -241,6 +265,7 @@ class VmExport:
             return self._finish(out)
 
     def _finish(self, out):
+        out["stale_partials_removed"] = list(self.partials_removed)
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
@@ -290,7 +315,7 @@ class VmExport:
                 source_uuid = snap_rec["uuid"] if snap_rec else (snap_ref if snap_ref else vm_rec["uuid"])
             else:
                 source_uuid = vm_rec["uuid"]
-            with self.snapshots.block_operations(xapi, vm_ref, BLOCKED_OPERATIONS, BLOCK_REASON):
+            with self.snapshots.block_operations(xapi, vm_ref):
                 started = self.clock()
                 result = self._run_helper(self._helper_args(xapi, source_uuid, paths["out"]), paths["status"],
                                           "export of %s" % vm_rec.get("name_label"), xapi.session_ref)
@@ -325,8 +350,7 @@ class VmExport:
         """
         poll = self.p.get("poll_interval", DEFAULT_POLL_INTERVAL)
         timeout = self.p.get("export_timeout")
-        deadline = self.p.get("job_deadline")
-        window = None if deadline is None else max(1.0, float(deadline) - self.wallclock())
+        window = None if self.window_end is None else max(1.0, self.window_end - self.monotonic())
         by_window = window is not None and (timeout is None or window < timeout)
         if not by_window:
             return self.ctx.runner.run_long("export", args, status_file, label, session=session, poll_interval=poll,

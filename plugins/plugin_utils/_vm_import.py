@@ -23,6 +23,7 @@ from ansible_collections.xapi.backup.plugins.module_utils._snapshots import TAG_
 from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiUsageError
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import is_planned
+from ansible_collections.xapi.backup.plugins.plugin_utils._vm_metadata_import import push_import_metadata
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import find_sr, helper_xapi_args, redirect_host_args, refs_by_uuid_or_name
 
 RESTORED_FROM = "xapi_backup:restored_from"
@@ -93,6 +94,7 @@ class VmImport:
         self.ctx = ctx
         self.p = ctx.params
         self.warnings = []
+        self.own_metadata = None  # {"dump", "reason"} once a VM that ran at backup time is restored
 
     def _backups(self):
         p = self.p
@@ -140,6 +142,8 @@ class VmImport:
 
     def run(self) -> dict:
         out = self._run()
+        if self.own_metadata is not None:
+            out["own_metadata"] = dict(self.own_metadata)
         if not self.p.get("repository_key"):
             self.warnings.append(repo.NO_KEY_WARNING)
         if self.warnings:
@@ -240,18 +244,21 @@ class VmImport:
     def _own_identity(self, xapi, vm_ref, backup, source, sr_rec):
         """A VM that ran at backup time was exported from its snapshot: the XVA import gives it the
         snapshot's uuid.  With ``preserve_identity``, re-create the VM from its OWN stored configuration
-        (the pool dump's ``vm-<uuid>.metadata.xva``) through ``/import_metadata`` with a ``vdi:`` map onto
-        the disks just imported (as xapi's import.ml maps VDIs), then destroy the snapshot-born VM record
-        (its disks stay: the new VM uses them).  Returns the VM to finish.  Without usable metadata the
-        snapshot-born VM is kept, with a warning (MACs, disks and configuration are still the VM's)."""
+        (``vm-<uuid>.metadata.xva`` of the pool dump of the backup's own run) through ``/import_metadata``
+        with a ``vdi:`` map onto the disks just imported (as xapi's import.ml maps VDIs), then destroy the
+        snapshot-born VM record (its disks stay: the new VM uses them).  Returns the VM to finish.
+        Without usable metadata the snapshot-born VM is kept, with a warning and ``self.own_metadata``
+        saying why in one line (MACs, disks and configuration are still the VM's)."""
         snapshot = backup.manifest.get("snapshot") or {}
         if not self.p["preserve_identity"] or not snapshot.get("uuid"):
             return vm_ref
-        metadata = self._own_metadata(backup)
-        if metadata is None:
-            self.warnings.append("VM %s ran at backup time and no pool dump holds its own metadata: restored with its "
-                                 "snapshot's uuid %s (keep xapi_backup_pool_dump on)" % (backup.owner, snapshot["uuid"]))
+        dump, why = self._own_metadata(backup)
+        self.own_metadata = {"dump": dump.id if dump else None, "reason": why}
+        if dump is None:
+            self.warnings.append("VM %s ran at backup time and kept its snapshot's uuid %s: %s (keep xapi_backup_pool_dump on)"
+                                 % (backup.owner, snapshot["uuid"], why))
             return vm_ref
+        metadata = os.path.join(dump.path, metadata_name(backup.owner))
         if vm_ref == PLANNED_VM:
             xapi.change("VM.import_metadata (%s, vdi: map onto the imported disks)" % metadata, backup.owner)
             return vm_ref
@@ -260,14 +267,8 @@ class VmImport:
         seed = (record.get("other_config") or {}).get(MAC_SEED)
         if seed is not None:  # import.ml refuses a second VM with this MAC seed (DUPLICATE_MAC_SEED)
             xapi.change("VM.remove_from_other_config", vm_ref, MAC_SEED)
-        args = helper_xapi_args(self.p, xapi.url, self.ctx.connection_is_local) + ["--in", metadata, "--restore"]
-        if sr_rec is not None:
-            args += ["--sr", sr_rec["uuid"]]
-        for src, dst in sorted(vdi_map.items()):
-            args += ["--vdi-map", "%s=%s" % (src, dst)]
         try:
-            result = self.ctx.runner.run("import-metadata", args, session=xapi.session_ref)
-            new_refs = list(result.get("vm_refs") or [])
+            new_refs = self._push_metadata(xapi, dump, backup.owner, sr_rec, vdi_map)
             if len(new_refs) != 1:
                 raise XapiUsageError("the metadata import created %d VMs, not one" % len(new_refs))
             got = xapi.call("VM.get_uuid", new_refs[0])
@@ -279,28 +280,30 @@ class VmImport:
         except BackupError as exc:
             if seed is not None:
                 xapi.change("VM.add_to_other_config", vm_ref, MAC_SEED, seed)
-            self.warnings.append("VM %s kept its snapshot's uuid %s: its own metadata (%s) did not import: %s"
-                                 % (backup.owner, snapshot["uuid"], metadata, str(exc).splitlines()[0] if str(exc) else exc))
+            line = str(exc).splitlines()[0] if str(exc) else str(exc.code)
+            self.own_metadata["reason"] = "its own metadata (%s) did not import: %s" % (metadata, line)
+            self.warnings.append("VM %s kept its snapshot's uuid %s: %s" % (backup.owner, snapshot["uuid"], self.own_metadata["reason"]))
             return vm_ref
         # the snapshot-born record goes; its VBDs with it, never its VDIs (the new VM's disks)
         xapi.change("VM.destroy", vm_ref)
         return new_refs[0]
 
+    def _push_metadata(self, xapi, dump, owner, sr_rec, vdi_map) -> list:
+        """PUT the stored metadata through the helper's ``push``: the helper reads the file once, checks
+        THOSE bytes against the manifest's sha256 and sends them (no hash-then-send-by-path window).
+        Returns the VM refs xapi created."""
+        name = metadata_name(owner)
+        info = repo.manifest_files(dump.manifest or {})[name]
+        result = push_import_metadata(self.ctx, xapi, os.path.join(dump.path, name), info["digest"].split(":", 1)[1],
+                                      restore=True, sr_uuid=sr_rec["uuid"] if sr_rec is not None else None, vdi_map=vdi_map)
+        return result["vm_refs"]
+
     def _own_metadata(self, backup):
-        """Path of the newest verified ``vm-<owner>.metadata.xva`` of the backup's pool dumps, or None."""
-        root = self.p["repository"]
-        name = "vm-%s.metadata.xva" % backup.owner
-        dumps = repo.list_backups(self.ctx.storage, root, pool=backup.pool_uuid, vm=repo.POOL_DIR, check_hash=False,
-                                  key=self.p.get("repository_key"))
-        for dump in sorted((d for d in dumps if d.complete and not d.future_dated), key=repo.order_key, reverse=True):
-            info = repo.manifest_files(dump.manifest or {}).get(name)
-            if not isinstance(info, dict):
-                continue
-            size, digest = self.ctx.storage.hash_file(root, dump.id + "/" + name, repo.digest_algorithm(info["digest"]))
-            if size == info["size"] and digest == info["digest"]:
-                return os.path.join(dump.path, name)
-            self.warnings.append("skipped %s of %s: it does not match its manifest" % (name, dump.id))
-        return None
+        """``(dump, None)``: the pool dump of the backup's own run holding the VM's metadata; else
+        ``(None, one-line reason)``. The digest is checked by the helper as it sends (``push``)."""
+        dumps = repo.list_backups(self.ctx.storage, self.p["repository"], pool=backup.pool_uuid, vm=repo.POOL_DIR,
+                                  check_hash=False, key=self.p.get("repository_key"))
+        return own_metadata_dump(dumps, backup)
 
     def _name(self, source):
         return self.p.get("name") or source.get("name_label")
@@ -358,6 +361,36 @@ class VmImport:
                if uuids else "no VM restored from %s" % backup.id)
         return {"changed": bool(uuids), "msg": msg, "backup_id": backup.id, "removed": uuids,
                 "vm_uuid": uuids[0] if uuids else None}
+
+
+def metadata_name(vm_uuid: str) -> str:
+    return "vm-%s.metadata.xva" % vm_uuid
+
+
+def own_metadata_dump(dumps: list, backup):
+    """The pool dump that holds ``backup``'s VM configuration as it was at backup time.
+
+    Only a complete dump made under the backup's own run id (the highest recorded sequence if a
+    forced rerun made several) whose manifest lists ``vm-<owner>.metadata.xva`` with a sha256 digest
+    (what the helper's ``push`` checks). A newer dump of another run describes the VM as it was
+    later (other disks, other VIFs): never used, whatever its time or name. Returns
+    ``(dump, None)`` or ``(None, one-line reason)``.
+    """
+    name = metadata_name(backup.owner)
+    run_id = backup.run_id
+    if not run_id:
+        return None, "backup %s records no run id, so no pool dump can be matched to it" % backup.id
+    same_run = [d for d in dumps if d.owner == repo.POOL_DIR and d.pool_uuid == backup.pool_uuid
+                and d.complete and d.run_id == run_id]
+    if not same_run:
+        return None, "run %s of backup %s has no complete pool dump" % (run_id, backup.id)
+    dump = max(same_run, key=repo.order_key)
+    info = repo.manifest_files(dump.manifest or {}).get(name)
+    if not isinstance(info, dict):
+        return None, "the pool dump %s of run %s holds no %s" % (dump.id, run_id, name)
+    if not str(info.get("digest") or "").startswith("sha256:"):
+        return None, "the pool dump %s records no sha256 of %s (push checks sha256)" % (dump.id, name)
+    return dump, None
 
 
 def only_this_vm(found: list, vm_uuid: str, ident: str) -> list:

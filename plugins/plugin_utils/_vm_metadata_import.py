@@ -42,18 +42,31 @@ def vm_exists(xapi, uuid: str) -> bool:
     return True
 
 
-def push_metadata(ctx, xapi, path: str, sha256: str | None, dry_run: bool) -> dict:
-    p = ctx.params
-    args = helper_xapi_args(p, xapi.url, ctx.connection_is_local) + ["--path", HANDLER_IMPORT_METADATA, "--in", path]
-    query = ["restore=%s" % ("true" if p.get("keep_identity", True) else "false"),
-             "force=%s" % ("true" if p.get("skip_missing_disks") else "false"),
-             "dry_run=%s" % ("true" if dry_run else "false")]
-    query += ["vdi:%s=%s" % (src, dst) for src, dst in sorted((p.get("vdi_map") or {}).items())]
+def push_import_metadata(ctx, xapi, path: str, sha256: str | None, restore: bool, force: bool = False,
+                         dry_run: bool | None = None, sr_uuid: str | None = None, vdi_map: dict | None = None) -> dict:
+    """``PUT /import_metadata`` of a stored metadata XVA through the helper's ``push`` -- the one way every
+    verb sends VM metadata (vm_import's own identity, the delta restore, DR runbook 2). The helper reads the
+    file once and, given ``sha256``, sends it only if THOSE bytes have it: no check-then-send-by-path gap.
+    Returns the helper's result with ``vm_refs`` (the VMs xapi created, from the task's result)."""
+    args = helper_xapi_args(ctx.params, xapi.url, ctx.connection_is_local) + ["--path", HANDLER_IMPORT_METADATA, "--in", path]
+    query = ["restore=%s" % ("true" if restore else "false"), "force=%s" % ("true" if force else "false")]
+    if dry_run is not None:
+        query.append("dry_run=%s" % ("true" if dry_run else "false"))
+    if sr_uuid:
+        query.append("sr_uuid=%s" % sr_uuid)
+    query += ["vdi:%s=%s" % (src, dst) for src, dst in sorted((vdi_map or {}).items())]
     for item in query:
         args += ["--query", item]
     if sha256:
         args += ["--sha256", sha256]
-    return ctx.runner.run("push", args, session=xapi.session_ref)
+    result = ctx.runner.run("push", args, session=xapi.session_ref)
+    return dict(result or {}, vm_refs=refs_of_task_result(((result or {}).get("task") or {}).get("result", "")))
+
+
+def push_metadata(ctx, xapi, path: str, sha256: str | None, dry_run: bool) -> dict:
+    p = ctx.params
+    return push_import_metadata(ctx, xapi, path, sha256, restore=p.get("keep_identity", True),
+                                force=bool(p.get("skip_missing_disks")), dry_run=dry_run, vdi_map=p.get("vdi_map") or {})
 
 
 def import_one(ctx, xapi, item: dict, really: bool, clock=time.monotonic) -> dict:

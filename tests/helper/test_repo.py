@@ -337,3 +337,26 @@ def test_private_lib_dir_is_used(tmp_path, python):
 def test_no_subcommand_is_json_error(python):
     result = run_helper(python, [])
     assert result.returncode == 2
+
+
+def test_repo_sweep_partials_removes_only_a_dead_writers_partial(dom0_python, tmp_path):
+    """On dom0's Python 3.6: a SIGKILLed export's partial goes; a link named like one is kept (issue 15 review)."""
+    import signal
+
+    root = tmp_path / "repo"
+    made = make_backup(dom0_python, root)
+    directory = root / made["id"]
+    proc = subprocess.Popen(["sleep", "60"])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (directory / "status.json").write_text(json.dumps({"pid": proc.pid, "phase": "export"}))
+    (directory / ".vm.xva.zst.0123456789ab.partial").write_bytes(b"half")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"outside")
+    os.symlink(str(victim), str(directory / ".vm.xva.zst.aaaaaaaaaaaa.partial"))
+    result = run_helper(dom0_python, ["repo-sweep-partials", "--repo", str(root), "--path", made["id"]])
+    assert result.ok, result.json
+    assert result.json["removed"] == [made["id"] + "/.vm.xva.zst.0123456789ab.partial"]
+    assert [k["path"] for k in result.json["kept"]] == [made["id"] + "/.vm.xva.zst.aaaaaaaaaaaa.partial"]
+    assert victim.read_bytes() == b"outside" and os.path.islink(str(directory / ".vm.xva.zst.aaaaaaaaaaaa.partial"))
+    assert (directory / "vm.xva.zst").exists()

@@ -122,8 +122,8 @@ def test_delta_disk_exports_get_the_same_manners(run_task, xapi):
     ({"bandwidth_limit": 1 << 50}, "bandwidth_limit"),
     ({"retries": -1}, "retries"),
     ({"retries": 1000}, "retries"),
-    ({"job_deadline": 0}, "job_deadline"),
-    ({"job_deadline": 1e20}, "job_deadline"),
+    ({"job_seconds_left": -1}, "job_seconds_left"),
+    ({"job_seconds_left": 1e20}, "job_seconds_left"),
 ])
 def test_bad_manners_or_retry_options_fail_before_anything_runs(run_task, xapi, work, args, option):
     before = repo_files(work)
@@ -164,7 +164,7 @@ def test_a_permanent_error_is_not_retried(run_task, sim, xapi, work):
 
 def test_a_closed_window_starts_nothing(run_task, xapi, work):
     before = repo_files(work)
-    result = run_task("vm_export", {"vm": "tiny-running", "run_id": "late", "job_deadline": time.time() - 5})
+    result = run_task("vm_export", {"vm": "tiny-running", "run_id": "late", "job_seconds_left": 0})
     assert result["failed"] and result["error"]["code"] == "WINDOW_CLOSED"
     assert "not started — window closed" in result["msg"]
     assert not any(c["side_effect"] for c in result["helper_calls"])
@@ -176,7 +176,7 @@ def test_the_window_closing_mid_export_cancels_and_cleans_up(run_task, sim, xapi
     sim.faults.set(bandwidth_bytes_per_s=150000, path="/export")   # ~60 s for tiny-running
     before = repo_files(work)
     started = time.monotonic()
-    result = run_task("vm_export", {"vm": "tiny-running", "run_id": "window", "job_deadline": time.time() + 6,
+    result = run_task("vm_export", {"vm": "tiny-running", "run_id": "window", "job_seconds_left": 6,
                                     "retries": 2, "retry_delay": 1})
     elapsed = time.monotonic() - started
     assert result["failed"] and result["error"]["code"] == "WINDOW_CLOSED", result["msg"]

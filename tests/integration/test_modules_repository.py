@@ -263,6 +263,55 @@ def test_rerun_adopts_export_still_running_instead_of_starting_another(run_task,
     assert [(e["timestamp"], e["complete"]) for e in entries] == [(stamp, True)]
 
 
+def test_partial_of_a_sigkilled_helper_is_swept_by_the_next_run(run_task, sim, xapi, work):
+    """Review finding: a detached export killed with SIGKILL (no cleanup ran) left its .partial forever."""
+    import signal
+    import time
+
+    _ref, vm = vm_by_name(xapi, "tiny-on-lvm")
+    stamp = "20200104T000000Z"
+    directory = work / "repo" / sim.pool_uuid / vm["uuid"] / stamp
+    helper = REPO_ROOT / "roles" / "helper" / "files" / "xapi-backup-helper"
+    session = sim.session()
+    subprocess.run([sys.executable, str(helper), "repo-mkbackup", "--repo", str(work / "repo"), "--pool",
+                    sim.pool_uuid, "--owner", vm["uuid"], "--stamp", stamp],
+                   capture_output=True, text=True, timeout=60, check=True)
+    victim = work / "victim-of-a-link"
+    victim.write_bytes(b"outside the repository")
+    sim.faults.set(bandwidth_bytes_per_s=50000, path="/export")
+    try:
+        started = subprocess.run(
+            [sys.executable, str(helper), "export", "--url", sim.url, "--vm", vm["uuid"], "--out",
+             str(directory / "vm.xva.zst"), "--status-file", str(directory / "status.json"), "--detach", "--session-stdin"],
+            input=session._session + "\n", capture_output=True, text=True, timeout=60, check=True)  # pylint: disable=protected-access
+        pid = json.loads(started.stdout)["pid"]
+        for _wait in range(300):
+            partials = [p for p in os.listdir(str(directory)) if p.endswith(".partial")]
+            if partials and os.path.getsize(str(directory / partials[0])) > 0:
+                break
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)                       # no handler runs: the partial stays
+        for _wait in range(200):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        assert len(partials) == 1
+        os.symlink(str(victim), str(directory / ".vm.xva.zst.aaaaaaaaaaaa.partial"))   # a lookalike link
+    finally:
+        sim.faults.clear()
+        session.xenapi.session.logout()
+    result = run_task("vm_export", {"vm": "tiny-on-lvm", "run_id": "after-sigkill"})
+    assert not result.get("failed"), result.get("msg")
+    rel = "%s/%s/%s/%s" % (sim.pool_uuid, vm["uuid"], stamp, partials[0])
+    assert result["stale_partials_removed"] == [rel]
+    assert any(".vm.xva.zst.aaaaaaaaaaaa.partial" in w for w in result.get("warnings") or [])
+    assert victim.read_bytes() == b"outside the repository"    # out of band: the link's target untouched
+    left = [os.path.join(d, f) for d, _dirs, names in os.walk(str(work / "repo")) for f in names if f.endswith(".partial")]
+    assert [p for p in left if not os.path.islink(p)] == []
+
+
 # ---------------------------------------------------------------- pool dump, info, prune
 
 

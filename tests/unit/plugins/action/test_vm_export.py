@@ -23,6 +23,7 @@ from ansible_collections.xapi.backup.plugins.module_utils import _repository as 
 from ansible_collections.xapi.backup.plugins.module_utils import _snapshots
 from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.xapi.backup.plugins.plugin_utils import _vm_export
 from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import VmExport, adoption_action, needs_snapshot
 
@@ -56,7 +57,7 @@ class FakeSnapshots:
         return [("OpaqueRef:old-snap", {"uuid": SNAP, "other_config": {"xapi_backup:run": "2026-11-20"}})]
 
     @contextlib.contextmanager
-    def block_operations(self, xapi, vm_ref, ops, reason):
+    def block_operations(self, xapi, vm_ref, ops=_snapshots.BLOCKED_OPERATIONS, reason=_snapshots.BLOCK_REASON):
         xapi.change("VM.set_blocked_operations", vm_ref, dict((op, reason) for op in ops))
         self.events.append("block")
         try:
@@ -361,6 +362,7 @@ from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import 
 from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import (  # noqa: E402
     lock_problem,
     retry_reason,
+    window_end,
     window_problem,
 )
 
@@ -395,8 +397,188 @@ def test_permanent_errors_are_never_retried(exc):
 
 
 def test_window_and_lock_rules():
+    assert window_end(None, 5.0) is None and window_end(60, 5.0) == 65.0 and window_end(-3, 5.0) == 5.0
     assert window_problem(None, 10 ** 10) is None
     assert window_problem(100.0, 99.9) is None
     assert window_problem(100.0, 100.0).startswith("not started — window closed")
     assert lock_problem("t1", "t1") is None and lock_problem(None, None) is None
     assert "run cancelled" in lock_problem(None, "t1") and "another run" in lock_problem("t2", "t1")
+
+
+class _WindowRunner(FakeRunner):
+    """Records the time a detached export is given to run."""
+
+    def start_detached(self, subcommand, args, status_file, session=None):
+        return {"done": False, "status_file": status_file}
+
+    def wait(self, status_file, label, poll_interval=2.0, timeout=None):
+        self.waited = timeout
+        return {"ok": True}
+
+
+@pytest.mark.parametrize("jump", [86400, -86400], ids=["forward a day", "back a day"])
+def test_a_wall_clock_jump_mid_run_neither_closes_nor_extends_the_window(tmp_path, monkeypatch, jump):
+    """Review finding: the window was compared with time.time(). Now: a duration, measured on the monotonic clock."""
+    import time
+
+    clock = {"monotonic": 100.0}
+    runner = _WindowRunner()
+    export = VmExport(FakeCtx({"vm": VM, "repository": str(tmp_path), "job_seconds_left": 60, "retries": 0},
+                              FakeXapi(), runner))
+    export.monotonic = lambda: clock["monotonic"]
+    seen = []
+
+    def attempt():
+        real_time = time.time()
+        monkeypatch.setattr(time, "time", lambda: real_time + jump)   # the wall clock jumps mid-run
+        clock["monotonic"] += 30
+        export.check_may_start(POOL)                                  # still open: 30 s of 60 used
+        export._run_helper(["--out", "x"], str(tmp_path / "s.json"), "export", None)
+        seen.append(runner.waited)
+        clock["monotonic"] += 31                                      # 61 s of 60: closed, on time
+        export.check_may_start(POOL)
+        return {}
+
+    export._attempt = attempt
+    with pytest.raises(BackupError) as caught:
+        export.run()
+    assert getattr(caught.value, "code", None) == "WINDOW_CLOSED", caught.value
+    assert seen == [30.0]                                             # the export got the 30 s left, not a day more or less
+
+
+# ---------------------------------------------------------------- review: partials a SIGKILLed helper left
+
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import time as _time  # noqa: E402
+
+from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import sweep_stale_partials  # noqa: E402
+
+PARTIAL = ".vm.xva.zst.0123456789ab.partial"
+
+
+def _dead_pid():
+    """The pid of a process that was SIGKILLed (as a helper killed mid-export)."""
+    proc = subprocess.Popen(["sleep", "60"])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def live_helper():
+    """A running process whose command line names the helper (as a detached export still writing)."""
+    proc = subprocess.Popen(["bash", "-c", "exec -a /opt/xapi-backup/bin/xapi-backup-helper sleep 60"])
+    for _wait in range(200):
+        with open("/proc/%d/cmdline" % proc.pid, "rb") as handle:
+            if b"xapi-backup-helper" in handle.read():
+                break
+        _time.sleep(0.01)
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def killed_export(tmp_path, pid, stamp="20261121T220000Z", status=repo.STATUS_NAME, phase="export"):
+    """An export directory whose helper died: its status file (its pid, a phase still running), a partial file."""
+    created = LocalStorage().make_backup_dir(str(tmp_path), POOL, VM, stamp)
+    stamp_dir = tmp_path / created["id"]
+    (stamp_dir / status).write_text(json.dumps({"pid": pid, "phase": phase}))
+    (stamp_dir / PARTIAL).write_bytes(b"half an export")
+    return stamp_dir, created["id"]
+
+
+class _Verb:
+    def __init__(self, tmp_path):
+        self.ctx = FakeCtx({"repository": str(tmp_path)}, FakeXapi(), FakeRunner(), storage=LocalStorage())
+        self.p = self.ctx.params
+        self.warnings = []
+
+
+def _sweep(tmp_path):
+    verb = _Verb(tmp_path)
+    return sweep_stale_partials(verb, repo.list_backups(verb.ctx.storage, str(tmp_path), pool=POOL, vm=VM)), verb.warnings
+
+
+@pytest.mark.parametrize("status", repo.WRITER_STATUS_NAMES)
+def test_a_partial_of_a_killed_helper_is_swept_and_reported(tmp_path, status):
+    stamp_dir, ident = killed_export(tmp_path, _dead_pid(), status=status)
+    removed, warnings = _sweep(tmp_path)
+    assert removed == [ident + "/" + PARTIAL] and warnings == []
+    assert not (stamp_dir / PARTIAL).exists()
+    assert (stamp_dir / status).exists()         # only the partial: the directory is the adoption's/prune's to judge
+
+
+def test_a_partial_of_a_running_helper_is_kept(tmp_path, live_helper):
+    stamp_dir, _ident = killed_export(tmp_path, live_helper)
+    removed, warnings = _sweep(tmp_path)
+    assert removed == [] and (stamp_dir / PARTIAL).read_bytes() == b"half an export"
+    assert warnings == []                     # a running export's partial is normal: the adoption waits for it
+    kept = LocalStorage().sweep_partials(str(tmp_path), _ident)["kept"]
+    assert [k["reason"] for k in kept] == ["its writer is not proven gone (status file)"]
+
+
+def test_without_a_status_file_nothing_is_proven_and_nothing_goes(tmp_path):
+    stamp_dir, _ident = killed_export(tmp_path, _dead_pid())
+    os.unlink(str(stamp_dir / repo.STATUS_NAME))
+    # an old mtime proves nothing either
+    os.utime(str(stamp_dir / PARTIAL), (0, 0))
+    removed, _warnings = _sweep(tmp_path)
+    assert removed == [] and (stamp_dir / PARTIAL).exists()
+
+
+def test_a_status_file_that_is_a_link_proves_nothing(tmp_path):
+    stamp_dir, _ident = killed_export(tmp_path, _dead_pid())
+    elsewhere = tmp_path.parent / ("%s-status.json" % tmp_path.name)
+    elsewhere.write_text(json.dumps({"pid": _dead_pid(), "phase": "done"}))
+    os.unlink(str(stamp_dir / repo.STATUS_NAME))
+    os.symlink(str(elsewhere), str(stamp_dir / repo.STATUS_NAME))
+    removed, _warnings = _sweep(tmp_path)
+    assert removed == [] and (stamp_dir / PARTIAL).exists()
+
+
+def test_lookalikes_are_left_alone_and_named(tmp_path):
+    """A link, a directory or a near name beside a dead writer's partial: only the real partial goes."""
+    stamp_dir, ident = killed_export(tmp_path, _dead_pid())
+    victim = tmp_path.parent / ("%s-victim" % tmp_path.name)
+    victim.write_bytes(b"not the repository's")
+    link = ".vm.xva.zst.aaaaaaaaaaaa.partial"
+    os.symlink(str(victim), str(stamp_dir / link))
+    folder = ".vm.xva.zst.bbbbbbbbbbbb.partial"
+    (stamp_dir / folder).mkdir()
+    (stamp_dir / folder / "inside").write_bytes(b"x")
+    near = [".vm.xva.zst.partial", "notes.partial", ".vm.xva.zst.0123456789ab.partial.keep", ".passwd.0123456789ab.partial"]
+    for name in near:
+        (stamp_dir / name).write_bytes(b"someone's")
+    # outside our layout: in the VM's directory, beside the repository's backups, outside the repository
+    outside = [stamp_dir.parent / PARTIAL, tmp_path / PARTIAL, tmp_path.parent / PARTIAL]
+    for path in outside:
+        path.write_bytes(b"not in a backup directory")
+    removed, warnings = _sweep(tmp_path)
+    assert removed == [ident + "/" + PARTIAL]
+    assert victim.read_bytes() == b"not the repository's" and os.path.islink(str(stamp_dir / link))
+    assert (stamp_dir / folder / "inside").exists()
+    assert all((stamp_dir / name).read_bytes() == b"someone's" for name in near)
+    assert all(path.exists() for path in outside)
+    assert sum(1 for w in warnings if w.startswith("left ")) == 2 + len(near)   # each lookalike is named
+    for path in outside:
+        path.unlink()
+
+
+def test_a_backup_with_a_manifest_is_never_swept(tmp_path):
+    stamp_dir, ident = killed_export(tmp_path, _dead_pid())
+    storage = LocalStorage()
+    with pytest.raises(repo.RepositoryError) as caught:
+        (stamp_dir / repo.MANIFEST_NAME).write_text("{}")
+        storage.sweep_partials(str(tmp_path), ident)
+    assert caught.value.code == "REFUSED" and (stamp_dir / PARTIAL).exists()
+
+
+def test_the_next_run_of_the_vm_sweeps_before_it_exports(setup, tmp_path):
+    stamp_dir, ident = killed_export(tmp_path, _dead_pid(), stamp="20261121T210000Z")
+    runner = FakeRunner(status={"ok": True, "alive": False, "phase": "export"})
+    export, ctx, _xapi, _snaps = setup(runner=runner)
+    ctx.storage = LocalStorage()
+    out = export.run()
+    assert out["stale_partials_removed"] == [ident + "/" + PARTIAL]
+    assert not (stamp_dir / PARTIAL).exists()

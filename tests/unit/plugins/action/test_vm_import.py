@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ except ImportError:  # plain pytest: this directory is on sys.path, not a packag
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils._repository import LocalStorage, RepositoryError
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError, XapiUsageError
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError as _HelperError
 from ansible_collections.xapi.backup.plugins.plugin_utils._vm_import import (
     RESTORED_FROM,
     VmImport,
@@ -341,3 +343,160 @@ def test_failure_after_the_vm_exists_names_it_in_the_partial_result(tmp_path):
     with pytest.raises(XapiError) as info:
         VmImport(ctx).run()
     assert info.value.partial == {"vm_uuid": NEW_VM, "backup_id": IDENT}
+
+
+# ------------------------------------------------------------ own metadata: the dump of the backup's own run
+
+OWN_REF = "OpaqueRef:eeeeeeee-0000-0000-0000-000000000005"
+METADATA = "vm-%s.metadata.xva" % VM
+
+
+def write_running_backup(root, run_id, stamp=STAMP):
+    """A backup of a VM that ran at backup time (exported from its snapshot)."""
+    directory = write_backup(root, stamp=stamp)
+    path = os.path.join(directory, repo.MANIFEST_NAME)
+    with open(path) as handle:
+        manifest = json.load(handle)
+    manifest.update(run_id=run_id, snapshot={"uuid": "cccccccc-0000-0000-0000-000000000003"})
+    os.chmod(path, 0o644)
+    with open(path, "w") as handle:
+        json.dump(repo.seal_manifest(manifest, None), handle)
+    return directory
+
+
+def write_dump(root, run_id, stamp, metadata=b"own-metadata"):
+    """A pool dump made by pool_dump in run ``run_id``: the database and the VM's metadata, manifest last."""
+    when = repo.parse_timestamp(stamp)
+    storage = LocalStorage()
+    created = storage.make_backup_dir(str(root), POOL, repo.POOL_DIR, stamp)
+    directory = os.path.join(str(root), created["id"])
+    files = {}
+    for name, data in ((repo.POOL_DB_NAME, b"<database/>"), (METADATA, metadata)):
+        with open(os.path.join(directory, name), "wb") as handle:
+            handle.write(data)
+        files[name] = {"size": len(data), "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
+    manifest = repo.build_manifest(
+        repo.MANIFEST_KIND_POOL_DB, tool_version="0.1.0", pool={"uuid": POOL, "name": "p"}, xapi_version="25",
+        run_id=run_id, files=files, stored_file=repo.POOL_DB_NAME, started=when,
+        ended=when + datetime.timedelta(seconds=1), ident=created["id"], sequence=created["sequence"])
+    storage.write_json(str(root), os.path.join(directory, repo.MANIFEST_NAME), repo.seal_manifest(manifest, None),
+                       exclusive=True)
+    return directory
+
+
+class PushRunner(FakeRunner):
+    """``push`` as the helper does it (roles/helper/files/xapi-backup-helper cmd_push): read the file ONCE,
+    refuse it unless THOSE bytes have ``--sha256``, then send them. ``before_read`` may swap the file."""
+
+    def __init__(self, before_read=None):
+        super().__init__()
+        self.before_read = before_read
+        self.sent = []
+
+    def run(self, subcommand, args=None, stdin=None, session=None, check=True):
+        if subcommand != "push":
+            return super().run(subcommand, args, stdin, session, check)
+        self.calls.append({"subcommand": subcommand, "args": list(args), "planned": False, "side_effect": True})
+        path = args[args.index("--in") + 1]
+        if self.before_read:
+            self.before_read(path)
+        with open(path, "rb") as handle:
+            body = handle.read()
+        if "--sha256" in args and hashlib.sha256(body).hexdigest() != args[args.index("--sha256") + 1]:
+            raise _HelperError("%s does not match the manifest's sha256" % path, "CHECKSUM_MISMATCH")
+        self.sent.append((path, body))
+        return {"ok": True, "size": len(body), "task": {"status": "success", "result": "<value>%s</value>" % OWN_REF}}
+
+
+def identity_xapi():
+    xapi = xapi_with({})
+    xapi.answers["VM.get_uuid"] = lambda ref: VM if ref == OWN_REF else NEW_VM
+    return xapi
+
+
+def test_own_metadata_comes_from_the_backups_own_run_not_a_newer_dump(tmp_path):
+    """Review finding: the NEWEST pool dump was used; a later run's dump describes the VM as it was later."""
+    write_running_backup(tmp_path, "run-1", stamp="20261121T235901Z")
+    own = write_dump(tmp_path, "run-1", "20261121T235950Z", metadata=b"config at run 1")
+    newer = write_dump(tmp_path, "run-2", "20261201T000000Z", metadata=b"config at run 2")   # newer sequence and time
+    runner = PushRunner()
+    ctx = FakeCtx(params(tmp_path, preserve_identity=True), identity_xapi(), runner)
+    out = VmImport(ctx).run()
+    assert runner.sent == [(os.path.join(own, METADATA), b"config at run 1")]
+    assert out["own_metadata"] == {"dump": os.path.relpath(own, str(tmp_path)), "reason": None}
+    push = [c for c in runner.calls if c["subcommand"] == "push"][0]["args"]
+    assert push[push.index("--sha256") + 1] == hashlib.sha256(b"config at run 1").hexdigest()
+    assert "restore=true" in push and "/import_metadata" in push
+    assert "VM.destroy" in ctx._xapi.methods()                 # the snapshot-born record went
+    assert os.path.isdir(newer)                                 # out of band: the other run's dump untouched
+
+
+def test_no_dump_in_the_backups_run_keeps_the_snapshot_uuid_with_a_reason(tmp_path):
+    write_running_backup(tmp_path, "run-1")
+    write_dump(tmp_path, "run-2", "20261201T000000Z")            # only another run's dump
+    runner = PushRunner()
+    ctx = FakeCtx(params(tmp_path, preserve_identity=True), identity_xapi(), runner)
+    out = VmImport(ctx).run()
+    assert runner.sent == [] and "VM.destroy" not in ctx._xapi.methods()
+    assert out["own_metadata"]["dump"] is None
+    assert out["own_metadata"]["reason"] == "run run-1 of backup %s has no complete pool dump" % IDENT
+    assert "\n" not in out["own_metadata"]["reason"]
+    assert any("kept its snapshot's uuid" in w and "run-1" in w for w in out["warnings"])
+
+
+def test_metadata_swapped_after_listing_is_refused_by_the_push(tmp_path):
+    """Time of check / time of use: the bytes the helper sends are the bytes it verified."""
+    write_running_backup(tmp_path, "run-1")
+    own = write_dump(tmp_path, "run-1", "20261121T235950Z", metadata=b"genuine")
+    hashed = []
+    storage = FakeStorage()
+    real_hash = storage.hash_file
+    storage.hash_file = lambda root, rel, algo: hashed.append(rel) or real_hash(root, rel, algo)
+
+    def swap(path):
+        os.chmod(path, 0o644)
+        with open(path, "wb") as handle:
+            handle.write(b"planted")
+
+    runner = PushRunner(before_read=swap)
+    ctx = FakeCtx(params(tmp_path, preserve_identity=True), identity_xapi(), runner, storage=storage)
+    out = VmImport(ctx).run()
+    assert runner.sent == []                                    # nothing reached xapi
+    assert "VM.destroy" not in ctx._xapi.methods()              # the imported VM (snapshot uuid) is kept
+    assert "CHECKSUM" in out["own_metadata"]["reason"] or "sha256" in out["own_metadata"]["reason"]
+    assert not [rel for rel in hashed if rel.endswith(METADATA)]  # no separate controller-side check to race
+    assert os.path.join(own, METADATA).startswith(str(tmp_path))
+
+
+def test_delta_restore_sends_its_metadata_through_the_checked_push(tmp_path):
+    """The delta restore's metadata.xva: the same push (sha256 checked on the bytes sent), swapped bytes refused."""
+    from ansible_collections.xapi.backup.plugins.module_utils import _delta
+    from ansible_collections.xapi.backup.plugins.plugin_utils._vm_delta_import import VmDeltaImport
+
+    point = tmp_path / POOL / VM / STAMP
+    point.mkdir(parents=True)
+    (point / _delta.METADATA_FILE).write_bytes(b"the VM's configuration")
+    top = {"id": IDENT, "files": {_delta.METADATA_FILE: {
+        "size": 22, "digest": "sha256:" + hashlib.sha256(b"the VM's configuration").hexdigest()}}}
+    sr = {"uuid": "ssssssss-0000-0000-0000-000000000009"}
+
+    runner = PushRunner()
+    importer = VmImport(FakeCtx(params(tmp_path, preserve_identity=True), identity_xapi(), runner))
+    meta = VmDeltaImport(importer)._import_metadata(importer.ctx._xapi, top, {"src-vdi": "dst-vdi"}, sr)
+    assert meta["vm_refs"] == [OWN_REF] and runner.sent == [(str(point / _delta.METADATA_FILE), b"the VM's configuration")]
+    push = runner.calls[-1]["args"]
+    assert "restore=true" in push and "sr_uuid=%s" % sr["uuid"] in push and "vdi:src-vdi=dst-vdi" in push
+
+    def swap(path):
+        with open(path, "wb") as handle:
+            handle.write(b"planted configuration")
+    swapped = PushRunner(before_read=swap)
+    importer = VmImport(FakeCtx(params(tmp_path, preserve_identity=True), identity_xapi(), swapped))
+    with pytest.raises(_HelperError) as caught:
+        VmDeltaImport(importer)._import_metadata(importer.ctx._xapi, top, {}, sr)
+    assert caught.value.code == "CHECKSUM_MISMATCH" and swapped.sent == []
+
+    no_sha = dict(top, files={_delta.METADATA_FILE: {"size": 22, "digest": "blake2b:" + "0" * 64}})
+    with pytest.raises(RepositoryError) as refused:
+        VmDeltaImport(importer)._import_metadata(importer.ctx._xapi, no_sha, {}, sr)
+    assert refused.value.code == "BAD_DIGEST"

@@ -411,3 +411,58 @@ def test_plan_prune_newest_complete_survives_even_when_newer_is_corrupt(tmp_path
     plan = repo_mod.plan_prune(backups, RetentionPolicy(keep_last=1), ts("2026-11-21 12:00"), incomplete_grace=3600)
     assert plan.remove_ids == [bad]
     assert [b.id for b, _reasons in plan.keep] == [good]
+
+
+# ---------------------------------------------------------------- review: a planted huge sequence
+
+def plant_backup(root, owner, stamp, sequence, payload=b"planted"):
+    """A backup directory someone else made by hand (no claim): a valid-looking manifest with ``sequence``."""
+    ident = "%s/%s/%s" % (POOL, owner, stamp)
+    path = os.path.join(str(root), ident)
+    os.makedirs(path)
+    name = repo_mod.stored_name("zstd")
+    with open(os.path.join(path, name), "wb") as handle:
+        handle.write(payload)
+    when = repo_mod.parse_timestamp(stamp)
+    manifest = repo_mod.build_manifest(
+        repo_mod.MANIFEST_KIND_VM_XVA, tool_version="0.1.0", pool={"uuid": POOL, "name": "pool"}, xapi_version="25.1",
+        run_id="planted", files={name: {"size": len(payload), "digest": repo_mod.digest_of(payload)}}, stored_file=name,
+        started=when, ended=when, vm={"uuid": owner, "name_label": "vm", "disks": [], "vifs": []}, ident=ident,
+        sequence=sequence)
+    with open(os.path.join(path, repo_mod.MANIFEST_NAME), "w") as handle:
+        json.dump(manifest, handle)
+    return ident
+
+
+@pytest.mark.parametrize("sequence", [10 ** 12, 10 ** 30, 2 ** 63, 10 ** 400])
+def test_a_planted_huge_sequence_is_an_unknown_entry_never_the_latest_never_removed(tmp_path, sequence):
+    """Review finding: a planted sequence sorted after every real backup (the "latest", what retention keeps)."""
+    from ansible_collections.xapi.backup.plugins.module_utils._constants import MAX_SEQUENCE
+
+    old = make_backup(tmp_path, VM_A, ts("2026-11-20 00:00"))
+    newest = make_backup(tmp_path, VM_A, ts("2026-11-21 00:00"))
+    planted = plant_backup(tmp_path, VM_A, "20261119T000000Z", sequence)
+    listing = repo_mod.list_backups(LocalStorage(), str(tmp_path), pool=POOL, vm=VM_A, now=ts("2026-11-22 00:00"))
+    by_id = dict((b.id, b) for b in listing)
+    assert by_id[planted].status == repo_mod.STATUS_UNKNOWN
+    assert "out of range" in by_id[planted].problem and "\n" not in by_id[planted].problem
+    assert len(by_id[planted].problem) < 200                       # a 400-digit number is not echoed whole
+    assert repo_mod.newest_complete(listing).id == newest            # "latest" is still the real newest
+    plan = repo_mod.plan_prune(listing, RetentionPolicy(keep_last=1), ts("2026-11-22 00:00"), 86400)
+    assert plan.remove_ids == [old]                                  # the real newest is kept, the planted never removed
+    assert planted in [b.id for b, _reasons in plan.keep]
+    # the next backup follows the real sequences, inside the bound
+    created = LocalStorage().make_backup_dir(str(tmp_path), POOL, VM_A, "20261122T000000Z")
+    assert created["sequence"] == by_id[newest].sequence + 1 < MAX_SEQUENCE
+    assert os.path.isdir(os.path.join(str(tmp_path), planted))      # out of band: still there
+
+
+def test_the_sequence_bound_is_the_helpers():
+    import re
+
+    from ansible_collections.xapi.backup.plugins.module_utils._constants import MAX_SEQUENCE
+
+    with open(repo_mod._BUNDLED_HELPER) as handle:
+        text = handle.read()
+    power = re.search(r"^MAX_SEQUENCE = 10 \*\* ([0-9]+)$", text, re.MULTILINE).group(1)
+    assert 10 ** int(power) == MAX_SEQUENCE

@@ -294,6 +294,44 @@ def test_block_operations_no_call_when_already_blocked(xapi, fake_pool):
     assert fake_pool.mutating() == []
 
 
+def test_blocking_and_unblocking_share_the_constants_stated_once():
+    """Review finding (issue 15): the reason and the ops were defined in _vm_export and in _vm_delta."""
+    from ansible_collections.xapi.backup.plugins.module_utils import _constants
+    from ansible_collections.xapi.backup.plugins.plugin_utils import _vm_delta, _vm_export
+
+    assert snaps.BLOCK_REASON is _constants.BLOCK_REASON and snaps.BLOCKED_OPERATIONS is _constants.BLOCKED_OPERATIONS
+    for module in (_vm_export, _vm_delta):
+        assert not hasattr(module, "BLOCK_REASON") and not hasattr(module, "BLOCKED_OPERATIONS"), module.__name__
+
+
+def test_unblock_ours_gives_back_only_our_block(xapi, fake_pool):
+    """A run killed inside block_operations left its block; an admin's block on the same VM stays."""
+    vm = fake_pool.add_vm("web", blocked_operations={"destroy": "admin lock", "pool_migrate": "admin: maintenance"})
+    with pytest.raises(KeyboardInterrupt):
+        with snaps.block_operations(xapi, vm):
+            left_behind = dict(fake_pool.vm(vm)["blocked_operations"])
+            raise KeyboardInterrupt
+    fake_pool.vm(vm)["blocked_operations"] = left_behind  # as if the process died before its finally ran
+    assert left_behind["migrate_send"] == snaps.BLOCK_REASON
+    assert left_behind["pool_migrate"] == "admin: maintenance"  # already blocked by the admin: not overwritten
+    assert snaps.unblock_ours(xapi, vm) is True
+    assert fake_pool.vm(vm)["blocked_operations"] == {"destroy": "admin lock", "pool_migrate": "admin: maintenance"}
+    fake_pool.log.clear()
+    assert snaps.unblock_ours(xapi, vm) is False      # nothing of ours left: no call at all
+    assert fake_pool.mutating() == []
+
+
+@pytest.mark.parametrize("blocked", [
+    {},
+    {"migrate_send": "the admin's reason"},                       # our op, a foreign reason
+    {"destroy": snaps.BLOCK_REASON},                              # our reason on an op we never block
+    {"migrate_send": snaps.BLOCK_REASON + " "},                   # near miss
+    "not a map",
+])
+def test_a_foreign_block_is_never_given_back(blocked):
+    assert snaps.without_our_block(blocked) is None
+
+
 def _nullcontext():
     import contextlib
 

@@ -3,12 +3,12 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""backup_cancel's decisions: which snapshots go with a cancelled run, which blocked migrations are ours."""
+"""backup_cancel's decisions: which snapshots go with a cancelled run (giving back blocked migrations:
+_snapshots.unblock_ours, tests/unit/plugins/module_utils/test__snapshots.py)."""
 
 from __future__ import annotations
 
-from ansible_collections.xapi.backup.plugins.plugin_utils._backup_cancel import snapshot_to_remove, unblocked_operations
-from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import BLOCK_REASON
+from ansible_collections.xapi.backup.plugins.plugin_utils._backup_cancel import snapshot_to_remove
 
 
 def _snap(run, **extra):
@@ -25,10 +25,3 @@ def test_only_snapshots_of_the_cancelled_run_go():
 
 def test_a_delta_base_is_kept():
     assert snapshot_to_remove(_snap("r1", **{"xapi_backup:delta_base": "pool/vm/20261201T000000Z"}), {"r1"}) is None
-
-
-def test_only_the_migrations_a_backup_blocked_are_given_back():
-    blocked = {"migrate_send": BLOCK_REASON, "pool_migrate": BLOCK_REASON, "destroy": "protected by the admin"}
-    assert unblocked_operations(blocked) == {"destroy": "protected by the admin"}
-    assert unblocked_operations({"migrate_send": "the admin's reason"}) is None
-    assert unblocked_operations({}) is None

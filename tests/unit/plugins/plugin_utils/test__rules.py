@@ -155,20 +155,49 @@ def test_filter_plugin_turns_rule_errors_into_filter_errors():
 
 # ---------------------------------------------------------------- issue 14: manners, window, retries
 
-from ansible_collections.xapi.backup.plugins.plugin_utils._rules import export_bandwidth, job_settings  # noqa: E402
+from ansible_collections.xapi.backup.plugins.plugin_utils import _rules  # noqa: E402
+from ansible_collections.xapi.backup.plugins.plugin_utils._rules import export_bandwidth, job_seconds_left, job_settings  # noqa: E402
 
 GENTLE = {"nice": 19, "ionice": "idle", "bandwidth_limit": 0, "export_bandwidth_limit": 0, "job_timeout": "",
           "retries": 2, "retry_delay": 60}
 
 
 def test_job_settings_defaults_are_xapis_manners_and_no_window():
-    got = job_settings(dict(GENTLE), 2, 1000.0)
-    assert got == {"nice": 19, "ionice": "idle", "bandwidth_limit": None, "job_deadline": None, "job_timeout": None,
+    got = job_settings(dict(GENTLE), 2)
+    assert got == {"nice": 19, "ionice": "idle", "bandwidth_limit": None, "job_window_start": None, "job_timeout": None,
                    "retries": 2, "retry_delay": 60}
+    assert job_seconds_left(got) is None
 
 
-def test_job_deadline_is_the_plan_time_plus_the_timeout():
-    assert job_settings(dict(GENTLE, job_timeout="3600"), 1, 1000.5)["job_deadline"] == 4600.5
+@pytest.fixture
+def clocks(monkeypatch):
+    """The monotonic clock the window uses, and a wall clock that an admin or NTP may step."""
+    import time
+
+    now = {"monotonic": 5000.0, "wall": 1796000000.0}
+    monkeypatch.setattr(_rules, "monotonic", lambda: now["monotonic"])
+    monkeypatch.setattr(time, "time", lambda: now["wall"])
+    return now
+
+
+def test_the_window_is_a_monotonic_budget_from_the_plan(clocks):
+    job = job_settings(dict(GENTLE, job_timeout="3600"), 1)
+    assert job["job_window_start"] == 5000.0 and job["job_timeout"] == 3600
+    clocks["monotonic"] += 600
+    assert job_seconds_left(job) == 3000.0
+
+
+@pytest.mark.parametrize("jump", [86400, -86400], ids=["forward a day", "back a day"])
+def test_a_wall_clock_jump_neither_closes_nor_extends_the_window(clocks, jump):
+    """Review finding: the window was an absolute UTC time from the controller's wall clock."""
+    job = job_settings(dict(GENTLE, job_timeout="3600"), 1)
+    clocks["monotonic"] += 10
+    clocks["wall"] += jump                      # NTP step or `date -s` mid-run
+    assert job_seconds_left(job) == 3590.0       # not closed early, not extended
+    clocks["monotonic"] += 3590                  # the window closes on time by the monotonic clock
+    assert job_seconds_left(job) == 0.0
+    clocks["monotonic"] += 1e6
+    assert job_seconds_left(job) == 0.0          # never negative
 
 
 @pytest.mark.parametrize("pool, export, parallel, expected", [
@@ -180,7 +209,7 @@ def test_job_deadline_is_the_plan_time_plus_the_timeout():
 ])
 def test_bandwidth_rule(pool, export, parallel, expected):
     assert export_bandwidth(pool, export, parallel) == expected
-    assert job_settings(dict(GENTLE, bandwidth_limit=pool, export_bandwidth_limit=export), parallel, 0)["bandwidth_limit"] == expected
+    assert job_settings(dict(GENTLE, bandwidth_limit=pool, export_bandwidth_limit=export), parallel)["bandwidth_limit"] == expected
 
 
 @pytest.mark.parametrize("change, name", [
@@ -204,7 +233,7 @@ def test_bandwidth_rule(pool, export, parallel, expected):
 ])
 def test_hostile_values_fail_in_one_line_naming_the_variable(change, name):
     with pytest.raises(RuleError) as info:
-        job_settings(dict(GENTLE, **change), 4, 0)
+        job_settings(dict(GENTLE, **change), 4)
     assert str(info.value).startswith("bad input: %s " % name) and "\n" not in str(info.value)
 
 
