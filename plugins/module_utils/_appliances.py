@@ -108,7 +108,7 @@ def restore_appliance(xapi, planned: dict) -> dict:
     entry = {"source_uuid": planned["source_uuid"], "name": planned["name_label"], "uuid": None, "notes": [],
              "members": [m.get("name") or m.get("vm_uuid") for m in planned["members"]]}
     for member in found:
-        if not member["ref"]:
+        if not member["ref"] and not xapi.check_mode:  # a dry run comes before the imports
             entry["notes"].append("%s is not on this pool (not restored)" % (member.get("name") or member.get("vm_uuid")))
     present = [m for m in found if m["ref"]]
     ref, record = _our_appliance(xapi, found)
