@@ -165,9 +165,9 @@ def restore_appliances(xapi, vms: list) -> dict:
 
 def appliance_line(entry: dict) -> str:
     """``VM appliance web-stack: created as <uuid> (db01, web01); <notes>``"""
-    line = "VM appliance %s: %s%s (%s)" % (entry["name"] or entry["source_uuid"], entry["status"],
-                                         " as %s" % entry["uuid"] if entry.get("uuid") else "",
-                                         ", ".join(str(m) for m in entry["members"]))
+    where = " as %s" % entry["uuid"] if entry.get("uuid") else ""
+    members = ", ".join(str(m) for m in entry["members"])
+    line = "VM appliance %s: %s%s (%s)" % (entry["name"] or entry["source_uuid"], entry["status"], where, members)
     return line + "".join("; " + note for note in entry["notes"])
 
 
