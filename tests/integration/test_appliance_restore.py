@@ -125,3 +125,22 @@ def test_members_not_on_the_pool_or_unable_to_join(sim):
         entry = ap.restore_appliances(xapi, bad)["appliances"][0]
     assert entry["status"] == "failed" and "OPERATION_NOT_ALLOWED" in entry["notes"][0]
     assert _appliances(x) == before
+
+
+def test_tier_by_tier_calls_grow_one_appliance(sim):
+    """Called once per start tier (members imported so far), the appliance is created by the first call
+    and joined by the later members: one appliance in the end."""
+    x = sim.session().xenapi
+    vms = _vms(x)
+    for name in ("tiny-halted", "tiny-on-lvm"):
+        x.VM.set_appliance(vms[name][0], NULL)
+    app_uuid = "2b7f1c2e-8e0a-4f5e-a7a5-0c3d8e6f9a21"
+    later = _restored(vms, ["tiny-halted", "tiny-on-lvm"], app_uuid=app_uuid, name="tiered")
+    first = [dict(later[0]), dict(later[1], vm_uuid=None)]  # tiny-on-lvm not imported yet
+    with _connect(sim) as xapi:
+        one = ap.restore_appliances(xapi, first)["appliances"][0]
+        two = ap.restore_appliances(xapi, later)["appliances"][0]
+    assert (one["status"], two["status"], two["uuid"]) == ("created", "reused", one["uuid"])
+    ref = x.VM_appliance.get_by_uuid(one["uuid"])
+    assert sorted(x.VM_appliance.get_VMs(ref)) == sorted(vms[n][0] for n in ("tiny-halted", "tiny-on-lvm"))
+    assert [r["name_label"] for r in x.VM_appliance.get_all_records().values()].count("tiered") == 1
