@@ -37,7 +37,7 @@ def plan_appliances(vms: list) -> list:
     ``vms``: ``[{"source_uuid", "vm_uuid" (on the target pool, None when not restored), "name",
     "appliance": {"uuid", "name_label", "name_description"} or None}]``. Returns, sorted by name then
     source uuid, ``[{"source_uuid", "name_label", "name_description", "members": [{"source_uuid",
-    "vm_uuid", "name"}]}]``. Two VMs recording different texts for one appliance uuid: the VM with the
+    "vm_uuid", "name"}]}]`` (members by name, then source uuid). Two VMs recording different texts for one appliance uuid: the VM with the
     lowest source uuid wins (deterministic, nothing depends on listing order).
     """
     groups = {}
@@ -50,6 +50,8 @@ def plan_appliances(vms: list) -> list:
                                         "name_description": _text(app.get("name_description")), "members": []})
         group["members"].append({"source_uuid": vm.get("source_uuid"), "vm_uuid": vm.get("vm_uuid"),
                                  "name": vm.get("name")})
+    for group in groups.values():
+        group["members"].sort(key=lambda m: (str(m.get("name") or ""), str(m.get("source_uuid") or "")))
     return sorted(groups.values(), key=lambda g: (g["name_label"], g["source_uuid"]))
 
 

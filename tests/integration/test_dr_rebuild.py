@@ -131,6 +131,14 @@ def test_dry_run_plans_and_changes_nothing(rebuilt):
     assert _tables(rebuilt["sim"]) == before
 
 
+def test_check_mode_lists_the_appliances_and_changes_nothing(rebuilt):
+    before = _tables(rebuilt["sim"])
+    out = _playbook(rebuilt["inventory"], "xapi.backup.dr_pool_rebuild", "--check", "-e", "xapi_backup_dr_source_pool=%s" % rebuilt["source"],
+                    "-e", "xapi_backup_restore_mapping_file=%s" % rebuilt["mapping"], env=rebuilt["env"])
+    assert "VM appliance web-stack: would create (tiny-halted, tiny-on-lvm)" in out, out[-4000:]
+    assert _tables(rebuilt["sim"]) == before
+
+
 def test_rebuild_brings_every_vm_back_identical_and_names_a_silent_guest(rebuilt):
     sim = rebuilt["sim"]
     silent = [u for u, c in rebuilt["configs"].items() if c["name"] == "tiny-halted"][0]
