@@ -659,7 +659,26 @@ class Backup:
             "codec": (manifest.get("codec") or {}).get("codec") if isinstance(manifest.get("codec"), dict) else None,
             "disks": list(((manifest.get("vm") or {}) if isinstance(manifest.get("vm"), dict) else {}).get("disks") or []),
             "vifs": list(((manifest.get("vm") or {}) if isinstance(manifest.get("vm"), dict) else {}).get("vifs") or []),
+            "appliance": recorded_appliance(manifest),
         }
+
+
+MAX_APPLIANCE_TEXT = 1024
+
+
+def recorded_appliance(manifest) -> dict | None:
+    """The VM appliance a backup's VM was in when it was taken: ``{uuid, name_label, name_description}``
+    or None (older manifests have no ``vm.appliance``: no appliance). Untrusted: a uuid that is not
+    one, or texts that are not strings, make it None; texts are bounded."""
+    vm = manifest.get("vm") if isinstance(manifest, dict) else None
+    app = vm.get("appliance") if isinstance(vm, dict) else None
+    if not isinstance(app, dict) or not isinstance(app.get("uuid"), str) or not is_uuid(app["uuid"]):
+        return None
+    texts = [app.get(key, "") for key in ("name_label", "name_description")]
+    if not all(isinstance(t, str) for t in texts):
+        return None
+    return {"uuid": app["uuid"].lower(), "name_label": texts[0][:MAX_APPLIANCE_TEXT],
+            "name_description": texts[1][:MAX_APPLIANCE_TEXT]}
 
 
 def classify_entry(entry: dict, ident: str, key=None, hasher=None) -> tuple[str, dict | None, str | None]:

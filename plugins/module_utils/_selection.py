@@ -21,6 +21,9 @@ Summary of a VM (``summarise_vm``), the shape vm_info returns and manifests stor
                 "virtual_size", "sr_uuid", "sr_name"}],
      "vifs": [{"device", "mac", "mtu", "network_uuid", "network_name"}]}
 
+``describe_vm`` (what backups record) adds ``"appliance": {"uuid", "name_label", "name_description"}``
+when the VM is in a VM appliance; no key means no appliance.
+
 Sizes are ints in bytes (xapi sends int64 as strings; they are converted here).
 """
 
@@ -274,7 +277,22 @@ def describe_vm(xapi, ref, record=None):
     srs = get_records(xapi, "SR", set(v.get("SR") for v in vdis.values()))
     vifs = get_records(xapi, "VIF", record.get("VIFs", []))
     networks = get_records(xapi, "network", set(v.get("network") for v in vifs.values()))
-    return summarise_vm(ref, record, vbds, vdis, srs, vifs, networks)
+    summary = summarise_vm(ref, record, vbds, vdis, srs, vifs, networks)
+    appliance = get_records(xapi, "VM_appliance", [record.get("appliance") or NULL_REF])
+    for app in appliance.values():
+        # recorded only when the VM is in one: a summary without the key means "no appliance"
+        summary["appliance"] = summarise_appliance(app)
+    return summary
+
+
+MAX_APPLIANCE_TEXT = 1024  # an appliance's name or description: a line of text, not a payload
+
+
+def summarise_appliance(record):
+    """``{uuid, name_label, name_description}`` of a VM_appliance record (texts bounded)."""
+    return {"uuid": str(record.get("uuid") or "").lower() or None,
+            "name_label": str(record.get("name_label") or "")[:MAX_APPLIANCE_TEXT],
+            "name_description": str(record.get("name_description") or "")[:MAX_APPLIANCE_TEXT]}
 
 
 def find_vm(xapi, vm):

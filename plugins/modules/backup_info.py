@@ -158,6 +158,11 @@ backups:
       description: VIFs of the VM (C(device), C(mac), C(network_uuid), C(network_name)).
       type: list
       elements: dict
+    appliance:
+      description:
+        - The VM appliance the VM was in when the backup was taken (C(uuid), C(name_label), C(name_description)),
+          as recorded (untrusted text); null when it was in none or the backup predates this record.
+      type: dict
     verified:
       description: Result of the XVA validation.
       type: bool

@@ -6,8 +6,10 @@ full + delta of tiny-halted; A has a VM appliance web-stack with VM.order and a 
 rebuild every VM on pool B (its own new SRs "local" and "fast", one disk placed on "fast" by the
 mapping's ``disks`` list) N at a time in priority order, keeping uuids (the running VM's too) and
 MACs; disks are byte-identical (read back through /export_raw_vdi); VMs start in the appliance's
-order with its start delay (VM_metrics.start_time); the dry run changes nothing; a VM whose guest
-agent never reports is named and fails the play; a rerun restores nothing again."""
+order with its start delay (VM_metrics.start_time); the appliance is re-created on B with the restored
+members (B already has someone else's appliance of the same name: never reused, never changed); the
+dry run changes nothing; a VM whose guest agent never reports is named and fails the play; a rerun
+restores nothing again and makes no second appliance."""
 
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def _prepare_pool_a(session):
     x = session.xenapi
     vms = {r["name_label"]: ref for ref, r in x.VM.get_all_records().items()
            if not r["is_a_template"] and not r["is_control_domain"] and not r["is_a_snapshot"]}
-    app = x.VM_appliance.create({"name_label": "web-stack", "name_description": ""})
+    app = x.VM_appliance.create({"name_label": "web-stack", "name_description": "web and its disk"})
     for name, order, delay in (("tiny-on-lvm", 0, 2), ("tiny-halted", 1, 0)):
         x.VM.set_appliance(vms[name], app)
         x.VM.set_order(vms[name], str(order))
@@ -82,6 +84,8 @@ def rebuilt(tmp_path_factory):
         sim_a.vm_write_blocks(session.xenapi.VM.get_uuid(vms["tiny-halted"]), [1], seed=7, userdevice=0)
         _playbook(inventory_a, "xapi.backup.backup", "-e", delta, "-e", "xapi_backup_run_id=dr3-d2", env=env)
         configs = _configs(session, sim_a.info["url"])
+        members_a = sorted(session.xenapi.VM.get_uuid(v) for v in session.xenapi.VM_appliance.get_VMs(
+            session.xenapi.VM_appliance.get_by_name_label("web-stack")[0]))
         second_disk = [session.xenapi.VBD.get_record(v) for v in session.xenapi.VM.get_VBDs(vms["tiny-halted"])]
         second_disk = [session.xenapi.VDI.get_uuid(r["VDI"]) for r in second_disk if r["userdevice"] == "1"][0]
         session.xenapi.session.logout()
@@ -90,12 +94,18 @@ def rebuilt(tmp_path_factory):
     target = workdir / "pool-b.yml"
     target.write_text(TARGET_POOL)
     sim_b = start_simulator(str(target), str(workdir / "pool-b"))
+    # someone else's appliance on B with the very name of A's: not ours, whatever its name
+    session_b = xapi_session(sim_b.info["url"], sim_b.info["password"])
+    foreign = session_b.xenapi.VM_appliance.get_uuid(session_b.xenapi.VM_appliance.create(
+        {"name_label": "web-stack", "name_description": "not from the backups"}))
+    session_b.xenapi.session.logout()
     env = ansible_env({"XAPI_USERNAME": "root", "XAPI_PASSWORD": sim_b.info["password"]}, workdir)
     # per-disk placement: tiny-halted's second disk goes to SR "fast", everything else to the default SR
     mapping = workdir / "mapping.yml"
     mapping.write_text(json.dumps({"disks": [{"source_vdi_uuid": second_disk, "target": "fast"}]}))
     yield {"sim": sim_b, "env": env, "inventory": _inventory(workdir, "pool-b", sim_b.info["url"], repo),
-           "configs": configs, "source": sim_a.info["pool_uuid"], "mapping": str(mapping)}
+           "configs": configs, "source": sim_a.info["pool_uuid"], "mapping": str(mapping), "members_a": members_a,
+           "foreign": foreign}
     sim_b.stop()
 
 
@@ -111,12 +121,21 @@ def test_dry_run_plans_and_changes_nothing(rebuilt):
     assert "2. tiny-running (order 0, slot 1) <-" in out
     assert "3. tiny-halted (order 1, slot 0) [appliance web-stack]" in out
     assert "nothing was changed" in out
+    assert "VM appliance web-stack: would create (tiny-halted, tiny-on-lvm)" in out
     # a tier that names nothing of the lost pool is refused before anything starts
     bad = _playbook(rebuilt["inventory"], "xapi.backup.dr_pool_rebuild", "-e", "xapi_backup_dr_source_pool=%s" % rebuilt["source"],
                     "-e", json.dumps({"xapi_backup_dr_tiers": [["web-stack"], ["no-such-vm"]], "xapi_backup_dr_mode": "rebuild"}),
                     env=rebuilt["env"], expect_rc=1)
     assert ("bad input: xapi_backup_dr_tiers: tier 2: 'no-such-vm' is no VM and no VM appliance of the pool dump; "
             "nothing was changed") in bad
+    assert _tables(rebuilt["sim"]) == before
+
+
+def test_check_mode_lists_the_appliances_and_changes_nothing(rebuilt):
+    before = _tables(rebuilt["sim"])
+    out = _playbook(rebuilt["inventory"], "xapi.backup.dr_pool_rebuild", "--check", "-e", "xapi_backup_dr_source_pool=%s" % rebuilt["source"],
+                    "-e", "xapi_backup_restore_mapping_file=%s" % rebuilt["mapping"], env=rebuilt["env"])
+    assert "VM appliance web-stack: would create (tiny-halted, tiny-on-lvm)" in out, out[-4000:]
     assert _tables(rebuilt["sim"]) == before
 
 
@@ -140,6 +159,10 @@ def test_rebuild_brings_every_vm_back_identical_and_names_a_silent_guest(rebuilt
     assert re.search(r"tiny-on-lvm: restored in [0-9.]+ s as \S+; ready: guest agent up.*, RTO \d+ s", out)
     assert "tiny-halted: restored" in out and "failed: no guest metrics yet (guest agent not running) after 3 s" in out
     assert "DR runbook 3: tiny-halted did not come back" in out
+    app_line = re.search(r"VM appliance web-stack: created as (\S+) \(tiny-halted, tiny-on-lvm\)", out)
+    assert app_line, out
+    rebuilt["appliance"] = app_line.group(1)
+    assert re.search(r"tiny-on-lvm: restored in .*; VM appliance web-stack \(%s\)" % app_line.group(1), out)
     session = xapi_session(sim.info["url"], sim.info["password"])
     try:
         got = _configs(session, sim.info["url"])
@@ -171,6 +194,13 @@ def test_rebuild_brings_every_vm_back_identical_and_names_a_silent_guest(rebuilt
         powers = {r["name_label"]: r["power_state"] for r in x.VM.get_all_records().values()
                   if not r["is_a_template"] and not r["is_control_domain"]}
         assert set(powers.values()) == {"Running"}
+        # the appliance is back on B: A's name and description, the same members (uuids kept), not the namesake
+        apps = {r["uuid"]: r for r in x.VM_appliance.get_all_records().values()}
+        assert set(apps) == {rebuilt["appliance"], rebuilt["foreign"]}
+        ours = apps[rebuilt["appliance"]]
+        assert (ours["name_label"], ours["name_description"]) == ("web-stack", "web and its disk")
+        assert sorted(x.VM.get_uuid(v) for v in ours["VMs"]) == rebuilt["members_a"]
+        assert apps[rebuilt["foreign"]]["VMs"] == [] and apps[rebuilt["foreign"]]["name_description"] == "not from the backups"
     finally:
         session.xenapi.session.logout()
         sim.faults.clear()
@@ -192,3 +222,10 @@ def test_rerun_restores_nothing_again_and_still_names_the_silent_guest(rebuilt):
     # tiny-halted is running but its guest never reported: a rerun does not make it look good
     assert "3 VM(s) back, 0 failed to import, 1 failed to start or report" in out
     assert "DR runbook 3: tiny-halted did not come back" in out
+    assert "VM appliance web-stack: reused as %s (tiny-halted, tiny-on-lvm)" % rebuilt["appliance"] in out
+    session = xapi_session(rebuilt["sim"].info["url"], rebuilt["sim"].info["password"])
+    try:
+        apps = session.xenapi.VM_appliance.get_all_records().values()
+        assert sorted(r["uuid"] for r in apps) == sorted([rebuilt["appliance"], rebuilt["foreign"]])
+    finally:
+        session.xenapi.session.logout()

@@ -6,6 +6,7 @@ xapi_vdi.ml) as summarised in ../../shared/xapi-reference.md section 6.
 
 import copy
 import random
+import time
 import uuid as uuidlib
 
 from tests.xapisim import lifecycle
@@ -457,12 +458,23 @@ def guest_agent_stopped(call, vm_ref):
     dr.agents(call.sim).vm_stopped(vm_ref)
 
 
+def vm_delay(db, vm_ref, field):
+    """xapi_vm_helpers.ml start_delay / shutdown_delay: VM.start (xapi_vm.ml start,
+    message_forwarding.ml start/start_on) and VM.clean_shutdown / hard_shutdown of a running VM
+    return only after the VM's start_delay / shutdown_delay seconds (Thread.delay): this is how
+    VM_appliance.start spaces its VM.order groups."""
+    seconds = int(db.get_field("VM", vm_ref, field))
+    if seconds > 0:
+        time.sleep(seconds)
+
+
 @api_method("VM.start", 4, async_ok=True)
 def vm_start(call, vm, start_paused, force):
     with VmOperation(call, vm, "start") as vm_ref:
         validate_basic_parameters(call.db, vm_ref)
         set_running(call.db, vm_ref, pick_host(call.db, vm_ref), bool(start_paused))
     guest_agent_started(call, vm_ref)
+    vm_delay(call.db, vm_ref, "start_delay")
     return ""
 
 
@@ -490,15 +502,19 @@ def vm_start_on(call, vm, host, start_paused, force):
         validate_basic_parameters(call.db, vm_ref)
         set_running(call.db, vm_ref, host_ref, bool(start_paused))
     guest_agent_started(call, vm_ref)
+    vm_delay(call.db, vm_ref, "start_delay")
     return ""
 
 
 def _shutdown(call, vm, op):
     with VmOperation(call, vm, op) as vm_ref:
-        if call.db.get_field("VM", vm_ref, "power_state") == "Suspended":
+        was = call.db.get_field("VM", vm_ref, "power_state")
+        if was == "Suspended":
             _destroy_suspend_vdi(call, vm_ref)
         set_halted(call.db, vm_ref)
     guest_agent_stopped(call, vm_ref)
+    if was in ("Running", "Paused"):
+        vm_delay(call.db, vm_ref, "shutdown_delay")
     return ""
 
 

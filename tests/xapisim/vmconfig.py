@@ -14,11 +14,13 @@ INVALID_DEVICE, "autodetect", DEVICE_ALREADY_EXISTS), xapi_vif_helpers.ml (VIF.c
 INVALID_DEVICE, MAC from the VM's mac_seed, MAC_INVALID, DEVICE_ALREADY_EXISTS), xapi_vdi.ml
 (VDI.create: VDI_INCOMPATIBLE_TYPE for cbt_metadata, SR_NO_PBDS; VDI.resize: SR_NO_PBDS,
 VDI_IN_USE), xapi_vm_appliance.ml (start: VMs grouped by VM.order, ascending; shutdown:
-descending; OPERATION_PARTIALLY_FAILED).
+descending; the VMs of a group run as parallel Async tasks and the next group waits for them;
+OPERATION_PARTIALLY_FAILED).
 """
 
 import hashlib
 import re
+import threading
 from xml.etree import ElementTree
 
 from tests.xapisim.api import DESTROY_HOOKS, api_method, check_value, constructor_fields
@@ -498,6 +500,22 @@ def refresh_appliance_operations(db, appliance_ref):
         db.set_field("VM_appliance", appliance_ref, "allowed_operations", allowed)
 
 
+def run_group(operation, group):
+    """run_operation_on_vms: one Async task per VM of an order group, all at once, then wait for
+    every task; a VM's start_delay (its VM.start returns only after it) thus holds the next
+    group back by the group's longest delay."""
+    def one(vm):
+        try:
+            operation(vm)
+        except XapiError:
+            pass  # counted by the caller, as xapi counts VMs not in the required state
+    threads = [threading.Thread(target=one, args=(vm,), daemon=True) for vm in group]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def run_appliance_operation(call, appliance, name, required_state, ascending, operation):
     db = call.db
     appliance_ref = call.ref("VM_appliance", appliance)
@@ -511,11 +529,7 @@ def run_appliance_operation(call, appliance, name, required_state, ascending, op
     try:
         groups, targets = appliance_groups(db, appliance_ref, required_state, ascending)
         for group in groups:
-            for vm in group:
-                try:
-                    operation(vm)
-                except XapiError:
-                    pass  # counted below, as xapi counts VMs not in the required state
+            run_group(operation, group)
     finally:
         db.map_remove("VM_appliance", appliance_ref, "current_operations", task)
         refresh_appliance_operations(db, appliance_ref)

@@ -354,6 +354,54 @@ def test_appliance_starts_by_order_and_stops_in_reverse(x):
     assert {x.VM.get_power_state(v) for v in vms} == {"Halted"}
 
 
+def test_appliance_groups_run_in_parallel_and_start_delay_holds_the_next_group(x):
+    """xapi: VM.start returns after the VM's start_delay (xapi_vm_helpers.start_delay), the
+    VMs of one VM.order group start as parallel Async tasks, the next group waits for all of
+    them; shutdown_delay likewise in reverse order. CRUD: create, get_record, get_by_uuid,
+    get_all_records, destroy (members go back to no appliance), a destroyed ref is invalid."""
+    template = vm_named(x, "Other install media")
+    app = x.VM_appliance.create({"name_label": "delayed", "name_description": "two groups"})
+    vms = {}
+    for name, order, delay in (("d-a", 0, 1), ("d-b", 0, 1), ("d-c", 1, 0)):
+        vm = x.VM.clone(template, name)
+        x.VM.provision(vm)
+        x.VM.set_order(vm, str(order))
+        x.VM.set_start_delay(vm, str(delay))
+        x.VM.set_shutdown_delay(vm, str(1 - delay))
+        x.VM.set_appliance(vm, app)
+        vms[name] = vm
+    record = x.VM_appliance.get_record(app)
+    assert record["name_label"] == "delayed" and record["name_description"] == "two groups"
+    assert sorted(record["VMs"]) == sorted(vms.values())
+    assert x.VM_appliance.get_by_uuid(record["uuid"]) == app
+    assert x.VM_appliance.get_all_records()[app]["uuid"] == record["uuid"]
+    assert x.VM.get_appliance(vms["d-a"]) == app
+    t0 = time.monotonic()
+    x.VM_appliance.start(app, False)
+    elapsed = time.monotonic() - t0
+    # d-a and d-b (1 s each) together, not one after the other; d-c only after them
+    assert 1.0 <= elapsed < 1.9, elapsed
+    started = {n: x.VM_metrics.get_start_time(x.VM.get_metrics(v)).value for n, v in vms.items()}
+    secs = {n: time.mktime(time.strptime(t, "%Y%m%dT%H:%M:%SZ")) for n, t in started.items()}
+    assert secs["d-c"] - max(secs["d-a"], secs["d-b"]) >= 1, started
+    t0 = time.monotonic()
+    x.VM_appliance.clean_shutdown(app)
+    # d-c (order 1) first with its 1 s shutdown_delay, then d-a and d-b (no delay)
+    assert 1.0 <= time.monotonic() - t0 < 1.9
+    assert {x.VM.get_power_state(v) for v in vms.values()} == {"Halted"}
+    # a VM already halted is not touched, a plain VM.start honours its own start_delay too
+    t0 = time.monotonic()
+    x.VM.start(vms["d-a"], False, False)
+    assert time.monotonic() - t0 >= 1.0
+    x.VM.hard_shutdown(vms["d-a"])
+    x.VM_appliance.destroy(app)
+    assert {x.VM.get_appliance(v) for v in vms.values()} == {NULL}
+    assert failure(x.VM_appliance.get_record, app) == ["HANDLE_INVALID", "VM_appliance", app]
+    assert failure(x.VM.set_appliance, vms["d-a"], app) == ["HANDLE_INVALID", "VM_appliance", app]
+    for vm in vms.values():
+        x.VM.destroy(vm)
+
+
 # ------------------------------------------------------------------------------ end to end
 def test_vm_from_template_end_to_end(sim, x):
     """clone + provision + set_* + VBD/VIF.create, start, reconfigure halted, destroy with

@@ -466,3 +466,13 @@ def test_the_sequence_bound_is_the_helpers():
         text = handle.read()
     power = re.search(r"^MAX_SEQUENCE = 10 \*\* ([0-9]+)$", text, re.MULTILINE).group(1)
     assert 10 ** int(power) == MAX_SEQUENCE
+
+
+def test_recorded_appliance_reads_new_and_old_manifests_and_distrusts_the_rest():
+    app = {"uuid": "0B7F1C2E-8E0A-4F5E-A7A5-0C3D8E6F9A21", "name_label": "web" * 1000, "name_description": "d"}
+    got = repo_mod.recorded_appliance({"vm": {"appliance": app}})
+    assert got["uuid"] == "0b7f1c2e-8e0a-4f5e-a7a5-0c3d8e6f9a21" and len(got["name_label"]) == repo_mod.MAX_APPLIANCE_TEXT
+    assert repo_mod.recorded_appliance({"vm": {"name_label": "older manifest"}}) is None  # no field: no appliance
+    for bad in ({"vm": None}, {"vm": {"appliance": "x"}}, {"vm": {"appliance": {"uuid": "../../etc"}}},
+                {"vm": {"appliance": dict(app, name_label=["list"])}}, [], None):
+        assert repo_mod.recorded_appliance(bad) is None
