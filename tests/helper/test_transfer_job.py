@@ -98,3 +98,25 @@ def test_fetch_refuses_a_query_that_replaces_the_session_or_task_before_anything
         assert not os.path.exists(str(out.parent))  # nothing created
     finally:
         fake.stop()
+
+
+def test_a_short_body_fails_at_once_when_xapi_answers_only_after_the_body(tmp_path):
+    """--raw-size larger than the stream: RAW_SIZE as soon as the stream ends, not after a stall
+    timeout spent waiting for an answer xapi will not give before the missing bytes; task cancelled."""
+    from .xvagen import sample_xva, tar_bytes
+    data = tar_bytes(sample_xva()[0])
+    stored = tmp_path / "vm.xva"
+    stored.write_bytes(data)
+    fake = FakeXapi(b"").start()
+    fake.import_early_answer = False
+    try:
+        started = time.monotonic()
+        done = run_helper(sys.executable, ["import", "--url", fake.url, "--in", str(stored), "--raw-size",
+                                           str(len(data) + 512), "--stall-timeout", "60"],
+                          env={"XAPI_SESSION": fake.session})
+        assert not done.ok and done.code == "RAW_SIZE", done
+        assert time.monotonic() - started < 30
+        [task] = fake.tasks.values()
+        assert task.get("cancel_called") and task.get("destroyed"), task
+    finally:
+        fake.stop()
