@@ -497,7 +497,7 @@ class HelperStorage:
         """repo-merge: the links' stored disks (oldest first) -> a new dynamic VHD in ``target_id``."""
         args = ["--repo", repo, "--out-dir", target_id, "--disk", source_vdi, "--virtual-size", str(int(virtual_size)),
                 "--codec", codec] + (["--level", str(level)] if level is not None else [])
-        checked = all(isinstance(d, str) and d.startswith("sha256:") for d in digests)  # the helper hashes sha256
+        checked = all(isinstance(d, str) and _DIGEST_RE.match(d) for d in digests)  # sha256 or blake2b links
         for path, digest in zip(inputs, digests):
             args += ["--in", path] + (["--in-digest", digest] if checked else [])
         return self._run("repo-merge", args, None)

@@ -267,7 +267,9 @@ class VmDeltaExport:
                           "block_size": vhd.get("block_size"), "block_count": vhd.get("block_count"),
                           "blocks": vhd.get("blocks"), "vhd_uid": vhd.get("uid"),
                           "raw_size": int(result["raw_size"]), "raw_hash": result.get("raw_hash"),
-                          "stored_size": int(result["stored_size"]), "sha256": result["sha256"],
+                          "stored_size": int(result["stored_size"]), "sha256": result.get("sha256"),
+                          # the helper's in-stream digest of the stored bytes (blake2b since #14; sha256 before)
+                          "digest": str(result.get("digest") or "sha256:%s" % result["sha256"]),
                           "duration": result.get("duration"), "codec": result.get("codec")})
         return disks
 
@@ -280,7 +282,7 @@ class VmDeltaExport:
 
     def _manifest(self, paths, pool, summary, snap_rec, run_id, plan, disks, metadata, started):
         ended = self.clock()
-        files = {d["file"]: {"size": d["stored_size"], "digest": "sha256:" + d["sha256"]} for d in disks}
+        files = {d["file"]: {"size": d["stored_size"], "digest": d["digest"]} for d in disks}
         files[_delta.METADATA_FILE] = {"size": int(metadata["size"]), "digest": "sha256:" + metadata["sha256"]}
         vm = dict(summary)
         vm.pop("ref", None)

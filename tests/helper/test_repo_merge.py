@@ -137,6 +137,12 @@ def hostile_case(root, paths, digests, case, tmp_path):
         vm_dir.symlink_to(outside / "vm")
     elif case == "bad-digest":
         args = merge_args(root, paths, [digests[0], "sha256:" + "0" * 64, digests[2]])
+    elif case == "bad-blake2b-digest":
+        # a blake2b digest of the right length that is not the file's: the link is refused like a sha256 one
+        args = merge_args(root, paths, [digests[0], "blake2b:" + hashlib.blake2b(b"x", digest_size=32).hexdigest(),
+                                        digests[2]])
+    elif case == "digest-of-another-algorithm":
+        args = merge_args(root, paths, [digests[0], "md5:" + "0" * 32, digests[2]])
     elif case == "delta-first":
         args = merge_args(root, [paths[1], paths[0], paths[2]])
     elif case == "other-size":
@@ -164,7 +170,8 @@ def hostile_case(root, paths, digests, case, tmp_path):
 
 
 CASES = {"symlinked-input": "NOT_FOLLOWED", "symlinked-out-dir": "NOT_FOLLOWED", "symlinked-vm-dir": "NOT_FOLLOWED",
-         "bad-digest": "CHECKSUM_MISMATCH", "delta-first": "BAD_VHD", "other-size": "BAD_VHD",
+         "bad-digest": "CHECKSUM_MISMATCH", "bad-blake2b-digest": "CHECKSUM_MISMATCH",
+         "digest-of-another-algorithm": "BAD_INPUT", "delta-first": "BAD_VHD", "other-size": "BAD_VHD",
          "huge-block-count": "BAD_VHD", "truncated-delta": "STREAM_TRUNCATED", "no-marker": "NO_MARKER",
          "dotdot": "BAD_INPUT", "twice": "BAD_INPUT", "one-link": "BAD_INPUT"}
 
@@ -245,3 +252,13 @@ def test_commit_refuses_a_linked_manifest_or_backup_dir(python, repo, tmp_path):
                       stdin=b'{"id": "%s", "files": {}}' % ident.encode())
     assert not done.ok and done.code == "NOT_FOLLOWED", done
     assert victim.read_text() == '{"id": "x"}' and os.path.islink(str(root / ident / "manifest.json"))
+
+
+def test_merge_checks_blake2b_and_sha256_links_alike(python, repo):
+    """New delta exports record blake2b, older links sha256: one merge checks each with its own algorithm."""
+    root, paths, digests = repo
+    stored = [(root / path).read_bytes() for path in paths]
+    mixed = [digests[0]] + ["blake2b:" + hashlib.blake2b(data, digest_size=32).hexdigest() for data in stored[1:]]
+    done = run_helper(python, merge_args(root, paths, mixed))
+    assert done.ok, done
+    assert (root / POOL / VM / DIRS[2] / done.json["file"]).is_file()

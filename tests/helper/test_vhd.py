@@ -3,6 +3,7 @@ verify against the pool simulator under every interpreter (real 3.6 with and wit
 zstandard).  Stored files are decoded by qemu-img (an independent reader) and full + deltas
 imported into a fresh VDI must give the snapshot's bytes back."""
 
+import hashlib
 import http.client
 import os
 import urllib.parse
@@ -160,6 +161,27 @@ def export_vdi(python, sim, session, vdi_uuid, out, base=None, extra=()):
     return run_helper(python, args, env=env(session))
 
 
+def blake2b_of(path):
+    with open(str(path), "rb") as handle:
+        return hashlib.blake2b(handle.read(), digest_size=32).hexdigest()
+
+
+def test_export_vdi_digest_sha256_when_asked(python, pool, tmp_path):
+    """--digest sha256 (format 1 manifests) still gives the sha256 of the stored file."""
+    sim, session = pool
+    _vm, disk = first_disk(session.xenapi, "tiny-running")
+    snap = session.xenapi.VDI.snapshot(disk, {})
+    out = tmp_path / "d.vhd.zst"
+    try:
+        done = export_vdi(python, sim, session, session.xenapi.VDI.get_uuid(snap), out, extra=["--digest", "sha256"])
+    finally:
+        session.xenapi.VDI.destroy(snap)
+    assert done.ok, done
+    with open(str(out), "rb") as handle:
+        expected = hashlib.sha256(handle.read()).hexdigest()
+    assert done.json["digest"] == "sha256:" + expected and done.json["sha256"] == expected
+
+
 def assert_clean(directory):
     leftovers = [n for n in os.listdir(str(directory)) if n.endswith((".partial", ".lock", ".tmp"))]
     assert not leftovers, leftovers
@@ -188,10 +210,12 @@ def test_full_and_deltas_round_trip_byte_for_byte(python, pool, tmp_path):
         assert done.json["vhd"]["disk_type"] == ("differencing" if index else "dynamic")
         if index:
             assert expand_runs(done.json["vhd"]["blocks"]) == set(changed[index - 1])
-        verified = run_helper(python, ["verify", "--in", str(out)])
+        verified = run_helper(python, ["verify", "--in", str(out), "--digest", "blake2b"])
         assert verified.ok and verified.json["format"] == "vhd", verified
         assert verified.json["vhd"] == done.json["vhd"] and verified.json["raw_hash"] == done.json["raw_hash"]
-        assert verified.json["sha256"] == done.json["sha256"]
+        # the stored-file digest is BLAKE2b-256 as for XVA exports (#14), and it is the file's
+        assert done.json["digest"] == verified.json["digest"] == "blake2b:" + blake2b_of(out), done.json
+        assert done.json["sha256"] is None
         raw_vhd = decompressed(out, tmp_path, python)
         blocks, content = qemu_blocks_and_content(raw_vhd)
         assert blocks == expand_runs(done.json["vhd"]["blocks"])

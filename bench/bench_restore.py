@@ -1,0 +1,181 @@
+"""Restore speed (issue 14, row 4): ``xapi-backup-helper import`` -- the real PUT path -- of the same
+XVA stored uncompressed and stored as zstd, into one loopback sink that stands in for xapi.
+
+The sink is a separate process (as xapi is): the task calls the helper makes over XML-RPC and
+``PUT /import``, answered 200 before the body as xapi does, the body read in 1 MiB pieces
+(``read1``, as the simulator's handlers read) and dropped, then the task set to success. Its own
+speed is far above the helper's, so the ratio zstd / uncompressed is the helper's cost of
+decompressing and validating on the way.
+
+    python bench/bench_restore.py --image .cache/images/bench.img --xva-mib 256 --runs 3
+
+``restore_rows`` is what ``bench_helper.py --only-issue14`` prints as row 4.
+"""
+
+import argparse
+import http.server
+import json
+import os
+import socketserver
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+import xmlrpc.client
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+HELPER = os.path.join(REPO, "roles", "helper", "files", "xapi-backup-helper")
+PY36 = os.path.join(REPO, ".venv36", "bin", "python")
+MB = 1e6
+SESSION = "OpaqueRef:bench-" + uuid.uuid4().hex
+NEW_VM = "OpaqueRef:bench-imported"
+
+
+# ---------------------------------------------------------------- the sink (run with --serve)
+
+
+class _Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    tasks = {}
+    received = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        params, method = xmlrpc.client.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        value = self._rpc(method, params[1:])
+        body = xmlrpc.client.dumps(({"Status": "Success", "Value": value},), methodresponse=True,
+                                   allow_none=True).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _rpc(self, method, args):
+        if method == "task.create":
+            ref = "OpaqueRef:task-" + uuid.uuid4().hex
+            self.tasks[ref] = "pending"
+            return ref
+        if method == "task.get_status":
+            return self.tasks.get(args[0], "failure")
+        if method == "task.get_result":
+            return "<value><array><data><value>%s</value></data></array></value>" % NEW_VM
+        if method == "task.get_error_info":
+            return []
+        if method == "VM.get_uuid":
+            return str(uuid.uuid4())
+        return ""  # task.cancel / task.destroy
+
+    def do_PUT(self):
+        task = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query)).get("task_id")
+        self.send_response(200)  # xapi answers before it reads the body
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.flush()
+        left = int(self.headers.get("Content-Length") or 0)
+        while left > 0:
+            piece = self.rfile.read1(min(left, 1 << 20))
+            if not piece:
+                break
+            left -= len(piece)
+        self.tasks[task] = "success" if left == 0 else "failure"
+
+
+def serve():
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Sink)
+    server.daemon_threads = True
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+def start_sink():
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve"], stdout=subprocess.PIPE)
+    port = int(proc.stdout.readline())
+    return proc, "http://127.0.0.1:%d" % port
+
+
+# ---------------------------------------------------------------- the runs
+
+
+def import_once(python, url, stored, raw_bytes):
+    env = dict(os.environ, XAPI_SESSION=SESSION)
+    argv = [python, HELPER, "import", "--url", url, "--in", stored, "--nice", "0", "--ionice", "none"]
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out = proc.communicate()[0]
+    wall = time.monotonic() - started
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    if not result.get("ok") or result.get("raw_size") != raw_bytes:
+        raise SystemExit("import of %s failed: %s" % (stored, result))
+    return wall
+
+
+def restore_rows(xva, stored_zstd, runs, python):
+    """{name: row} for the uncompressed and the zstd backup, alternating runs, medians."""
+    raw_bytes = os.path.getsize(xva)
+    sink, url = start_sink()
+    try:
+        items = [("helper import, uncompressed backup (the sink's rate)", xva),
+                 ("helper import, zstd backup", stored_zstd)]
+        walls = dict((name, []) for name, _path in items)
+        for run in range(runs):
+            for name, path in items:
+                walls[name].append(import_once(python, url, path, raw_bytes))
+                print("i14 4-restore run %d  %-52s %6.2f s  load %.1f" % (run + 1, name, walls[name][-1],
+                                                                       os.getloadavg()[0]), file=sys.stderr, flush=True)
+    finally:
+        sink.terminate()
+        sink.wait()
+    rows = {}
+    for name, path in items:
+        wall = statistics.median(walls[name])
+        rows[name] = {"tool": name, "wall_s": wall, "walls": walls[name], "mb_per_s": raw_bytes / wall / MB,
+                      "stored_bytes": os.path.getsize(path), "cpu_s": 0.0, "peak_rss_mib": 0.0}
+    return rows
+
+
+def restore_ratio(rows):
+    return (rows["helper import, uncompressed backup (the sink's rate)"]["wall_s"]
+            / rows["helper import, zstd backup"]["wall_s"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--image", default=os.path.join(REPO, ".cache", "images", "bench.img"))
+    parser.add_argument("--xva-mib", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workdir", default=os.path.join(REPO, ".tmp", "bench-restore"))
+    parser.add_argument("--python", default=PY36 if os.path.exists(PY36) else sys.executable)
+    args = parser.parse_args()
+    if args.serve:
+        serve()
+        return 0
+    sys.path.insert(0, HERE)
+    import bench_helper  # noqa: E402  (the XVA writer, shared with the compression bench)
+    os.makedirs(args.workdir, exist_ok=True)
+    size = args.xva_mib << 20
+    xva = os.path.join(args.workdir, "bench-%d.xva" % args.xva_mib)
+    with open(xva, "wb") as dst:
+        bench_helper.emit_xva(dst, bench_helper.image_chunks(args.image, size), size)
+    stored = xva + ".zst"
+    with open(xva, "rb") as src, open(stored, "wb") as dst:
+        subprocess.run([args.python, HELPER, "compress", "--codec", "zstd", "--level", "3"], stdin=src, stdout=dst,
+                       stderr=subprocess.DEVNULL, check=True)
+    rows = restore_rows(xva, stored, args.runs, args.python)
+    for row in rows.values():
+        print("| %s | %.2f s | %s | %.1f MB/s |" % (row["tool"], row["wall_s"], ", ".join("%.2f" % w for w in row["walls"]),
+                                                   row["mb_per_s"]))
+    print("restore: helper import zstd / uncompressed (same sink) %.2fx [>= 0.9]  (%s, %d MiB XVA)"
+          % (restore_ratio(rows), args.python, args.xva_mib))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
