@@ -29,7 +29,7 @@ from ansible_collections.xapi.backup.plugins.module_utils._selection import desc
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
 from ansible_collections.xapi.backup.plugins.plugin_utils._vm_export import run_keeping_partial, sweep_stale_partials
-from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts
+from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION, helper_xapi_args, pool_facts, redirect_host_args
 
 STATUS_NAME = repo.WRITER_STATUS_NAMES[1]  # not status.json: the XVA path's adoption must not take it
 DELTA_REFUSED = ("XAPI_TASK_FAILED", "BAD_VHD", "STREAM_TRUNCATED", "HTTP_STATUS")
@@ -239,7 +239,7 @@ class VmDeltaExport:
 
     def _helper_args(self, xapi, extra, tuning=False):
         p = self.p
-        args = helper_xapi_args(p, xapi.url, self.ctx.connection_is_local) + list(extra)
+        args = helper_xapi_args(p, xapi.url, self.ctx.connection_is_local) + redirect_host_args(xapi) + list(extra)
         if tuning:  # level, threads, nice, ionice, bandwidth cap, stall timeout: the XVA export's, declared once
             return args + helper_flags(EXPORT, p)
         if p.get("stall_timeout") is not None:

@@ -25,7 +25,7 @@ from ansible_collections.xapi.backup.plugins.module_utils import _delta
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiError
 from ansible_collections.xapi.backup.plugins.plugin_utils._vm_metadata_import import push_import_metadata
-from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import helper_xapi_args
+from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import helper_xapi_args, redirect_host_args
 
 STATUS_DIR = ".xapi-backup"
 
@@ -84,7 +84,7 @@ class VmDeltaImport:
 
     def _import_disk(self, xapi, link, disk, target_uuid):
         path = os.path.join(self.p["repository"], link["id"], disk["file"])
-        args = helper_xapi_args(self.p, xapi.url, self.ctx.connection_is_local) + [
+        args = helper_xapi_args(self.p, xapi.url, self.ctx.connection_is_local) + redirect_host_args(xapi) + [
             "--in", path, "--vdi", target_uuid, "--virtual-size", str(disk["virtual_size"]),
             "--expect", "differencing" if link["delta"]["base_backup"] else "dynamic"]
         status_file = os.path.join(self.p["repository"], STATUS_DIR,

@@ -107,6 +107,22 @@ def test_import_redirect_to_a_foreign_host_is_refused(xapi, foreign, stored):  #
     assert not xapi.imports
 
 
+@pytest.mark.parametrize("subcommand", ["export-vdi", "import-vdi"])
+def test_vhd_transfer_redirect_to_a_foreign_host_is_refused(xapi, foreign, tmp_path, subcommand):
+    """The delta path's transfers follow a redirect only to a host of the pool, as export/import do."""
+    xapi.redirects = [foreign.url]
+    vhd = tmp_path / "disk.vhd"
+    if subcommand == "export-vdi":
+        args = ["export-vdi", "--url", xapi.url, "--vdi", "vdi-uuid-1", "--out", str(vhd), "--codec", "none"]
+    else:
+        vhd.write_bytes(b"\0" * 1024)
+        args = ["import-vdi", "--url", xapi.url, "--vdi", "vdi-uuid-1", "--in", str(vhd), "--virtual-size", "1024"]
+    result = run_helper(one_python(), args, env={"XAPI_SESSION": xapi.session}, timeout=30)
+    assert result.code == "REDIRECT_REFUSED" and "127.0.0.2" in result.json["error"]["message"], result
+    foreign.stop()
+    assert foreign.connections == 0 and xapi.session.encode() not in foreign.received
+
+
 @pytest.mark.parametrize("current,location,hops,code", [
     ("https://master/export?session_id=s", "http://master/export?session_id=s", 0, "REDIRECT_REFUSED"),
     ("https://master/export?session_id=s", "http://member/export?session_id=s", 0, "REDIRECT_REFUSED"),
