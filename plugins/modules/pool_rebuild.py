@@ -21,7 +21,7 @@ description:
     later tiers keep importing meanwhile. The recovery time of a VM is therefore that of its tier, not of the
     whole pool.
   - Used by the DR runbook C(xapi.backup.dr_pool_rebuild). This module is implemented as an action plugin; run it
-    on a local connection (C(delegate_to=localhost)): on another connection the imports run one at a time.
+    on a local connection (C(delegate_to=localhost)); on another connection the imports run one at a time.
 author:
   - xapi.backup maintainers (@xapi-backup)
 options:
