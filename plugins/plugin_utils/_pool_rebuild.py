@@ -28,6 +28,8 @@ from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiUsage
 
 #: Options of each entry of ``vms`` (the rest of an import's options are the task's).
 VM_KEYS = ("backup", "sr", "disk_srs", "network_map")
+#: Options of the task that are not an import's.
+TASK_KEYS = ("vms", "concurrency", "start", "wait_guest", "guest_timeout", "guest_poll_interval")
 
 
 def group_tiers(items: list) -> list:
@@ -79,8 +81,7 @@ def import_params(base: dict, item: dict, validate) -> dict:
     unknown = sorted(set(item) - set(VM_KEYS) - {"name", "tier", "source_uuid"})
     if unknown:
         raise XapiUsageError("vms: unknown key(s) %s" % ", ".join(unknown))
-    params = dict((k, v) for k, v in base.items() if k not in ("vms", "concurrency", "start", "wait_guest",
-                                                                "guest_timeout", "guest_poll_interval"))
+    params = dict((k, v) for k, v in base.items() if k not in TASK_KEYS)
     params.update((k, item[k]) for k in VM_KEYS if item.get(k) not in (None, "", {}))
     return validate(params)
 

@@ -142,8 +142,8 @@ def test_start_order_inside_a_tier_and_the_tier_start_delay_are_kept():
                          sleep=slept.append).run()
     assert xapi.started == ["r-zeta", "r-alpha", "r-web"]  # the queue's order, not the names'
     assert slept == [7]  # tier 1's longest start_delay before tier 2; none after the last tier
-    assert [(v["name"], v["tier"], v["status"]) for v in out["vms"]] == [("zeta", 1, "ready"), ("alpha", 1, "ready"),
-                                                                        ("web", 2, "ready")]
+    got = [(v["name"], v["tier"], v["status"]) for v in out["vms"]]
+    assert got == [("zeta", 1, "ready"), ("alpha", 1, "ready"), ("web", 2, "ready")]
     assert out["failed_vms"] == [] and out["failed_imports"] == []
     by_name = dict((v["name"], v) for v in out["vms"])
     assert by_name["zeta"]["running_s"] >= by_name["zeta"]["import_end_s"]
