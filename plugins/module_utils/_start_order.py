@@ -7,8 +7,9 @@
 
 PRIVATE to the collection: not a public API.  No Ansible imports.
 
-xapi: ``VM.order`` (lower starts first), ``VM.start_delay`` (seconds to wait after starting the VM
-before the next one, as VM_appliance.start does), ``VM.guest_metrics`` (NULL until the guest agent
+xapi: ``VM.order`` (lower starts first), ``VM.start_delay`` (seconds xapi's own ``VM.start`` waits
+after starting the VM before it returns: xapi_vm_helpers.ml ``start_delay``, so starting VMs one
+after another already spaces them; we never wait it again), ``VM.guest_metrics`` (NULL until the guest agent
 reports; then ``VM_guest_metrics.networks`` lists the addresses it sees). A VM in state Running
 is only a domain that exists: the guest may still be stuck in its boot loader.
 """
@@ -56,17 +57,6 @@ def start_tiers(vms: list, explicit: list | None = None) -> tuple[list, list]:
     for vm in vms:
         by_order.setdefault(_order(vm), []).append(vm)
     return [sorted(by_order[o], key=lambda v: (v.get("name_label") or "", v["uuid"])) for o in sorted(by_order)], notes
-
-
-def tier_delay(tier: list) -> int:
-    """Seconds to wait after a tier before the next: the longest start_delay of its VMs."""
-    delays = []
-    for vm in tier:
-        try:
-            delays.append(max(0, int(vm.get("start_delay") or 0)))
-        except (TypeError, ValueError):
-            delays.append(0)
-    return max(delays or [0])
 
 
 def guest_ready(metrics: dict | None, require_network: bool) -> tuple[bool, str]:
@@ -159,9 +149,6 @@ def start_in_order(xapi, tiers: list, guest_timeout: float, require_network: boo
                              reason=reason if ready else "%s after %d s" % (reason, guest_timeout))
                 if ready:
                     entry["ready_s"] = round(seen - t0, 1)
-        delay = tier_delay(tier)
-        if delay and index < len(tiers) and not xapi.check_mode:
-            sleep(delay)
     return results
 
 

@@ -12,8 +12,8 @@ short_description: Start XenServer / XCP-ng VMs in priority order and wait until
 version_added: 0.2.0
 description:
   - Starts the given VMs tier after tier, in the order xapi itself uses (C(VM.order) ascending, VMs of the same
-    order together) or in an explicit list of O(tiers), and waits after each tier for the longest C(VM.start_delay)
-    of its VMs.
+    order together) or in an explicit list of O(tiers), one VM after another. xapi's C(VM.start) returns only after
+    the VM's C(VM.start_delay), so the delays space the starts; the module does not wait them a second time.
   - A started VM counts as up only when its guest agent reports (C(VM_guest_metrics) appears, with a network
     address when O(require_network)); power state Running alone is not enough. A VM that does not report within
     O(guest_timeout) is named in the result and fails the task (O(fail_on_error)).

@@ -86,15 +86,8 @@ class XapiBackupAction(ActionBase):
         runner = recorder = None
         try:
             params = self._validated_params()
-            local = is_local_connection(self._connection)
-            runner = HelperRunner(self._execute_helper, self._helper_argv(params, local), display=display,
-                                  check_mode=bool(self._task.check_mode))
-            # ONE implementation of repository file operations: the helper's repo-* commands, also on a
-            # local connection (where the runner starts the collection's bundled helper)
-            storage = HelperStorage(runner.storage_run)
-            recorder = CallRecorder(secrets=[params.get("password")])
-            ctx = ActionContext(params, bool(self._task.check_mode), bool(self._task.diff), runner, storage, recorder,
-                                local, display)
+            ctx = self.context(params)
+            runner, recorder = ctx.runner, ctx.recorder
             outcome = self.execute(ctx)
         except Exception as exc:  # pylint: disable=broad-except  # _errors.failure_result: the one conversion
             result.update(failure_result(exc, traceback.format_exc()))
@@ -106,6 +99,19 @@ class XapiBackupAction(ActionBase):
         result["xapi_calls"] = recorder.calls if recorder is not None else []
         result["helper_calls"] = runner.calls if runner is not None else []
         return result
+
+    def context(self, params) -> ActionContext:
+        """The context of a run with ``params``: its own helper runner and call recorder (a verb that
+        runs several imports at once gives each its own)."""
+        local = is_local_connection(self._connection)
+        runner = HelperRunner(self._execute_helper, self._helper_argv(params, local), display=display,
+                              check_mode=bool(self._task.check_mode))
+        # ONE implementation of repository file operations: the helper's repo-* commands, also on a
+        # local connection (where the runner starts the collection's bundled helper)
+        storage = HelperStorage(runner.storage_run)
+        recorder = CallRecorder(secrets=[params.get("password")])
+        return ActionContext(params, bool(self._task.check_mode), bool(self._task.diff), runner, storage, recorder,
+                             local, display)
 
     def _validated_params(self):
         """The task's arguments, checked against the argument spec and the option ranges: an

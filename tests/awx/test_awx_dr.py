@@ -27,7 +27,7 @@ from tests.integration.test_playbooks import xapi_session
 
 pytestmark = pytest.mark.slow
 
-IMPORT_TASK = "Import the VMs of this slot (highest priority first)"
+IMPORT_TASK = "Import the VMs N at a time and start each tier as soon as its VMs are imported"
 DB_TASK = "Restore the pool database (dry run first; for real only with xapi_backup_dr_confirm=true)"
 METADATA_TASK = "Bring the VMs back from their metadata (xapi's dry run first for each)"
 
@@ -185,14 +185,14 @@ def test_dr3_dry_run_plans_then_rebuild_imports_every_vm_in_slots(doc, lost_pool
     messages = dry.messages()
     assert any("3 VM(s), 2 import slot(s) in parallel" in m for m in messages), messages
     assert any("nothing was changed" in m for m in messages), messages
-    assert dry.item_results(IMPORT_TASK) == {}
+    assert _task_results(dry, IMPORT_TASK) == []
     assert _tables(pool["sim"]) == before
 
     job = run(doc, pool, "DR 3: rebuild the pool from backups", dict(answers, survey_dr_rebuild_mode="rebuild"), "dr3-rebuild")
     assert job.status == "successful" and job.rc == 0, job.stdout[-3000:]
-    items = job.item_results(IMPORT_TASK)                          # one event per VM, from its import slot
-    assert sorted(label.split(" <- ")[0] for label in items) == sorted(lost_pool["vms"])
-    assert set(items.values()) == {"runner_item_on_ok"}
+    (res,) = _task_results(job, IMPORT_TASK)                       # per VM, in the event: imported, started
+    assert sorted(v["name"] for v in res["vms"]) == sorted(lost_pool["vms"])
+    assert {v["status"] for v in res["vms"]} == {"ready"} and not any(v.get("import_failed") for v in res["vms"])
     assert any("3 VM(s) back, 0 failed to import, 0 failed to start or report" in m for m in job.messages()), job.messages()
     got = _vms(pool["sim"])
     assert {n: v[1] for n, v in got.items()} == {n: v[1] for n, v in lost_pool["vms"].items()}     # MACs kept
@@ -221,5 +221,5 @@ def test_dr3_reads_the_mapping_file_of_the_project_by_its_survey_path(doc, lost_
                  name="dr3-mapping", project=project)
     assert job.status == "failed", job.stdout[-3000:]
     assert any("no-such-sr" in m for m in job.messages()), job.messages()
-    assert job.item_results(IMPORT_TASK) == {}
+    assert _task_results(job, IMPORT_TASK) == []
     assert _tables(pool["sim"]) == before

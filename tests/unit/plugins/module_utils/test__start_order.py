@@ -18,12 +18,14 @@ def vm(name, order=0, delay=0, power="Halted"):
 
 
 class FakeXapi:
-    """VMs start instantly; a VM's guest agent reports ``agent_after`` seconds after its start."""
+    """VMs start instantly and, as xapi's VM.start does, the call returns after the VM's
+    ``start_delay``; a VM's guest agent reports ``agent_after`` seconds after its start."""
 
-    def __init__(self, clock, agent_after, check_mode=False):
+    def __init__(self, clock, agent_after, check_mode=False, start_delays=None):
         self.clock = clock
         self.agent_after = agent_after  # name -> seconds, None = never
         self.check_mode = check_mode
+        self.start_delays = start_delays or {}  # name -> seconds
         self.started = {}
         self.calls = []
 
@@ -32,6 +34,7 @@ class FakeXapi:
         if self.check_mode:
             return None
         self.started[args[0]] = self.clock.now
+        self.clock.sleep(self.start_delays.get(args[0][2:], 0))
         return ""
 
     def call(self, method, *args):
@@ -62,10 +65,6 @@ def test_explicit_tiers_and_leftovers():
         so.start_tiers(vms, [["nope"]])
 
 
-def test_tier_delay_is_the_longest_start_delay():
-    assert so.tier_delay([vm("a", delay=5), vm("b", delay=30), vm("c", delay="x")]) == 30
-
-
 def test_guest_ready():
     assert so.guest_ready(None, False)[0] is False
     assert so.guest_ready({"networks": {}}, False)[0] is True
@@ -75,14 +74,15 @@ def test_guest_ready():
 
 def test_sequence_waits_for_agents_and_delays_and_names_a_silent_vm():
     clock = FakeClock()
-    xapi = FakeXapi(clock, {"db": 4, "web": 3, "broken": None})
+    xapi = FakeXapi(clock, {"db": 4, "web": 3, "broken": None}, start_delays={"db": 10})
     tiers, _notes = so.start_tiers([vm("db", 1, delay=10), vm("web", 2), vm("broken", 2)])
     results = so.start_in_order(xapi, tiers, guest_timeout=20, require_network=True, wait_guest_metrics=True,
                                 interval=1, clock=clock, sleep=clock.sleep)
     by_name = {r["name"]: r for r in results}
-    assert by_name["db"]["status"] == "ready" and by_name["db"]["ready_s"] == 4
-    # the second tier starts after db is ready AND its 10 s start_delay
-    assert by_name["web"]["start_s"] == 14 and by_name["web"]["ready_s"] == 17
+    # VM.start returned after db's 10 s start_delay (xapi waits it); its agent had reported by then
+    assert by_name["db"]["status"] == "ready" and by_name["db"]["running_s"] == 10
+    # the second tier starts once db is ready, and the delay is not waited a second time
+    assert by_name["web"]["start_s"] == 10 and by_name["web"]["ready_s"] == 13
     assert by_name["broken"]["status"] == "failed"
     assert by_name["broken"]["reason"] == "no guest metrics yet (guest agent not running) after 20 s"
     assert [c[0] for c in xapi.calls] == ["VM.start"] * 3

@@ -1,0 +1,159 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, xapi.backup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""pool_rebuild's scheduling: free import slots, each tier started once its own VMs are imported
+(while later tiers import), one VM's failure its own, start order and start_delay kept."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import pytest
+
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiUsageError
+from ansible_collections.xapi.backup.plugins.plugin_utils import _pool_rebuild as pr
+
+WAIT = 10.0  # seconds a test thread waits for what the scheduler must do; a deadlock fails, never hangs
+
+
+def test_tiers_group_ascending_and_keep_the_queue_order_inside_a_tier():
+    items = [{"backup": "z", "tier": 0}, {"backup": "a", "tier": 0}, {"backup": "m", "tier": 5}, {"backup": "b"}]
+    assert [[i["backup"] for i in t] for t in pr.group_tiers(items)] == [["z", "a", "b"], ["m"]]
+
+
+def test_a_slow_vm_holds_one_slot_not_a_batch():
+    """N=2: while 'slow' imports, the other slot imports b, c and d; batches of two would deadlock."""
+    others = threading.Event()
+    done = []
+
+    def import_one(item):
+        if item["backup"] == "slow":
+            return {"others_done_meanwhile": others.wait(WAIT)}
+        done.append(item["backup"])
+        if len(done) == 3:
+            others.set()
+        return {}
+
+    tier = [{"backup": b} for b in ("slow", "b", "c", "d")]
+    out = pr.run_tiers([tier], import_one, lambda index, pairs: None, 2)
+    assert out[0][1]["others_done_meanwhile"] is True
+    assert done == ["b", "c", "d"]
+    assert out[0][1]["import_end_s"] >= max(r["import_end_s"] for _i, r in out[1:])
+
+
+def test_a_tier_starts_while_the_later_tiers_still_import():
+    tier1_started = threading.Event()
+    starts = []
+
+    def import_one(item):
+        if item["backup"] == "last":
+            # the last tier's import only ends once tier 1 was started: all-imports-first would deadlock
+            return {"saw_tier1_running": tier1_started.wait(WAIT)}
+        return {}
+
+    def start_tier(index, pairs):
+        starts.append((index, [i["backup"] for i, _r in pairs]))
+        if index == 0:
+            tier1_started.set()
+
+    tiers = [[{"backup": "first"}], [{"backup": "mid"}], [{"backup": "last"}]]
+    out = pr.run_tiers(tiers, import_one, start_tier, 2)
+    assert starts == [(0, ["first"]), (1, ["mid"]), (2, ["last"])]
+    assert dict((i["backup"], r) for i, r in out)["last"]["saw_tier1_running"] is True
+
+
+def test_a_failed_import_is_that_vm_s_only():
+    def import_one(item):
+        if item["backup"] == "bad":
+            raise BackupError("helper import failed: XVA_CORRUPT: bad block\nsecond line", "XVA_CORRUPT")
+        return {"vm_uuid": "u-" + item["backup"]}
+
+    seen = []
+    out = pr.run_tiers([[{"backup": "ok1"}, {"backup": "bad"}, {"backup": "ok2"}]], import_one,
+                       lambda index, pairs: seen.extend(r.get("vm_uuid") for _i, r in pairs), 3)
+    results = dict((i["backup"], r) for i, r in out)
+    assert results["bad"]["failed"] is True and "XVA_CORRUPT" in results["bad"]["msg"]
+    assert seen == ["u-ok1", None, "u-ok2"]
+
+
+def test_an_unknown_key_of_a_vm_is_refused():
+    with pytest.raises(XapiUsageError, match="unknown key"):
+        pr.import_params({"hostname": "h"}, {"backup": "x", "start": True}, dict)
+
+
+class FakeXapi:
+    """VMs start instantly and their agents report at once; records every VM.start."""
+
+    def __init__(self, records):
+        self.records = records
+        self.check_mode = False
+        self.started = []
+
+    def call(self, method, *args):
+        if method == "VM.get_by_uuid":
+            return "r-" + args[0]
+        if method == "VM.get_record":
+            rec = dict(self.records[args[0][2:]])
+            running = args[0] in self.started
+            return dict(rec, power_state="Running" if running else "Halted", guest_metrics="gm" if running else NULL_REF)
+        if method == "VM_guest_metrics.get_record":
+            return {"networks": {}}
+        raise AssertionError(method)
+
+    def change(self, method, *args):
+        assert method == "VM.start"
+        self.started.append(args[0])
+        return ""
+
+
+class FakeCtx:
+    def __init__(self, params, xapi):
+        self.params = params
+        self._xapi = xapi
+        self.connection_is_local = True
+        self.check_mode = False
+
+    @contextlib.contextmanager
+    def xapi(self):
+        yield self._xapi
+
+
+class FakeImport:
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def run(self):
+        return {"changed": True, "vm_uuid": self.ctx.params["backup"].replace("b-", ""), "duration": 0.1}
+
+
+def test_start_order_inside_a_tier_is_kept_and_start_delay_not_waited_twice():
+    records = {"zeta": {"uuid": "zeta", "name_label": "zeta", "order": "0", "start_delay": "7"},
+               "alpha": {"uuid": "alpha", "name_label": "alpha", "order": "0", "start_delay": "1"},
+               "web": {"uuid": "web", "name_label": "web", "order": "1", "start_delay": "9"}}
+    xapi = FakeXapi(records)
+    slept = []
+    params = {"vms": [{"backup": "b-zeta", "tier": 0, "name": "zeta"}, {"backup": "b-alpha", "tier": 0, "name": "alpha"},
+                      {"backup": "b-web", "tier": 1, "name": "web"}],
+              "concurrency": 2, "start": True, "wait_guest": True, "guest_timeout": 5, "guest_poll_interval": 0.01}
+    out = pr.PoolRebuild(FakeCtx(params, xapi), lambda p: FakeCtx(p, xapi), FakeImport, dict,
+                         sleep=slept.append).run()
+    assert xapi.started == ["r-zeta", "r-alpha", "r-web"]  # the queue's order, not the names'
+    assert slept == []  # xapi's VM.start itself waits each VM's start_delay (xapi_vm_helpers.ml): never again
+    got = [(v["name"], v["tier"], v["status"]) for v in out["vms"]]
+    assert got == [("zeta", 1, "ready"), ("alpha", 1, "ready"), ("web", 2, "ready")]
+    assert out["failed_vms"] == [] and out["failed_imports"] == []
+    by_name = dict((v["name"], v) for v in out["vms"])
+    assert by_name["zeta"]["running_s"] >= by_name["zeta"]["import_end_s"]
+
+
+def test_no_start_only_imports_and_a_bad_concurrency_is_refused():
+    xapi = FakeXapi({"a": {"uuid": "a", "name_label": "a"}})
+    params = {"vms": [{"backup": "b-a"}], "concurrency": 1, "start": False, "wait_guest": True, "guest_timeout": 5,
+              "guest_poll_interval": 0.01}
+    out = pr.PoolRebuild(FakeCtx(params, xapi), lambda p: FakeCtx(p, xapi), FakeImport, dict).run()
+    assert xapi.started == [] and out["vms"][0]["status"] == "not started"
+    with pytest.raises(XapiUsageError, match="concurrency"):
+        pr.PoolRebuild(FakeCtx(dict(params, concurrency=0), xapi), None, FakeImport, dict).run()
