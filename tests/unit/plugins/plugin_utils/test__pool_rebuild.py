@@ -149,6 +149,45 @@ def test_start_order_inside_a_tier_is_kept_and_start_delay_not_waited_twice():
     assert by_name["zeta"]["running_s"] >= by_name["zeta"]["import_end_s"]
 
 
+def test_each_tier_joins_its_appliance_before_it_starts(monkeypatch):
+    """The appliance step runs before the tier's VM.start, with every member imported so far (one appliance
+    grows tier by tier); a VM the appliances list does not name joins nothing."""
+    records = {"db": {"uuid": "db", "name_label": "db", "order": "0"},
+               "web": {"uuid": "web", "name_label": "web", "order": "1"},
+               "lone": {"uuid": "lone", "name_label": "lone", "order": "1"}}
+    xapi = FakeXapi(records)
+    events = []
+    real_change = xapi.change
+
+    def change(method, *args):
+        events.append(("start", args[0]))
+        return real_change(method, *args)
+
+    def restore(_xapi, members):
+        events.append(("appliance", sorted(m["vm_uuid"] for m in members)))
+        entry = {"source_uuid": "app-1", "name": "stack", "uuid": "app-on-b", "status": "reused" if len(members) > 1 else "created",
+                 "members": [m["name"] for m in members], "notes": []}
+        entry["line"] = "line"
+        return {"appliances": [entry], "appliance_of": dict((m["vm_uuid"], {"name": "stack", "uuid": "app-on-b"}) for m in members)}
+
+    xapi.change = change
+    monkeypatch.setattr(pr, "restore_appliances", restore)
+    app = {"uuid": "app-1", "name_label": "stack", "name_description": ""}
+    params = {"vms": [{"backup": "b-db", "tier": 0, "name": "db", "source_uuid": "src-db"},
+                      {"backup": "b-web", "tier": 1, "name": "web", "source_uuid": "src-web"},
+                      {"backup": "b-lone", "tier": 1, "name": "lone", "source_uuid": "src-lone"}],
+              "appliances": [{"source_uuid": "SRC-DB", "name": "db", "appliance": app},
+                             {"source_uuid": "src-web", "name": "web", "appliance": app}],
+              "concurrency": 1, "start": True, "wait_guest": False, "guest_timeout": 5, "guest_poll_interval": 0.01}
+    out = pr.PoolRebuild(FakeCtx(params, xapi), lambda p: FakeCtx(p, xapi), FakeImport, dict).run()
+    assert events == [("appliance", ["db"]), ("start", "r-db"), ("appliance", ["db", "web"]),
+                      ("start", "r-web"), ("start", "r-lone")]
+    assert [a["status"] for a in out["appliances"]] == ["created"]  # made by tier 1, joined by tier 2
+    by_name = dict((v["name"], v) for v in out["vms"])
+    assert by_name["web"]["appliance"] == {"name": "stack", "uuid": "app-on-b"} and "appliance" not in by_name["lone"]
+    assert out["failed_appliances"] == []
+
+
 def test_no_start_only_imports_and_a_bad_concurrency_is_refused():
     xapi = FakeXapi({"a": {"uuid": "a", "name_label": "a"}})
     params = {"vms": [{"backup": "b-a"}], "concurrency": 1, "start": False, "wait_guest": True, "guest_timeout": 5,
