@@ -81,7 +81,7 @@ def test_auto_level_in_process_climbs_behind_a_throttled_sink(helper_module):
     h = helper_module
     if h.zstandard is None:
         pytest.skip("the helper's interpreter has no zstandard")
-    data = os.urandom(24 * MIB)   # output ~ input: a 12 MB/s sink is far slower than the compressor
+    data = os.urandom(40 * MIB)   # output ~ input: a 12 MB/s sink is far slower than the compressor
     out = []
     # one thread: libzstd's workers would swallow the whole input into their job buffers at once
     adapt = h.AdaptiveZstandard(1, window=0.25)
