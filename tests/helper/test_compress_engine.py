@@ -22,7 +22,7 @@ def _plant(adapt, compress_s_at_3, sink_s_at_3, windows=20, start=3):
     Returns the level of each window, decided only by next_level from the measured fractions."""
     stored = {1: 1.08, 2: 1.03, 3: 1.0, 4: 0.98, 5: 0.96, 6: 0.944, 7: 0.93, 8: 0.905, 9: 0.89}
     level, ceiling, levels = start, None, []
-    for _ in range(windows):
+    for _window in range(windows):
         compress = adapt.LEVEL_COST[level] * compress_s_at_3
         sink = stored.get(level, 0.875) * sink_s_at_3
         wall = max(compress, sink)

@@ -63,7 +63,7 @@ def test_each_failure_cancels_then_destroys_the_task_and_removes_the_partial(hel
     assert "\n" not in error.message
     # xapi first (its task cancelled), then the task destroyed, then our input; the partial goes too
     assert xapi.calls == ["task.create", "task.cancel", "task.destroy", "input closed"]
-    for _ in range(50):
+    for _attempt in range(50):
         if removed:
             break
         time.sleep(0.02)  # removed in the background (a hung NFS mount must not hold xapi's cleanup)
@@ -81,8 +81,12 @@ def test_a_task_that_ended_is_not_cancelled(helper_module):
     assert xapi.calls == ["task.create", "task.destroy", "input closed"]
 
 
+def _fail_with_gone(_job):
+    raise OSError(2, "gone")
+
+
 def test_a_failure_before_the_task_calls_nothing_on_xapi(helper_module):
-    error, xapi = run(helper_module, lambda job: (_ for _ in ()).throw(OSError(2, "gone")))
+    error, xapi = run(helper_module, _fail_with_gone)
     assert error.code == "IO_ERROR" and xapi.calls == ["input closed"]
 
 
@@ -116,7 +120,9 @@ def test_a_short_body_fails_at_once_when_xapi_answers_only_after_the_body(tmp_pa
                           env={"XAPI_SESSION": fake.session})
         assert not done.ok and done.code == "RAW_SIZE", done
         assert time.monotonic() - started < 30
-        [task] = fake.tasks.values()
+        tasks = list(fake.tasks.values())
+        assert len(tasks) == 1, tasks
+        task = tasks[0]
         assert task.get("cancel_called") and task.get("destroyed"), task
     finally:
         fake.stop()
