@@ -173,7 +173,7 @@ def _start_export(python, fake, out, *extra):
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
-def _wait_for(predicate, timeout=20):
+def wait_for(predicate, timeout=20):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
@@ -188,11 +188,11 @@ def test_signal_removes_partial_and_cancels_task(python, xapi, tmp_path, sig):
     xapi.stall_seconds = 30
     out = tmp_path / "vm.xva.zst"
     proc = _start_export(python, xapi, out)
-    assert _wait_for(lambda: any(n.startswith(".vm.xva.zst.") and n.endswith(".partial") for n in os.listdir(str(tmp_path))))
+    assert wait_for(lambda: any(n.startswith(".vm.xva.zst.") and n.endswith(".partial") for n in os.listdir(str(tmp_path))))
     # the session is not visible to other dom0 users through argv
     cmdline = open("/proc/%d/cmdline" % proc.pid, "rb").read()
     assert xapi.session.encode() not in cmdline
-    assert _wait_for(lambda: any(t["status"] == "pending" for t in xapi.tasks.values()))
+    assert wait_for(lambda: any(t["status"] == "pending" for t in xapi.tasks.values()))
     time.sleep(0.3)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=30)
@@ -275,7 +275,7 @@ def test_detach_status_and_lock(python, xapi, tmp_path):
     second = export(python, xapi, out)
     assert second.code == "LOCKED", second
     assert second.json["error"]["holder_pid"] == pid
-    assert _wait_for(lambda: json.loads(status_file.read_text()).get("phase") == "done", 40)
+    assert wait_for(lambda: json.loads(status_file.read_text()).get("phase") == "done", 40)
     final = run_helper(python, ["status", "--status-file", str(status_file)])
     assert final.json["result"]["ok"] is True and final.json["alive"] is False
     assert final.json["result"]["raw_size"] == len(XVA)
@@ -292,8 +292,8 @@ def test_status_heartbeat_is_refreshed(xapi, tmp_path):
     result = export(one_python(), xapi, tmp_path / "vm.xva.zst", "--detach", "--status-file", str(status_file))
     assert result.ok
     first = json.loads(status_file.read_text())["heartbeat"]
-    assert _wait_for(lambda: json.loads(status_file.read_text())["heartbeat"] > first, 5)
-    assert _wait_for(lambda: json.loads(status_file.read_text()).get("phase") == "done", 40)
+    assert wait_for(lambda: json.loads(status_file.read_text())["heartbeat"] > first, 5)
+    assert wait_for(lambda: json.loads(status_file.read_text()).get("phase") == "done", 40)
 
 
 def test_status_of_dead_worker(tmp_path, python):

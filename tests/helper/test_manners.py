@@ -13,7 +13,7 @@ import pytest
 
 from .conftest import HELPER, INTERPRETERS, run_helper
 from .fake_xapi import VM_UUID
-from .test_export_import import XVA, assert_no_leftovers, one_python
+from .test_export_import import XVA, assert_no_leftovers, one_python, wait_for
 from .xvagen import CHUNK
 
 
@@ -31,15 +31,6 @@ def _start_compress(*extra):
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _wait_for(predicate, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 # ---------------------------------------------------------------- priorities
 
 
@@ -48,7 +39,7 @@ def test_default_priority_is_xapis_nice_19_and_idle_io():
     try:
         proc.stdin.write(os.urandom(1 << 20))
         proc.stdin.flush()
-        assert _wait_for(lambda: len(_thread_nices(proc.pid)) >= 3), "the pipeline threads started"
+        assert wait_for(lambda: len(_thread_nices(proc.pid)) >= 3), "the pipeline threads started"
         assert set(_thread_nices(proc.pid)) == {19}, "every thread inherits nice 19"
         if shutil.which("ionice"):
             shown = subprocess.run(["ionice", "-p", str(proc.pid)], stdout=subprocess.PIPE, check=False).stdout.decode()
@@ -66,7 +57,7 @@ def test_priority_can_be_left_alone():
     try:
         proc.stdin.write(b"x" * 1000)
         proc.stdin.flush()
-        assert _wait_for(lambda: len(_thread_nices(proc.pid)) >= 3)
+        assert wait_for(lambda: len(_thread_nices(proc.pid)) >= 3)
         assert set(_thread_nices(proc.pid)) == {own}
     finally:
         _stdout, stderr = proc.communicate(b"", timeout=30)
@@ -273,7 +264,7 @@ def test_cancel_detached_export_against_the_simulator(xapisim_tiny, tmp_path):
         started = run_helper(one_python(), args, env=helper_env(session))
         assert started.ok, started
         pid = started.json["pid"]
-        assert _wait_for(lambda: json.loads(status.read_text()).get("phase") == "streaming", 20)
+        assert wait_for(lambda: json.loads(status.read_text()).get("phase") == "streaming", 20)
         ours = [r for r in session.xenapi.task.get_all_records().values()
                 if r["name_label"] == "xapi-backup export" and r["status"] == "pending"]
         assert len(ours) == 1
@@ -281,7 +272,7 @@ def test_cancel_detached_export_against_the_simulator(xapisim_tiny, tmp_path):
         assert cancelled.ok and cancelled.json["cancelled"] is True and cancelled.json["finished"] is True, cancelled
         final = cancelled.json["result"]
         assert final["ok"] is False and final["error"]["code"] == "INTERRUPTED", final
-        assert _wait_for(lambda: not os.path.exists("/proc/%d" % pid), 10)
+        assert wait_for(lambda: not os.path.exists("/proc/%d" % pid), 10)
         # out of band: nothing left behind, at xapi or on disk
         assert not out.exists()
         assert_no_leftovers(tmp_path)
