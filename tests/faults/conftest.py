@@ -30,7 +30,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -394,16 +393,6 @@ def environ_of(pid):
             return handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
-
-
-def wait_for(predicate, timeout=60.0, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
 def descendants(pid):

@@ -18,7 +18,8 @@ import signal
 
 import pytest
 
-from tests.faults.conftest import argv_of_all_processes, kill_tree, wait_for
+from tests.faults.conftest import argv_of_all_processes, kill_tree
+from tests.tools.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -438,7 +438,8 @@ def test_order_comes_from_the_sequence_not_from_a_fast_clock(env, tmp_path):
 def test_two_runs_with_different_run_ids_and_a_prune_at_once(fault_env_factory):
     """Run A streams; run B (another run id) is refused by the lock without touching A's lock or report;
     a prune started meanwhile spares A's running export. Every complete backup and foreign file stays."""
-    from tests.faults.conftest import kill_tree, wait_for  # pylint: disable=import-outside-toplevel
+    from tests.faults.conftest import kill_tree  # pylint: disable=import-outside-toplevel
+    from tests.tools.waiting import wait_for  # pylint: disable=import-outside-toplevel
     from tests.faults.test_process_faults import SLOW, streaming  # pylint: disable=import-outside-toplevel
 
     env = fault_env_factory("tiny")

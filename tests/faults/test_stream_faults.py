@@ -17,7 +17,7 @@ import random
 
 import pytest
 
-from tests.faults.conftest import wait_for
+from tests.tools.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -16,6 +16,8 @@ import time
 import pytest
 import zstandard
 
+from tests.tools.waiting import wait_for
+
 from .conftest import HELPER, INTERPRETERS, run_helper
 from .fake_xapi import NEW_VM_REF, NEW_VM_UUID, VM_UUID
 from .xvagen import CHUNK, SAMPLE_XVA, sample_xva
@@ -171,15 +173,6 @@ def _start_export(python, fake, out, *extra):
     env = dict(os.environ, XAPI_SESSION=fake.session)
     args = [python, HELPER, "export", "--url", fake.url, "--vm", VM_UUID, "--out", str(out)] + list(extra)
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-
-
-def wait_for(predicate, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])

@@ -11,9 +11,11 @@ import time
 
 import pytest
 
+from tests.tools.waiting import wait_for
+
 from .conftest import HELPER, INTERPRETERS, run_helper
 from .fake_xapi import VM_UUID
-from .test_export_import import XVA, assert_no_leftovers, one_python, wait_for
+from .test_export_import import XVA, assert_no_leftovers, one_python
 from .xvagen import CHUNK
 
 

@@ -13,13 +13,13 @@ import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.integration.test_playbooks import HELPER, ansible_env, read_report, run_playbook, xapi_session
 from tests.tools.poller import BackgroundPoller
+from tests.tools.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -185,15 +185,6 @@ def running_helpers(repo: Path) -> list:
         if doc.get("phase") not in ("done", "failed") and doc.get("pid") and os.path.exists("/proc/%d" % doc["pid"]):
             out.append(doc["pid"])
     return out
-
-
-def wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_cancel_from_ansible_check_mode_then_twice_at_once_leaves_nothing_behind(pool):

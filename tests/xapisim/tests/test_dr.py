@@ -10,6 +10,7 @@ import pytest
 import XenAPI
 import yaml
 
+from tests.tools.waiting import wait_for
 from tests.xapisim.fixture import start_simulator
 
 MiB = 1024 * 1024
@@ -32,16 +33,6 @@ def vm_named(x, name):
 def disk_vdis(x, vm):
     return [x.VBD.get_VDI(v) for v in x.VM.get_VBDs(vm)
             if x.VBD.get_type(v) == "Disk" and not x.VBD.get_empty(v)]
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return predicate()
 
 
 def pool_file(tmp_path, name, srs, vms=()):

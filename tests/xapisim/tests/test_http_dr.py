@@ -11,6 +11,7 @@ import urllib.parse
 import pytest
 import XenAPI
 
+from tests.tools.waiting import settled_task
 from tests.xapisim.fixture import start_simulator
 
 FAST = {"db_restore_fuse_time": 0.3, "db_restore_restart_seconds": 0.3}
@@ -28,21 +29,13 @@ def _request(base_url, method, path, query, body=None, headers=None):
         conn.close()
 
 
-def _wait_task(x, task, timeout=20):
-    deadline = time.monotonic() + timeout
-    while x.task.get_status(task) == "pending":
-        assert time.monotonic() < deadline, "task still pending"
-        time.sleep(0.05)
-    return x.task.get_record(task)
-
-
 def _put(sim, x, sid, path, body, **query):
     task = x.task.create("dr test", "")
     params = dict(session_id=sid, task_id=task)
     params.update(query)
     status, _data = _request(sim.url, "PUT", path, params, body=body,
                              headers={"Content-Length": str(len(body))})
-    return status, _wait_task(x, task)
+    return status, settled_task(x, task)
 
 
 def _db_tables(sim):

@@ -9,6 +9,7 @@ import time
 import pytest
 import zstandard
 
+from tests.tools.waiting import wait_for
 from tests.xapisim.tests import xva_decoder
 from tests.xapisim.tests.test_http_helpers import (MIB, MiniPool, basic_auth, clear_faults,
                                                    pattern, post_fault, raw_request, request)
@@ -258,15 +259,6 @@ def slow_export_in_background(pool, sid, vm, task, rate):
     thread = threading.Thread(target=run)
     thread.start()
     return thread, result
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_vm_locked_and_task_progress_while_streaming(pool, sid, x):

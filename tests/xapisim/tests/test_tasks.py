@@ -1,18 +1,11 @@
 """Async calls and the task lifecycle, result fragments as xapi stores them."""
 
-import time
 import xmlrpc.client
 
 import pytest
 import XenAPI
 
-
-def wait_task(x, task, timeout=10):
-    deadline = time.monotonic() + timeout
-    while x.task.get_status(task) in ("pending", "cancelling"):
-        assert time.monotonic() < deadline, "task still pending"
-        time.sleep(0.02)
-    return x.task.get_record(task)
+from tests.tools.waiting import settled_task
 
 
 def decode_fragment(fragment):
@@ -31,7 +24,7 @@ def test_async_snapshot_task_result_is_a_ref_fragment(x):
     vm = x.VM.get_by_name_label("tiny-running")[0]
     task = x.Async.VM.snapshot(vm, "async snap")
     assert task.startswith("OpaqueRef:")
-    record = wait_task(x, task)
+    record = settled_task(x, task)
     assert record["status"] == "success"
     assert record["progress"] == 1.0
     assert record["error_info"] == []
@@ -51,7 +44,7 @@ def test_async_snapshot_task_result_is_a_ref_fragment(x):
 def test_async_failure_reports_error_info(x):
     vm = x.VM.get_by_name_label("tiny-running")[0]
     task = x.Async.VM.destroy(vm)  # a running VM cannot be destroyed
-    record = wait_task(x, task)
+    record = settled_task(x, task)
     assert record["status"] == "failure"
     assert record["error_info"] == ["VM_BAD_POWER_STATE", vm, "halted, suspended", "running"]
     assert x.task.get_error_info(task) == record["error_info"]
@@ -61,7 +54,7 @@ def test_async_failure_reports_error_info(x):
 def test_async_void_call_has_empty_result(x):
     vm = x.VM.get_by_name_label("tiny-halted")[0]
     task = x.Async.VM.start(vm, False, False)
-    assert wait_task(x, task)["result"] == ""
+    assert settled_task(x, task)["result"] == ""
     assert x.VM.get_power_state(vm) == "Running"
     x.VM.hard_shutdown(vm)
 
@@ -98,7 +91,7 @@ def test_logout_destroys_the_sessions_finished_tasks(xapisim_tiny):
     x = session.xenapi
     vm = x.VM.get_by_name_label("tiny-halted")[0]
     task = x.Async.VM.snapshot(vm, "owned")
-    wait_task(x, task)
+    settled_task(x, task)
     other = xapisim_tiny.session()
     assert task in other.xenapi.task.get_all()
     session.xenapi.session.logout()
