@@ -249,6 +249,7 @@ class VmDeltaExport:
     def _export_disks(self, xapi, paths, snap_disks, plan, base_snapshot):
         p = self.p
         disks = []
+        common = self._helper_args(xapi, [], tuning=True)  # one host listing for every disk
         for source, snap in sorted(snap_disks.items()):
             name = _delta.disk_file_name(source, p["codec"])
             extra = ["--vdi", snap["uuid"], "--out", os.path.join(paths["dir"], name), "--codec", p["codec"],
@@ -258,7 +259,7 @@ class VmDeltaExport:
                 base_vdi = base_snapshot["disks"][source]["uuid"]
                 extra += ["--base", base_vdi]
             result = self.ctx.runner.run_long(
-                "export-vdi", self._helper_args(xapi, extra, tuning=True), paths["status"], "export of disk %s" % source,
+                "export-vdi", common + extra, paths["status"], "export of disk %s" % source,
                 session=xapi.session_ref, poll_interval=p.get("poll_interval", 2.0), timeout=p.get("export_timeout"))
             vhd = result.get("vhd") or {}
             disks.append({"source_vdi": source, "snapshot_vdi": snap["uuid"], "base_snapshot_vdi": base_vdi,

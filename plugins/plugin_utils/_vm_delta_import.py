@@ -67,9 +67,10 @@ class VmDeltaImport:
                 created.append(ref)
                 mapping[disk["source_vdi"]] = xapi.call("VDI.get_uuid", ref)
             results = []
+            xapi_args = helper_xapi_args(self.p, xapi.url, self.ctx.connection_is_local) + redirect_host_args(xapi)
             for link in chain:
                 for disk in link["delta"]["disks"]:
-                    results.append(self._import_disk(xapi, link, disk, mapping[disk["source_vdi"]]))
+                    results.append(self._import_disk(xapi, xapi_args, link, disk, mapping[disk["source_vdi"]]))
             meta = self._import_metadata(xapi, top, mapping, sr_rec)
         except BaseException:
             for ref in created:
@@ -82,9 +83,9 @@ class VmDeltaImport:
         return vm_refs, {"disks": results, "metadata": meta, "vdi_map": mapping,
                          "duration": round(sum(float(r.get("duration") or 0) for r in results), 3)}
 
-    def _import_disk(self, xapi, link, disk, target_uuid):
+    def _import_disk(self, xapi, xapi_args, link, disk, target_uuid):
         path = os.path.join(self.p["repository"], link["id"], disk["file"])
-        args = helper_xapi_args(self.p, xapi.url, self.ctx.connection_is_local) + redirect_host_args(xapi) + [
+        args = xapi_args + [
             "--in", path, "--vdi", target_uuid, "--virtual-size", str(disk["virtual_size"]),
             "--expect", "differencing" if link["delta"]["base_backup"] else "dynamic"]
         status_file = os.path.join(self.p["repository"], STATUS_DIR,
