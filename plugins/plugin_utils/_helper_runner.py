@@ -107,7 +107,7 @@ def format_progress(status: dict) -> str:
 
 #: Subcommands that change something (xapi or files): planned, not run, in check mode. Every other
 #: subcommand only reads (status, repo-scan, repo-hash, verify, self-test) and runs in check mode too.
-SIDE_EFFECTS = frozenset(("export", "import", "fetch", "push", "cancel", "export-vdi", "import-vdi", "import-metadata",
+SIDE_EFFECTS = frozenset(("export", "import", "fetch", "push", "cancel", "export-vdi", "import-vdi",
                           "repo-merge", "repo-merge-commit",
                           "repo-write", "repo-remove", "repo-mkbackup", "repo-lock", "repo-unlock",
                           "repo-sweep-partials"))

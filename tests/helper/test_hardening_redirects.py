@@ -107,6 +107,20 @@ def test_import_redirect_to_a_foreign_host_is_refused(xapi, foreign, stored):  #
     assert not xapi.imports
 
 
+def test_push_redirect_to_a_foreign_host_is_refused(xapi, foreign, tmp_path):
+    """push (a pool database, a VM's metadata) carries the session as the transfers do: a redirect goes
+    through the same check (follow_redirect, whose refusals are listed below) before anything is sent."""
+    body = tmp_path / "metadata.xva"
+    body.write_bytes(b"\0" * 1024)
+    xapi.redirects = [foreign.url]
+    args = ["push", "--url", xapi.url, "--path", "/import_metadata", "--in", str(body)]
+    result = run_helper(one_python(), args, env={"XAPI_SESSION": xapi.session}, timeout=30)
+    assert result.code == "REDIRECT_REFUSED" and "127.0.0.2" in result.json["error"]["message"], result
+    foreign.stop()
+    assert foreign.connections == 0 and xapi.session.encode() not in foreign.received
+    assert not xapi.imports
+
+
 @pytest.mark.parametrize("subcommand", ["export-vdi", "import-vdi"])
 def test_vhd_transfer_redirect_to_a_foreign_host_is_refused(xapi, foreign, tmp_path, subcommand):
     """The delta path's transfers follow a redirect only to a host of the pool, as export/import do."""

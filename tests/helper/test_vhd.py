@@ -311,7 +311,8 @@ def test_import_vdi_refuses_a_differencing_file_when_a_full_is_expected(python, 
     x.VDI.destroy(base)
 
 
-def test_import_metadata_creates_the_vm_around_the_mapped_disks(python, pool, tmp_path):
+def test_push_import_metadata_creates_the_vm_around_the_mapped_disks(python, pool, tmp_path):
+    """The delta restore's last step: the stored configuration, pushed with ``vdi:`` maps and its sha256."""
     sim, session = pool
     x = session.xenapi
     vm_uuid, _disk = first_disk(x, "tiny-halted")
@@ -320,6 +321,7 @@ def test_import_metadata_creates_the_vm_around_the_mapped_disks(python, pool, tm
                                   "--query", "export_snapshots=false", "--out", str(out)], env=env(session))
     assert fetched.ok, fetched
     vm_ref = x.VM.get_by_uuid(vm_uuid)
+    vms_before = len(x.VM.get_all())
     mapping = []
     for vbd in x.VM.get_VBDs(vm_ref):
         if x.VBD.get_type(vbd) != "Disk":
@@ -329,17 +331,23 @@ def test_import_metadata_creates_the_vm_around_the_mapped_disks(python, pool, tm
                             "virtual_size": x.VDI.get_virtual_size(source), "type": "user", "sharable": False,
                             "read_only": False, "other_config": {}, "xenstore_data": {}, "sm_config": {}, "tags": []})
         mapping.append((x.VDI.get_uuid(source), x.VDI.get_uuid(new)))
-    args = ["import-metadata", "--url", sim.url, "--in", str(out)]
+    args = ["push", "--url", sim.url, "--path", "/import_metadata", "--in", str(out),
+            "--sha256", fetched.json["sha256"], "--query", "restore=false"]
     for source, target in mapping:
-        args += ["--vdi-map", "%s=%s" % (source, target)]
+        args += ["--query", "vdi:%s=%s" % (source, target)]
     done = run_helper(python, args, env=env(session))
-    assert done.ok and len(done.json["vm_uuids"]) == 1, done
-    new_vm = x.VM.get_by_uuid(done.json["vm_uuids"][0])
+    assert done.ok, done
+    new_vms = [ref for ref in x.VM.get_all() if ref in done.json["task"]["result"]]
+    assert len(new_vms) == 1 and new_vms[0] != vm_ref, done
+    new_vm = new_vms[0]
     disks = {x.VDI.get_uuid(x.VBD.get_VDI(v)) for v in x.VM.get_VBDs(new_vm) if x.VBD.get_type(v) == "Disk"}
     assert disks == {target for _source, target in mapping}
     x.VM.destroy(new_vm)
     for _source, target in mapping:
         x.VDI.destroy(x.VDI.get_by_uuid(target))
-    bad = run_helper(python, ["import-metadata", "--url", sim.url, "--in", str(out), "--vdi-map", "nonsense"],
-                     env=env(session))
+    forged = run_helper(python, ["0" * 64 if arg == fetched.json["sha256"] else arg for arg in args], env=env(session))
+    assert not forged.ok and forged.code == "CHECKSUM_MISMATCH", forged
+    bad = run_helper(python, ["push", "--url", sim.url, "--path", "/import_metadata", "--in", str(out),
+                              "--query", "nonsense"], env=env(session))
     assert not bad.ok and bad.code == "BAD_INPUT"
+    assert len(x.VM.get_all()) == vms_before
