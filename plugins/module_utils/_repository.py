@@ -20,6 +20,7 @@ Backups are ordered by the ``sequence`` recorded in their manifest, never by nam
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import hmac
@@ -990,6 +991,27 @@ def plan_prune(backups: list, policy: RetentionPolicy, now: datetime.datetime, i
                 plan.keep.append((backup, ["incomplete, within the grace period" if age is not None else "incomplete, age unknown"]))
     _keep_chain_links(backups, plan)
     return plan
+
+
+def plan_as_if_merged(backups: list, plan: PrunePlan, policy: RetentionPolicy, now: datetime.datetime,
+                      incomplete_grace: float) -> PrunePlan:
+    """What a real run's second plan decides once ``plan.merges`` are made, for check mode: each merge
+    target is planned as the full it becomes (same id and sequence), so the links it frees are listed as
+    removals as the run removes them.  ``plan.merges`` stays what is reported as planned."""
+    targets = set(m["target"] for m in plan.merges)
+    if not targets:
+        return plan
+    after = plan_prune([_as_merged(b) if b.id in targets else b for b in backups], policy, now, incomplete_grace)
+    after.merges, after.merge_skipped = plan.merges, plan.merge_skipped
+    return after
+
+
+def _as_merged(backup: Backup) -> Backup:
+    """A copy of a delta backup whose manifest says it is a full (the merge's effect on the chain)."""
+    manifest = dict(backup.manifest, delta=dict(backup.manifest["delta"], kind="full", base_backup=None, depth=0))
+    merged = copy.copy(backup)
+    merged.manifest = manifest
+    return merged
 
 
 def delta_links(backups: list) -> dict:

@@ -74,7 +74,8 @@ attributes:
   check_mode:
     support: full
     details:
-      - Reports what would be removed; nothing is removed.
+      - Reports what would be removed; nothing is removed. The links a planned synthetic full frees are listed
+        in RV(removed) as the real run removes them (after the merge).
   diff_mode:
     support: full
     details:

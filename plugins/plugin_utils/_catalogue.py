@@ -184,11 +184,12 @@ def backup_prune(ctx) -> dict:
     errors = []
     merges = {"planned": [{"target": m["target"], "chain": m["chain"], "reason": m["reason"]} for m in plan.merges],
               "skipped": list(plan.merge_skipped), "done": []}
-    if plan.merges and not ctx.check_mode:
-        if not p.get("checksums", True):
-            warnings.append("synthetic fulls not made: checksums is false (a merge reads only verified links)")
-        else:
-            backups, plan = merge_chains(ctx, backups, plan, merges, errors, policy, now)
+    if plan.merges and not p.get("checksums", True):
+        warnings.append("synthetic fulls not made: checksums is false (a merge reads only verified links)")
+    elif plan.merges and ctx.check_mode:
+        plan = repo.plan_as_if_merged(backups, plan, policy, now, float(p.get("incomplete_grace", 86400)))
+    elif plan.merges:
+        backups, plan = merge_chains(ctx, backups, plan, merges, errors, policy, now)
     dropped = drop_strays(ctx, plan, errors)
     spare_running_exports(ctx, plan)
     removed_plan = []

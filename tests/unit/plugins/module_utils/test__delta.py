@@ -217,6 +217,24 @@ def test_merge_plan_folds_the_full_up_to_the_oldest_kept_delta():
     assert _delta.merge_plan(backups, set())["merges"] == []
 
 
+def test_check_mode_plans_the_removals_the_merge_frees_and_changes_no_manifest():
+    backups, top = chain(3)
+    ids = sorted(backups)
+    now = datetime.datetime(2026, 12, 10, tzinfo=datetime.timezone.utc)
+    listed = listed_backups(backups, now)
+    policy = repo.RetentionPolicy(keep_last=1)
+    first = repo.plan_prune(listed, policy, now, 86400)
+    assert first.remove_ids == [] and [m["target"] for m in first.merges] == [top["id"]]
+    after = repo.plan_as_if_merged(listed, first, policy, now, 86400)
+    assert sorted(after.remove_ids) == ids[:2] and after.merges == first.merges
+    assert [b.manifest["delta"]["base_backup"] for b in listed] == [None, ids[0], ids[1]]
+    # a damaged middle link: nothing is merged, so nothing more is freed
+    backups[ids[1]]["problem"] = "incomplete: digest"
+    damaged = listed_backups(backups, now, status={ids[1]: repo.STATUS_INCOMPLETE})
+    plan = repo.plan_prune(damaged, policy, now, 86400)
+    assert plan.merges == [] and repo.plan_as_if_merged(damaged, plan, policy, now, 86400) is plan
+
+
 def test_merge_plan_never_merges_through_a_damaged_link_and_says_why():
     backups, _top = chain(3)
     ids = sorted(backups)
