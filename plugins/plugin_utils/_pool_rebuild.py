@@ -120,7 +120,7 @@ class PoolRebuild:
         self.appliance_members = []
         with self.ctx.xapi() as xapi:
             self.xapi = xapi
-            done = run_tiers(tiers, self._import_one, lambda index, pairs: self._start_tier(index, pairs, len(tiers)),
+            done = run_tiers(tiers, self._import_one, self._start_tier,
                              p["concurrency"] if self.ctx.connection_is_local else 1, clock=self.clock)
         vms = [self._vm_line(item, result) for item, result in done]
         imported = [v for v in vms if not v.get("import_failed")]
@@ -167,7 +167,7 @@ class PoolRebuild:
             self.appliances[entry["source_uuid"]] = entry
         self.appliance_of.update(done["appliance_of"])
 
-    def _start_tier(self, index, pairs, count):  # pylint: disable=unused-argument
+    def _start_tier(self, index, pairs):
         """The tier's VMs join their appliances, then start in their order (skipped when ``start`` is off).
 
         No wait after the tier: xapi's VM.start returns only after the VM's ``start_delay``
