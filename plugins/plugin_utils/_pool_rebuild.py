@@ -13,6 +13,8 @@ priority queue when they finish one, so a slow VM holds one worker, never a whol
 imported by the very ``vm_import`` service (:class:`_vm_import.VmImport`: manifest and digest checks,
 identity, disk placement, VIF map), with its own helper runner and XAPI session; starting reuses
 ``_start_order`` (VM.start in tier order, guest agent wait, the tier's longest start_delay).
+One rebuild of a pool at a time: the task holds the pool's rebuild lock (``_pool_lock``) from before
+its first import until its end.
 """
 
 from __future__ import annotations

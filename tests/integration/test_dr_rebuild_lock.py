@@ -47,6 +47,9 @@ PLAYBOOK = """
         start: false
         clear_lock: "{{ rebuild_clear_lock | default(omit, true) }}"
       delegate_to: localhost
+      register: rebuilt
+    - ansible.builtin.debug:
+        msg: "helper runs: {{ rebuilt.helper_calls | map(attribute='subcommand') | sort | join(',') }}"
 """
 
 
@@ -118,6 +121,9 @@ def test_two_rebuilds_at_once_one_proceeds_the_other_changes_nothing(pool_b):
                      r"of this pool is running any more, clear the lock with clear_lock=(\S+) ", lost)
     assert line and line.group(1) == line.group(2), lost[-3000:]
     assert "POOL_LOCKED" in lost or "is being rebuilt" in lost
+    # the winner listed the source pool once for both VMs and imported in the foreground (no status poll)
+    won = outs[codes.index(0)]
+    assert "helper runs: import,import,repo-hash,repo-hash,repo-ova,repo-ova,repo-scan,repo-write" in won, won[-3000:]
     # out of band: the VMs of ONE rebuild (without the lock both import: four VMs), and the lock given back
     assert len(_guests(sim)) == 2
     assert LOCK_KEY not in _pool_other_config(sim)
