@@ -58,8 +58,8 @@ def parse_holder(value) -> dict:
 def describe(holder: dict) -> str:
     if not holder.get("run"):
         return "an unreadable lock value %r" % str(holder.get("raw", ""))[:80]
-    return "run %s (host %s, pid %s, started %s)" % (holder.get("run"), holder.get("host", "?"), holder.get("pid", "?"),
-                                                    holder.get("started", "?"))
+    return "run %s (host %s, pid %s, started %s)" % (
+        holder.get("run"), holder.get("host", "?"), holder.get("pid", "?"), holder.get("started", "?"))
 
 
 def the_pool(xapi) -> tuple:

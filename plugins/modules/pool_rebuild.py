@@ -71,7 +71,7 @@ options:
     default: []
   clear_lock:
     description:
-      - Only rebuild runs one at a time on a pool: the task takes a lock in the target pool's C(pool.other_config)
+      - Rebuilds of one pool run one at a time. The task takes a lock in the target pool's C(pool.other_config)
         (key C(xapi_backup:rebuild_lock), value naming the run by a fresh id) before its first import and gives it
         back at its end; a second rebuild of the same pool fails at once with C(POOL_LOCKED), naming the run that
         holds it, and changes nothing.

@@ -361,6 +361,7 @@ class VmImport:
         status_file = os.path.join(p["repository"], STATUS_DIR, "import-%s.status.json" % backup.id.replace("/", "_"))
         # the helper does not create the status file's directory: create it (and a placeholder) first
         # (in check mode the runner only plans this write); a batch in the foreground makes it once
+
         def placeholder():
             return self.ctx.storage.write_json(p["repository"], status_file, {"phase": "queued", "backup": backup.id})
 

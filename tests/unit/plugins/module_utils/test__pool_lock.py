@@ -52,7 +52,7 @@ class PoolXapi:
 
 def test_two_runs_at_once_exactly_one_takes_the_lock():
     xapi = PoolXapi()
-    holders = [pl.new_holder() for _ in range(8)]
+    holders = [pl.new_holder() for _index in range(8)]
     barrier = threading.Barrier(len(holders))
     outcome = {}
 
