@@ -16,7 +16,7 @@ from ansible_collections.xapi.backup.plugins.modules import vm_import
 from ansible_collections.xapi.backup.plugins.modules.pool_rebuild import VALIDATION, argument_spec
 from ansible_collections.xapi.backup.plugins.plugin_utils._action import XapiBackupAction
 from ansible_collections.xapi.backup.plugins.plugin_utils._pool_rebuild import PoolRebuild
-from ansible_collections.xapi.backup.plugins.plugin_utils._vm_import import VmImport
+from ansible_collections.xapi.backup.plugins.plugin_utils._vm_import import ImportBatch, VmImport
 
 
 def validate_import(params: dict) -> dict:
@@ -60,8 +60,11 @@ class ActionModule(XapiBackupAction):
             contexts.append(one)
             return one
 
+        # one listing of the source pool for every import; on the controller each import runs in the
+        # foreground of its slot's thread (the slot is free the moment the helper exits, no status poll)
+        batch = ImportBatch(foreground=ctx.connection_is_local)
         try:
-            return PoolRebuild(ctx, derive, VmImport, validate_import).run()
+            return PoolRebuild(ctx, derive, lambda one: VmImport(one, batch), validate_import).run()
         finally:
             # every call of every import, after the task's own: the task returns the calls it made
             for one in contexts:

@@ -726,7 +726,20 @@ def check_entry(entry: dict, hasher=None, key=None, ident: str | None = None) ->
 def require_repository(storage, repo: str) -> None:
     """Raise unless the repository exists (reading verbs must not report a mistyped path as empty)."""
     if not storage.exists(repo):
-        raise RepositoryError("repository %s does not exist on the task's host" % repo, "NO_REPOSITORY")
+        raise no_repository(repo)
+
+
+def no_repository(repo: str) -> RepositoryError:
+    return RepositoryError("repository %s does not exist on the task's host" % repo, "NO_REPOSITORY")
+
+
+def list_existing(storage, repo: str, **kwargs) -> Listing:
+    """:func:`list_backups`, refused unless the repository exists: the scan itself says so
+    (``repo_exists``), so a reading verb needs no second helper run to check it first."""
+    backups = list_backups(storage, repo, **kwargs)
+    if not backups.repo_exists:
+        raise no_repository(repo)
+    return backups
 
 
 class Listing(list):

@@ -82,14 +82,30 @@ def read_guest(xapi, vm_ref: str) -> tuple[str, dict | None]:
     return record.get("power_state"), metrics
 
 
+#: First pause between two polling rounds of a tier; it doubles up to the caller's interval.
+FIRST_POLL = 0.1
+
+
+def poll_pauses(interval: float):
+    """Pauses between polling rounds: short first (a guest agent of a small or resumed VM reports within a
+    second of its start, and every second of a tier's wait is the RTO of all its VMs), doubling up to
+    ``interval`` (a guest that boots for minutes is then looked at every ``interval`` seconds)."""
+    pause = min(FIRST_POLL, float(interval))
+    while True:
+        yield pause
+        pause = min(pause * 2, float(interval))
+
+
 def wait_tier(xapi, started: list, deadline: float, require_network: bool, interval: float,
               clock=time.monotonic, sleep=time.sleep) -> dict:
-    """Poll every VM of a tier in rounds until each is ready or ``deadline`` (monotonic) passes.
+    """Poll every VM of a tier in rounds until each is ready or ``deadline`` (monotonic) passes, with
+    :func:`poll_pauses` between rounds.
 
     Returns ``{vm ref: (ready, reason, seconds on the clock when seen ready or None)}``.
     """
     outcome = {}
     pending = [vm["ref"] for vm in started]
+    pauses = poll_pauses(interval)
     while pending:
         for ref in list(pending):
             power, metrics = read_guest(xapi, ref)
@@ -103,7 +119,7 @@ def wait_tier(xapi, started: list, deadline: float, require_network: bool, inter
                 pending.remove(ref)
         if not pending or clock() >= deadline:
             break
-        sleep(interval)
+        sleep(min(next(pauses), max(0.0, deadline - clock())))
     return outcome
 
 

@@ -69,6 +69,17 @@ options:
     type: list
     elements: dict
     default: []
+  clear_lock:
+    description:
+      - Rebuilds of one pool run one at a time. The task takes a lock in the target pool's C(pool.other_config)
+        (key C(xapi_backup:rebuild_lock), value naming the run by a fresh id) before its first import and gives it
+        back at its end; a second rebuild of the same pool fails at once with C(POOL_LOCKED), naming the run that
+        holds it, and changes nothing.
+      - A lock left by a run that died (controller killed) stays. Once sure that run is gone, give its run id here
+        (the one the refusal names) to remove that lock and proceed; a lock of any other run is never removed.
+        The same by hand on the pool master is
+        C(xe pool-param-remove uuid=<pool> param-name=other-config param-key=xapi_backup:rebuild_lock).
+    type: str
 extends_documentation_fragment:
   - xapi.backup.connection
   - xapi.backup.helper
@@ -130,6 +141,10 @@ failed_appliances:
   returned: when O(appliances) names one
   type: list
   elements: str
+lock:
+  description: The pool's rebuild lock this run held (C(key), C(run) id); released when the task ended.
+  returned: success
+  type: dict
 tiers:
   description: Names of the VMs of each start tier, in order.
   returned: success
@@ -174,6 +189,7 @@ def argument_spec():
             guest_timeout=dict(type="int", default=600),
             guest_poll_interval=dict(type="float", default=2.0),
             appliances=dict(type="list", elements="dict", default=[]),
+            clear_lock=dict(type="str", no_log=False),
         ),
     )
 

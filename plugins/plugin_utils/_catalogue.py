@@ -82,9 +82,8 @@ def verify_one(ctx, backup) -> str | None:
 def backup_info(ctx) -> dict:
     p = ctx.params
     now = repo.utcnow()
-    repo.require_repository(ctx.storage, p["repository"])
-    backups = repo.list_backups(ctx.storage, p["repository"], pool=p.get("pool_uuid"), vm=p.get("vm_uuid"),
-                                check_hash=p.get("checksums", True), key=p.get("repository_key"), now=now)
+    backups = repo.list_existing(ctx.storage, p["repository"], pool=p.get("pool_uuid"), vm=p.get("vm_uuid"),
+                                 check_hash=p.get("checksums", True), key=p.get("repository_key"), now=now)
     entries = dict((b.id, b.as_dict(now)) for b in backups)
     failed = []
     for backup in verify_targets(backups, p.get("verify", "none")):

@@ -29,10 +29,9 @@ def choose_dump(ctx) -> repo.Backup:
     p = ctx.params
     if not repo.is_uuid(p["source_pool"]):
         raise repo.RepositoryError("source_pool must be the uuid of the backed-up pool, got %r" % p["source_pool"], "BAD_INPUT")
-    repo.require_repository(ctx.storage, p["repository"])
     # with a repository key an unsigned or forged dump is "untrusted": never restored into a pool database
-    backups = repo.list_backups(ctx.storage, p["repository"], pool=p["source_pool"].lower(), vm=repo.POOL_DIR,
-                                key=p.get("repository_key"))
+    backups = repo.list_existing(ctx.storage, p["repository"], pool=p["source_pool"].lower(), vm=repo.POOL_DIR,
+                                 key=p.get("repository_key"))
     return repo.select_backup(backups, repo.POOL_DIR, p.get("backup") or "latest")
 
 

@@ -13,6 +13,8 @@ priority queue when they finish one, so a slow VM holds one worker, never a whol
 imported by the very ``vm_import`` service (:class:`_vm_import.VmImport`: manifest and digest checks,
 identity, disk placement, VIF map), with its own helper runner and XAPI session; starting reuses
 ``_start_order`` (VM.start in tier order, guest agent wait, the tier's longest start_delay).
+One rebuild of a pool at a time: the task holds the pool's rebuild lock (``_pool_lock``) from before
+its first import until its end.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.xapi.backup.plugins.module_utils._appliances import appliance_line, check_vms, restore_appliances
-from ansible_collections.xapi.backup.plugins.module_utils._errors import failure_result
+from ansible_collections.xapi.backup.plugins.module_utils import _pool_lock
+from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError, failure_result
 from ansible_collections.xapi.backup.plugins.module_utils._start_order import start_in_order
 from ansible_collections.xapi.backup.plugins.module_utils._xapi import XapiUsageError
 
 #: Options of each entry of ``vms`` (the rest of an import's options are the task's).
 VM_KEYS = ("backup", "sr", "disk_srs", "network_map")
 #: Options of the task that are not an import's.
-TASK_KEYS = ("vms", "concurrency", "start", "wait_guest", "guest_timeout", "guest_poll_interval", "appliances")
+TASK_KEYS = ("vms", "concurrency", "start", "wait_guest", "guest_timeout", "guest_poll_interval", "appliances",
+             "clear_lock")
 
 
 def group_tiers(items: list) -> list:
@@ -120,8 +124,15 @@ class PoolRebuild:
         self.appliance_members = []
         with self.ctx.xapi() as xapi:
             self.xapi = xapi
-            done = run_tiers(tiers, self._import_one, lambda index, pairs: self._start_tier(index, pairs, len(tiers)),
-                             p["concurrency"] if self.ctx.connection_is_local else 1, clock=self.clock)
+            # one rebuild of this pool at a time: a second run fails here, before any import (_pool_lock)
+            holder = _pool_lock.new_holder()
+            pool_ref, _pool_uuid = _pool_lock.acquire(xapi, holder, p.get("clear_lock"))
+            out["lock"] = {"key": _pool_lock.LOCK_KEY, "run": holder["run"]}
+            try:
+                done = run_tiers(tiers, self._import_one, self._start_tier,
+                                 p["concurrency"] if self.ctx.connection_is_local else 1, clock=self.clock)
+            finally:
+                self._release(xapi, pool_ref, holder)
         vms = [self._vm_line(item, result) for item, result in done]
         imported = [v for v in vms if not v.get("import_failed")]
         failed_start = [v["name"] for v in imported if v.get("status") == "failed"]
@@ -137,6 +148,15 @@ class PoolRebuild:
         if self.warnings:
             out["warnings"] = sorted(set(self.warnings))
         return out
+
+    def _release(self, xapi, pool_ref, holder):
+        """Give the pool's rebuild lock back; a failure to do so is a warning naming how to clear it (it must
+        not hide the rebuild's own outcome)."""
+        try:
+            _pool_lock.release(xapi, pool_ref, holder)
+        except BackupError as exc:
+            self.warnings.append("the rebuild lock of this pool could not be released (%s); clear it with clear_lock=%s"
+                                 % (exc, holder["run"]))
 
     def _import_one(self, item):
         ctx = self.derive(import_params(self.p, item, self.validate))
@@ -167,7 +187,7 @@ class PoolRebuild:
             self.appliances[entry["source_uuid"]] = entry
         self.appliance_of.update(done["appliance_of"])
 
-    def _start_tier(self, index, pairs, count):  # pylint: disable=unused-argument
+    def _start_tier(self, index, pairs):
         """The tier's VMs join their appliances, then start in their order (skipped when ``start`` is off).
 
         No wait after the tier: xapi's VM.start returns only after the VM's ``start_delay``

@@ -15,6 +15,7 @@ templates), named, tagged and marked with ``other_config["xapi_backup:restored_f
 from __future__ import annotations
 
 import os
+import threading
 
 from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_POLL_INTERVAL
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
@@ -87,21 +88,64 @@ def resolve_backup(params: dict, backups: list) -> repo.Backup:
     return repo.select_backup(backups, params["vm_uuid"], params.get("timestamp") or "latest")
 
 
-class VmImport:
-    """One vm_import task.  ``ctx`` is a ``_action.ActionContext``."""
+class ImportBatch:
+    """What the imports of ONE task share (pool_rebuild: many VMs of one pool at once), each read once.
 
-    def __init__(self, ctx):
+    ``listing(root, pool, key, load)``: the repository listing of a source pool, scanned by the first
+    import that needs it (one helper run instead of one per VM; the one backup each import uses is
+    still hashed against its manifest right before its bytes are sent).  ``once(key, work)``: ``work()``
+    run by the first caller only (the import status directory, made once).  ``foreground``: imports
+    run in the foreground of their slot's thread (a local connection: the thread waits on the helper
+    process itself, so a VM's slot is free the moment its import ends, with no status poll)."""
+
+    def __init__(self, foreground=False):
+        self.foreground = bool(foreground)
+        self._lock = threading.Lock()
+        self._done = {}
+
+    def once(self, key, work):
+        with self._lock:  # the other imports wait for the first one's result (a scan takes a fraction of a second)
+            if key not in self._done:
+                self._done[key] = work()
+            return self._done[key]
+
+    def listing(self, root, pool, key, load):
+        return self.once(("listing", root, pool, bool(key)), load)
+
+
+def owner_only(listing, owner) -> repo.Listing:
+    """The backups of ``owner`` in ``listing`` (a pool-wide scan), with the scan's own attributes."""
+    out = repo.Listing(b for b in listing if b.owner == owner)
+    out.skipped, out.marker, out.repo_exists = listing.skipped, listing.marker, listing.repo_exists
+    return out
+
+
+class VmImport:
+    """One vm_import task.  ``ctx`` is a ``_action.ActionContext``; ``batch`` an :class:`ImportBatch`
+    shared with the other imports of the same task (None: a task of its own)."""
+
+    def __init__(self, ctx, batch=None):
         self.ctx = ctx
         self.p = ctx.params
+        self.batch = batch
         self.warnings = []
         self.own_metadata = None  # {"dump", "reason"} once a VM that ran at backup time is restored
+
+    def _list(self, pool, vm):
+        """``repo.list_backups`` of ``pool``/``vm`` (sizes only: digests are checked for the one backup used);
+        in a batch, one scan of the whole pool serves every import of it."""
+        p = self.p
+        if self.batch is None or not pool:
+            return repo.list_backups(self.ctx.storage, p["repository"], pool=pool, vm=vm, check_hash=False,
+                                     key=p.get("repository_key"))
+        whole = self.batch.listing(p["repository"], pool, p.get("repository_key"), lambda: repo.list_backups(
+            self.ctx.storage, p["repository"], pool=pool, check_hash=False, key=p.get("repository_key")))
+        return owner_only(whole, vm) if vm else whole
 
     def _backups(self):
         p = self.p
         pool_filter, vm_filter = backup_scope(p["repository"], p.get("backup")) if p.get("backup") else (None, p["vm_uuid"])
-        # digests are checked below for the one backup used: listing reads sizes only
-        return repo.list_backups(self.ctx.storage, p["repository"], pool=pool_filter, vm=vm_filter, check_hash=False,
-                                 key=p.get("repository_key"))
+        return self._list(pool_filter, vm_filter)
 
     def _verify(self, backup):
         """Refuse a backup whose files do not match its (authenticated) manifest, or whose XVA describes
@@ -301,9 +345,7 @@ class VmImport:
     def _own_metadata(self, backup):
         """``(dump, None)``: the pool dump of the backup's own run holding the VM's metadata; else
         ``(None, one-line reason)``. The digest is checked by the helper as it sends (``push``)."""
-        dumps = repo.list_backups(self.ctx.storage, self.p["repository"], pool=backup.pool_uuid, vm=repo.POOL_DIR,
-                                  check_hash=False, key=self.p.get("repository_key"))
-        return own_metadata_dump(dumps, backup)
+        return own_metadata_dump(self._list(backup.pool_uuid, repo.POOL_DIR), backup)
 
     def _name(self, source):
         return self.p.get("name") or source.get("name_label")
@@ -318,11 +360,25 @@ class VmImport:
             args.append("--restore")
         status_file = os.path.join(p["repository"], STATUS_DIR, "import-%s.status.json" % backup.id.replace("/", "_"))
         # the helper does not create the status file's directory: create it (and a placeholder) first
-        # (in check mode the runner only plans this write)
-        self.ctx.storage.write_json(p["repository"], status_file, {"phase": "queued", "backup": backup.id})
+        # (in check mode the runner only plans this write); a batch in the foreground makes it once
+
+        def placeholder():
+            return self.ctx.storage.write_json(p["repository"], status_file, {"phase": "queued", "backup": backup.id})
+
+        if self.foreground:
+            self.batch.once(("status dir", p["repository"]), placeholder)
+            if p.get("import_timeout"):
+                args += ["--timeout", str(int(p["import_timeout"]))]
+            return self.ctx.runner.run("import", args + ["--status-file", status_file], session=xapi.session_ref)
+        placeholder()
         return self.ctx.runner.run_long("import", args, status_file, "import of %s" % backup.id,
                                         session=xapi.session_ref, poll_interval=p.get("poll_interval", DEFAULT_POLL_INTERVAL),
                                         timeout=p.get("import_timeout"))
+
+    @property
+    def foreground(self):
+        """Whether the import runs in the foreground (a batch on a local connection), else detached and polled."""
+        return self.batch is not None and self.batch.foreground and self.ctx.connection_is_local
 
     def _finish_vm(self, xapi, vm_ref, backup, source, targets):
         p = self.p

@@ -59,3 +59,44 @@ def test_a_backup_outside_the_repository_still_fails_as_before(tmp_path):
         resolve_backup(importer.p, importer._backups())
     assert "is not a backup inside" in str(err.value)
     assert storage.scans == [(None, None)]
+
+
+def test_the_imports_of_one_batch_share_one_scan_of_the_pool(tmp_path):
+    """pool_rebuild: N imports of one pool at once list it once (the first scans, the others wait for it),
+    and each still sees only its own VM's backups."""
+    import threading
+
+    from ansible_collections.xapi.backup.plugins.plugin_utils._vm_import import ImportBatch
+
+    write_backup(tmp_path)
+    other = write_backup(tmp_path, owner=OTHER)
+    storage = ScanRecorder()
+    batch = ImportBatch()
+    seen = {}
+
+    def one(text, key):
+        ctx = FakeCtx(params(tmp_path, vm_uuid=None, backup=text), xapi_with({}), FakeRunner(), storage=storage)
+        seen[key] = VmImport(ctx, batch)._backups()
+
+    threads = [threading.Thread(target=one, args=(IDENT if i % 2 else other, i)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert storage.scans == [(POOL, None)]
+    assert all([b.owner for b in seen[i]] == [VM if i % 2 else OTHER] for i in range(6))
+    assert resolve_backup(params(tmp_path, vm_uuid=None, backup=IDENT), seen[1]).id == IDENT
+    # a task of its own (vm_import) still scans only its VM
+    ctx = FakeCtx(params(tmp_path, vm_uuid=None, backup=IDENT), xapi_with({}), FakeRunner(), storage=storage)
+    VmImport(ctx)._backups()
+    assert storage.scans[-1] == (POOL, VM)
+
+
+def test_a_batch_imports_in_the_foreground_only_on_a_local_connection(tmp_path):
+    from ansible_collections.xapi.backup.plugins.plugin_utils._vm_import import ImportBatch
+
+    ctx = FakeCtx(params(tmp_path), xapi_with({}), FakeRunner())
+    for local, foreground, expected in ((True, True, True), (False, True, False), (True, False, False)):
+        ctx.connection_is_local = local
+        assert VmImport(ctx, ImportBatch(foreground=foreground)).foreground is expected
+    assert VmImport(ctx).foreground is False

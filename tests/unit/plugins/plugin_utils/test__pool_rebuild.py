@@ -13,7 +13,8 @@ import threading
 import pytest
 
 from ansible_collections.xapi.backup.plugins.module_utils._errors import BackupError
-from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiUsageError
+from ansible_collections.xapi.backup.plugins.module_utils._pool_lock import LOCK_KEY, PoolLocked
+from ansible_collections.xapi.backup.plugins.module_utils._xapi import NULL_REF, XapiError, XapiUsageError
 from ansible_collections.xapi.backup.plugins.plugin_utils import _pool_rebuild as pr
 
 WAIT = 10.0  # seconds a test thread waits for what the scheduler must do; a deadlock fails, never hangs
@@ -85,14 +86,23 @@ def test_an_unknown_key_of_a_vm_is_refused():
 
 
 class FakeXapi:
-    """VMs start instantly and their agents report at once; records every VM.start."""
+    """VMs start instantly and their agents report at once; records every VM.start; one pool whose
+    other_config holds the rebuild lock (``lock_seen``: whether it was held while VMs started)."""
 
     def __init__(self, records):
         self.records = records
         self.check_mode = False
         self.started = []
+        self.pool_other = {}
+        self.lock_seen = []
 
     def call(self, method, *args):
+        if method == "pool.get_all":
+            return ["OpaqueRef:pool"]
+        if method == "pool.get_uuid":
+            return "pool-b"
+        if method == "pool.get_other_config":
+            return dict(self.pool_other)
         if method == "VM.get_by_uuid":
             return "r-" + args[0]
         if method == "VM.get_record":
@@ -104,7 +114,16 @@ class FakeXapi:
         raise AssertionError(method)
 
     def change(self, method, *args):
+        if method == "pool.add_to_other_config":
+            if args[1] in self.pool_other:
+                raise XapiError("MAP_DUPLICATE_KEY", ["pool", "other_config", args[0], args[1]], method)
+            self.pool_other[args[1]] = args[2]
+            return ""
+        if method == "pool.remove_from_other_config":
+            self.pool_other.pop(args[1], None)
+            return ""
         assert method == "VM.start"
+        self.lock_seen.append(LOCK_KEY in self.pool_other)
         self.started.append(args[0])
         return ""
 
@@ -146,7 +165,8 @@ def test_start_order_inside_a_tier_is_kept_and_start_delay_not_waited_twice():
     assert got == [("zeta", 1, "ready"), ("alpha", 1, "ready"), ("web", 2, "ready")]
     assert out["failed_vms"] == [] and out["failed_imports"] == []
     by_name = dict((v["name"], v) for v in out["vms"])
-    assert by_name["zeta"]["running_s"] >= by_name["zeta"]["import_end_s"]
+    # running_s is rounded to 0.1 s, import_end_s to 0.01 s: compare within the coarser rounding
+    assert by_name["zeta"]["running_s"] + 0.05 >= by_name["zeta"]["import_end_s"]
 
 
 def test_each_tier_joins_its_appliance_before_it_starts(monkeypatch):
@@ -160,7 +180,8 @@ def test_each_tier_joins_its_appliance_before_it_starts(monkeypatch):
     real_change = xapi.change
 
     def change(method, *args):
-        events.append(("start", args[0]))
+        if method == "VM.start":
+            events.append(("start", args[0]))
         return real_change(method, *args)
 
     def restore(_xapi, members):
@@ -196,3 +217,38 @@ def test_no_start_only_imports_and_a_bad_concurrency_is_refused():
     assert xapi.started == [] and out["vms"][0]["status"] == "not started"
     with pytest.raises(XapiUsageError, match="concurrency"):
         pr.PoolRebuild(FakeCtx(dict(params, concurrency=0), xapi), None, FakeImport, dict).run()
+
+
+def test_the_pool_is_locked_while_it_is_rebuilt_and_a_locked_pool_imports_nothing():
+    xapi = FakeXapi({"a": {"uuid": "a", "name_label": "a"}})
+    params = {"vms": [{"backup": "b-a"}], "concurrency": 1, "start": True, "wait_guest": False, "guest_timeout": 5,
+              "guest_poll_interval": 0.01}
+    out = pr.PoolRebuild(FakeCtx(params, xapi), lambda p: FakeCtx(p, xapi), FakeImport, dict).run()
+    assert xapi.lock_seen == [True] and xapi.pool_other == {}  # held during the run, given back after
+    assert out["lock"]["key"] == LOCK_KEY and out["lock"]["run"]
+    xapi.pool_other[LOCK_KEY] = '{"run": "other-run"}'
+    imported = []
+
+    class CountingImport(FakeImport):
+        def run(self):
+            imported.append(self.ctx.params["backup"])
+            return super().run()
+
+    with pytest.raises(PoolLocked, match="run other-run"):
+        pr.PoolRebuild(FakeCtx(params, xapi), lambda p: FakeCtx(p, xapi), CountingImport, dict).run()
+    assert imported == [] and xapi.pool_other == {LOCK_KEY: '{"run": "other-run"}'}
+
+
+def test_the_lock_is_given_back_when_a_start_fails_hard():
+    xapi = FakeXapi({"a": {"uuid": "a", "name_label": "a"}})
+
+    def broken(method, *args):
+        raise RuntimeError("controller bug")
+
+    params = {"vms": [{"backup": "b-a"}], "concurrency": 1, "start": True, "wait_guest": False, "guest_timeout": 5,
+              "guest_poll_interval": 0.01}
+    rebuild = pr.PoolRebuild(FakeCtx(params, xapi), lambda p: FakeCtx(p, xapi), FakeImport, dict)
+    rebuild._start_tier = lambda index, pairs: broken("VM.start")
+    with pytest.raises(RuntimeError):
+        rebuild.run()
+    assert xapi.pool_other == {}
