@@ -94,6 +94,34 @@ def serve():
     server.serve_forever()
 
 
+# ---------------------------------------------------------------- the stand-in (run with --standin)
+
+
+def standin(url, stored, raw_bytes):
+    """The bare library doing the restore's job: python-zstandard decompresses the stored file (8 MiB
+    reads and writes, one stream) straight into the same kind of PUT over the same kind of socket,
+    no validation, no pipeline. Its speed is what this machine allows a single-stream restore."""
+    import socket
+    import zstandard
+    host, port = urllib.parse.urlsplit(url).netloc.split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(("PUT /import?task_id=standin HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n"
+                  "Connection: close\r\n\r\n" % (host, raw_bytes)).encode())
+
+    class _Socket(object):
+        def write(self, data):
+            sock.sendall(data)
+            return len(data)
+    with open(stored, "rb") as src:
+        read, written = zstandard.ZstdDecompressor().copy_stream(src, _Socket(), read_size=8 << 20, write_size=8 << 20)
+    sock.shutdown(socket.SHUT_WR)
+    answer = sock.recv(1 << 16)
+    sock.close()
+    if written != raw_bytes or not answer.startswith(b"HTTP/1.0 200"):
+        raise SystemExit("stand-in: %d of %d bytes, answer %r" % (written, raw_bytes, answer[:40]))
+    print(json.dumps({"ok": True, "raw_size": written}))
+
+
 def start_sink():
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve"], stdout=subprocess.PIPE)
     port = int(proc.stdout.readline())
@@ -103,9 +131,11 @@ def start_sink():
 # ---------------------------------------------------------------- the runs
 
 
-def import_once(python, url, stored, raw_bytes):
+def import_once(python, url, stored, raw_bytes, standin_run=False):
     env = dict(os.environ, XAPI_SESSION=SESSION)
     argv = [python, HELPER, "import", "--url", url, "--in", stored, "--nice", "0", "--ionice", "none"]
+    if standin_run:
+        argv = [python, os.path.abspath(__file__), "--standin", url, stored, str(raw_bytes)]
     started = time.monotonic()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     out = proc.communicate()[0]
@@ -116,24 +146,33 @@ def import_once(python, url, stored, raw_bytes):
     return wall
 
 
+UNCOMPRESSED = "helper import, uncompressed backup (the sink's rate)"
+ZSTD = "helper import, zstd backup"
+STANDIN_36 = "python-zstandard stand-in, zstd backup (helper's python)"
+STANDIN_VENV = "python-zstandard stand-in, zstd backup (%s)" % os.path.basename(sys.executable)
+
+
 def restore_rows(xva, stored_zstd, runs, python):
-    """{name: row} for the uncompressed and the zstd backup, alternating runs, medians."""
+    """{name: row} for the uncompressed and the zstd backup and the bare-library stand-in (on the helper's
+    interpreter and on this one), alternating runs, medians."""
     raw_bytes = os.path.getsize(xva)
     sink, url = start_sink()
+    items = [(UNCOMPRESSED, xva, python, False), (ZSTD, stored_zstd, python, False),
+             (STANDIN_36, stored_zstd, python, True)]
+    if os.path.realpath(python) != os.path.realpath(sys.executable):
+        items.append((STANDIN_VENV, stored_zstd, sys.executable, True))
     try:
-        items = [("helper import, uncompressed backup (the sink's rate)", xva),
-                 ("helper import, zstd backup", stored_zstd)]
-        walls = dict((name, []) for name, _path in items)
+        walls = dict((item[0], []) for item in items)
         for run in range(runs):
-            for name, path in items:
-                walls[name].append(import_once(python, url, path, raw_bytes))
-                print("i14 4-restore run %d  %-52s %6.2f s  load %.1f" % (run + 1, name, walls[name][-1],
+            for name, path, interpreter, standin_run in items:
+                walls[name].append(import_once(interpreter, url, path, raw_bytes, standin_run))
+                print("i14 4-restore run %d  %-60s %6.2f s  load %.1f" % (run + 1, name, walls[name][-1],
                                                                        os.getloadavg()[0]), file=sys.stderr, flush=True)
     finally:
         sink.terminate()
         sink.wait()
     rows = {}
-    for name, path in items:
+    for name, path, _interpreter, _standin in items:
         wall = statistics.median(walls[name])
         rows[name] = {"tool": name, "wall_s": wall, "walls": walls[name], "mb_per_s": raw_bytes / wall / MB,
                       "stored_bytes": os.path.getsize(path), "cpu_s": 0.0, "peak_rss_mib": 0.0}
@@ -141,13 +180,19 @@ def restore_rows(xva, stored_zstd, runs, python):
 
 
 def restore_ratio(rows):
-    return (rows["helper import, uncompressed backup (the sink's rate)"]["wall_s"]
-            / rows["helper import, zstd backup"]["wall_s"])
+    return rows[UNCOMPRESSED]["wall_s"] / rows[ZSTD]["wall_s"]
+
+
+def standin_ratios(rows):
+    """(stand-in / uncompressed, helper / stand-in), both on the helper's interpreter."""
+    return (rows[UNCOMPRESSED]["wall_s"] / rows[STANDIN_36]["wall_s"],
+            rows[STANDIN_36]["wall_s"] / rows[ZSTD]["wall_s"])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--standin", nargs=3, metavar=("URL", "STORED", "RAW_BYTES"), help=argparse.SUPPRESS)
     parser.add_argument("--image", default=os.path.join(REPO, ".cache", "images", "bench.img"))
     parser.add_argument("--xva-mib", type=int, default=256)
     parser.add_argument("--runs", type=int, default=3)
@@ -156,6 +201,9 @@ def main():
     args = parser.parse_args()
     if args.serve:
         serve()
+        return 0
+    if args.standin:
+        standin(args.standin[0], args.standin[1], int(args.standin[2]))
         return 0
     sys.path.insert(0, HERE)
     import bench_helper  # noqa: E402  (the XVA writer, shared with the compression bench)
@@ -172,8 +220,9 @@ def main():
     for row in rows.values():
         print("| %s | %.2f s | %s | %.1f MB/s |" % (row["tool"], row["wall_s"], ", ".join("%.2f" % w for w in row["walls"]),
                                                    row["mb_per_s"]))
-    print("restore: helper import zstd / uncompressed (same sink) %.2fx [>= 0.9]  (%s, %d MiB XVA)"
-          % (restore_ratio(rows), args.python, args.xva_mib))
+    print("restore: helper import zstd / uncompressed (same sink) %.2fx [>= 0.9]; stand-in / uncompressed %.2fx; "
+          "helper / stand-in %.2fx [>= 0.97]  (%s, %d MiB XVA)"
+          % ((restore_ratio(rows),) + standin_ratios(rows) + (args.python, args.xva_mib)))
     return 0
 
 
