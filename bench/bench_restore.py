@@ -7,7 +7,12 @@ The sink is a separate process (as xapi is): the task calls the helper makes ove
 speed is far above the helper's, so the ratio zstd / uncompressed is the helper's cost of
 decompressing and validating on the way.
 
-    python bench/bench_restore.py --image .cache/images/bench.img --xva-mib 256 --runs 3
+    python bench/bench_restore.py --image .cache/images/bench.img --xva-mib 2048 --runs 3
+
+(``--xva-mib 2048`` is the whole bench image, as ``bench_helper.py --only-issue14``; ``--reuse`` keeps
+the XVA and its backup from the last run.) Beside the helper rows, the stand-in: python-zstandard alone
+(``copy_stream``, 8 MiB reads and writes) decompressing the same backup into the same sink, on the
+helper's interpreter and on this one -- what a single-stream restore reaches on this machine.
 
 ``restore_rows`` is what ``bench_helper.py --only-issue14`` prints as row 4.
 """
@@ -138,12 +143,15 @@ def import_once(python, url, stored, raw_bytes, standin_run=False):
         argv = [python, os.path.abspath(__file__), "--standin", url, stored, str(raw_bytes)]
     started = time.monotonic()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    out = proc.communicate()[0]
+    out = proc.stdout.read()
+    proc.stdout.close()
+    _pid, _status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
+    proc.returncode = 0  # reaped above
     result = json.loads(out.decode().strip().splitlines()[-1])
     if not result.get("ok") or result.get("raw_size") != raw_bytes:
         raise SystemExit("import of %s failed: %s" % (stored, result))
-    return wall
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0
 
 
 UNCOMPRESSED = "helper import, uncompressed backup (the sink's rate)"
@@ -162,12 +170,15 @@ def restore_rows(xva, stored_zstd, runs, python):
     if os.path.realpath(python) != os.path.realpath(sys.executable):
         items.append((STANDIN_VENV, stored_zstd, sys.executable, True))
     try:
-        walls = dict((item[0], []) for item in items)
+        walls, cpus, rss = [dict((item[0], []) for item in items) for _ in range(3)]
         for run in range(runs):
             for name, path, interpreter, standin_run in items:
-                walls[name].append(import_once(interpreter, url, path, raw_bytes, standin_run))
-                print("i14 4-restore run %d  %-60s %6.2f s  load %.1f" % (run + 1, name, walls[name][-1],
-                                                                       os.getloadavg()[0]), file=sys.stderr, flush=True)
+                wall, cpu, peak = import_once(interpreter, url, path, raw_bytes, standin_run)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+                rss[name].append(peak)
+                print("i14 4-restore run %d  %-60s %6.2f s  cpu %5.2f s  load %.1f" % (
+                    run + 1, name, wall, cpu, os.getloadavg()[0]), file=sys.stderr, flush=True)
     finally:
         sink.terminate()
         sink.wait()
@@ -175,7 +186,8 @@ def restore_rows(xva, stored_zstd, runs, python):
     for name, path, _interpreter, _standin in items:
         wall = statistics.median(walls[name])
         rows[name] = {"tool": name, "wall_s": wall, "walls": walls[name], "mb_per_s": raw_bytes / wall / MB,
-                      "stored_bytes": os.path.getsize(path), "cpu_s": 0.0, "peak_rss_mib": 0.0}
+                      "stored_bytes": os.path.getsize(path), "cpu_s": statistics.median(cpus[name]),
+                      "peak_rss_mib": max(rss[name])}
     return rows
 
 
@@ -198,6 +210,7 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", default=os.path.join(REPO, ".tmp", "bench-restore"))
     parser.add_argument("--python", default=PY36 if os.path.exists(PY36) else sys.executable)
+    parser.add_argument("--reuse", action="store_true", help="keep the XVA and its zstd backup from an earlier run")
     args = parser.parse_args()
     if args.serve:
         serve()
@@ -210,16 +223,18 @@ def main():
     os.makedirs(args.workdir, exist_ok=True)
     size = args.xva_mib << 20
     xva = os.path.join(args.workdir, "bench-%d.xva" % args.xva_mib)
-    with open(xva, "wb") as dst:
-        bench_helper.emit_xva(dst, bench_helper.image_chunks(args.image, size), size)
     stored = xva + ".zst"
-    with open(xva, "rb") as src, open(stored, "wb") as dst:
-        subprocess.run([args.python, HELPER, "compress", "--codec", "zstd", "--level", "3"], stdin=src, stdout=dst,
-                       stderr=subprocess.DEVNULL, check=True)
+    if not (args.reuse and os.path.exists(xva) and os.path.exists(stored)):
+        with open(xva, "wb") as dst:
+            bench_helper.emit_xva(dst, bench_helper.image_chunks(args.image, size), size)
+        with open(xva, "rb") as src, open(stored, "wb") as dst:
+            subprocess.run([args.python, HELPER, "compress", "--codec", "zstd", "--level", "3"], stdin=src, stdout=dst,
+                           stderr=subprocess.DEVNULL, check=True)
     rows = restore_rows(xva, stored, args.runs, args.python)
     for row in rows.values():
-        print("| %s | %.2f s | %s | %.1f MB/s |" % (row["tool"], row["wall_s"], ", ".join("%.2f" % w for w in row["walls"]),
-                                                   row["mb_per_s"]))
+        print("| %s | %.2f s | %s | %.1f MB/s | CPU %.2f s | peak RSS %.0f MiB |" % (
+            row["tool"], row["wall_s"], ", ".join("%.2f" % w for w in row["walls"]), row["mb_per_s"], row["cpu_s"],
+            row["peak_rss_mib"]))
     print("restore: helper import zstd / uncompressed (same sink) %.2fx [>= 0.9]; stand-in / uncompressed %.2fx; "
           "helper / stand-in %.2fx [>= 0.97]  (%s, %d MiB XVA)"
           % ((restore_ratio(rows),) + standin_ratios(rows) + (args.python, args.xva_mib)))
