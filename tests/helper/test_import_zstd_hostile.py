@@ -1,0 +1,111 @@
+"""import of a hostile zstd backup (issue 14, restore path): the stored file is untrusted input.
+
+A cut file, a frame header that claims a huge content size, garbage between frames, an empty file:
+each must fail with a clear one-line error, send xapi no complete body and leave no task running
+(checked on the fake xapi's side, out of band), on every interpreter (3.6 with and without
+python-zstandard: the zstd binary then decompresses).
+"""
+
+import struct
+
+import pytest
+import zstandard
+
+from .conftest import run_helper
+from .fake_xapi import NEW_VM_REF
+from .xvagen import SAMPLE_XVA
+
+XVA = SAMPLE_XVA
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def run_import(python, fake, path):
+    return run_helper(python, ["import", "--url", fake.url, "--in", str(path), "--sr", "sr-uuid-1"],
+                      env={"XAPI_SESSION": fake.session}, timeout=60)
+
+
+def assert_failed_cleanly(result, fake, codes):
+    assert not result.ok and result.code in codes, result
+    message = result.json["error"]["message"]
+    assert message and "\n" not in message, result
+    assert "Traceback" not in result.stderr.decode("utf-8", "replace"), result
+    # out of band: no task left running, and xapi never got the whole XVA
+    assert all(t["status"] in ("cancelled", "failure") for t in fake.tasks.values()), fake.tasks
+    assert not [i for i in fake.imports if i["raw"] == XVA and i["received"] == i["content_length"]]
+    assert not [t for t in fake.tasks.values() if NEW_VM_REF in str(t.get("result"))]
+
+
+def frames_of(data, parts):
+    """``data`` as ``parts`` independent zstd frames, each declaring its content size."""
+    step = -(-len(data) // parts)
+    cctx = zstandard.ZstdCompressor(level=1, write_content_size=True)
+    return [cctx.compress(data[i:i + step]) for i in range(0, len(data), step)]
+
+
+def with_huge_content_size(frame, claimed):
+    """The frame rewritten to declare ``claimed`` bytes in an 8-byte Frame_Content_Size field."""
+    assert frame[:4] == ZSTD_MAGIC
+    fhd = frame[4]
+    single, dict_flag, fcs_flag = (fhd >> 5) & 1, fhd & 3, fhd >> 6
+    rest = 5 + (0 if single else 1) + [0, 1, 2, 4][dict_flag]
+    fcs_size = [1 if single else 0, 2, 4, 8][fcs_flag]
+    new_fhd = (fhd & 0x3F) | (3 << 6)
+    return frame[:4] + bytes([new_fhd]) + frame[5:rest] + struct.pack("<Q", claimed) + frame[rest + fcs_size:]
+
+
+def test_a_valid_multi_frame_file_imports(python, xapi, tmp_path):
+    """The control for the tests below: the same frames, unharmed, import."""
+    path = tmp_path / "ok.xva.zst"
+    path.write_bytes(b"".join(frames_of(XVA, 3)))
+    result = run_import(python, xapi, path)
+    assert result.ok, result
+    assert xapi.imports[-1]["raw"] == XVA and xapi.imports[-1]["content_length"] == len(XVA)
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.999])
+def test_a_truncated_file_fails(python, xapi, tmp_path, keep):
+    stored = b"".join(frames_of(XVA, 2))
+    path = tmp_path / "cut.xva.zst"
+    path.write_bytes(stored[:int(len(stored) * keep)])
+    result = run_import(python, xapi, path)
+    assert_failed_cleanly(result, xapi, ("STREAM_TRUNCATED", "RAW_SIZE", "DECOMPRESS_FAILED", "BAD_INPUT"))
+
+
+@pytest.mark.parametrize("claimed", [1 << 62, (1 << 64) - 1, len(XVA) * 4])
+def test_a_frame_claiming_a_huge_content_size_fails(python, xapi, tmp_path, claimed):
+    first, second = frames_of(XVA, 2)
+    path = tmp_path / "huge.xva.zst"
+    path.write_bytes(with_huge_content_size(first, claimed) + second)
+    result = run_import(python, xapi, path)
+    assert_failed_cleanly(result, xapi, ("BAD_INPUT", "DECOMPRESS_FAILED", "RAW_SIZE", "STREAM_TRUNCATED"))
+
+
+@pytest.mark.parametrize("garbage", [b"GARBAGE!", b"\0" * 4, ZSTD_MAGIC + b"\xff" * 12])
+def test_garbage_between_frames_fails(python, xapi, tmp_path, garbage):
+    first, second = frames_of(XVA, 2)
+    path = tmp_path / "garbage.xva.zst"
+    path.write_bytes(first + garbage + second)
+    result = run_import(python, xapi, path)
+    assert_failed_cleanly(result, xapi, ("BAD_INPUT", "DECOMPRESS_FAILED", "STREAM_TRUNCATED", "RAW_SIZE"))
+
+
+def test_garbage_between_frames_of_a_helper_file_with_its_size_trailer_fails(python, xapi, tmp_path):
+    """The helper's own trailer gives the raw size, so no sizing pass walks the frames first: the
+    streaming decompression must still refuse the garbage."""
+    compressed = run_helper(python, ["compress", "--codec", "zstd", "--threads", "0"], XVA)
+    assert compressed.ok, compressed
+    stored = compressed.stdout
+    trailer = stored[-24:]
+    path = tmp_path / "garbage-trailer.xva.zst"
+    path.write_bytes(stored[:-24] + b"GARBAGE!" * 4 + trailer)
+    result = run_import(python, xapi, path)
+    assert_failed_cleanly(result, xapi, ("BAD_INPUT", "DECOMPRESS_FAILED", "STREAM_TRUNCATED", "RAW_SIZE"))
+
+
+@pytest.mark.parametrize("name", ["empty.xva.zst", "empty.xva"])
+def test_an_empty_file_is_refused_before_any_task(python, xapi, tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"")
+    result = run_import(python, xapi, path)
+    assert_failed_cleanly(result, xapi, ("BAD_INPUT", "STREAM_TRUNCATED"))
+    assert not xapi.imports and not xapi.tasks
