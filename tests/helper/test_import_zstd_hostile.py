@@ -6,12 +6,13 @@ each must fail with a clear one-line error, send xapi no complete body and leave
 python-zstandard: the zstd binary then decompresses).
 """
 
+import os
 import struct
 
 import pytest
 import zstandard
 
-from .conftest import run_helper
+from .conftest import INTERPRETERS, run_helper
 from .fake_xapi import NEW_VM_REF
 from .xvagen import SAMPLE_XVA
 
@@ -109,3 +110,40 @@ def test_an_empty_file_is_refused_before_any_task(python, xapi, tmp_path, name):
     result = run_import(python, xapi, path)
     assert_failed_cleanly(result, xapi, ("BAD_INPUT", "STREAM_TRUNCATED"))
     assert not xapi.imports and not xapi.tasks
+
+
+# ---------------------------------------------------------------- against the pool simulator
+
+
+def _vms_and_pending_tasks(session):
+    vms = set(session.xenapi.VM.get_all())
+    pending = [r for r in session.xenapi.task.get_all_records().values() if r["status"] in ("pending", "cancelling")]
+    return vms, pending
+
+
+@pytest.mark.parametrize("damage", ["garbage-before-trailer", "cut", "huge-trailer"])
+def test_hostile_zstd_backup_into_the_simulator_creates_nothing(xapisim_tiny, tmp_path, damage):
+    """A real export of the tiny pool, damaged: the simulator's importer gets no complete body, no VM
+    appears and no task is left pending (checked through xapi's own API)."""
+    python = INTERPRETERS["py36-zstd"] if os.path.exists(INTERPRETERS["py36-zstd"]) else INTERPRETERS["py3"]
+    session = xapisim_tiny.session()
+    env = {"XAPI_SESSION": session._session}
+    record = [r for r in session.xenapi.VM.get_all_records().values()
+              if r["name_label"] == "tiny-halted" and not r["is_a_snapshot"]][0]
+    out = tmp_path / "vm.xva.zst"
+    assert run_helper(python, ["export", "--url", xapisim_tiny.url, "--vm", record["uuid"], "--out", str(out)], env=env).ok
+    stored = out.read_bytes()
+    if damage == "garbage-before-trailer":
+        stored = stored[:-24] + b"GARBAGE!" * 4 + stored[-24:]
+    elif damage == "cut":
+        stored = stored[:len(stored) * 2 // 3]
+    else:
+        stored = stored[:-8] + struct.pack("<Q", 1 << 60)
+    out.write_bytes(stored)
+    vms_before, pending_before = _vms_and_pending_tasks(session)
+    result = run_helper(python, ["import", "--url", xapisim_tiny.url, "--in", str(out)], env=env, timeout=60)
+    assert not result.ok and result.code in ("BAD_INPUT", "DECOMPRESS_FAILED", "STREAM_TRUNCATED", "RAW_SIZE"), result
+    assert "\n" not in result.json["error"]["message"]
+    vms_after, pending_after = _vms_and_pending_tasks(session)
+    assert vms_after == vms_before
+    assert len(pending_after) <= len(pending_before), pending_after
