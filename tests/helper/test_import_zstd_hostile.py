@@ -54,13 +54,54 @@ def with_huge_content_size(frame, claimed):
     return frame[:4] + bytes([new_fhd]) + frame[5:rest] + struct.pack("<Q", claimed) + frame[rest + fcs_size:]
 
 
+def has_zstandard(python):
+    return "nozstd" not in python
+
+
 def test_a_valid_multi_frame_file_imports(python, xapi, tmp_path):
-    """The control for the tests below: the same frames, unharmed, import."""
+    """The control for the tests below: the same frames, unharmed, import -- with python-zstandard,
+    decoded two frames at once (an empty frame in between is not the end of the stream)."""
     path = tmp_path / "ok.xva.zst"
-    path.write_bytes(b"".join(frames_of(XVA, 3)))
+    first, second, third = frames_of(XVA, 3)
+    empty = zstandard.ZstdCompressor(write_content_size=True).compress(b"")
+    path.write_bytes(first + empty + second + third)
     result = run_import(python, xapi, path)
     assert result.ok, result
     assert xapi.imports[-1]["raw"] == XVA and xapi.imports[-1]["content_length"] == len(XVA)
+    assert result.json["parallel_frames"] == (4 if has_zstandard(python) else None), result.json
+
+
+def test_frames_then_a_streamed_frame_import(python, xapi, tmp_path):
+    """Cut frames first, then one that declares no size (streamed, as xapi and the zstd CLI write):
+    the streaming decoder takes over at that frame's offset."""
+    half = len(XVA) // 2
+    cobj = zstandard.ZstdCompressor(level=1).compressobj()
+    streamed = cobj.compress(XVA[half:]) + cobj.flush()
+    path = tmp_path / "mixed.xva.zst"
+    path.write_bytes(b"".join(frames_of(XVA[:half], 2)) + streamed)
+    result = run_import(python, xapi, path)
+    assert result.ok, result
+    assert xapi.imports[-1]["raw"] == XVA
+    assert result.json["parallel_frames"] == (2 if has_zstandard(python) else None), result.json
+    assert result.json["stored_size"] == path.stat().st_size
+
+
+def test_a_frame_larger_than_the_bound_is_streamed(python, xapi, tmp_path, helper_module):
+    """A frame above ZSTD_PARALLEL_FRAME_MAX is not held whole in memory: streamed instead."""
+    big = bytes(helper_module.ZSTD_PARALLEL_FRAME_MAX + 1)
+    frame = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(big)
+    path = tmp_path / "big.zst"
+    path.write_bytes(frame)
+    with open(str(path), "rb") as handle:
+        splitter = helper_module.ZstdFrameSplitter(handle.fileno())
+        assert splitter.next_frame() is None and splitter.offset == 0
+        small = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(b"x" * 1000)
+    path.write_bytes(small + frame)
+    with open(str(path), "rb") as handle:
+        splitter = helper_module.ZstdFrameSplitter(handle.fileno())
+        data, declared = splitter.next_frame()
+        assert bytes(data) == small and declared == 1000
+        assert splitter.next_frame() is None and splitter.offset == len(small)
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.999])
