@@ -58,16 +58,19 @@ def has_zstandard(python):
     return "nozstd" not in python
 
 
-def test_a_valid_multi_frame_file_imports(python, xapi, tmp_path):
+def test_a_valid_multi_frame_file_imports(python, xapi, tmp_path, helper_module):
     """The control for the tests below: the same frames, unharmed, import -- with python-zstandard,
-    decoded two frames at once (an empty frame in between is not the end of the stream)."""
+    decoded two frames at once (an empty frame in between is not the end of the stream; the helper's
+    size trailer, a skippable frame, is stepped over and counted)."""
     path = tmp_path / "ok.xva.zst"
     first, second, third = frames_of(XVA, 3)
     empty = zstandard.ZstdCompressor(write_content_size=True).compress(b"")
-    path.write_bytes(first + empty + second + third)
+    path.write_bytes(first + empty + second + third + helper_module.raw_size_trailer(len(XVA)))
     result = run_import(python, xapi, path)
     assert result.ok, result
     assert xapi.imports[-1]["raw"] == XVA and xapi.imports[-1]["content_length"] == len(XVA)
+    assert result.json["content_length_source"] == "zstd-trailer"
+    assert result.json["stored_size"] == path.stat().st_size
     assert result.json["parallel_frames"] == (4 if has_zstandard(python) else None), result.json
 
 
