@@ -51,7 +51,7 @@ def test_auto_level_converges_downward_behind_a_fast_sink(helper_module):
 
 def test_auto_level_decision_rules(helper_module):
     adapt = helper_module.AdaptiveZstandard
-    assert adapt.next_level(3, 1.0, 0.6) == 6                  # much slack: several levels in one window
+    assert adapt.next_level(3, 1.0, 0.6) == 7                  # much slack: several levels in one window
     assert adapt.next_level(3, 1.0, 0.0) == 3                  # both saturated: balanced, stays
     assert adapt.next_level(3, 1.0, 0.9, ceiling=5) == 4       # never to a level that starved the sink
     assert adapt.next_level(3, 1.0, 0.9, ceiling=4) == 3
@@ -62,6 +62,35 @@ def test_auto_level_decision_rules(helper_module):
     assert sorted(adapt.LEVEL_COST) == list(range(adapt.MIN_LEVEL, adapt.MAX_LEVEL + 1))
     costs = [adapt.LEVEL_COST[level] for level in sorted(adapt.LEVEL_COST)]
     assert costs == sorted(costs)
+
+
+def test_auto_level_ceiling_keeps_the_match_tables_within_the_rss_budget(helper_module):
+    """Level 12's tables are 48 MiB per worker (hashLog 23, chainLog 22): with two workers the peak
+    RSS went past 200 MiB. The ceiling is the highest level whose tables fit the budget."""
+    h = helper_module
+    if h.zstandard is None:
+        pytest.skip("the helper's interpreter has no zstandard")
+    adapt = h.AdaptiveZstandard
+    assert adapt.memory_ceiling(2) == 11
+    for threads in (1, 2, 4, 8, 16, 64):
+        top = adapt.memory_ceiling(threads)
+        assert 3 <= top <= adapt.MAX_LEVEL
+        params = h.zstandard.ZstdCompressionParameters.from_level(top)
+        fits = threads * 4 * ((1 << params.hash_log) + (1 << params.chain_log)) <= adapt.AUTO_TABLE_BUDGET
+        assert fits or top == 3, (threads, top)
+    assert adapt.memory_ceiling(8) <= adapt.memory_ceiling(2)
+    assert adapt(2).input_queue_bytes(64 * MIB) == 2 * h.READ_BLOCK   # no read-ahead behind a slow sink
+
+
+def test_auto_level_never_climbs_past_its_memory_ceiling(helper_module):
+    h = helper_module
+    if h.zstandard is None:
+        pytest.skip("the helper's interpreter has no zstandard")
+    adapt = h.AdaptiveZstandard
+    level = 3
+    for _window in range(10):   # the sink always saturated, the compressor mostly waiting
+        level = adapt.next_level(level, 1.0, 0.95, adapt.memory_ceiling(2) + 1)
+    assert level == adapt.memory_ceiling(2) == 11
 
 
 def _run_pipeline(helper, data, transform, write, bandwidth=None, buffer_bytes=64 * MIB):
