@@ -214,3 +214,27 @@ def test_compress_output_decodes_with_the_tools(python):
             assert out == data, codec
         back = run_helper(python, ["decompress"], result.stdout)
         assert back.ok and back.stdout == data, back
+
+
+def _header_with(name, checksum_of):
+    header = bytearray(512)
+    header[:len(name)] = name
+    header[124:136] = b"%011o\0" % 5
+    header[156:157] = b"0"
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % checksum_of(header)
+    return bytes(header)
+
+
+def test_tar_header_checksum_unsigned_signed_and_wrong(helper_module):
+    h = helper_module
+    name = b"Ref:2/\xe9\xff00000001"   # bytes >= 128: the signed and unsigned sums differ
+    unsigned = _header_with(name, sum)
+    signed = _header_with(name, lambda hd: sum(b - 256 if b >= 128 else b for b in hd))
+    assert h.parse_tar_header(unsigned)[1:] == (5, b"0")
+    assert h.parse_tar_header(signed)[1:] == (5, b"0")    # old tar writers summed signed chars
+    wrong = bytearray(unsigned)
+    wrong[150] = ord("7") if wrong[150] != ord("7") else ord("6")
+    with pytest.raises(h.HelperError) as caught:
+        h.parse_tar_header(bytes(wrong))
+    assert caught.value.code == "BAD_TAR"
