@@ -60,7 +60,8 @@ def test_auto_level_decision_rules(helper_module):
     assert adapt.next_level(3, 1.0, 0.9, ceiling=5) == 4       # never to a level that starved the sink
     assert adapt.next_level(3, 1.0, 0.9, ceiling=4) == 3
     assert adapt.next_level(9, 0.3) < 7                        # far too slow: down in proportion
-    assert adapt.next_level(4, 0.55) == 3                      # at least one level down when starved
+    assert adapt.next_level(4, 0.55) == 2                      # starved: down in proportion to the cost
+    assert adapt.next_level(4, 0.9) == 3                       # a little idle: at least one level down
     assert adapt.next_level(adapt.MAX_LEVEL, 1.0, 0.99) == adapt.MAX_LEVEL
     assert adapt.next_level(adapt.MIN_LEVEL, 0.0) == adapt.MIN_LEVEL
     assert sorted(adapt.LEVEL_COST) == list(range(adapt.MIN_LEVEL, adapt.MAX_LEVEL + 1))
