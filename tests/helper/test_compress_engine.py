@@ -243,3 +243,32 @@ def test_tar_header_checksum_unsigned_signed_and_wrong(helper_module):
     with pytest.raises(h.HelperError) as caught:
         h.parse_tar_header(bytes(wrong))
     assert caught.value.code == "BAD_TAR"
+
+
+RSS_PROBE = r"""
+import importlib.machinery, importlib.util, io, resource, sys
+loader = importlib.machinery.SourceFileLoader("h", sys.argv[1])
+spec = importlib.util.spec_from_loader("h", loader)
+h = importlib.util.module_from_spec(spec)
+loader.exec_module(h)
+adapt = h.AdaptiveZstandard(2, start=h.AdaptiveZstandard.memory_ceiling(2), window=1000.0)  # held at its top
+source = io.FileIO(sys.argv[2], "rb")
+pipeline = h.Pipeline(h.pooled_source(source.readinto, None, h.READ_BLOCK), lambda pieces: None, "null",
+                      h.NullValidator(), adapt, 64 << 20, h.Progress("compress", quiet=True), hash_output=False)
+pipeline.run()
+print(adapt.levels[0][0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_auto_level_at_its_memory_ceiling_stays_within_200_mib(python, tmp_path):
+    """Out of band: the peak RSS of a real pipeline held at auto's highest level (two workers: the
+    tables and job buffers of every worker allocated), measured by the kernel (ru_maxrss)."""
+    if python.endswith("nozstd/bin/python"):
+        pytest.skip("the zstandard module is what this checks")
+    data = tmp_path / "input"
+    # 4 bits of entropy a byte: the match finders work (random bytes would be stored raw)
+    data.write_bytes(os.urandom(40 * MIB).translate(bytes(b"abcdefghijklmnop"[i % 16] for i in range(256))))
+    helper = os.path.join(os.path.dirname(__file__), "..", "..", "roles", "helper", "files", "xapi-backup-helper")
+    done = subprocess.run([python, "-c", RSS_PROBE, helper, str(data)], stdout=subprocess.PIPE, check=True, timeout=120)
+    level, peak_mib = (int(v) for v in done.stdout.split())
+    assert level == 11 and peak_mib <= 200, (level, peak_mib)
