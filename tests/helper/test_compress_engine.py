@@ -76,7 +76,7 @@ def test_auto_level_ceiling_keeps_the_match_tables_within_the_rss_budget(helper_
     if h.zstandard is None:
         pytest.skip("the helper's interpreter has no zstandard")
     adapt = h.AdaptiveZstandard
-    assert adapt.memory_ceiling(2) == 11
+    assert adapt.memory_ceiling(2) == 9
     for threads in (1, 2, 4, 8, 16, 64):
         top = adapt.memory_ceiling(threads)
         assert 3 <= top <= adapt.MAX_LEVEL
@@ -95,7 +95,7 @@ def test_auto_level_never_climbs_past_its_memory_ceiling(helper_module):
     level = 3
     for _window in range(10):   # the sink always saturated, the compressor mostly waiting
         level = adapt.next_level(level, 1.0, 0.95, adapt.memory_ceiling(2) + 1)
-    assert level == adapt.memory_ceiling(2) == 11
+    assert level == adapt.memory_ceiling(2) == 9
 
 
 def _run_pipeline(helper, data, transform, write, bandwidth=None, buffer_bytes=64 * MIB):
@@ -274,4 +274,4 @@ def test_auto_level_at_its_memory_ceiling_stays_within_200_mib(python, tmp_path)
     helper = os.path.join(os.path.dirname(__file__), "..", "..", "roles", "helper", "files", "xapi-backup-helper")
     done = subprocess.run([python, "-c", RSS_PROBE, helper, str(data)], stdout=subprocess.PIPE, check=True, timeout=120)
     level, peak_mib = (int(v) for v in done.stdout.split())
-    assert level == 11 and peak_mib <= 200, (level, peak_mib)
+    assert level == 9 and peak_mib <= 200, (level, peak_mib)
