@@ -283,39 +283,78 @@ def _probe_beside(helper, stdin_path, seconds):
     return rate, usage.ru_maxrss / 1024.0
 
 
-def issue14_table(image, xva, runs, workdir, py36, skip_raw=False):
-    """Every figure of issue 14's Done-when, side by side in one run (medians of ``runs``, alternating)."""
+def issue14_table(image, xva, runs, workdir, py36, skip_raw=False, rows_wanted=None):
+    """Every figure of issue 14's Done-when, side by side in one run (medians of ``runs``, alternating).
+
+    ``rows_wanted``: the row numbers to run (None: all), so one target can be re-measured in a minute."""
+    def wanted(number):
+        return rows_wanted is None or number in rows_wanted
     py = py36 if os.path.exists(py36) else sys.executable
     full = [py, HELPER, "compress", "--threads", "0", "--nice", "0", "--ionice", "none"]
     standin = [py, STANDIN, "--level", "3"]
+    standin5 = [py, STANDINS]
     cli = ["zstd", "-T0", "-3", "-c", "-q"]
     out = {"interpreter": py, "load_at_start": os.getloadavg()}
     inputs = [("xva", xva)] + ([] if skip_raw else [("raw", image)])
-    for label, path in inputs:
+    for label, path in inputs if wanted(1) else []:
         rows = _alternate([("helper compress zstd -3", full + ["--codec", "zstd", "--level", "3"]),
                            ("python-zstandard stand-in", standin), ("zstd -3 -T0", cli)], path, runs, workdir, "1-" + label)
         out["1_compress_" + label] = rows
-    rows = _alternate([("helper compress --validate-xva --digest blake2b", full + ["--codec", "zstd", "--level", "3",
-                                                                                  "--validate-xva", "--digest", "blake2b"]),
-                       ("helper same with --digest sha256", full + ["--codec", "zstd", "--level", "3", "--validate-xva",
-                                                                    "--digest", "sha256"]),
+    if wanted(2):
+        out["2_export"] = export_rows(full, standin_export(py), cli, xva, runs, workdir)
+    if wanted(3):
+        out["3_gzip"] = _alternate([("helper gzip -6 (zlib threads)", full + ["--codec", "gzip", "--level", "6", "--compressor", "zlib-threads"]),
+                                    ("pigz -6", ["pigz", "-6", "-c"])], xva, runs, workdir, "3-gzip")
+    if wanted(4):
+        out["4_restore"] = restore_rows(full, xva, runs, workdir, py)
+    if wanted(5):
+        out["5_auto"] = auto_rows(full, standin5, xva, runs, workdir)
+    if wanted(6):
+        out["6_nice"] = nice_rows(py, xva, runs)
+    out["load_at_end"] = os.getloadavg()
+    return out
+
+
+STANDINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zstd_standins.py")
+CAP = 40 * 1000 * 1000  # row 5: the slow sink every row of it writes through
+
+
+def standin_export(py):
+    return [py, STANDINS, "--level", "3", "--export"]
+
+
+def export_rows(full, standin, cli, xva, runs, workdir):
+    """Row 2: export's work (XVA validation + digest of the stored bytes) beside the CLI and beside
+    its stand-in (python-zstandard + BLAKE2b of the output + the minimal tar walk with XXH64 checks)."""
+    validate = full + ["--codec", "zstd", "--level", "3", "--validate-xva"]
+    return _alternate([("helper compress --validate-xva --digest blake2b", validate + ["--digest", "blake2b"]),
+                       ("export stand-in (zstandard + blake2b + tar walk)", standin),
+                       ("helper same with --digest sha256", validate + ["--digest", "sha256"]),
                        ("zstd -3 -T0", cli)], xva, runs, workdir, "2-export")
-    out["2_export"] = rows
-    rows = _alternate([("helper gzip -6 (zlib threads)", full + ["--codec", "gzip", "--level", "6", "--compressor", "zlib-threads"]),
-                       ("pigz -6", ["pigz", "-6", "-c"])], xva, runs, workdir, "3-gzip")
-    out["3_gzip"] = rows
+
+
+def restore_rows(full, xva, runs, workdir, py):
     stored = os.path.join(workdir, "bench.xva.zst")
     subprocess.run(full + ["--codec", "zstd", "--level", "3"], stdin=open(xva, "rb"), stdout=open(stored, "wb"),
                    stderr=subprocess.DEVNULL, check=True)
     # the real restore path: helper import (PUT) of each backup into one loopback sink (bench_restore.py)
     rows = bench_restore.restore_rows(xva, stored, runs, py)
     rows.update(_alternate([("zstd -d", ["zstd", "-d", "-c", "-q"])], stored, runs, workdir, "4-zstd"))
-    out["4_restore"] = rows
-    cap = str(40 * 1000 * 1000)
-    rows = _alternate([("helper --level auto, 40 MB/s cap", full + ["--codec", "zstd", "--level", "auto", "--bandwidth-limit", cap]),
-                       ("helper --level 3, 40 MB/s cap", full + ["--codec", "zstd", "--level", "3", "--bandwidth-limit", cap])],
-                      xva, runs, workdir, "5-auto")
-    out["5_auto"] = rows
+    return rows
+
+
+def auto_rows(full, standin, xva, runs, workdir):
+    """Row 5: --level auto and level 3 behind the same 40 MB/s cap, and the stand-in at fixed levels
+    3/6/9/12 behind it (what any fixed level can reach here: the bound for auto's target)."""
+    cap = ["--bandwidth-limit", str(CAP)]
+    items = [("helper --level auto, 40 MB/s cap", full + ["--codec", "zstd", "--level", "auto"] + cap),
+             ("helper --level 3, 40 MB/s cap", full + ["--codec", "zstd", "--level", "3"] + cap)]
+    items += [("stand-in level %d, 40 MB/s cap" % level, standin[:2] + ["--level", str(level)] + cap)
+              for level in (3, 6, 9, 12)]
+    return _alternate(items, xva, runs, workdir, "5-auto")
+
+
+def nice_rows(py, xva, runs):
     gentle = [py, HELPER, "compress", "--threads", "0", "--codec", "zstd", "--level", "3"]  # nice 19, idle I/O: the defaults
     probe = {"solo": [], "beside nice 19 / idle": [], "beside nice 0": [], "rss_mib": []}
     for _run in range(runs):
@@ -326,9 +365,7 @@ def issue14_table(image, xva, runs, workdir, py36, skip_raw=False):
         probe["beside nice 0"].append(_probe_beside(gentle + ["--nice", "0", "--ionice", "none"], xva, 4.0)[0])
         print("i14 6-nice  %s  load %.1f" % (json.dumps(dict((k, round(v[-1], 1)) for k, v in probe.items())), os.getloadavg()[0]),
               file=sys.stderr, flush=True)
-    out["6_nice"] = dict((k, statistics.median(v) if k != "rss_mib" else max(v)) for k, v in probe.items())
-    out["load_at_end"] = os.getloadavg()
-    return out
+    return dict((k, statistics.median(v) if k != "rss_mib" else max(v)) for k, v in probe.items())
 
 
 def issue14_markdown(res):
@@ -352,23 +389,34 @@ def issue14_markdown(res):
             lines.append("- 1 %s: helper / zstd -3 -T0 %.2fx [>= 1.05]; helper / stand-in %.2fx [>= 0.97]; size helper/CLI %.4f [<= 1.01]" % (
                 label, speed(key, "helper compress zstd -3", "zstd -3 -T0"), speed(key, "helper compress zstd -3", "python-zstandard stand-in"),
                 r["helper compress zstd -3"]["stored_bytes"] / float(r["zstd -3 -T0"]["stored_bytes"])))
-    lines.append("- 2 export (validate + blake2b digest) / zstd -3 -T0: %.2fx [>= 0.9]; with sha256: %.2fx" % (
-        speed("2_export", "helper compress --validate-xva --digest blake2b", "zstd -3 -T0"),
-        speed("2_export", "helper same with --digest sha256", "zstd -3 -T0")))
-    lines.append("- 3 helper gzip / pigz -6: %.2fx [>= 1.0]" % speed("3_gzip", "helper gzip -6 (zlib threads)", "pigz -6"))
-    r4 = res["4_restore"]
-    lines.append("- 4 restore: helper import zstd / helper import uncompressed (same sink) %.2fx [>= 0.9]; "
-                 "zstd -d alone / helper import zstd %.2fx; python-zstandard stand-in / uncompressed %.2fx, "
-                 "helper / stand-in %.2fx [>= 0.97 when the stand-in misses 0.9]" % (
-                     (bench_restore.restore_ratio(r4), r4["zstd -d"]["wall_s"] / r4["helper import, zstd backup"]["wall_s"])
-                     + bench_restore.standin_ratios(r4)))
-    r5 = res["5_auto"]
-    a, t = r5["helper --level auto, 40 MB/s cap"], r5["helper --level 3, 40 MB/s cap"]
-    lines.append("- 5 auto vs level 3 behind 40 MB/s: bytes %.3f [<= 0.90], wall %.3f [<= 1.05]" % (
-        a["stored_bytes"] / float(t["stored_bytes"]), a["wall_s"] / t["wall_s"]))
-    n = res["6_nice"]
-    lines.append("- 6 probe beside a nice-19/idle backup keeps %.0f %% of its solo rate [>= 80 %%] (beside a nice-0 one: %.0f %%); helper RSS %.1f MiB [<= 200]" % (
-        100 * n["beside nice 19 / idle"] / n["solo"], 100 * n["beside nice 0"] / n["solo"], n["rss_mib"]))
+    if "2_export" in res:
+        lines.append("- 2 export (validate + blake2b digest) / zstd -3 -T0: %.2fx [>= 0.9]; / its stand-in %.2fx [>= 0.97]; "
+                     "with sha256: %.2fx" % (
+                         speed("2_export", "helper compress --validate-xva --digest blake2b", "zstd -3 -T0"),
+                         speed("2_export", "helper compress --validate-xva --digest blake2b",
+                               "export stand-in (zstandard + blake2b + tar walk)"),
+                         speed("2_export", "helper same with --digest sha256", "zstd -3 -T0")))
+    if "3_gzip" in res:
+        lines.append("- 3 helper gzip / pigz -6: %.2fx [>= 1.0]" % speed("3_gzip", "helper gzip -6 (zlib threads)", "pigz -6"))
+    if "4_restore" in res:
+        r4 = res["4_restore"]
+        line = "- 4 restore: helper import zstd / helper import uncompressed (same sink) %.2fx [>= 0.9]; " \
+               "zstd -d alone / helper import zstd %.2fx" % (
+                   bench_restore.restore_ratio(r4), r4["zstd -d"]["wall_s"] / r4["helper import, zstd backup"]["wall_s"])
+        line += "; python-zstandard stand-in / uncompressed %.2fx, helper / stand-in %.2fx [>= 0.97 when the " \
+                "stand-in misses 0.9]" % bench_restore.standin_ratios(r4)
+        lines.append(line)
+    if "5_auto" in res:
+        r5 = res["5_auto"]
+        t = r5["helper --level 3, 40 MB/s cap"]
+        for name in [k for k in r5 if k != "helper --level 3, 40 MB/s cap"]:
+            lines.append("- 5 %s vs helper level 3 behind 40 MB/s: bytes %.3f [<= 0.90], wall %.3f [<= 1.05]%s" % (
+                name, r5[name]["stored_bytes"] / float(t["stored_bytes"]), r5[name]["wall_s"] / t["wall_s"],
+                "; peak RSS %.1f MiB [<= 200]" % r5[name]["peak_rss_mib"] if name.startswith("helper") else ""))
+    if "6_nice" in res:
+        n = res["6_nice"]
+        lines.append("- 6 probe beside a nice-19/idle backup keeps %.0f %% of its solo rate [>= 80 %%] (beside a nice-0 one: %.0f %%); helper RSS %.1f MiB [<= 200]" % (
+            100 * n["beside nice 19 / idle"] / n["solo"], 100 * n["beside nice 0"] / n["solo"], n["rss_mib"]))
     return "\n".join(lines)
 
 
@@ -433,6 +481,8 @@ def main():
     parser.add_argument("--xva-mib", type=int, default=0,
                         help="issue 14 rows on the first N MiB of the image (raw and as XVA) instead of all of it")
     parser.add_argument("--skip-raw", action="store_true", help="issue 14 rows on the XVA input only (not the 2 GiB raw image)")
+    parser.add_argument("--only-row", type=int, action="append", choices=range(1, 7), metavar="N",
+                        help="issue 14 rows: only row N (1 compress, 2 export, 3 gzip, 4 restore, 5 auto, 6 nice); repeatable")
     parser.add_argument("--emit", choices=("first", "sparse", "dense"), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -453,11 +503,12 @@ def main():
                     dst.write(src.read(1 << 20))
             with open(xva14, "wb") as dst:
                 emit_xva(dst, image_chunks(args.image, size), size)
-        res14 = issue14_table(image14, xva14, args.runs, args.workdir, PY36, args.skip_raw)
+        res14 = issue14_table(image14, xva14, args.runs, args.workdir, PY36, args.skip_raw,
+                              set(args.only_row) if args.only_row else None)
         with open(os.path.join(args.workdir, "issue14.json"), "w") as handle:
             json.dump(res14, handle, indent=2)
         print(issue14_markdown(res14), flush=True)
-        if args.only_issue14:
+        if args.only_issue14 or args.only_row:
             return 0
     raw, rows = compression_table(xva, args.runs, args.workdir, args.python)
     rss_rows = [] if args.skip_rss else rss_table(args.image, args.python)

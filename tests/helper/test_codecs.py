@@ -210,9 +210,12 @@ def test_helper_zstd_is_the_cli_frame_plus_a_raw_size_trailer(python):
 
 def test_auto_level_decision_is_a_pure_function(helper_module):
     adapt = helper_module.AdaptiveZstandard
-    assert adapt.next_level(3, 0.99, 0.4) == 5  # the sink writes all the time, the compressor waits: slack
-    assert adapt.next_level(3, 0.2) == 2       # the sink waits for data: the compressor is the bottleneck
-    assert adapt.next_level(3, 0.75) == 3
+    assert adapt.next_level(3, 0.99, 0.4) == 4  # the sink writes all the time, the compressor waits: slack
+    assert adapt.next_level(3, 0.2) == 1       # the sink waits for data: the compressor is the bottleneck
+    assert adapt.next_level(3, 0.75) == 2      # the sink idles a quarter of the time: that is wall time, down in proportion
+    assert adapt.next_level(3, 0.3) == 1
+    assert adapt.next_level(3, 0.88) == 2      # even a little idle sink: at least one level down
+    assert adapt.next_level(3, 0.95, 0.0) == 3  # both busy: balanced, stays
     assert adapt.next_level(adapt.MAX_LEVEL, 1.0) == adapt.MAX_LEVEL
     assert adapt.next_level(adapt.MIN_LEVEL, 0.0) == adapt.MIN_LEVEL
 
