@@ -58,7 +58,9 @@ options:
     type: int
     default: 600
   guest_poll_interval:
-    description: Seconds between two looks at a VM's guest metrics.
+    description:
+      - The longest pause, in seconds, between two looks at the guest metrics of a tier's VMs. The first look
+        comes 0.1 s after the starts and the pause doubles up to this.
     type: float
     default: 2.0
   appliances:
