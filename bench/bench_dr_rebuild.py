@@ -33,7 +33,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.test_playbooks import HELPER, VENV_BIN, ansible_env  # noqa: E402
+from tests.integration.test_playbooks import COLLECTIONS, HELPER, VENV_BIN, ansible_env  # noqa: E402
+
+sys.path.insert(0, str(COLLECTIONS))
+# pylint: disable-next=wrong-import-position
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import launch_argv  # noqa: E402
+
+# As on dom0 (no PYTHONDONTWRITEBYTECODE): the rebuild's helper starts and the stand-in's reuse the
+# helper's compiled code (HELPER_LAUNCHER).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 from tests.xapisim.fixture import start_simulator  # noqa: E402
 
 POOL = """
@@ -90,7 +98,7 @@ def standin(count: int, n: int) -> float:
     the rebuild's are)."""
     def one_vm(_index):
         for _ in range(HELPER_RUNS_PER_VM):
-            subprocess.run([sys.executable, str(HELPER), "status", "--status-file", os.devnull + "/none"],
+            subprocess.run(launch_argv(sys.executable, str(HELPER)) + ["status", "--status-file", os.devnull + "/none"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, start_new_session=True)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=n) as pool:

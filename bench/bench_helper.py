@@ -31,6 +31,13 @@ import bench_restore  # noqa: E402  (bench/ is on sys.path when this file runs a
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(REPO, "roles", "helper", "files", "xapi-backup-helper")
+sys.path.insert(0, os.path.join(REPO, ".tmp", "collections"))
+# pylint: disable-next=wrong-import-position
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import launch_argv  # noqa: E402
+
+# The helper starts as the action plugins start it on dom0 (HELPER_LAUNCHER, compiled code kept in
+# __pycache__), and dom0 does not set PYTHONDONTWRITEBYTECODE.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 PY36 = os.path.join(REPO, ".venv36", "bin", "python")
 STANDIN = os.environ.get("ZSTD_STANDIN", "/work/shared/bench/zstd-standin.py")  # python-zstandard alone (issue 14)
 CHUNK = 1 << 20
@@ -157,7 +164,7 @@ def run_measured(argv, stdin_path=None, stdin_proc_argv=None, out_path=os.devnul
 def helper_argv(python, *args):
     # compared with `zstd -T0` / `pigz` at normal priority: every core, no nice/ionice (the helper's
     # defaults since issue 14 are half the cores at nice 19 / idle I/O, gentle on dom0)
-    return [python, HELPER, "compress", "--threads", "0", "--nice", "0", "--ionice", "none"] + list(args)
+    return launch_argv(python, HELPER) + ["compress", "--threads", "0", "--nice", "0", "--ionice", "none"] + list(args)
 
 
 def tools(python):
@@ -290,7 +297,7 @@ def issue14_table(image, xva, runs, workdir, py36, skip_raw=False, rows_wanted=N
     def wanted(number):
         return rows_wanted is None or number in rows_wanted
     py = py36 if os.path.exists(py36) else sys.executable
-    full = [py, HELPER, "compress", "--threads", "0", "--nice", "0", "--ionice", "none"]
+    full = launch_argv(py, HELPER) + ["compress", "--threads", "0", "--nice", "0", "--ionice", "none"]
     standin = [py, STANDIN, "--level", "3"]
     standin5 = [py, STANDINS]
     cli = ["zstd", "-T0", "-3", "-c", "-q"]
@@ -355,7 +362,7 @@ def auto_rows(full, standin, xva, runs, workdir):
 
 
 def nice_rows(py, xva, runs):
-    gentle = [py, HELPER, "compress", "--threads", "0", "--codec", "zstd", "--level", "3"]  # nice 19, idle I/O: the defaults
+    gentle = launch_argv(py, HELPER) + ["compress", "--threads", "0", "--codec", "zstd", "--level", "3"]  # nice 19, idle I/O: the defaults
     probe = {"solo": [], "beside nice 19 / idle": [], "beside nice 0": [], "rss_mib": []}
     for _run in range(runs):
         probe["solo"].append(_probe_rate(4.0))

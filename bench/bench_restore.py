@@ -35,6 +35,11 @@ import xmlrpc.client
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 HELPER = os.path.join(REPO, "roles", "helper", "files", "xapi-backup-helper")
+sys.path.insert(0, os.path.join(REPO, ".tmp", "collections"))
+# pylint: disable-next=wrong-import-position
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import launch_argv  # noqa: E402
+
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # as on dom0: the launcher keeps the compiled helper
 PY36 = os.path.join(REPO, ".venv36", "bin", "python")
 MB = 1e6
 SESSION = "OpaqueRef:bench-" + uuid.uuid4().hex
@@ -139,7 +144,7 @@ def start_sink():
 
 def import_once(python, url, stored, raw_bytes, standin_run=False):
     env = dict(os.environ, XAPI_SESSION=SESSION)
-    argv = [python, HELPER, "import", "--url", url, "--in", stored, "--nice", "0", "--ionice", "none"]
+    argv = launch_argv(python, HELPER) + ["import", "--url", url, "--in", stored, "--nice", "0", "--ionice", "none"]
     if standin_run:
         argv = [python, os.path.abspath(__file__), "--standin", url, stored, str(raw_bytes)]
     started = time.monotonic()

@@ -25,6 +25,7 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.xapi.backup.plugins.module_utils._constants import DEFAULT_HELPER_PATH
 from ansible_collections.xapi.backup.plugins.modules.helper_install import argument_spec
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import launch_argv
 
 DEFAULT_DEST = DEFAULT_HELPER_PATH
 MIN_PYTHON = (3, 6)
@@ -197,6 +198,9 @@ class ActionModule(ActionBase):
             "cp %s %s" % (q(staged), q(tmp_dest)),
             "chmod 0755 %s" % q(tmp_dest),
             "mv -f %s %s" % (q(tmp_dest), q(dest)),
+            # the old helper's compiled code (HELPER_LAUNCHER): Python would take it for the new one
+            # if the two had the same size and the same mtime second
+            "rm -f -- %s*.pyc" % q(posixpath.join(dest_dir, "__pycache__", posixpath.basename(dest))),
             "sha256sum < %s | cut -d' ' -f1" % q(dest),
         ])
         res = self._shell(cmd + " || { rc=$?; rm -f %s; exit $rc; }" % q(tmp_dest))
@@ -224,7 +228,8 @@ class ActionModule(ActionBase):
         self._check(self._shell(cmd), "unpacking %s into %s" % (os.path.basename(wheel), lib_dir))
 
     def _self_test(self, python: str, dest: str) -> dict:
-        res = self._shell("%s %s self-test" % (shlex.quote(python), shlex.quote(dest)))
+        # started as every task starts it, so the run also leaves the helper's compiled code behind
+        res = self._shell(" ".join(shlex.quote(a) for a in launch_argv(python, dest) + ["self-test"]))
         report = parse_json_object(res.get("stdout", ""))
         if report is None:
             raise AnsibleActionFail("helper self-test printed no JSON (rc=%s): %s"

@@ -141,6 +141,10 @@ def test_install_on_two_hosts_then_second_run_changes_nothing(ssh_pool_hosts, pl
         assert path.parent.stat().st_mode & 0o7777 == 0o755
         report = results[host.name]["self_test"]
         assert report["ok"] is True
+        # the self-test started it as every task does (HELPER_LAUNCHER): its compiled code is kept
+        cache = path.parent / "__pycache__"
+        assert len(list(cache.glob(path.name + "*.pyc"))) == 1, list(cache.iterdir())
+        assert cache.stat().st_mode & 0o022 == 0
         # the helper ran on the host's python3: the real 3.6 when pyenv has it
         if netns.default_python():
             assert report["python"]["version"] == "3.6.15"
@@ -172,6 +176,8 @@ def test_a_modified_helper_is_detected_in_check_mode_and_replaced(ssh_pool_hosts
     assert sha256(installed(first)) == sha256(helper)
     assert installed(first).stat().st_mode & 0o7777 == 0o755
     assert results[first.name]["self_test"]["ok"] is True
+    (compiled,) = (installed(first).parent / "__pycache__").glob("xapi-backup-helper*.pyc")
+    assert compiled.stat().st_mtime >= installed(first).stat().st_mtime  # compiled from the new helper
 
 
 def test_only_a_wrong_mode_is_repaired(ssh_pool_hosts, play):

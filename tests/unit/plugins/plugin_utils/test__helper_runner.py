@@ -5,18 +5,39 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
+import os
 import shlex
+import shutil
+import subprocess
+import sys
 
 import pytest
 
 from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import (
+    BUNDLED_HELPER,
+    HELPER_LAUNCHER,
     HelperError,
     HelperRunner,
     format_progress,
     helper_command,
+    launch_argv,
     parse_result,
 )
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+DOM0_PYTHON = os.path.join(REPO, ".venv36", "bin", "python")
+if not os.path.exists(DOM0_PYTHON):
+    DOM0_PYTHON = sys.executable
+
+
+def load_helper(path):
+    loader = importlib.machinery.SourceFileLoader("xapi_backup_helper_under_test", str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
 
 SESSION = "OpaqueRef:secret-session"
 
@@ -38,10 +59,68 @@ class FakeExec:
 
 def test_helper_command_falls_back_to_bundled_copy_only_on_local_connection():
     exists = {"/bundled/helper"}.__contains__
-    assert helper_command("/opt/h", "python3", True, exists, "/ctl/python", "/bundled/helper") == ["/ctl/python", "/bundled/helper"]
-    assert helper_command("/opt/h", "python3", False, exists, "/ctl/python", "/bundled/helper") == ["python3", "/opt/h"]
+    launch = ["-c", HELPER_LAUNCHER]
+    assert helper_command("/opt/h", "python3", True, exists, "/ctl/python", "/bundled/helper") == ["/ctl/python"] + launch + ["/bundled/helper"]
+    assert helper_command("/opt/h", "python3", False, exists, "/ctl/python", "/bundled/helper") == ["python3"] + launch + ["/opt/h"]
     installed = {"/opt/h", "/bundled/helper"}.__contains__
-    assert helper_command("/opt/h", "python3.6", True, installed, "/ctl/python", "/bundled/helper") == ["python3.6", "/opt/h"]
+    assert helper_command("/opt/h", "python3.6", True, installed, "/ctl/python", "/bundled/helper") == ["python3.6"] + launch + ["/opt/h"]
+
+
+def launched(python, helper, args, cwd, stdin=b""):
+    """The helper started as the action plugins start it, on dom0's interpreter when we have it; no
+    PYTHONDONTWRITEBYTECODE (dom0 does not set it)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    proc = subprocess.run(launch_argv(python, str(helper)) + list(args), input=stdin, capture_output=True,
+                          cwd=str(cwd), env=env, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()[-600:]
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+
+
+@pytest.fixture(name="installed_helper")
+def fixture_installed_helper(tmp_path):
+    """A copy of the helper in its own bin directory, as the helper role installs it."""
+    bindir = tmp_path / "opt" / "bin"
+    bindir.mkdir(parents=True)
+    helper = bindir / "xapi-backup-helper"
+    shutil.copyfile(BUNDLED_HELPER, helper)
+    return helper
+
+
+def cached_code(helper):
+    return list((helper.parent / "__pycache__").glob(helper.name + "*.pyc"))
+
+
+def test_launcher_keeps_the_compiled_helper_and_recompiles_a_changed_one(installed_helper, tmp_path):
+    assert launched(DOM0_PYTHON, installed_helper, ["self-test"], tmp_path)["ok"] is True
+    (pyc,) = cached_code(installed_helper)
+    stamp = pyc.stat().st_mtime_ns
+    assert launched(DOM0_PYTHON, installed_helper, ["self-test"], tmp_path)["ok"] is True
+    assert pyc.stat().st_mtime_ns == stamp  # the second start used it, compiled nothing
+    with open(installed_helper, "a", encoding="utf-8") as handle:
+        handle.write("\nHELPER_VERSION = 'changed'\n")
+    assert launched(DOM0_PYTHON, installed_helper, ["self-test"], tmp_path)["helper_version"] == "changed"
+    assert cached_code(installed_helper) == [pyc] and pyc.stat().st_mtime_ns != stamp  # rewritten
+
+
+def test_launcher_never_imports_from_the_working_directory(installed_helper, tmp_path):
+    """``python -c`` puts the working directory first on sys.path: a module planted there would run
+    as root. The launcher puts the helper's own directory there instead, as for a script."""
+    planted = tmp_path / "cwd"
+    planted.mkdir()
+    marker = tmp_path / "planted-code-ran"
+    for name in ("zstandard", "xxhash", "json", "argparse", "threading"):
+        (planted / (name + ".py")).write_text("open(%r, 'w').close()\nraise ImportError('planted')\n" % str(marker))
+    report = launched(DOM0_PYTHON, installed_helper, ["self-test"], planted)
+    assert report["ok"] is True
+    assert not marker.exists()
+    assert not str((report["codecs"]["zstandard"] or {}).get("path", "")).startswith(str(planted))
+
+
+def test_helper_recognises_its_launched_processes(installed_helper):
+    helper = load_helper(installed_helper)
+    assert helper.runs_this_program(launch_argv("python3", str(installed_helper)) + ["export", "--detach"])
+    assert helper.runs_this_program(["python3", str(installed_helper), "status"])
+    assert not helper.runs_this_program(launch_argv("python3", "/usr/bin/other-program") + [str(installed_helper)])
 
 
 def test_session_goes_on_stdin_never_argv():
