@@ -35,10 +35,6 @@ import xmlrpc.client
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 HELPER = os.path.join(REPO, "roles", "helper", "files", "xapi-backup-helper")
-sys.path.insert(0, os.path.join(REPO, ".tmp", "collections"))
-# pylint: disable-next=wrong-import-position
-from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import launch_argv  # noqa: E402
-
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # as on dom0: the launcher keeps the compiled helper
 PY36 = os.path.join(REPO, ".venv36", "bin", "python")
 MB = 1e6
@@ -140,6 +136,14 @@ def start_sink():
 
 
 # ---------------------------------------------------------------- the runs
+
+
+def launch_argv(python, helper):
+    """The helper started as the action plugins start it (imported here, not at the top: this file
+    also runs as the stand-in on Python 3.6, which cannot import the collection's code)."""
+    sys.path.insert(0, os.path.join(REPO, ".tmp", "collections"))
+    from ansible_collections.xapi.backup.plugins.plugin_utils import _helper_runner  # pylint: disable=import-outside-toplevel
+    return _helper_runner.launch_argv(python, helper)
 
 
 def import_once(python, url, stored, raw_bytes, standin_run=False):
