@@ -352,12 +352,16 @@ def restore_rows(full, xva, runs, workdir, py):
 
 def auto_rows(full, standin, xva, runs, workdir):
     """Row 5: --level auto and level 3 behind the same 40 MB/s cap, and the stand-in at fixed levels
-    3/6/9/12 behind it (what any fixed level can reach here: the bound for auto's target)."""
+    3/6/9/12, and 3/6 with auto's long-distance window, behind it (what a fixed level can reach here:
+    the bound for auto's target)."""
     cap = ["--bandwidth-limit", str(CAP)]
     items = [("helper --level auto, 40 MB/s cap", full + ["--codec", "zstd", "--level", "auto"] + cap),
              ("helper --level 3, 40 MB/s cap", full + ["--codec", "zstd", "--level", "3"] + cap)]
     items += [("stand-in level %d, 40 MB/s cap" % level, standin[:2] + ["--level", str(level)] + cap)
               for level in (3, 6, 9, 12)]
+    # the long-distance window auto uses above level 3 (zstd --long=25): what a fixed level reaches with it
+    items += [("stand-in level %d + 32 MiB long window, 40 MB/s cap" % level,
+               standin[:2] + ["--level", str(level), "--long-window-log", "25"] + cap) for level in (3, 6)]
     return _alternate(items, xva, runs, workdir, "5-auto")
 
 

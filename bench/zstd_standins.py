@@ -3,7 +3,7 @@
 interpreter (dom0's Python 3.6 + zstandard 0.20), so the helper's figures can be judged against the
 simplest program doing the same work on this machine.
 
-    python zstd_standins.py [--level 3] [--export] [--bandwidth-limit BYTES_PER_S] < INPUT > OUTPUT
+    python zstd_standins.py [--level 3] [--long-window-log N] [--export] [--bandwidth-limit BYTES_PER_S] < INPUT > OUTPUT
 
 Plain: one ``ZstdCompressor(level, threads=-1)`` stream fed 8 MiB reads (as
 /work/shared/bench/zstd-standin.py's ``copy_stream``).
@@ -16,6 +16,9 @@ hashed with XXH64 (libxxhash through ctypes, as the helper on dom0) and compared
 
 ``--bandwidth-limit``: output written in quanta of 1/20 s of the rate on a fixed schedule (the
 helper's token bucket), for row 5's fixed-level stand-ins behind the same cap.
+
+``--long-window-log N``: long-distance matching over a 2^N window (``zstd --long=N``), as
+``--level auto`` uses above level 3.
 """
 import argparse
 import ctypes
@@ -152,11 +155,18 @@ def main():
     parser.add_argument("--level", type=int, default=3)
     parser.add_argument("--export", action="store_true", help="+ BLAKE2b of the output + the XVA tar walk")
     parser.add_argument("--bandwidth-limit", type=int, default=None)
+    parser.add_argument("--long-window-log", type=int, default=None)
     args = parser.parse_args()
     source, sink = io.FileIO(0, "rb", closefd=False), io.FileIO(1, "wb", closefd=False)
     output = Output(sink, hashlib.blake2b(digest_size=32) if args.export else None, args.bandwidth_limit)
     walk = TarWalk() if args.export else None
-    writer = zstandard.ZstdCompressor(level=args.level, threads=-1).stream_writer(output, write_size=BLOCK)
+    if args.long_window_log:
+        params = zstandard.ZstdCompressionParameters.from_level(args.level, threads=-1, enable_ldm=True,
+                                                                 window_log=args.long_window_log)
+        cctx = zstandard.ZstdCompressor(compression_params=params)
+    else:
+        cctx = zstandard.ZstdCompressor(level=args.level, threads=-1)
+    writer = cctx.stream_writer(output, write_size=BLOCK)
     block = bytearray(BLOCK)
     while True:
         n = source.readinto(block)

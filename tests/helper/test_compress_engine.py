@@ -87,6 +87,26 @@ def test_auto_level_ceiling_keeps_the_match_tables_within_the_rss_budget(helper_
     assert adapt(2).input_queue_bytes(64 * MIB) == 2 * h.READ_BLOCK   # no read-ahead behind a slow sink
 
 
+def test_auto_frames_above_level_3_match_over_the_long_window(helper_module):
+    """Above level 3, auto's frames use long-distance matching over 32 MiB: the frame header declares
+    that window (a decoder must allocate it); level 3 and below stay as the level alone makes them."""
+    h = helper_module
+    if h.zstandard is None:
+        pytest.skip("the helper's interpreter has no zstandard")
+    adapt = h.AdaptiveZstandard
+    data = _compressible(4 * MIB)
+    for level, window in ((3, 1 << 21), (4, 32 * MIB), (9, 32 * MIB)):
+        out = []
+        compressor = adapt(1, start=level)
+        compressor.feed(bytearray(data), out.append)
+        compressor.finish(out.append)
+        stored = b"".join(bytes(p) for p in out)
+        assert zstandard.get_frame_parameters(stored).window_size == window, level
+        assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(stored), read_across_frames=True).read() == data
+    assert adapt.frame_options(adapt, 3) == {}
+    assert adapt.frame_options(adapt, 19)["window_log"] >= adapt.LONG_WINDOW_LOG
+
+
 def test_auto_level_never_climbs_past_its_memory_ceiling(helper_module):
     h = helper_module
     if h.zstandard is None:
