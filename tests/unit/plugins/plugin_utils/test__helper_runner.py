@@ -39,6 +39,7 @@ def load_helper(path):
     loader.exec_module(module)
     return module
 
+
 SESSION = "OpaqueRef:secret-session"
 
 
