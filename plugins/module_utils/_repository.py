@@ -508,6 +508,13 @@ class HelperStorage:
         return self._run("repo-merge-commit", ["--repo", repo, "--path", ident, "--expect-digest", expect_digest],
                          dump_manifest(strip_secrets(manifest)))
 
+    def discard_merged(self, repo, ident, names) -> dict:
+        """repo-merge-commit --discard: remove the merged disks a failed merge wrote (unless now listed)."""
+        args = ["--repo", repo, "--path", ident]
+        for name in names:
+            args += ["--discard", name]
+        return self._run("repo-merge-commit", args, None)
+
     def drop_strays(self, repo, ident) -> dict:
         return self._run("repo-merge-commit", ["--repo", repo, "--path", ident, "--cleanup-only"], None)
 

@@ -28,6 +28,7 @@ import os
 
 from ansible_collections.xapi.backup.plugins.module_utils import _delta
 from ansible_collections.xapi.backup.plugins.module_utils import _repository as repo
+from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import HelperError
 from ansible_collections.xapi.backup.plugins.plugin_utils._xapi_facts import TOOL_VERSION
 
 
@@ -43,6 +44,26 @@ def synthetic_full(ctx, listing, merge: dict) -> dict:
     _size, expect = ctx.storage.hash_file(p["repository"], os.path.join(target["id"], repo.MANIFEST_NAME), "sha256")
     codec = ((target.get("codec") or {}).get("codec") if isinstance(target.get("codec"), dict) else None) or "zstd"
     merged = {}
+    try:
+        merge_disks(ctx, chain, codec, merged)
+        manifest = _delta.synthetic_manifest(chain, merged, repo.iso_time(repo.utcnow()),
+                                             {"name": "xapi.backup", "version": TOOL_VERSION})
+        manifest = repo.seal_manifest(manifest, p.get("repository_key"))
+        repo.parse_manifest(manifest)  # what is committed must read back as a vm-delta manifest
+        committed = ctx.storage.commit_manifest(p["repository"], target["id"], expect, manifest)
+    except (HelperError, repo.RepositoryError, _delta.ChainError) as exc:
+        raise not_committed(ctx, target["id"], merged, exc)
+    return {"target": target["id"], "merged": merge["chain"], "reason": merge["reason"],
+            "dropped": list(committed.get("dropped") or []),
+            "disks": [{"source_vdi": s, "file": r["file"], "size": r["size"], "raw_size": r["raw_size"],
+                       "block_count": (r.get("vhd") or {}).get("block_count"), "duration": r.get("duration")}
+                      for s, r in sorted(merged.items())]}
+
+
+def merge_disks(ctx, chain, codec, merged):
+    """repo-merge each disk of the chain's last link into its directory; ``merged`` fills as they land,
+    so a failure part-way still knows which files this merge wrote."""
+    p, target = ctx.params, chain[-1]
     for disk in target["delta"]["disks"]:
         inputs, digests = [], []
         for link in chain:
@@ -51,13 +72,18 @@ def synthetic_full(ctx, listing, merge: dict) -> dict:
             digests.append(link["files"][own["file"]]["digest"])
         merged[disk["source_vdi"]] = ctx.storage.merge_disk(p["repository"], target["id"], disk["source_vdi"],
                                                             disk["virtual_size"], inputs, digests, codec=codec)
-    manifest = _delta.synthetic_manifest(chain, merged, repo.iso_time(repo.utcnow()),
-                                         {"name": "xapi.backup", "version": TOOL_VERSION})
-    manifest = repo.seal_manifest(manifest, p.get("repository_key"))
-    repo.parse_manifest(manifest)  # what is committed must read back as a vm-delta manifest
-    committed = ctx.storage.commit_manifest(p["repository"], target["id"], expect, manifest)
-    return {"target": target["id"], "merged": merge["chain"], "reason": merge["reason"],
-            "dropped": list(committed.get("dropped") or []),
-            "disks": [{"source_vdi": s, "file": r["file"], "size": r["size"], "raw_size": r["raw_size"],
-                       "block_count": (r.get("vhd") or {}).get("block_count"), "duration": r.get("duration")}
-                      for s, r in sorted(merged.items())]}
+
+
+def not_committed(ctx, target_id, merged, exc):
+    """The error to raise for a merge that did not commit, once the files it wrote are removed: a second
+    prune that committed first (``CHANGED``) must not leave this one's copy behind for the next run."""
+    names = [r["file"] for r in merged.values()]
+    if not names:
+        return exc
+    try:
+        ctx.storage.discard_merged(ctx.params["repository"], target_id, names)
+    except (HelperError, repo.RepositoryError) as second:  # the next prune drops them as strays
+        message = "%s (its merged file(s) %s are left for the next prune: %s)" % (
+            getattr(exc, "message", str(exc)), ", ".join(names), getattr(second, "message", str(second)))
+        return repo.RepositoryError(message, getattr(exc, "code", "MERGE_FAILED"))
+    return exc

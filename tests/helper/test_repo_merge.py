@@ -232,6 +232,40 @@ def test_commit_swaps_the_manifest_only_when_it_is_unchanged_and_the_files_match
     assert victim.read_bytes() == b"keep me" and (directory / "notes.txt").exists()
 
 
+def test_discard_removes_only_the_unlisted_files_this_merge_wrote(python, repo, tmp_path):
+    """A merge that lost the compare-and-swap removes what it wrote: a merged name the manifest does not
+    list (entry only, never through a link); a listed one (its commit landed, the reply was lost), the
+    delta's own disk and anything not named like a merge are left alone."""
+    root, paths, digests = repo
+    ident = "%s/%s/%s" % (POOL, VM, DIRS[2])
+    directory = root / ident
+    merged = run_helper(python, merge_args(root, paths, digests))
+    assert merged.ok, merged
+    listed = "%s.%s.vhd.zst" % (DISK, "0123abcd")
+    (directory / listed).write_bytes(b"committed by the other prune")
+    (directory / "manifest.json").write_text(json.dumps({"id": ident, "files": {listed: {}}}))
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    planted = "%s.%s.vhd.zst" % (DISK, "deadbeef")
+    (directory / planted).symlink_to(victim)
+    discard = ["repo-merge-commit", "--repo", str(root), "--path", ident]
+    for name in (merged.json["file"], listed, planted, DISK + ".feedface.vhd"):
+        discard += ["--discard", name]
+    done = run_helper(python, discard)
+    assert done.ok, done
+    assert done.json["discarded"] == [merged.json["file"], planted], done
+    assert done.json["kept"] == [listed, DISK + ".feedface.vhd"], done
+    assert sorted(os.listdir(str(directory))) == sorted([DISK + ".vhd.zst", listed, "manifest.json"])
+    assert victim.read_bytes() == b"keep me"
+    before = tree(root)
+    for bad in ([DISK + ".vhd.zst"], ["../" + listed], ["manifest.json"]):
+        refused = run_helper(python, discard[:5] + ["--discard", bad[0]])
+        assert not refused.ok and refused.code == "BAD_INPUT", refused
+    both = run_helper(python, discard[:5] + ["--discard", listed, "--cleanup-only"])
+    assert not both.ok and both.code == "BAD_INPUT", both
+    assert tree(root) == before
+
+
 def test_cleanup_only_refuses_a_plain_delta(python, repo):
     root, _paths, digests = repo
     ident = "%s/%s/%s" % (POOL, VM, DIRS[1])

@@ -402,6 +402,28 @@ def test_a_merge_stopped_at_any_step_leaves_every_kept_point_restorable_and_a_re
     assert third["changed"] is False, third
 
 
+class LosingStorage(repo.LocalStorage):
+    """The real commands; the commit expects a manifest digest that is no longer there, as when another
+    prune committed its synthetic full first (the helper answers CHANGED)."""
+
+    def commit_manifest(self, repo_root, ident, _expect_digest, manifest_doc):
+        return super().commit_manifest(repo_root, ident, "sha256:" + "0" * 64, manifest_doc)
+
+
+def test_a_merge_that_loses_the_commit_removes_the_file_it_wrote(sim, session, chain, repo_copy):
+    _pristine, points, ids = chain
+    before = tree(repo_copy)
+    lost = prune(repo_copy, 2, storage=LosingStorage())
+    assert lost.get("failed") and "merge into %s" % ids[1] in lost["msg"] and "CHANGED" in lost["msg"], lost
+    assert "left for the next prune" not in lost["msg"], lost
+    assert tree(repo_copy) == before  # no merged copy left behind in the target's directory
+    assert_points_restorable(sim, session, repo_copy, points, ids)
+    done = prune(repo_copy, 2)
+    assert not done.get("failed") and [m["target"] for m in done["merges"]["done"]] == [ids[1]], done
+    again = prune(repo_copy, 2)
+    assert not again.get("failed") and again["changed"] is False, again
+
+
 def _prune_in_child(root, keep, start, queue):
     start.wait(30)
     try:
