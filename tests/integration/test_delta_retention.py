@@ -406,8 +406,9 @@ class LosingStorage(repo.LocalStorage):
     """The real commands; the commit expects a manifest digest that is no longer there, as when another
     prune committed its synthetic full first (the helper answers CHANGED)."""
 
-    def commit_manifest(self, repo_root, ident, _expect_digest, manifest_doc):
-        return super().commit_manifest(repo_root, ident, "sha256:" + "0" * 64, manifest_doc)
+    def commit_manifest(self, *args, **kwargs):
+        repo_root, ident, _expect_digest, document = args
+        return super().commit_manifest(repo_root, ident, "sha256:" + "0" * 64, document, **kwargs)
 
 
 def test_a_merge_that_loses_the_commit_removes_the_file_it_wrote(sim, session, chain, repo_copy):
