@@ -78,6 +78,17 @@ def wheel_mismatch(filename: str, version, machine: str):
     return None
 
 
+def cache_dir_of(dest: str) -> str:
+    return posixpath.join(posixpath.dirname(dest), "__pycache__")
+
+
+def _entry_shell(path: str, quoted: bool = False) -> str:
+    """Shell that prints ``link``, ``other`` or ``<owner uid>:<octal mode>`` for ``path``, nothing when absent."""
+    q = '"%s"' % path if quoted else shlex.quote(path)
+    return ("$(if [ -L {q} ]; then echo link; elif [ -d {q} ] || [ -f {q} ]; then stat -c %u:%a {q};"
+            " elif [ -e {q} ]; then echo other; fi)").format(q=q)
+
+
 def parse_keyvalues(stdout: str) -> dict:
     values = {}
     for line in (stdout or "").splitlines():
@@ -85,6 +96,39 @@ def parse_keyvalues(stdout: str) -> dict:
         if sep:
             values[key.strip()] = value.strip()
     return values
+
+
+def _foreign(owner: str, uid: str) -> bool:
+    return owner not in ("0", uid)
+
+
+def helper_dir_problem(state: dict, dest: str):
+    """Why the helper's directory or its compiled code could run someone else's code as root, or None.
+
+    ``state``: ``_target_state``'s keys ``uid`` (the connecting user), ``dir`` and ``cache``
+    (``link``, ``other`` or ``<owner uid>:<octal mode>``), ``pycs`` (the same, one per compiled file of
+    the helper in ``__pycache__``). Python runs a compiled file whose recorded source mtime and size
+    match the helper's: whoever can write one runs code in every backup (HELPER_LAUNCHER)."""
+    directory = posixpath.dirname(dest)
+    cache = posixpath.join(directory, "__pycache__")
+    uid = state.get("uid", "0")
+    found = [(directory, state.get("dir")), (cache, state.get("cache"))]
+    found += [(posixpath.join(cache, posixpath.basename(dest) + "*.pyc"), entry)
+              for entry in (state.get("pycs") or "").split()]
+    for path, entry in found:
+        if not entry:  # absent
+            continue
+        if entry in ("link", "other"):
+            return "%s is %s: refusing to run the helper from there" % (
+                path, "a symbolic link" if entry == "link" else "not a directory or regular file")
+        owner, _sep, mode = entry.partition(":")
+        if _foreign(owner, uid):
+            return "%s is owned by uid %s, not by root or the connecting user: whoever owns it could run code " \
+                   "as root in every backup; fix its owner or remove it by hand" % (path, owner)
+        if path != directory and int(mode or "0", 8) & 0o022:
+            return "%s is writable by group or others (mode %s): compiled code planted there would run as root " \
+                   "in every backup; fix its mode or remove it by hand" % (path, mode)
+    return None
 
 
 def parse_json_object(stdout: str):
@@ -162,6 +206,12 @@ class ActionModule(ActionBase):
             "if [ -f %s ]; then echo sha256=$(sha256sum < %s | cut -d' ' -f1); echo mode=$(stat -c %%a %s);"
             " elif [ -e %s ] || [ -L %s ]; then echo kind=other; fi" % (q_dest, q_dest, q_dest, q_dest, q_dest),
             "if [ -d %s ]; then echo dirmode=$(stat -c %%a %s); fi" % (q_dir, q_dir),
+            "echo uid=$(id -u)",
+            "echo dir=%s" % _entry_shell(posixpath.dirname(dest)),
+            "echo cache=%s" % _entry_shell(cache_dir_of(dest)),
+            # quoted directory and name, the glob outside the quotes
+            "echo pycs=$(for f in %s/%s*.pyc; do [ -e \"$f\" ] || [ -L \"$f\" ] || continue; echo %s; done)"
+            % (shlex.quote(cache_dir_of(dest)), shlex.quote(posixpath.basename(dest)), _entry_shell("$f", quoted=True)),
             "if [ -f %s ]; then echo wheel=$(cat %s); fi" % (q_marker, q_marker),
             "true",
         ])
@@ -173,6 +223,11 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("%s exists on the target and is not a regular file; remove it or choose another dest"
                                     % dest)
         return state
+
+    def _refuse_foreign_code(self, state: dict, dest: str) -> None:
+        problem = helper_dir_problem(state, dest)
+        if problem:
+            raise AnsibleActionFail(problem + " (nothing changed)")
 
     def _check(self, res: dict, what: str) -> None:
         if res.get("rc") != 0:
@@ -257,6 +312,7 @@ class ActionModule(ActionBase):
         version = self._python_version(python)
         lib_dir = lib_dir_for(dest, version)
         state = self._target_state(dest, lib_dir)
+        self._refuse_foreign_code(state, dest)
         if wheel:
             why = wheel_mismatch(os.path.basename(wheel), version, state.get("machine", ""))
             if why:

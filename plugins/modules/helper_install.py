@@ -92,6 +92,11 @@ attributes:
 notes:
   - Needs on the target a POSIX shell with C(sha256sum), C(stat), C(cp), C(mv) and C(uname) (all present in dom0).
   - Set C(gather_facts) to V(false) in plays against pool masters, since fact gathering is a Python module.
+  - Tasks start the helper as a module, so Python keeps its compiled code in C(__pycache__) beside it. The action
+    fails, in check mode too and before changing anything, when the helper's directory is a link or is owned by
+    another user, or when that C(__pycache__) or a compiled file of the helper in it is a link, is owned by
+    another user or is writable by group or others. Whoever can write there could run code as root in every
+    backup. Fix or remove such entries by hand.
 seealso:
   - name: The helper role
     description: Role that wraps this action, with preflight checks and the wheel download.

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import netns
+from tests.tools.outofband import tree
 
 sys.path.insert(0, str(netns.COLLECTIONS))
 # pylint: disable-next=wrong-import-position
@@ -60,6 +61,24 @@ PLAYBOOK = """
 def test_wheel_must_match_the_target_python_and_machine(name, machine, why):
     got = plugin.wheel_mismatch(name, (3, 6), machine)
     assert (got is None) if why is None else (why in got)
+
+
+@pytest.mark.parametrize("state, why", [
+    ({"uid": "0", "dir": "0:755", "cache": "0:755", "pycs": "0:644"}, None),
+    ({"uid": "0"}, None),  # nothing there yet
+    ({"uid": "1000", "dir": "1000:755", "cache": "1000:755", "pycs": "0:644 1000:644"}, None),
+    ({"uid": "0", "dir": "0:777", "cache": "0:755"}, None),  # the directory's mode is repaired, not refused
+    ({"uid": "0", "dir": "link"}, "/opt/x/bin is a symbolic link"),
+    ({"uid": "0", "dir": "1000:755"}, "/opt/x/bin is owned by uid 1000"),
+    ({"uid": "0", "dir": "0:755", "cache": "other"}, "__pycache__ is not a directory or regular file"),
+    ({"uid": "0", "dir": "0:755", "cache": "0:775"}, "__pycache__ is writable by group or others (mode 775)"),
+    ({"uid": "0", "dir": "0:755", "cache": "0:755", "pycs": "0:644 0:646"}, "*.pyc is writable by group or others"),
+    ({"uid": "0", "dir": "0:755", "cache": "0:755", "pycs": "link"}, "xapi-backup-helper*.pyc is a symbolic link"),
+    ({"uid": "0", "dir": "0:755", "cache": "0:755", "pycs": "33:644"}, "*.pyc is owned by uid 33"),
+])
+def test_compiled_code_someone_else_could_write_is_named(state, why):
+    got = plugin.helper_dir_problem(state, "/opt/x/bin/xapi-backup-helper")
+    assert (got is None) if why is None else (why in got), got
 
 
 def test_version_lib_dir_and_result_parsing():
@@ -188,6 +207,43 @@ def test_only_a_wrong_mode_is_repaired(ssh_pool_hosts, play):
     assert counts[host.name]["changed"] == 1, proc.stdout
     assert results[host.name]["actions"] == ["set mode 0755 on %s and its directory" % DEST]
     assert installed(host).stat().st_mode & 0o7777 == 0o755
+
+
+HOSTILE_DIRS = {
+    # case: (shell that makes it on the host, undo, what the refusal says)
+    "cache owned by another user": ("chown 4321 {cache}", "chown 0 {cache}", "__pycache__ is owned by uid 4321"),
+    "cache writable by others": ("chmod 0777 {cache}", "chmod 0755 {cache}", "__pycache__ is writable by group or others"),
+    "cache is a link": ("mv {cache} {cache}.real && ln -s {cache}.real {cache}", "rm {cache} && mv {cache}.real {cache}",
+                        "__pycache__ is a symbolic link"),
+    "compiled file planted by another user": ("chown 4321 {cache}/xapi-backup-helper*.pyc",
+                                              "chown 0 {cache}/xapi-backup-helper*.pyc",
+                                              "xapi-backup-helper*.pyc is owned by uid 4321"),
+    "helper directory owned by another user": ("chown 4321 {dir}", "chown 0 {dir}", "bin is owned by uid 4321"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_DIRS))
+def test_code_another_user_could_plant_is_refused_and_nothing_changes(ssh_pool_hosts, play, helper, case):
+    """HELPER_LAUNCHER runs the compiled code Python keeps in the helper's __pycache__: a directory or
+    file there that someone else owns or can write would run their code as root in every backup."""
+    make, undo, says = HOSTILE_DIRS[case]
+    assert play()[0].returncode == 0  # installed and compiled on both hosts
+    host, other = ssh_pool_hosts.hosts[:2]
+    directory = str(Path(DEST).parent)
+    paths = {"dir": directory, "cache": directory + "/__pycache__"}
+    assert ssh_pool_hosts.ssh(host, make.format(**paths)).returncode == 0
+    try:
+        before = tree(installed(host).parent)
+        proc, counts = play()[:2]
+        assert proc.returncode != 0
+        assert counts[host.name]["failed"] == 1 and counts[other.name]["failed"] == 0, proc.stdout
+        assert says in proc.stdout and "(nothing changed)" in proc.stdout, proc.stdout
+        assert tree(installed(host).parent) == before
+        checked, counts = play(check=True)[:2]
+        assert checked.returncode != 0 and counts[host.name]["failed"] == 1, checked.stdout
+    finally:
+        assert ssh_pool_hosts.ssh(host, undo.format(**paths)).returncode == 0
+    assert play()[0].returncode == 0
 
 
 def test_missing_interpreter_fails_in_preflight_with_one_line(ssh_pool_hosts, play):
