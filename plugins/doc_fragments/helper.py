@@ -70,7 +70,10 @@ options:
   level:
     description:
       - 'Compression level (helper default when not set): 1-19 with V(zstd), 1-9 with V(gzip).'
-    type: int
+      - 'V(auto) (zstd only): the helper starts at level 3 and raises the level while the repository is the bottleneck
+        (a slow NAS, a O(bandwidth_limit)), lowers it when compression becomes the bottleneck, as C(zstd --adapt)
+        does; fewer bytes stored in about the same time.'
+    type: raw
   threads:
     description:
       - 'Compression threads. Not set: the helper''s default, half of the host''s cores (at least one), to leave

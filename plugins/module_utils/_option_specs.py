@@ -167,9 +167,12 @@ HELPER = {
 #: docs/dev/contracts.md, "Adding a helper option").
 EXPORT = {
     "level": {
-        "spec": {"type": "int"},
+        "spec": {"type": "raw"},
         "helper_flag": "--level",
-        "description": ["Compression level (helper default when not set): 1-19 with V(zstd), 1-9 with V(gzip)."],
+        "description": ["Compression level (helper default when not set): 1-19 with V(zstd), 1-9 with V(gzip).",
+                        "V(auto) (zstd only): the helper starts at level 3 and raises the level while the repository "
+                        "is the bottleneck (a slow NAS, a O(bandwidth_limit)), lowers it when compression becomes the "
+                        "bottleneck, as C(zstd --adapt) does; fewer bytes stored in about the same time."],
     },
     "threads": {
         "spec": {"type": "int"},

@@ -57,6 +57,7 @@ PATTERNS = patterns(EXPORT)
 
 #: Compression levels each codec accepts (the helper's compressors: zstd 1-19 without --ultra, gzip 1-9).
 LEVELS = {"zstd": (1, 19), "gzip": (1, 9)}
+AUTO_LEVEL = "auto"
 
 
 def _number(name, value):
@@ -92,14 +93,32 @@ def check_option_ranges(params, ranges=None):
         value = params.get(name)
         if value is not None and not regex.match(str(value)):
             raise OptionError(name, "must be %s, got %r" % (accepted, value))
-    level = params.get("level")
-    codec = params.get("codec")
-    if level is not None and codec in LEVELS:
-        low, high = LEVELS[codec]
-        problem = range_problem("level", _number("level", level), low, high)
-        if problem:
-            raise OptionError("level", "%s for codec %s" % (problem, codec))
+    if "level" in params:
+        params["level"] = checked_level(params["level"], params.get("codec"))
     return params
+
+
+def checked_level(level, codec):
+    """``level`` as the helper takes it: a number in the codec's range, or ``auto`` (zstd: the helper
+    raises the level while the repository is the bottleneck). A digit string (a role's template) is
+    a number; ``codec: none`` ignores the level (the roles pass one whatever the codec)."""
+    if isinstance(level, str) and level.strip().isdigit():
+        level = int(level)
+    if level is None:
+        return None
+    if level != AUTO_LEVEL and (isinstance(level, bool) or not isinstance(level, int)):
+        raise OptionError("level", "must be a whole number or auto, got %r" % (level,))
+    if codec not in LEVELS:
+        return level
+    if level == AUTO_LEVEL:
+        if codec != "zstd":
+            raise OptionError("level", "auto is for codec zstd, not %s" % codec)
+        return level
+    low, high = LEVELS[codec]
+    problem = range_problem("level", level, low, high)
+    if problem:
+        raise OptionError("level", "%s for codec %s" % (problem, codec))
+    return level
 
 
 def read_password_file(path, limit=MAX_PASSWORD_FILE_BYTES):

@@ -114,7 +114,25 @@ def test_delta_disk_exports_get_the_same_manners(run_task, xapi):
             xapi.VDI.destroy(vdi)
 
 
+def test_level_auto_reaches_the_helper_and_its_backup_verifies(run_task, xapi):
+    """level: auto (issue 14's adaptive level) from a task: the helper adapts, the backup is a good one."""
+    result = run_task("vm_export", {"vm": "tiny-halted", "run_id": "auto-level", "level": "auto",
+                                    "bandwidth_limit": 8 * 1024 * 1024})
+    assert not result.get("failed"), result.get("msg")
+    args = export_args(result)
+    assert args[args.index("--level") + 1] == "auto"
+    assert result["codec"] == "zstd" and result["helper_result"]["level"] == "auto", result["helper_result"]
+    checked = run_task("backup_info", {"vm_uuid": xapi.VM.get_uuid(xapi.VM.get_by_name_label("tiny-halted")[0]),
+                                       "checksums": True})
+    mine = [b for b in checked["backups"] if b.get("run_id") == "auto-level"]
+    assert len(mine) == 1 and mine[0]["status"] == "complete", checked["backups"]
+    assert our_snapshots(xapi) == []
+
+
 @pytest.mark.parametrize("args, option", [
+    ({"level": "fast"}, "level"),
+    ({"level": "auto", "codec": "gzip"}, "level"),
+    ({"level": 2.5}, "level"),
     ({"ionice": "idle:3"}, "ionice"),
     ({"ionice": "best-effort:9"}, "ionice"),
     ({"nice": -5}, "nice"),

@@ -117,13 +117,14 @@ def test_role_manners_reach_the_running_helper(pool):
     with HelperWatcher(pool["repo"]) as watcher:
         run_playbook(pool["inventory"], "backup.yml", "-e", "xapi_backup_run_id=manners", "-e", "xapi_backup_helper_nice=7",
                      "-e", "xapi_backup_helper_ionice=best-effort:3", "-e", "xapi_backup_bandwidth_limit=%d" % (4 << 20),
-                     "-e", "xapi_backup_concurrency=2", env=pool["env"])
+                     "-e", "xapi_backup_concurrency=2", "-e", "xapi_backup_level=auto", env=pool["env"])
     assert len(manifests_of_run(pool["repo"], "manners")) == 3
     helpers = list(watcher.seen.values())
     streaming = [helper for helper in helpers if helper["seconds"] > 1.0]
     assert streaming, "no export helper was seen running for a second"
     for helper in helpers:
         assert flag(helper["argv"], "--nice") == "7" and flag(helper["argv"], "--ionice") == "best-effort:3"
+        assert flag(helper["argv"], "--level") == "auto"  # the adaptive level behind the capped repository
         # the pool's cap split across its 2 concurrent exports (the per-pool rule)
         assert flag(helper["argv"], "--bandwidth-limit") == str(2 << 20)
     for helper in streaming:

@@ -46,11 +46,15 @@ def test_threads_cap_and_auto():
 
 @pytest.mark.parametrize("codec,level,ok", [("zstd", 3, True), ("zstd", 19, True), ("zstd", 0, False),
                                             ("zstd", 23, False), ("gzip", 9, True), ("gzip", 10, False),
-                                            ("none", 3, True), ("zstd", None, True)])
+                                            ("none", 3, True), ("zstd", None, True), ("zstd", "auto", True),
+                                            ("gzip", "auto", False), ("none", "auto", True), ("zstd", "3", True),
+                                            ("zstd", "30", False), ("zstd", "fast", False), ("zstd", True, False),
+                                            ("zstd", 3.5, False), ("none", "fast", False)])
 def test_level_depends_on_the_codec(codec, level, ok):
     params = {"codec": codec, "level": level}
     if ok:
         check_option_ranges(params)
+        assert params["level"] == (int(level) if isinstance(level, str) and level.isdigit() else level)
     else:
         with pytest.raises(OptionError, match="^level: "):
             check_option_ranges(params)
