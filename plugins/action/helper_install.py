@@ -89,6 +89,13 @@ def _entry_shell(path: str, quoted: bool = False) -> str:
             " elif [ -e {q} ]; then echo other; fi)").format(q=q)
 
 
+def _directory_shell(path: str) -> str:
+    """Shell that prints ``<owner uid>:<octal mode>`` of the directory ``path`` is or leads to (a link
+    to a directory, e.g. ``/opt`` -> ``/var/opt``, counts as that directory), ``other``, or nothing."""
+    q = shlex.quote(path)
+    return "$(if [ -d {q} ]; then stat -L -c %u:%a {q}; elif [ -e {q} ] || [ -L {q} ]; then echo other; fi)".format(q=q)
+
+
 def parse_keyvalues(stdout: str) -> dict:
     values = {}
     for line in (stdout or "").splitlines():
@@ -100,6 +107,38 @@ def parse_keyvalues(stdout: str) -> dict:
 
 def _foreign(owner: str, uid: str) -> bool:
     return owner not in ("0", uid)
+
+
+def ancestors_of(directory: str) -> list:
+    """``/``, ``/opt``, ... down to the parent of ``directory`` (an absolute path)."""
+    out, path = [], posixpath.dirname(posixpath.normpath(directory))
+    while True:
+        out.insert(0, path)
+        if path == "/":
+            return out
+        path = posixpath.dirname(path)
+
+
+def ancestor_problem(state: dict, dest: str):
+    """Why a directory above the helper's could let someone else swap the helper, or None: owned by
+    another user, or writable by group or others without the sticky bit (whoever can write there can
+    rename the helper's directory away and put their own in its place)."""
+    uid = state.get("uid", "0")
+    for index, path in enumerate(ancestors_of(posixpath.dirname(dest))):
+        entry = state.get("anc%d" % index)
+        if not entry:  # not created yet: the install makes it, owned by the connecting user
+            continue
+        if entry == "other":
+            return "%s is not a directory: refusing to install the helper below it" % path
+        owner, _sep, mode = entry.partition(":")
+        if _foreign(owner, uid):
+            return "%s is owned by uid %s, not by root or the connecting user: its owner could replace the helper " \
+                   "that runs as root in every backup; choose another dest or fix its owner" % (path, owner)
+        bits = int(mode or "0", 8)
+        if bits & 0o022 and not bits & 0o1000:
+            return "%s is writable by group or others (mode %s): they could replace the helper that runs as root " \
+                   "in every backup; choose another dest or fix its mode" % (path, mode)
+    return None
 
 
 def helper_dir_problem(state: dict, dest: str):
@@ -207,6 +246,9 @@ class ActionModule(ActionBase):
             " elif [ -e %s ] || [ -L %s ]; then echo kind=other; fi" % (q_dest, q_dest, q_dest, q_dest, q_dest),
             "if [ -d %s ]; then echo dirmode=$(stat -c %%a %s); fi" % (q_dir, q_dir),
             "echo uid=$(id -u)",
+        ] + [
+            "echo anc%d=%s" % (index, _directory_shell(path)) for index, path in enumerate(ancestors_of(posixpath.dirname(dest)))
+        ] + [
             "echo dir=%s" % _entry_shell(posixpath.dirname(dest)),
             "echo cache=%s" % _entry_shell(cache_dir_of(dest)),
             # quoted directory and name, the glob outside the quotes
@@ -225,7 +267,7 @@ class ActionModule(ActionBase):
         return state
 
     def _refuse_foreign_code(self, state: dict, dest: str) -> None:
-        problem = helper_dir_problem(state, dest)
+        problem = ancestor_problem(state, dest) or helper_dir_problem(state, dest)
         if problem:
             raise AnsibleActionFail(problem + " (nothing changed)")
 

@@ -97,6 +97,9 @@ notes:
     another user, or when that C(__pycache__) or a compiled file of the helper in it is a link, is owned by
     another user or is writable by group or others. Whoever can write there could run code as root in every
     backup. Fix or remove such entries by hand.
+  - It also fails when a directory above the helper's is owned by another user, or is writable by group or others
+    without the sticky bit, since whoever can write there could put their own helper in place. A link to a
+    directory counts as that directory.
 seealso:
   - name: The helper role
     description: Role that wraps this action, with preflight checks and the wheel download.

@@ -81,6 +81,21 @@ def test_compiled_code_someone_else_could_write_is_named(state, why):
     assert (got is None) if why is None else (why in got), got
 
 
+@pytest.mark.parametrize("state, why", [
+    ({"uid": "0", "anc0": "0:755", "anc1": "0:755", "anc2": "0:755"}, None),
+    ({"uid": "0", "anc0": "0:755"}, None),                                 # /opt/x not there yet: the install makes it
+    ({"uid": "0", "anc0": "0:755", "anc1": "0:1777"}, None),               # sticky, as /tmp
+    ({"uid": "0", "anc0": "0:755", "anc1": "0:775"}, "/opt is writable by group or others (mode 775)"),
+    ({"uid": "0", "anc0": "0:755", "anc1": "0:755", "anc2": "1000:755"}, "/opt/x is owned by uid 1000"),
+    ({"uid": "1000", "anc0": "0:755", "anc1": "0:755", "anc2": "1000:755"}, None),
+    ({"uid": "0", "anc0": "0:755", "anc1": "other"}, "/opt is not a directory"),
+])
+def test_a_directory_above_the_helper_someone_else_controls_is_named(state, why):
+    assert plugin.ancestors_of("/opt/x/bin") == ["/", "/opt", "/opt/x"]
+    got = plugin.ancestor_problem(state, "/opt/x/bin/xapi-backup-helper")
+    assert (got is None) if why is None else (why in got), got
+
+
 def test_version_lib_dir_and_result_parsing():
     assert plugin.parse_python_version("(3, 6)\r\n") == (3, 6)
     assert plugin.parse_python_version("Python 3.6.15") is None
@@ -219,6 +234,8 @@ HOSTILE_DIRS = {
                                               "chown 0 {cache}/xapi-backup-helper*.pyc",
                                               "xapi-backup-helper*.pyc is owned by uid 4321"),
     "helper directory owned by another user": ("chown 4321 {dir}", "chown 0 {dir}", "bin is owned by uid 4321"),
+    "a directory above it writable by others": ("chmod 0777 {dir}/..", "chmod 0755 {dir}/..",
+                                                "is writable by group or others (mode 777)"),
 }
 
 
