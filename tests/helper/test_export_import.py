@@ -150,11 +150,13 @@ def test_bad_chunk_in_export_fails_and_cancels(xapi, tmp_path):
     assert_task_cancelled(xapi)
 
 
-def test_stalled_source_times_out(xapi, tmp_path):
+def test_stalled_source_times_out(python, xapi, tmp_path):
+    """On every interpreter: the compressing export reads in its main thread (the serial pipeline),
+    and its watchdog must end that blocked read."""
     xapi.stall_after = CHUNK
     xapi.stall_seconds = 30
     started = time.time()
-    result = export(one_python(), xapi, tmp_path / "vm.xva.zst", "--stall-timeout", "1.5")
+    result = export(python, xapi, tmp_path / "vm.xva.zst", "--stall-timeout", "1.5")
     assert result.code == "STALLED", result
     assert time.time() - started < 20
     assert_no_leftovers(tmp_path)
