@@ -96,6 +96,15 @@ def _directory_shell(path: str) -> str:
     return "$(if [ -d {q} ]; then stat -L -c %u:%a {q}; elif [ -e {q} ] || [ -L {q} ]; then echo other; fi)".format(q=q)
 
 
+def _lib_entries_shell(lib_dir: str) -> str:
+    """Shell that prints the first entry below ``lib_dir`` that is a link, owned by neither root nor
+    the connecting user, or writable by group or others, as ``<uid>:<octal mode>:<type>:<path>``
+    (nothing when all are sound). The name is someone else's text: cut to 200 bytes, every byte that
+    is not printable (a newline would forge a key) becomes ``?``."""
+    return ("$(find {q} -mindepth 1 \\( -type l -o \\( ! -uid 0 ! -uid \"$(id -u)\" \\) -o -perm /022 \\)"
+            " -printf '%U:%m:%y:%P' -quit 2>/dev/null | head -c 200 | tr -c '[:print:]' '?')").format(q=shlex.quote(lib_dir))
+
+
 def parse_keyvalues(stdout: str) -> dict:
     values = {}
     for line in (stdout or "").splitlines():
@@ -170,6 +179,53 @@ def helper_dir_problem(state: dict, dest: str):
     return None
 
 
+def lib_dir_problem(state: dict, lib_dir: str):
+    """Why the helper's private ``lib/pythonX.Y`` could hand it someone else's module, or None.
+
+    The helper puts that directory first on ``sys.path`` whenever it exists (with or without a
+    shipped wheel), and imports ``zstandard``, ``ssl`` or ``http.client`` only when it needs them: a
+    module planted there runs as root. ``state``: ``libparent`` and ``lib`` (``link``, ``other`` or
+    ``<owner uid>:<octal mode>``), ``libbad`` (the first entry below ``lib`` that is a link, someone
+    else's, or writable by group or others: ``<uid>:<octal mode>:<find type>:<relative path>``).
+    Unlike a directory above the helper, a sticky bit is no excuse here: it stops renames, not new
+    files."""
+    uid = state.get("uid", "0")
+    for path, entry in ((posixpath.dirname(lib_dir), state.get("libparent")), (lib_dir, state.get("lib"))):
+        if not entry:  # absent: made by the wheel's install, owned by the connecting user
+            continue
+        if entry in ("link", "other"):
+            return "%s is %s: the helper would import modules from there as root; remove it by hand" % (
+                path, "a symbolic link" if entry == "link" else "not a directory")
+        owner, _sep, mode = entry.partition(":")
+        if _foreign(owner, uid):
+            return "%s is owned by uid %s, not by root or the connecting user: a module planted there would be " \
+                   "imported by the helper as root; fix its owner or remove it by hand" % (path, owner)
+        if int(mode or "0", 8) & 0o022:
+            return "%s is writable by group or others (mode %s): a module planted there would be imported by " \
+                   "the helper as root; fix its mode or remove it by hand" % (path, mode)
+    bad = state.get("libbad")
+    if bad:
+        owner, _sep, rest = bad.partition(":")
+        mode, _sep, rest = rest.partition(":")
+        kind, _sep, name = rest.partition(":")
+        where = posixpath.join(lib_dir, name)
+        if kind == "l":
+            why = "is a symbolic link"
+        elif _foreign(owner, uid):
+            why = "is owned by uid %s, not by root or the connecting user" % owner
+        else:
+            why = "is writable by group or others (mode %s)" % mode
+        return "%s %s: the helper would import it as root; remove it by hand (a shipped wheel is unpacked " \
+               "afresh)" % (where, why)
+    return None
+
+
+def dir_mode(state: dict):
+    """The octal mode of the helper's directory from ``_target_state``'s ``dir``, None when absent."""
+    owner_mode = state.get("dir") or ""
+    return owner_mode.partition(":")[2] or None
+
+
 def parse_json_object(stdout: str):
     """The helper's single JSON object (whole stdout, else its last line that parses)."""
     text = (stdout or "").strip()
@@ -237,14 +293,13 @@ class ActionModule(ActionBase):
         return version
 
     def _target_state(self, dest: str, lib_dir: str) -> dict:
-        q_dest, q_dir = shlex.quote(dest), shlex.quote(posixpath.dirname(dest))
+        q_dest = shlex.quote(dest)
         q_marker = shlex.quote(posixpath.join(lib_dir, WHEEL_MARKER))
         cmd = "; ".join([
             "LC_ALL=C; export LC_ALL",
             "echo machine=$(uname -m)",
             "if [ -f %s ]; then echo sha256=$(sha256sum < %s | cut -d' ' -f1); echo mode=$(stat -c %%a %s);"
             " elif [ -e %s ] || [ -L %s ]; then echo kind=other; fi" % (q_dest, q_dest, q_dest, q_dest, q_dest),
-            "if [ -d %s ]; then echo dirmode=$(stat -c %%a %s); fi" % (q_dir, q_dir),
             "echo uid=$(id -u)",
         ] + [
             "echo anc%d=%s" % (index, _directory_shell(path)) for index, path in enumerate(ancestors_of(posixpath.dirname(dest)))
@@ -255,6 +310,9 @@ class ActionModule(ActionBase):
             "echo pycs=$(for f in %s/%s*.pyc; do [ -e \"$f\" ] || [ -L \"$f\" ] || continue; echo %s; done)"
             % (shlex.quote(cache_dir_of(dest)), shlex.quote(posixpath.basename(dest)), _entry_shell("$f", quoted=True)),
             "if [ -f %s ]; then echo wheel=$(cat %s); fi" % (q_marker, q_marker),
+            "echo libparent=%s" % _entry_shell(posixpath.dirname(lib_dir)),
+            "echo lib=%s" % _entry_shell(lib_dir),
+            "echo libbad=%s" % _lib_entries_shell(lib_dir),
             "true",
         ])
         res = self._shell(cmd)
@@ -266,8 +324,8 @@ class ActionModule(ActionBase):
                                     % dest)
         return state
 
-    def _refuse_foreign_code(self, state: dict, dest: str) -> None:
-        problem = ancestor_problem(state, dest) or helper_dir_problem(state, dest)
+    def _refuse_foreign_code(self, state: dict, dest: str, lib_dir: str) -> None:
+        problem = ancestor_problem(state, dest) or helper_dir_problem(state, dest) or lib_dir_problem(state, lib_dir)
         if problem:
             raise AnsibleActionFail(problem + " (nothing changed)")
 
@@ -354,7 +412,7 @@ class ActionModule(ActionBase):
         version = self._python_version(python)
         lib_dir = lib_dir_for(dest, version)
         state = self._target_state(dest, lib_dir)
-        self._refuse_foreign_code(state, dest)
+        self._refuse_foreign_code(state, dest, lib_dir)
         if wheel:
             why = wheel_mismatch(os.path.basename(wheel), version, state.get("machine", ""))
             if why:
@@ -365,7 +423,7 @@ class ActionModule(ActionBase):
         if helper_differs:
             actions.append("install %s (sha256 %s)" % (dest, want_sha[:12]) if "sha256" not in state
                            else "replace %s (sha256 %s -> %s)" % (dest, state["sha256"][:12], want_sha[:12]))
-        elif state.get("mode") != "755" or state.get("dirmode") != "755":
+        elif state.get("mode") != "755" or dir_mode(state) != "755":
             actions.append("set mode 0755 on %s and its directory" % dest)
         wheel_differs = bool(wheel) and state.get("wheel") != wheel_sha
         if wheel_differs:

@@ -100,6 +100,11 @@ notes:
   - It also fails when a directory above the helper's is owned by another user, or is writable by group or others
     without the sticky bit, since whoever can write there could put their own helper in place. A link to a
     directory counts as that directory.
+  - The helper puts its private C(lib/pythonX.Y) (beside C(bin), where a shipped wheel goes) first on its
+    import path whenever that directory exists, with or without a wheel. The action fails the same way when
+    C(lib) or C(lib/pythonX.Y) is a link, owned by another user or writable by group or others (a sticky bit
+    does not help, since it stops renames, not new modules), or when any entry below it is a link, owned by another
+    user or writable by group or others. The error names the first such entry.
 seealso:
   - name: The helper role
     description: Role that wraps this action, with preflight checks and the wheel download.

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -94,6 +96,53 @@ def test_a_directory_above_the_helper_someone_else_controls_is_named(state, why)
     assert plugin.ancestors_of("/opt/x/bin") == ["/", "/opt", "/opt/x"]
     got = plugin.ancestor_problem(state, "/opt/x/bin/xapi-backup-helper")
     assert (got is None) if why is None else (why in got), got
+
+
+LIB = "/opt/x/lib/python3.6"
+
+
+@pytest.mark.parametrize("state, why", [
+    ({"uid": "0"}, None),                                                   # no private lib: nothing to import
+    ({"uid": "0", "libparent": "0:755", "lib": "0:755"}, None),
+    ({"uid": "1000", "libparent": "1000:755", "lib": "1000:755"}, None),
+    ({"uid": "0", "libparent": "0:755"}, None),                             # lib/ alone: the wheel's install makes the rest
+    ({"uid": "0", "libparent": "0:1777"}, "/opt/x/lib is writable by group or others (mode 1777)"),  # sticky: new files still
+    ({"uid": "0", "libparent": "0:755", "lib": "0:775"}, "/opt/x/lib/python3.6 is writable by group or others (mode 775)"),
+    ({"uid": "0", "libparent": "4321:755", "lib": "0:755"}, "/opt/x/lib is owned by uid 4321"),
+    ({"uid": "0", "libparent": "0:755", "lib": "link"}, "/opt/x/lib/python3.6 is a symbolic link"),
+    ({"uid": "0", "libparent": "other"}, "/opt/x/lib is not a directory"),
+    ({"uid": "0", "libparent": "0:755", "lib": "0:755", "libbad": "4321:644:f:ssl.py"},
+     "/opt/x/lib/python3.6/ssl.py is owned by uid 4321"),
+    ({"uid": "0", "libparent": "0:755", "lib": "0:755", "libbad": "0:666:f:zstandard/__init__.py"},
+     "/opt/x/lib/python3.6/zstandard/__init__.py is writable by group or others (mode 666)"),
+    ({"uid": "0", "libparent": "0:755", "lib": "0:755", "libbad": "0:777:l:zstandard"},
+     "/opt/x/lib/python3.6/zstandard is a symbolic link"),
+])
+def test_a_private_lib_someone_else_controls_is_named(state, why):
+    got = plugin.lib_dir_problem(state, LIB)
+    assert (got is None) if why is None else (why in got), got
+
+
+def test_a_hostile_name_in_the_private_lib_cannot_forge_a_key(tmp_path):
+    """The first bad entry's name is someone else's text: a newline in it must not start a line of
+    its own (``sha256=...`` would pass for the installed helper's digest)."""
+    lib = tmp_path / "lib" / "python3.6"
+    lib.mkdir(parents=True)
+    (lib / "a\nsha256=forged").write_text("")
+    (lib / "a\nsha256=forged").chmod(0o666)
+    out = subprocess.run(["sh", "-c", "echo libbad=%s; echo end=1" % plugin._lib_entries_shell(str(lib))],
+                         stdout=subprocess.PIPE, check=True, universal_newlines=True).stdout
+    state = plugin.parse_keyvalues(out)
+    assert "sha256" not in state and state["end"] == "1", out
+    assert state["libbad"] == "%d:666:f:a?sha256=forged" % os.getuid(), out
+    assert "a?sha256=forged is writable by group or others (mode 666)" in plugin.lib_dir_problem(
+        dict(state, uid=str(os.getuid())), str(lib))
+
+
+def test_the_helper_directory_mode_comes_from_its_entry():
+    assert plugin.dir_mode({"dir": "0:755"}) == "755"
+    assert plugin.dir_mode({"dir": "1000:2775"}) == "2775"
+    assert plugin.dir_mode({}) is None
 
 
 def test_version_lib_dir_and_result_parsing():
@@ -236,6 +285,14 @@ HOSTILE_DIRS = {
     "helper directory owned by another user": ("chown 4321 {dir}", "chown 0 {dir}", "bin is owned by uid 4321"),
     "a directory above it writable by others": ("chmod 0777 {dir}/..", "chmod 0755 {dir}/..",
                                                 "is writable by group or others (mode 777)"),
+    # the helper puts its private lib first on sys.path and imports ssl, http.client, zstandard late
+    "private lib writable by others": ("mkdir -p {lib} && chmod 0777 {lib}", "rm -rf {dir}/../lib",
+                                       "is writable by group or others (mode 777): a module planted there"),
+    "module planted in the private lib by another user": (
+        "mkdir -p {lib} && touch {lib}/ssl.py && chown 4321 {lib}/ssl.py", "rm -rf {dir}/../lib",
+        "/ssl.py is owned by uid 4321, not by root or the connecting user: the helper would import it"),
+    "link in the private lib": ("mkdir -p {lib} && ln -s /tmp {lib}/zstandard", "rm -rf {dir}/../lib",
+                                "/zstandard is a symbolic link: the helper would import it"),
 }
 
 
@@ -244,10 +301,11 @@ def test_code_another_user_could_plant_is_refused_and_nothing_changes(ssh_pool_h
     """HELPER_LAUNCHER runs the compiled code Python keeps in the helper's __pycache__: a directory or
     file there that someone else owns or can write would run their code as root in every backup."""
     make, undo, says = HOSTILE_DIRS[case]
-    assert play()[0].returncode == 0  # installed and compiled on both hosts
+    proc, _counts, results = play()
+    assert proc.returncode == 0  # installed and compiled on both hosts
     host, other = ssh_pool_hosts.hosts[:2]
     directory = str(Path(DEST).parent)
-    paths = {"dir": directory, "cache": directory + "/__pycache__"}
+    paths = {"dir": directory, "cache": directory + "/__pycache__", "lib": results[host.name]["lib_dir"]}
     assert ssh_pool_hosts.ssh(host, make.format(**paths)).returncode == 0
     try:
         before = tree(installed(host).parent)
