@@ -164,18 +164,28 @@ def helper_dir_problem(state: dict, dest: str):
     found += [(posixpath.join(cache, posixpath.basename(dest) + "*.pyc"), entry)
               for entry in (state.get("pycs") or "").split()]
     for path, entry in found:
-        if not entry:  # absent
-            continue
-        if entry in ("link", "other"):
-            return "%s is %s: refusing to run the helper from there" % (
-                path, "a symbolic link" if entry == "link" else "not a directory or regular file")
-        owner, _sep, mode = entry.partition(":")
-        if _foreign(owner, uid):
-            return "%s is owned by uid %s, not by root or the connecting user: whoever owns it could run code " \
-                   "as root in every backup; fix its owner or remove it by hand" % (path, owner)
-        if path != directory and int(mode or "0", 8) & 0o022:
-            return "%s is writable by group or others (mode %s): compiled code planted there would run as root " \
-                   "in every backup; fix its mode or remove it by hand" % (path, mode)
+        # the directory's own mode is repaired by the install, not refused
+        problem = entry_problem(path, entry, uid, "code put there would run as root in every backup",
+                                writable_matters=path != directory)
+        if problem:
+            return problem
+    return None
+
+
+def entry_problem(path: str, entry, uid: str, harm: str, writable_matters: bool = True):
+    """Why ``path`` could let someone else's code in, or None. ``entry`` is ``_entry_shell``'s output
+    (``link``, ``other``, ``<owner uid>:<octal mode>``, None when absent); ``harm`` what would follow."""
+    if not entry:
+        return None
+    if entry in ("link", "other"):
+        return "%s is %s: %s; remove it by hand" % (
+            path, "a symbolic link" if entry == "link" else "not a directory or regular file", harm)
+    owner, _sep, mode = entry.partition(":")
+    if _foreign(owner, uid):
+        return "%s is owned by uid %s, not by root or the connecting user: %s; fix its owner or remove it by hand" % (
+            path, owner, harm)
+    if writable_matters and int(mode or "0", 8) & 0o022:
+        return "%s is writable by group or others (mode %s): %s; fix its mode or remove it by hand" % (path, mode, harm)
     return None
 
 
@@ -191,18 +201,10 @@ def lib_dir_problem(state: dict, lib_dir: str):
     files."""
     uid = state.get("uid", "0")
     for path, entry in ((posixpath.dirname(lib_dir), state.get("libparent")), (lib_dir, state.get("lib"))):
-        if not entry:  # absent: made by the wheel's install, owned by the connecting user
-            continue
-        if entry in ("link", "other"):
-            return "%s is %s: the helper would import modules from there as root; remove it by hand" % (
-                path, "a symbolic link" if entry == "link" else "not a directory")
-        owner, _sep, mode = entry.partition(":")
-        if _foreign(owner, uid):
-            return "%s is owned by uid %s, not by root or the connecting user: a module planted there would be " \
-                   "imported by the helper as root; fix its owner or remove it by hand" % (path, owner)
-        if int(mode or "0", 8) & 0o022:
-            return "%s is writable by group or others (mode %s): a module planted there would be imported by " \
-                   "the helper as root; fix its mode or remove it by hand" % (path, mode)
+        # absent: the wheel's install makes it, owned by the connecting user
+        problem = entry_problem(path, entry, uid, "a module planted there would be imported by the helper as root")
+        if problem:
+            return problem
     bad = state.get("libbad")
     if bad:
         owner, _sep, rest = bad.partition(":")
