@@ -205,21 +205,11 @@ def lib_dir_problem(state: dict, lib_dir: str):
         problem = entry_problem(path, entry, uid, "a module planted there would be imported by the helper as root")
         if problem:
             return problem
-    bad = state.get("libbad")
-    if bad:
-        owner, _sep, rest = bad.partition(":")
-        mode, _sep, rest = rest.partition(":")
-        kind, _sep, name = rest.partition(":")
-        where = posixpath.join(lib_dir, name)
-        if kind == "l":
-            why = "is a symbolic link"
-        elif _foreign(owner, uid):
-            why = "is owned by uid %s, not by root or the connecting user" % owner
-        else:
-            why = "is writable by group or others (mode %s)" % mode
-        return "%s %s: the helper would import it as root; remove it by hand (a shipped wheel is unpacked " \
-               "afresh)" % (where, why)
-    return None
+    owner, _sep, rest = (state.get("libbad") or "").partition(":")
+    mode, _sep, rest = rest.partition(":")
+    kind, _sep, name = rest.partition(":")
+    entry = "link" if kind == "l" else (owner and "%s:%s" % (owner, mode))
+    return entry_problem(posixpath.join(lib_dir, name), entry, uid, "the helper would import it as root")
 
 
 def dir_mode(state: dict):
