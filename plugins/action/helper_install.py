@@ -89,13 +89,6 @@ def _entry_shell(path: str, quoted: bool = False) -> str:
             " elif [ -e {q} ]; then echo other; fi)").format(q=q)
 
 
-def _directory_shell(path: str) -> str:
-    """Shell that prints ``<owner uid>:<octal mode>`` of the directory ``path`` is or leads to (a link
-    to a directory, e.g. ``/opt`` -> ``/var/opt``, counts as that directory), ``other``, or nothing."""
-    q = shlex.quote(path)
-    return "$(if [ -d {q} ]; then stat -L -c %u:%a {q}; elif [ -e {q} ] || [ -L {q} ]; then echo other; fi)".format(q=q)
-
-
 def _lib_entries_shell(lib_dir: str) -> str:
     """Shell that prints the first entry below ``lib_dir`` that is a link, owned by neither root nor
     the connecting user, or writable by group or others, as ``<uid>:<octal mode>:<type>:<path>``
@@ -118,33 +111,92 @@ def _foreign(owner: str, uid: str) -> bool:
     return owner not in ("0", uid)
 
 
-def ancestors_of(directory: str) -> list:
-    """``/``, ``/opt``, ... down to the parent of ``directory`` (an absolute path)."""
-    out, path = [], posixpath.dirname(posixpath.normpath(directory))
-    while True:
-        out.insert(0, path)
-        if path == "/":
-            return out
-        path = posixpath.dirname(path)
+#: Python run on the target (``python -I -c PATH_WALK <directory>``) that resolves ``<directory>`` as the
+#: kernel does, component by component, following every link, and prints each directory it looks in
+#: and each link it follows as ``walk<n>=<kind d|l|o>:<owner uid>:<octal mode>:<path>`` in that order,
+#: then ``walkend=ok`` (``walkend=loop`` past MAX_LINKS links). Whoever can write any of them can
+#: swap the helper's directory, including a directory a link leads into (``/opt`` -> ``/data/opt``:
+#: ``/data``). A missing component ends the walk: the install makes the rest. Names are someone
+#: else's bytes: cut to 200, every byte that is not printable ASCII becomes ``?`` (a newline would
+#: forge a key). Standard library only, Python >= 3.6.
+MAX_LINKS = 40  # the kernel's own limit (MAXSYMLINKS)
+PATH_WALK = "\n".join([
+    "import os, stat, sys",
+    "out = sys.stdout.buffer",
+    "def emit(n, kind, path, st):",
+    "    shown = bytes(c if 32 <= c < 127 else 63 for c in os.fsencode(path)[:200])",
+    "    out.write(b'walk%d=%s:%d:%o:%s\\n' % (n, kind, st.st_uid, stat.S_IMODE(st.st_mode), shown))",
+    "todo, cur, n, links, end = sys.argv[1].split('/'), '/', 0, 0, b'ok'",
+    "emit(n, b'd', cur, os.lstat(cur))",
+    "while todo:",
+    "    name = todo.pop(0)",
+    "    if name in ('', '.'):",
+    "        continue",
+    "    if name == '..':",
+    "        cur = os.path.dirname(cur)",
+    "        continue",
+    "    path = os.path.join(cur, name)",
+    "    try:",
+    "        st = os.lstat(path)",
+    "    except FileNotFoundError:",
+    "        break",
+    "    n += 1",
+    "    if stat.S_ISLNK(st.st_mode):",
+    "        links += 1",
+    "        if links > %d:" % MAX_LINKS,
+    "            end = b'loop'",
+    "            break",
+    "        emit(n, b'l', path, st)",
+    "        target = os.readlink(path)",
+    "        todo = target.split('/') + todo",
+    "        cur = '/' if target.startswith('/') else cur",
+    "        continue",
+    "    emit(n, b'd' if stat.S_ISDIR(st.st_mode) else b'o', path, st)",
+    "    if not stat.S_ISDIR(st.st_mode):",
+    "        break",
+    "    cur = path",
+    "out.write(b'walkend=%s\\n' % end)",
+])
+
+
+def walk_shell(python: str, directory: str) -> str:
+    """Shell that runs PATH_WALK on ``directory`` with the target's ``python`` (isolated: no working
+    directory or environment on its ``sys.path``)."""
+    return "%s -I -c %s %s" % (shlex.quote(python), shlex.quote(PATH_WALK), shlex.quote(directory))
+
+
+def walk_entries(state: dict) -> list:
+    """``[(kind, owner, mode, path)]`` of PATH_WALK's lines, in the order the walk met them."""
+    entries, n = [], 0
+    while "walk%d" % n in state:
+        kind, owner, mode, path = (state["walk%d" % n].split(":", 3) + ["", "", ""])[:4]
+        entries.append((kind, owner, mode, path))
+        n += 1
+    return entries
 
 
 def ancestor_problem(state: dict, dest: str):
-    """Why a directory above the helper's could let someone else swap the helper, or None: owned by
-    another user, or writable by group or others without the sticky bit (whoever can write there can
-    rename the helper's directory away and put their own in its place)."""
+    """Why a directory above the helper's, or a link on the way there, could let someone else swap
+    the helper, or None: a directory owned by another user, or writable by group or others without
+    the sticky bit (whoever can write there can rename the helper's directory away and put their own
+    in its place); a link owned by another user; something that is not a directory; a walk that did
+    not finish. ``state``: PATH_WALK's keys."""
+    above = posixpath.dirname(posixpath.dirname(dest))
+    end = state.get("walkend")
+    if end != "ok":
+        return "cannot tell who controls the directories above %s (%s): refusing to install the helper below it" % (
+            posixpath.dirname(dest), "more than %d symbolic links on the way" % MAX_LINKS if end == "loop"
+            else "the walk of %s did not finish" % above)
     uid = state.get("uid", "0")
-    for index, path in enumerate(ancestors_of(posixpath.dirname(dest))):
-        entry = state.get("anc%d" % index)
-        if not entry:  # not created yet: the install makes it, owned by the connecting user
-            continue
-        if entry == "other":
+    for kind, owner, mode, path in walk_entries(state):
+        if kind == "o":
             return "%s is not a directory: refusing to install the helper below it" % path
-        owner, _sep, mode = entry.partition(":")
         if _foreign(owner, uid):
-            return "%s is owned by uid %s, not by root or the connecting user: its owner could replace the helper " \
-                   "that runs as root in every backup; choose another dest or fix its owner" % (path, owner)
+            return "%s%s is owned by uid %s, not by root or the connecting user: its owner could replace the helper " \
+                   "that runs as root in every backup; choose another dest or fix its owner" % (
+                       "the symbolic link " if kind == "l" else "", path, owner)
         bits = int(mode or "0", 8)
-        if bits & 0o022 and not bits & 0o1000:
+        if kind == "d" and bits & 0o022 and not bits & 0o1000:
             return "%s is writable by group or others (mode %s): they could replace the helper that runs as root " \
                    "in every backup; choose another dest or fix its mode" % (path, mode)
     return None
@@ -284,7 +336,7 @@ class ActionModule(ActionBase):
                                     % ((python,) + version + MIN_PYTHON))
         return version
 
-    def _target_state(self, dest: str, lib_dir: str) -> dict:
+    def _target_state(self, dest: str, lib_dir: str, python: str) -> dict:
         q_dest = shlex.quote(dest)
         q_marker = shlex.quote(posixpath.join(lib_dir, WHEEL_MARKER))
         cmd = "; ".join([
@@ -293,9 +345,7 @@ class ActionModule(ActionBase):
             "if [ -f %s ]; then echo sha256=$(sha256sum < %s | cut -d' ' -f1); echo mode=$(stat -c %%a %s);"
             " elif [ -e %s ] || [ -L %s ]; then echo kind=other; fi" % (q_dest, q_dest, q_dest, q_dest, q_dest),
             "echo uid=$(id -u)",
-        ] + [
-            "echo anc%d=%s" % (index, _directory_shell(path)) for index, path in enumerate(ancestors_of(posixpath.dirname(dest)))
-        ] + [
+            walk_shell(python, posixpath.dirname(posixpath.dirname(dest))),
             "echo dir=%s" % _entry_shell(posixpath.dirname(dest)),
             "echo cache=%s" % _entry_shell(cache_dir_of(dest)),
             # quoted directory and name, the glob outside the quotes
@@ -403,7 +453,7 @@ class ActionModule(ActionBase):
 
         version = self._python_version(python)
         lib_dir = lib_dir_for(dest, version)
-        state = self._target_state(dest, lib_dir)
+        state = self._target_state(dest, lib_dir, python)
         self._refuse_foreign_code(state, dest, lib_dir)
         if wheel:
             why = wheel_mismatch(os.path.basename(wheel), version, state.get("machine", ""))

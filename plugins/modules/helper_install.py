@@ -90,7 +90,7 @@ attributes:
   delegation:
     support: full
 notes:
-  - Needs on the target a POSIX shell with C(sha256sum), C(stat), C(cp), C(mv) and C(uname) (all present in dom0).
+  - Needs on the target a POSIX shell with C(sha256sum), C(stat), C(find), C(cp), C(mv) and C(uname) (all present in dom0).
   - Set C(gather_facts) to V(false) in plays against pool masters, since fact gathering is a Python module.
   - Tasks start the helper as a module, so Python keeps its compiled code in C(__pycache__) beside it. The action
     fails, in check mode too and before changing anything, when the helper's directory is a link or is owned by
@@ -98,8 +98,11 @@ notes:
     another user or is writable by group or others. Whoever can write there could run code as root in every
     backup. Fix or remove such entries by hand.
   - It also fails when a directory above the helper's is owned by another user, or is writable by group or others
-    without the sticky bit, since whoever can write there could put their own helper in place. A link to a
-    directory counts as that directory.
+    without the sticky bit, since whoever can write there could put their own helper in place. The path is
+    resolved on the target as the kernel resolves it, following every link, so the directories a link leads
+    into count too (with C(/opt) a link to C(/data/opt), C(/data) is judged), and so does a link owned by
+    another user. More than 40 links on the way, or a walk that cannot finish, fail the same way. This walk
+    runs the target's O(python) in isolated mode (C(-I)).
   - The helper puts its private C(lib/pythonX.Y) (beside C(bin), where a shipped wheel goes) first on its
     import path whenever that directory exists, with or without a wheel. The action fails the same way when
     C(lib) or C(lib/pythonX.Y) is a link, owned by another user or writable by group or others (a sticky bit

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
 import secrets
 import subprocess
@@ -83,19 +84,77 @@ def test_compiled_code_someone_else_could_write_is_named(state, why):
     assert (got is None) if why is None else (why in got), got
 
 
-@pytest.mark.parametrize("state, why", [
-    ({"uid": "0", "anc0": "0:755", "anc1": "0:755", "anc2": "0:755"}, None),
-    ({"uid": "0", "anc0": "0:755"}, None),                                 # /opt/x not there yet: the install makes it
-    ({"uid": "0", "anc0": "0:755", "anc1": "0:1777"}, None),               # sticky, as /tmp
-    ({"uid": "0", "anc0": "0:755", "anc1": "0:775"}, "/opt is writable by group or others (mode 775)"),
-    ({"uid": "0", "anc0": "0:755", "anc1": "0:755", "anc2": "1000:755"}, "/opt/x is owned by uid 1000"),
-    ({"uid": "1000", "anc0": "0:755", "anc1": "0:755", "anc2": "1000:755"}, None),
-    ({"uid": "0", "anc0": "0:755", "anc1": "other"}, "/opt is not a directory"),
+def walked(*entries, end="ok"):
+    """PATH_WALK's keys for ``entries`` (``kind:owner:mode:path``), as the target prints them."""
+    state = {"walk%d" % n: entry for n, entry in enumerate(entries)}
+    if end is not None:
+        state["walkend"] = end
+    return state
+
+
+@pytest.mark.parametrize("uid, state, why", [
+    ("0", walked("d:0:755:/", "d:0:755:/opt", "d:0:755:/opt/x"), None),
+    ("0", walked("d:0:755:/"), None),                                                  # /opt/x not there yet
+    ("0", walked("d:0:755:/", "d:0:1777:/opt"), None),                                 # sticky, as /tmp
+    ("0", walked("d:0:755:/", "d:0:775:/opt"), "/opt is writable by group or others (mode 775)"),
+    ("0", walked("d:0:755:/", "d:0:755:/opt", "d:1000:755:/opt/x"), "/opt/x is owned by uid 1000"),
+    ("1000", walked("d:0:755:/", "d:0:755:/opt", "d:1000:755:/opt/x"), None),
+    ("0", walked("d:0:755:/", "o:0:644:/opt"), "/opt is not a directory"),
+    # /opt -> /data/opt: /data is looked in too, and whoever writes there can swap /data/opt
+    ("0", walked("d:0:755:/", "l:0:777:/opt", "d:0:755:/", "d:0:755:/data", "d:0:755:/data/opt"), None),
+    ("0", walked("d:0:755:/", "l:0:777:/opt", "d:0:755:/", "d:0:777:/data", "d:0:755:/data/opt"),
+     "/data is writable by group or others (mode 777)"),
+    ("0", walked("d:0:755:/", "l:4321:777:/opt", "d:0:755:/"), "the symbolic link /opt is owned by uid 4321"),
+    ("0", walked("d:0:755:/", "l:0:777:/opt", end="loop"), "more than 40 symbolic links on the way"),
+    ("0", walked("d:0:755:/", end=None), "the walk of /opt/x did not finish"),          # the target's python failed
+    ("0", {}, "the walk of /opt/x did not finish"),
 ])
-def test_a_directory_above_the_helper_someone_else_controls_is_named(state, why):
-    assert plugin.ancestors_of("/opt/x/bin") == ["/", "/opt", "/opt/x"]
-    got = plugin.ancestor_problem(state, "/opt/x/bin/xapi-backup-helper")
+def test_a_directory_above_the_helper_someone_else_controls_is_named(uid, state, why):
+    got = plugin.ancestor_problem(dict(state, uid=uid), "/opt/x/bin/xapi-backup-helper")
     assert (got is None) if why is None else (why in got), got
+
+
+def walk_here(directory: str) -> dict:
+    """PATH_WALK run here, on this machine's Python 3.6 when pyenv has it, as the action runs it there."""
+    python = netns.default_python() or sys.executable
+    out = subprocess.run(["sh", "-c", "LC_ALL=C; export LC_ALL; echo uid=$(id -u); %s; echo end=1"
+                          % plugin.walk_shell(python, directory)],
+                         stdout=subprocess.PIPE, check=True, universal_newlines=True).stdout
+    state = plugin.parse_keyvalues(out)
+    assert state["end"] == "1", out
+    return state
+
+
+def test_the_walk_follows_a_link_into_a_directory_others_can_write(tmp_path):
+    """/opt -> /data/opt with /data writable by everyone: /opt's own target (/data/opt) is sound, but
+    whoever writes /data can rename it away and put their own in its place."""
+    shared = tmp_path / "data"
+    (shared / "opt" / "x").mkdir(parents=True)
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "opt").symlink_to(shared / "opt")
+    dest = str(tmp_path / "root" / "opt" / "x" / "bin" / "xapi-backup-helper")
+    shared.chmod(0o755)
+    state = walk_here(posixpath.dirname(posixpath.dirname(dest)))
+    assert plugin.ancestor_problem(state, dest) is None, state
+    assert [e[3] for e in plugin.walk_entries(state)][-3:] == [str(shared), str(shared / "opt"), str(shared / "opt" / "x")]
+    shared.chmod(0o777)
+    got = plugin.ancestor_problem(walk_here(posixpath.dirname(posixpath.dirname(dest))), dest)
+    assert got and "%s is writable by group or others (mode 777)" % shared in got, got
+
+
+def test_the_walk_ends_on_a_link_loop_and_a_hostile_name_cannot_forge_a_key(tmp_path):
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    state = walk_here(str(tmp_path / "a" / "x"))
+    assert state["walkend"] == "loop"
+    assert "more than 40 symbolic links" in plugin.ancestor_problem(state, str(tmp_path / "a" / "x" / "bin" / "h"))
+    hostile = tmp_path / "p\nwalkend=ok\nwalk0=d:0:755:x"
+    (hostile / "x").mkdir(parents=True)
+    hostile.chmod(0o777)
+    state = walk_here(str(hostile / "x"))
+    assert state["walkend"] == "ok" and state["walk0"].startswith("d:0:"), state
+    got = plugin.ancestor_problem(state, str(hostile / "x" / "bin" / "h"))
+    assert got and "p?walkend=ok?walk0=d:0:755:x is writable by group or others (mode 777)" in got, got
 
 
 LIB = "/opt/x/lib/python3.6"
@@ -285,6 +344,12 @@ HOSTILE_DIRS = {
     "helper directory owned by another user": ("chown 4321 {dir}", "chown 0 {dir}", "bin is owned by uid 4321"),
     "a directory above it writable by others": ("chmod 0777 {dir}/..", "chmod 0755 {dir}/..",
                                                 "is writable by group or others (mode 777)"),
+    # the prefix moved below a directory everyone can write, a relative link left in its place: the
+    # link's own target is sound, its parent is not (whoever writes there can swap the prefix)
+    "a link above it leads below a directory others can write": (
+        "mkdir {prefix}-w && chmod 0777 {prefix}-w && mv {prefix} {prefix}-w/p && ln -s $(basename {prefix})-w/p {prefix}",
+        "rm {prefix} && mv {prefix}-w/p {prefix} && rmdir {prefix}-w",
+        "%s-w is writable by group or others (mode 777)" % PREFIX),
     # the helper puts its private lib first on sys.path and imports ssl, http.client, zstandard late
     "private lib writable by others": ("mkdir -p {lib} && chmod 0777 {lib}", "rm -rf {dir}/../lib",
                                        "is writable by group or others (mode 777): a module planted there"),
@@ -305,7 +370,7 @@ def test_code_another_user_could_plant_is_refused_and_nothing_changes(ssh_pool_h
     assert proc.returncode == 0  # installed and compiled on both hosts
     host, other = ssh_pool_hosts.hosts[:2]
     directory = str(Path(DEST).parent)
-    paths = {"dir": directory, "cache": directory + "/__pycache__", "lib": results[host.name]["lib_dir"]}
+    paths = {"dir": directory, "cache": directory + "/__pycache__", "lib": results[host.name]["lib_dir"], "prefix": PREFIX}
     assert ssh_pool_hosts.ssh(host, make.format(**paths)).returncode == 0
     try:
         before = tree(installed(host).parent)
