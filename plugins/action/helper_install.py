@@ -30,6 +30,7 @@ from ansible_collections.xapi.backup.plugins.plugin_utils._helper_runner import 
 DEFAULT_DEST = DEFAULT_HELPER_PATH
 MIN_PYTHON = (3, 6)
 WHEEL_MARKER = ".xapi-backup-wheel.sha256"
+WHEEL_SWAP_TRIES = 5  # renames another install at the same time can make this one retry
 BUNDLED_HELPER = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     "roles", "helper", "files", "xapi-backup-helper",
@@ -264,6 +265,24 @@ def lib_dir_problem(state: dict, lib_dir: str):
     return entry_problem(posixpath.join(lib_dir, name), entry, uid, "the helper would import it as root")
 
 
+def wheel_swap_names(lib_dir: str, token: str) -> tuple:
+    """Where one install unpacks the wheel and parks the old copy: names of its own (``token``), so two
+    installs at the same time never unpack into, or move away, each other's half-made copy."""
+    return "%s.new-%s" % (lib_dir, token), "%s.old-%s" % (lib_dir, token)
+
+
+def swap_in_shell(new: str, lib_dir: str, old: str) -> str:
+    """Shell that puts the directory ``new`` in place as ``lib_dir``, parking the copy there as ``old``
+    and removing it. ``-T``: never into a directory another run put in place meanwhile. When such a
+    run moves the lib away or puts its own in place between this one's two renames, this one clears
+    what it parked and tries again (WHEEL_SWAP_TRIES) after a pause its PID sets, so two runs fall
+    out of step: every copy is whole, the last one in place stays."""
+    q = shlex.quote
+    swap = "{ [ ! -e %s ] || mv -T %s %s; } && mv -T %s %s" % (q(lib_dir), q(lib_dir), q(old), q(new), q(lib_dir))
+    return "n=0; until %s; do n=$((n+1)); rm -rf %s; [ $n -lt %d ] || exit 1; sleep 0.$(($$ %% 9 + 1)); done; rm -rf %s" % (
+        swap, q(old), WHEEL_SWAP_TRIES, q(old))
+
+
 def dir_mode(state: dict):
     """The octal mode of the helper's directory from ``_target_state``'s ``dir``, None when absent."""
     owner_mode = state.get("dir") or ""
@@ -409,20 +428,22 @@ class ActionModule(ActionBase):
     def _install_wheel(self, wheel: str, wheel_sha: str, python: str, lib_dir: str) -> None:
         staged = self._stage(wheel, os.path.basename(wheel))
         q = shlex.quote
-        new, old = lib_dir + ".new", lib_dir + ".old"
-        cmd = " && ".join([
+        new, old = wheel_swap_names(lib_dir, secrets.token_hex(4))
+        unpack = " && ".join([
             "umask 022",
             "mkdir -p %s" % q(posixpath.dirname(lib_dir)),
-            "rm -rf %s %s" % (q(new), q(old)),
             "mkdir %s" % q(new),
-            "%s -m zipfile -e %s %s" % (q(python), q(staged), q(new)),
+            "%s -I -m zipfile -e %s %s" % (q(python), q(staged), q(new)),
             "echo %s > %s" % (q(wheel_sha), q(posixpath.join(new, WHEEL_MARKER))),
             "chmod -R u+rwX,go+rX,go-w %s" % q(new),
-            "{ [ ! -e %s ] || mv %s %s; }" % (q(lib_dir), q(lib_dir), q(old)),
-            "mv %s %s" % (q(new), q(lib_dir)),
-            "rm -rf %s" % q(old),
         ])
-        self._check(self._shell(cmd), "unpacking %s into %s" % (os.path.basename(wheel), lib_dir))
+        res = self._shell("{ %s && { %s; }; } || { rc=$?; rm -rf %s %s; exit $rc; }"
+                          % (unpack, swap_in_shell(new, lib_dir, old), q(new), q(old)))
+        if res.get("rc") != 0 and "mv: " in to_text(res.get("stderr") or ""):
+            raise AnsibleActionFail("could not put %s in place as %s: other installs ran at the same time %d times over "
+                                    "(the copy in place is one of theirs, whole); run again: %s"
+                                    % (os.path.basename(wheel), lib_dir, WHEEL_SWAP_TRIES, one_line(res.get("stderr"))))
+        self._check(res, "unpacking %s into %s" % (os.path.basename(wheel), lib_dir))
 
     def _self_test(self, python: str, dest: str) -> dict:
         # started as every task starts it, so the run also leaves the helper's compiled code behind

@@ -10,12 +10,14 @@ the session's hosts do not interfere.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
 import posixpath
 import re
 import secrets
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -464,3 +466,67 @@ def test_shipped_zstandard_wheel_is_used_by_the_helper_on_python_3_6(ssh_pool_ho
         host, "head -c 3000000 /dev/urandom > /tmp/xb-rt-$$ && %s compress --codec zstd --compressor zstandard < /tmp/xb-rt-$$ "
         "| %s decompress --decompressor zstandard | cmp - /tmp/xb-rt-$$; rc=$?; rm -f /tmp/xb-rt-$$; exit $rc" % (DEST, DEST))
     assert roundtrip.returncode == 0, roundtrip.stderr
+
+
+def test_two_installs_of_a_wheel_at_once_leave_one_whole_copy(ssh_pool_hosts, helper, tmp_path):
+    """A second run at the same time (two job templates, two plays): each unpacks into a directory of its
+    own and swaps it in with renames it retries, so both succeed and the private lib that stays is one
+    run's whole copy, never a mix or a half. The target's python is slowed on ``-m zipfile`` so both
+    runs unpack at once and swap at once."""
+    python = netns.default_python()
+    if not python:
+        pytest.skip("needs the 3.6 interpreter in the hosts")
+    prefix = "/opt/xb-race-%s" % secrets.token_hex(3)
+    dest = prefix + "/bin/xapi-backup-helper"
+    wheel = tmp_path / "xbrace-1.0-py3-none-any.whl"
+    names = ["xbrace/part%03d.py" % n for n in range(300)]
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name in names:
+            archive.writestr(name, "VALUE = %r\n" % name * 50)
+    host = ssh_pool_hosts.hosts[0]
+    slow = prefix + "-python"
+    wrapper = "#!/bin/sh\ncase \" $* \" in *\" zipfile \"*) sleep 1;; esac\nexec %s \"$@\"\n" % python
+    assert ssh_pool_hosts.ssh(host, "printf %%s %s > %s && chmod 0755 %s" % (shlex.quote(wrapper), slow, slow)).returncode == 0
+    lib = host.private(prefix + "/lib/python3.6")
+
+    def install():
+        return ssh_pool_hosts.ansible("ansible", [host.name, "-m", "xapi.backup.helper_install", "-a", json.dumps(
+            {"dest": dest, "src": str(helper), "zstandard_wheel": str(wheel), "python": slow})])
+
+    for attempt in range(3):
+        assert ssh_pool_hosts.ssh(host, "rm -rf %s/lib" % prefix).returncode == 0  # both runs see no lib: both unpack
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            runs = list(pool.map(lambda _n: install(), range(2)))
+        assert all(run.returncode == 0 for run in runs), [run.stdout for run in runs]
+        kept = sorted(str(p.relative_to(lib)) for p in lib.rglob("*") if p.is_file())
+        assert kept == sorted(names + [plugin.WHEEL_MARKER]), (attempt, len(kept))
+        assert (lib / plugin.WHEEL_MARKER).read_text().strip() == hashlib.sha256(wheel.read_bytes()).hexdigest()
+        assert sorted(p.name for p in lib.parent.iterdir()) == ["python3.6"]  # no .new-/.old- copy left
+        assert sorted(p.name for p in lib.parent.parent.joinpath("bin").iterdir()) == ["__pycache__", "xapi-backup-helper"]
+    again = install()
+    assert again.returncode == 0 and '"changed": false' in again.stdout, again.stdout
+
+
+def test_swaps_at_the_same_time_all_succeed_and_leave_one_whole_copy(tmp_path):
+    """The rename dance alone, many at once on this machine: runs that move the lib away or put their own
+    in place between another's two renames make it retry, never fail or nest one copy in another."""
+    lib = tmp_path / "lib" / "python3.6"
+    lib.parent.mkdir()
+    for round_ in range(10):
+        procs = []
+        start = tmp_path / ("go-%d" % round_)
+        for run in range(6):
+            new, old = plugin.wheel_swap_names(str(lib), "r%dn%d" % (round_, run))
+            os.mkdir(new)
+            for n in range(20):
+                Path(new, "part%02d" % n).write_text("%d-%d" % (round_, run))
+            # every run waits for the same start line, then swaps
+            wait = "while [ ! -e %s ]; do :; done; " % shlex.quote(str(start))
+            procs.append(subprocess.Popen(["sh", "-c", wait + plugin.swap_in_shell(new, str(lib), old)],
+                                          stderr=subprocess.PIPE, universal_newlines=True))
+        start.touch()
+        failed = [proc.communicate()[1] for proc in procs if proc.wait() != 0]
+        assert not failed, failed
+        contents = {p.read_text() for p in lib.iterdir()}
+        assert len(contents) == 1 and len(list(lib.iterdir())) == 20, (round_, sorted(lib.iterdir()))
+        assert sorted(p.name for p in lib.parent.iterdir()) == ["python3.6"], sorted(lib.parent.iterdir())
