@@ -31,6 +31,7 @@ DEFAULT_DEST = DEFAULT_HELPER_PATH
 MIN_PYTHON = (3, 6)
 WHEEL_MARKER = ".xapi-backup-wheel.sha256"
 WHEEL_SWAP_TRIES = 5  # renames another install at the same time can make this one retry
+WHEEL_SWAP_LOST = 75  # the exit status of a swap that gave up (EX_TEMPFAIL)
 BUNDLED_HELPER = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     "roles", "helper", "files", "xapi-backup-helper",
@@ -276,11 +277,13 @@ def swap_in_shell(new: str, lib_dir: str, old: str) -> str:
     and removing it. ``-T``: never into a directory another run put in place meanwhile. When such a
     run moves the lib away or puts its own in place between this one's two renames, this one clears
     what it parked and tries again (WHEEL_SWAP_TRIES) after a pause its PID sets, so two runs fall
-    out of step: every copy is whole, the last one in place stays."""
+    out of step: every copy is whole, the last one in place stays. Giving up removes ``new`` and exits
+    with WHEEL_SWAP_LOST."""
     q = shlex.quote
     swap = "{ [ ! -e %s ] || mv -T %s %s; } && mv -T %s %s" % (q(lib_dir), q(lib_dir), q(old), q(new), q(lib_dir))
-    return "n=0; until %s; do n=$((n+1)); rm -rf %s; [ $n -lt %d ] || exit 1; sleep 0.$(($$ %% 9 + 1)); done; rm -rf %s" % (
-        swap, q(old), WHEEL_SWAP_TRIES, q(old))
+    give_up = "rm -rf %s; exit %d" % (q(new), WHEEL_SWAP_LOST)
+    return ("n=0; until %s; do n=$((n+1)); rm -rf %s; if [ $n -ge %d ]; then %s; fi; sleep 0.$(($$ %% 9 + 1)); done;"
+            " rm -rf %s" % (swap, q(old), WHEEL_SWAP_TRIES, give_up, q(old)))
 
 
 def dir_mode(state: dict):
@@ -439,7 +442,7 @@ class ActionModule(ActionBase):
         ])
         res = self._shell("{ %s && { %s; }; } || { rc=$?; rm -rf %s %s; exit $rc; }"
                           % (unpack, swap_in_shell(new, lib_dir, old), q(new), q(old)))
-        if res.get("rc") != 0 and "mv: " in to_text(res.get("stderr") or ""):
+        if res.get("rc") == WHEEL_SWAP_LOST:
             raise AnsibleActionFail("could not put %s in place as %s: other installs ran at the same time %d times over "
                                     "(the copy in place is one of theirs, whole); run again: %s"
                                     % (os.path.basename(wheel), lib_dir, WHEEL_SWAP_TRIES, one_line(res.get("stderr"))))

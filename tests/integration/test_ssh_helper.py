@@ -530,3 +530,15 @@ def test_swaps_at_the_same_time_all_succeed_and_leave_one_whole_copy(tmp_path):
         contents = {p.read_text() for p in lib.iterdir()}
         assert len(contents) == 1 and len(list(lib.iterdir())) == 20, (round_, sorted(lib.iterdir()))
         assert sorted(p.name for p in lib.parent.iterdir()) == ["python3.6"], sorted(lib.parent.iterdir())
+
+
+def test_a_swap_that_gives_up_removes_its_copy_and_says_so(tmp_path):
+    """Every try fails (the lib's parent is gone): the run ends with WHEEL_SWAP_LOST and leaves nothing."""
+    lib = str(tmp_path / "gone" / "python3.6")
+    new, old = str(tmp_path / "unpacked"), plugin.wheel_swap_names(lib, "t")[1]
+    os.mkdir(new)
+    Path(new, "part").write_text("x")
+    proc = subprocess.run(["sh", "-c", plugin.swap_in_shell(new, lib, old)],
+                          stderr=subprocess.PIPE, universal_newlines=True, check=False)
+    assert proc.returncode == plugin.WHEEL_SWAP_LOST, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], sorted(tmp_path.iterdir())
